@@ -1,0 +1,130 @@
+"""Crash-safe checkpoints.
+
+A checkpoint is written into a staging directory, every file is fsync'ed, a manifest with sha256 hashes is
+written, the directory is renamed into place (atomic on POSIX) and only then marked complete with a `COMPLETE`
+file. A crash (kill -9, full disk, exception) at any point leaves either the previous checkpoints untouched or a
+staging directory that `latest()` ignores. Retention never deletes the only complete checkpoint.
+
+Layout:  <run>/checkpoints/step-000120/{model.safetensors, state.pt, manifest.json, COMPLETE}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+MANIFEST = "manifest.json"
+COMPLETE = "COMPLETE"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_files(staging: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
+    # safetensors for weights (no pickle); save_model handles tied embeddings.
+    save_model(model, str(staging / "model.safetensors"))
+    # Everything else (optimizer, scheduler, RNG, trainer counters) is tensors and plain containers, so it loads
+    # back with torch.load(weights_only=True).
+    torch.save(state, staging / "state.pt")
+
+
+def save(ckpt_dir: str | Path, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write checkpoint `step` atomically and apply retention. Returns the final directory."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:08d}"
+    staging = ckpt_dir / f".staging-{name}"
+    final = ckpt_dir / name
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    _write_files(staging, model, state)
+    files = sorted(p for p in staging.iterdir() if p.is_file())
+    for p in files:
+        _fsync_file(p)
+    manifest = {"step": step, "files": {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    _fsync_file(staging / MANIFEST)
+    _fsync_dir(staging)
+    if final.exists():  # a re-save of the same step (resume replayed it): replace the old one
+        shutil.rmtree(final)
+    staging.rename(final)
+    _fsync_dir(ckpt_dir)
+    (final / COMPLETE).write_text("ok\n")
+    _fsync_file(final / COMPLETE)
+    _fsync_dir(final)
+    prune(ckpt_dir, keep)
+    return final
+
+
+def is_complete(path: Path, verify: bool = False) -> bool:
+    if not (path / COMPLETE).exists() or not (path / MANIFEST).exists():
+        return False
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    for name, meta in manifest["files"].items():
+        p = path / name
+        if not p.exists() or p.stat().st_size != meta["bytes"]:
+            return False
+        if verify and sha256(p) != meta["sha256"]:
+            return False
+    return True
+
+
+def complete_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.exists():
+        return []
+    return sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir() and is_complete(p))
+
+
+def latest(ckpt_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose files match its manifest (hashes verified), or None."""
+    for path in reversed(complete_checkpoints(ckpt_dir)):
+        if is_complete(path, verify=True):
+            return path
+    return None
+
+
+def prune(ckpt_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints (at least one); remove stale staging dirs."""
+    done = complete_checkpoints(ckpt_dir)
+    for old in done[: max(0, len(done) - max(1, keep))]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_dir.glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load weights into `model` (in place) and return the rest of the saved state."""
+    path = Path(path)
+    load_model(model, str(path / "model.safetensors"))
+    return torch.load(path / "state.pt", map_location="cpu", weights_only=True)

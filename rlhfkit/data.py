@@ -1,0 +1,444 @@
+"""Datasets: loading, validation, TRL dataset types, tokenisation and collation.
+
+Formats are TRL's, in standard (strings) or conversational (`[{"role", "content"}]`) form, detected from the
+columns:
+    language modelling      text | messages
+    prompt-only             prompt
+    prompt-completion       prompt, completion
+    preference              prompt, chosen, rejected      (explicit prompt)
+                            chosen, rejected              (implicit prompt: the shared prefix is the prompt)
+    unpaired preference     prompt, completion, label
+Bad input is reported as `path:line: field: reason` before anything is trained, and nothing is dropped silently:
+`skip_invalid` skips bad rows and counts them.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_REPORTED = 10
+
+
+class DataType(str, enum.Enum):
+    LM = "language_modeling"
+    PROMPT = "prompt_only"
+    PROMPT_COMPLETION = "prompt_completion"
+    PREFERENCE = "preference"
+    IMPLICIT_PREFERENCE = "implicit_preference"
+    UNPAIRED = "unpaired_preference"
+    CANDIDATES = "candidates"  # {prompt, responses: [...]}: rlhfkit sample output, input to labelling
+
+
+# The fields each type needs, and which of them hold text (a string or a message list).
+_FIELDS: dict[DataType, tuple[str, ...]] = {
+    DataType.UNPAIRED: ("prompt", "completion", "label"),
+    DataType.PREFERENCE: ("prompt", "chosen", "rejected"),
+    DataType.IMPLICIT_PREFERENCE: ("chosen", "rejected"),
+    DataType.CANDIDATES: ("prompt", "responses"),
+    DataType.PROMPT_COMPLETION: ("prompt", "completion"),
+    DataType.PROMPT: ("prompt",),
+}
+
+
+class DataError(ValueError):
+    """Invalid input, with `path:line: field: reason` for the first few problems."""
+
+
+def detect_type(columns: Iterable[str]) -> DataType:
+    cols = set(columns)
+    for dtype, fields in _FIELDS.items():  # ordered most specific first
+        if set(fields) <= cols:
+            return dtype
+    if "text" in cols or "messages" in cols:
+        return DataType.LM
+    raise DataError(
+        f"cannot tell the dataset type from columns {sorted(cols)}; expected one of: text | messages | prompt | "
+        "prompt+completion | prompt+chosen+rejected | chosen+rejected | prompt+completion+label "
+        "(use --column-map to rename, e.g. question=prompt)"
+    )
+
+
+def is_conversational(value: Any) -> bool:
+    return isinstance(value, list) and (not value or isinstance(value[0], dict))
+
+
+def _check_text(value: Any, field: str) -> str | None:
+    """None if `value` is a valid string or message list, else the reason."""
+    if isinstance(value, str):
+        return None if value.strip() or field in ("completion", "chosen", "rejected") else "empty string"
+    if isinstance(value, list):
+        if not value:
+            return "empty message list"
+        for i, m in enumerate(value):
+            if not isinstance(m, dict):
+                return f"message {i} is {type(m).__name__}, expected an object with role and content"
+            if m.get("role") not in ROLES:
+                return f"message {i}: role {m.get('role')!r} is not one of {list(ROLES)}"
+            if not isinstance(m.get("content"), str):
+                return f"message {i}: content must be a string"
+        return None
+    if value is None:
+        return "missing"
+    return f"expected a string or a list of messages, got {type(value).__name__}"
+
+
+def validate_row(row: Any, dtype: DataType) -> list[tuple[str, str]]:
+    """Problems with one row as (field, reason) pairs."""
+    if not isinstance(row, dict):
+        return [("<row>", f"expected a JSON object, got {type(row).__name__}")]
+    problems = []
+    fields = _FIELDS.get(dtype) or (("messages",) if "messages" in row else ("text",))
+    for f in fields:
+        if f not in row or row[f] is None:
+            problems.append((f, "missing"))
+        elif f == "label":
+            if not isinstance(row[f], bool):
+                problems.append((f, f"expected true/false, got {row[f]!r}"))
+        elif f == "responses":
+            if not isinstance(row[f], list) or len(row[f]) < 2:
+                problems.append((f, "expected a list of at least 2 responses"))
+            else:
+                for i, r in enumerate(row[f]):
+                    reason = _check_text(r, "completion")
+                    if reason:
+                        problems.append((f"{f}[{i}]", reason))
+        else:
+            reason = _check_text(row[f], f)
+            if reason:
+                problems.append((f, reason))
+    if dtype == DataType.IMPLICIT_PREFERENCE and not problems and not implicit_prompt_split(row)[0]:
+        problems.append(("chosen/rejected", "chosen and rejected share no common prompt prefix"))
+    return problems
+
+
+def _raise(errors: list[str], total: int, path: str) -> None:
+    more = f"\n... and {total - len(errors)} more" if total > len(errors) else ""
+    raise DataError(
+        f"{total} invalid row(s) in {path}:\n" + "\n".join(errors) + more + "\n(use --skip-invalid to skip and count them)"
+    )
+
+
+def _read_json_lines(path: Path) -> Iterable[tuple[int, Any, str | None]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line), None
+            except json.JSONDecodeError as e:
+                yield lineno, None, f"bad JSON: {e.msg} (column {e.colno})"
+
+
+def _local_records(path: Path) -> Iterable[tuple[int, Any, str | None]]:
+    """(line or row number, record, parse error) for a local file of any supported kind."""
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    kind = suffixes[-1] if suffixes else ""
+    if kind == ".jsonl":
+        yield from _read_json_lines(path)
+    elif kind == ".json":
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            if text.lstrip().startswith("{"):  # a .json file that is really JSON lines
+                yield from _read_json_lines(path)
+                return
+            yield e.lineno, None, f"bad JSON: {e.msg} (column {e.colno})"
+            return
+        if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}
+            lists = [v for v in data.values() if isinstance(v, list)]
+            data = lists[0] if len(lists) == 1 else [data]
+        for i, rec in enumerate(data, 1):
+            yield i, rec, None
+    elif kind in (".parquet", ".csv"):
+        import datasets
+
+        ds = datasets.load_dataset(kind[1:], data_files=str(path), split="train")
+        offset = 2 if kind == ".csv" else 1  # CSV: line 1 is the header
+        for i, rec in enumerate(ds):
+            yield i + offset, rec, None
+    else:
+        raise DataError(f"{path}: unsupported file type (use .jsonl, .json, .parquet or .csv, optionally .gz)")
+
+
+def load_rows(
+    source: str | os.PathLike,
+    split: str = "train",
+    column_map: dict[str, str] | None = None,
+    skip_invalid: bool = False,
+    expect: Sequence[DataType] | None = None,
+    stats: dict | None = None,
+) -> list[dict]:
+    """Read, rename, type-check and validate every row of a local file or a Hugging Face dataset id.
+
+    Raises DataError listing `path:line: field: reason` for the first problems (or skips and counts them).
+    `stats` (optional dict) receives `type`, `rows`, `skipped`.
+    """
+    path = Path(source)
+    if path.exists():
+        records = _local_records(path)
+        where = str(path)
+    else:
+        if str(source).startswith((".", "/")) or Path(source).suffix in (".jsonl", ".json", ".csv", ".parquet"):
+            raise DataError(f"{source}: file not found")
+        import datasets  # a hub dataset id: the same checks apply after download
+
+        ds = datasets.load_dataset(str(source), split=split)
+        records = ((i + 1, rec, None) for i, rec in enumerate(ds))
+        where = f"{source}[{split}]"
+    rows, errors, n_bad, dtype = [], [], 0, None
+    for lineno, rec, parse_error in records:
+        if parse_error is None and isinstance(rec, dict) and column_map:
+            rec = {column_map.get(k, k): v for k, v in rec.items()}
+        if parse_error is None and dtype is None and isinstance(rec, dict):
+            try:
+                dtype = detect_type(rec.keys())
+            except DataError as e:
+                raise DataError(f"{where}:{lineno}: {e}") from None
+            if expect and dtype not in expect:
+                raise DataError(
+                    f"{where}: this command needs {' or '.join(t.value for t in expect)} data, "
+                    f"but the columns {sorted(rec)} are {dtype.value}"
+                )
+        problems = [("<line>", parse_error)] if parse_error else validate_row(rec, dtype or DataType.LM)
+        if problems:
+            n_bad += 1
+            for field, reason in problems:
+                if len(errors) < MAX_REPORTED:
+                    errors.append(f"{where}:{lineno}: {field}: {reason}")
+            continue
+        rows.append(rec)
+    if n_bad and not skip_invalid:
+        _raise(errors, n_bad, where)
+    if not rows:
+        raise DataError(f"{where}: no valid rows")
+    if stats is not None:
+        stats.update(type=dtype.value if dtype else None, rows=len(rows), skipped=n_bad)
+    if n_bad:
+        print(f"{where}: skipped {n_bad} invalid row(s) (--skip-invalid); first: {errors[0]}")
+    return rows
+
+
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """Write rows atomically: a crash never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [rec for _, rec, _ in _read_json_lines(Path(path))]
+
+
+# ----------------------------------------------------------------------------------------------- text helpers
+def implicit_prompt_split(row: dict) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) from an implicit-prompt row: the prompt is the longest shared prefix.
+
+    Conversational rows share whole leading messages; the responses must then be the remaining turns.
+    Returns a falsy prompt when the two share nothing (PITFALLS: check they really share it).
+    """
+    chosen, rejected = row["chosen"], row["rejected"]
+    if is_conversational(chosen):
+        n = 0
+        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+            n += 1
+        return chosen[:n], chosen[n:], rejected[n:]
+    n = len(os.path.commonprefix([chosen, rejected]))
+    # Cut back to a word boundary so a response that starts with the same letters keeps them.
+    while n > 0 and not chosen[n - 1].isspace():
+        n -= 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def prompt_text(prompt: Any) -> str:
+    """The last user message of a conversational prompt, or the prompt string itself."""
+    if is_conversational(prompt):
+        users = [m["content"] for m in prompt if m["role"] == "user"]
+        return users[-1] if users else prompt[-1]["content"]
+    return prompt
+
+
+def completion_text(completion: Any) -> str:
+    if is_conversational(completion):
+        return "".join(m["content"] for m in completion if m["role"] == "assistant")
+    return completion
+
+
+def as_completion(prompt: Any, text: str) -> Any:
+    """A response string in the same representation as its prompt (messages for conversational prompts)."""
+    return [{"role": "assistant", "content": text}] if is_conversational(prompt) else text
+
+
+# ----------------------------------------------------------------------------------------------- tokenisation
+def encode_prompt(tokenizer, prompt: Any) -> list[int]:
+    """Token ids of a prompt, ready for the model to continue (chat template with the generation prompt)."""
+    if is_conversational(prompt):
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def encode_completion(tokenizer, prompt: Any, completion: Any) -> list[int]:
+    """Token ids of a completion, ending in exactly one EOS (appended if the template did not emit it).
+
+    Prompt and completion are tokenised separately so the boundary is exact: with BPE, tokenising the
+    concatenation can merge across it and shift the loss mask by a token.
+    """
+    eos = tokenizer.eos_token_id
+    if is_conversational(prompt) or is_conversational(completion):
+        msgs_p = prompt if is_conversational(prompt) else [{"role": "user", "content": prompt}]
+        msgs_c = completion if is_conversational(completion) else [{"role": "assistant", "content": completion}]
+        p_text = tokenizer.apply_chat_template(msgs_p, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(msgs_p + msgs_c, tokenize=False)
+        if not full.startswith(p_text):
+            raise DataError("chat template does not render the prompt as a prefix of prompt+completion")
+        ids = tokenizer(full[len(p_text):], add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if eos in ids:
+        ids = ids[: len(ids) - ids[::-1].index(eos)]  # drop template text after the final EOS (e.g. newlines)
+    else:
+        ids = ids + [eos]
+    return ids
+
+
+def truncate_pair(prompt_ids: list[int], completion_ids: list[int], max_length: int, max_prompt_length: int = 0,
+                  counter: dict | None = None) -> tuple[list[int], list[int]]:
+    """Fit prompt+completion into max_length: the prompt is cut from the LEFT first (the response is what we
+    train on), the completion from the right only if it alone is too long. Every cut is counted, never hidden."""
+    if max_prompt_length and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+        _count(counter, "prompt_truncated")
+    over = len(prompt_ids) + len(completion_ids) - max_length
+    if over > 0:
+        keep_prompt = max(1, len(prompt_ids) - over)
+        if keep_prompt < len(prompt_ids):
+            prompt_ids = prompt_ids[-keep_prompt:]
+            _count(counter, "prompt_truncated")
+        room = max_length - len(prompt_ids)
+        if len(completion_ids) > room:
+            completion_ids = completion_ids[:room]
+            _count(counter, "completion_truncated")
+    return prompt_ids, completion_ids
+
+
+def _count(counter: dict | None, key: str) -> None:
+    if counter is not None:
+        counter[key] = counter.get(key, 0) + 1
+
+
+@dataclass
+class Example:
+    """One tokenised sequence: the loss (or score) covers positions where `loss_mask` is True."""
+
+    input_ids: list[int]
+    loss_mask: list[bool]
+
+
+def sft_example(tokenizer, row: dict, max_length: int, counter: dict | None = None) -> Example:
+    if "messages" in row:  # conversational LM row: loss on every assistant turn
+        return messages_example(tokenizer, row["messages"], max_length, counter)
+    p = encode_prompt(tokenizer, row["prompt"])
+    c = encode_completion(tokenizer, row["prompt"], row["completion"])
+    p, c = truncate_pair(p, c, max_length, counter=counter)
+    return Example(p + c, [False] * len(p) + [True] * len(c))
+
+
+def messages_example(tokenizer, messages: list[dict], max_length: int, counter: dict | None = None) -> Example:
+    """Loss on assistant turns only: each turn is rendered as the prefix difference of the chat template."""
+    ids: list[int] = []
+    mask: list[bool] = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            c = encode_completion(tokenizer, messages[:i], [m])
+            ids += c
+            mask += [True] * len(c)
+        else:
+            prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False) if i else ""
+            upto = tokenizer.apply_chat_template(
+                messages[: i + 1], tokenize=False,
+                add_generation_prompt=i + 1 < len(messages) and messages[i + 1]["role"] == "assistant",
+            )
+            piece = tokenizer(upto[len(prefix):], add_special_tokens=False)["input_ids"]
+            ids += piece
+            mask += [False] * len(piece)
+    if len(ids) > max_length:
+        ids, mask = ids[:max_length], mask[:max_length]
+        _count(counter, "completion_truncated")
+    return Example(ids, mask)
+
+
+def lm_example(tokenizer, row: dict) -> list[int]:
+    """Token ids of a language-modelling row (text, or a whole conversation), ending with EOS."""
+    if "messages" in row:
+        text = tokenizer.apply_chat_template(row["messages"], tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(row["text"])["input_ids"]
+    return ids if ids and ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
+
+
+def pack(sequences: Iterable[list[int]], block_size: int) -> list[list[int]]:
+    """Concatenate documents and cut into full blocks (pretraining packing; the ragged tail is dropped)."""
+    buf: list[int] = []
+    blocks = []
+    for ids in sequences:
+        buf.extend(ids)
+        while len(buf) >= block_size:
+            blocks.append(buf[:block_size])
+            buf = buf[block_size:]
+    return blocks
+
+
+def preference_parts(row: dict) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) of an explicit or implicit preference row."""
+    if "prompt" in row:
+        return row["prompt"], row["chosen"], row["rejected"]
+    return implicit_prompt_split(row)
+
+
+# ----------------------------------------------------------------------------------------------- collation
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, masks: Sequence[Sequence[bool]] | None = None):
+    """Right-pad to the longest sequence: (input_ids, attention_mask, loss_mask), each (B, T)."""
+    T = max(len(s) for s in seqs)
+    B = len(seqs)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.bool)
+    loss = torch.zeros((B, T), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention[i, : len(s)] = True
+        if masks is not None:
+            loss[i, : len(s)] = torch.tensor(masks[i], dtype=torch.bool)
+    return input_ids, attention, loss
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int):
+    """Left-pad prompts for generation (PITFALLS PPO #6): (input_ids, attention_mask)."""
+    T = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if s:
+            input_ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+            attention[i, T - len(s):] = True
+    return input_ids, attention

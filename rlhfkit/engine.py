@@ -1,0 +1,537 @@
+"""The training engine shared by every trainer: distribution, optimisation, safety, logging, checkpoints.
+
+Composition, not a framework: a trainer owns its loop and calls the engine for the parts that are the same
+everywhere. A step looks like this in every trainer:
+
+    engine = Engine(cfg, model, total_steps=...)          # DDP wrap, AdamW, schedule, resume
+    for step in engine.remaining_steps():                   # starts after the resumed step
+        for micro in engine.my_micro_batches(step_indices):     # this rank's share of the global batch
+            loss = loss_sum(micro) / global_denominator     # normalised over the WHOLE global batch
+            engine.backward(loss)
+        engine.step(metrics)                                # NaN guard, clip, optimizer, log, checkpoint
+
+Batch semantics (the most common confusion in RLHF frameworks, so it is explicit and checked):
+    global_batch_size = micro_batch_size x gradient_accumulation_steps x world_size
+Worked example: 2 processes, micro_batch_size 4, gradient_accumulation_steps 2 -> 16 examples per optimizer
+step; each process runs 2 forward/backward passes of 4 examples. An inexact division is an error.
+
+Losses are normalised by a denominator of the global batch (examples or tokens), so 2 processes x 1 micro-batch
+and 1 process x 2 accumulated micro-batches produce the same gradient (DDP averages over ranks, so backward()
+multiplies by world_size to turn that average back into a sum).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Settings every trainer shares. Trainer configs extend this dataclass."""
+
+    output_dir: str = "runs/run"
+    """Run directory: resolved config, metrics.jsonl, checkpoints/ and the final model are written here."""
+    seed: int = 42
+    """Seed for data order, initialisation and sampling: the same seed gives the same numbers."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate (reached after warm-up)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and norm weights)."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    lr_scheduler: str = "cosine"
+    """Learning-rate decay after warm-up: cosine, linear or constant."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to the peak learning rate."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of the peak (cosine/linear)."""
+    max_steps: int = 0
+    """Optimizer steps to run; 0 means num_epochs passes over the data."""
+    num_epochs: float = 1.0
+    """Passes over the data when max_steps is 0 (may be fractional)."""
+    micro_batch_size: int = 8
+    """Examples per forward/backward pass on one process."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches accumulated per optimizer step on each process."""
+    global_batch_size: int = 0
+    """Examples per optimizer step over all processes; 0 derives it. If set, it must equal micro_batch_size x
+    gradient_accumulation_steps x world_size exactly."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (global L2 norm); 0 disables clipping."""
+    precision: str = "fp32"
+    """fp32, bf16 (autocast) or fp16 (autocast + loss scaling, CUDA only)."""
+    log_every: int = 1
+    """Log metrics every N optimizer steps."""
+    save_every: int = 0
+    """Write a resumable checkpoint every N optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints to keep (the newest ones; the only complete one is never deleted)."""
+    resume: bool = False
+    """Resume from the newest complete checkpoint in output_dir (model, optimizer, scheduler, RNG, data position)."""
+    max_nonfinite_steps: int = 3
+    """Abort after this many consecutive steps with a non-finite loss or gradient norm (each one is skipped)."""
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
+    progress: bool = True
+    """Show a progress bar with ETA and key metrics."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs the tensorboard package) under output_dir/tb."""
+    wandb_project: str = ""
+    """Also log to this Weights & Biases project (credentials only from the environment)."""
+
+    def validate_common(self) -> None:
+        if self.lr_scheduler not in ("cosine", "linear", "constant"):
+            raise ValueError(f"lr_scheduler: {self.lr_scheduler!r} is not one of cosine, linear, constant")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision: {self.precision!r} is not one of fp32, bf16, fp16")
+        for name in ("micro_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < 0 or self.num_epochs <= 0 and self.max_steps == 0:
+            raise ValueError("max_steps must be >= 0 and num_epochs > 0 when max_steps is 0")
+
+    def validate(self) -> None:
+        self.validate_common()
+
+
+# ----------------------------------------------------------------------------------------------- distribution
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA); single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_batch(cfg: TrainConfig, world_size: int) -> int:
+    """Global batch size; raises if the three batch settings do not multiply exactly."""
+    derived = cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size
+    if cfg.global_batch_size and cfg.global_batch_size != derived:
+        raise ValueError(
+            f"global_batch_size {cfg.global_batch_size} != micro_batch_size {cfg.micro_batch_size} x "
+            f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} x world_size {world_size} = {derived}; "
+            "set gradient_accumulation_steps so the product is exact"
+        )
+    return derived
+
+
+# ----------------------------------------------------------------------------------------------- data order
+class StepSampler:
+    """Deterministic global batches: step s -> example indices, from (seed, epoch) alone.
+
+    Resuming needs nothing but the step number, and every process computes the same global batch, then takes
+    its own share, so the data position survives a crash and a change of process count.
+    """
+
+    def __init__(self, n_examples: int, global_batch: int, seed: int, shuffle: bool = True):
+        if n_examples < global_batch:
+            raise ValueError(f"dataset has {n_examples} examples, fewer than one global batch of {global_batch}")
+        self.n, self.global_batch, self.seed, self.shuffle = n_examples, global_batch, seed, shuffle
+        self.steps_per_epoch = n_examples // global_batch  # the ragged tail is left out of each epoch, counted
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != epoch:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                order = torch.randperm(self.n, generator=g)
+            else:
+                order = torch.arange(self.n)
+            self._cache = (epoch, order)
+        return self._cache[1]
+
+    def indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return self._order(epoch)[k * self.global_batch : (k + 1) * self.global_batch].tolist()
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
+
+
+# ----------------------------------------------------------------------------------------------- optimisation
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 else decay).append(p)  # no decay on biases and norm weights
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs: dict[str, Any] = {}
+    if next(model.parameters()).is_cuda:
+        kwargs["fused"] = True
+    return torch.optim.AdamW(
+        groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, **kwargs
+    )
+
+
+def lr_lambda(cfg: TrainConfig, total: int):
+    """Warm-up then cosine/linear decay to min_lr_ratio, as a multiplier of the peak learning rate."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_scheduler == "cosine" else 1 - progress
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+    return f
+
+
+# ----------------------------------------------------------------------------------------------- logging
+class MetricsLog:
+    """metrics.jsonl (one record per logged step) plus optional TensorBoard / wandb mirrors."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, enabled: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        if resume_step >= 0 and self.path.exists():
+            # Drop records a crashed run wrote after the checkpoint we resume from, so every step appears once.
+            keep = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by the crash
+                if rec.get("step", 0) <= resume_step:
+                    keep.append(line)
+            self.path.write_text("".join(k + "\n" for k in keep))
+        self.file = open(self.path, "a", buffering=1)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        if cfg.wandb_project:
+            import wandb  # credentials come from the environment (WANDB_API_KEY), never from config files
+
+            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), resume="allow")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        rec = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(rec, step=step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN; keep it visible
+    return v
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def progress_bar(enabled: bool):
+    """A rich progress bar with ETA; a no-op context when disabled or not on the main process."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=False,
+    )
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------- the engine
+class Engine:
+    """Holds the model (DDP-wrapped when distributed), optimizer, scheduler, checkpoints and logs for one run."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: torch.nn.Module,
+        total_steps: int,
+        name: str = "train",
+        dist_info: Dist | None = None,
+        extra_state: dict[str, Any] | None = None,
+    ):
+        self.cfg = cfg
+        self.dist = dist_info or setup_distributed()
+        self.run_dir = Path(cfg.output_dir)
+        self.total_steps = total_steps
+        self.name = name
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.global_batch = resolve_batch(cfg, self.dist.world_size)
+        self.model = model.to(self.dist.device)
+        self.module = self.model  # the unwrapped model, for saving and generation
+        if self.dist.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None
+            )
+        self.optimizer = build_optimizer(self.module, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.dist.device.type == "cuda" else None
+        self.step_count = 0
+        self.nonfinite_run = 0
+        self.skipped_steps = 0
+        self._micro_losses_finite = True
+        self._micro_index = 0
+        self.extra_state = extra_state if extra_state is not None else {}
+        self.resumed_from: Path | None = None
+        if cfg.resume:
+            self._resume()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = MetricsLog(self.run_dir, cfg, self.dist.is_main, resume_step=self.step_count if cfg.resume else -1)
+        if not cfg.resume and self.dist.is_main and (self.run_dir / "metrics.jsonl").exists():
+            (self.run_dir / "metrics.jsonl").write_text("")  # a fresh run starts a fresh log
+        self._progress = None
+        self._task = None
+        self._t_last = time.perf_counter()
+
+    # -- data
+    def my_micro_batches(self, global_indices: list[int]) -> list[list[int]]:
+        """This process's micro-batches of a global batch: rank r takes micro-batches r*A .. r*A+A-1."""
+        mb, acc = self.cfg.micro_batch_size, self.cfg.gradient_accumulation_steps
+        start = self.dist.rank * mb * acc
+        mine = global_indices[start : start + mb * acc]
+        return [mine[i : i + mb] for i in range(0, len(mine), mb)]
+
+    def remaining_steps(self) -> Iterator[int]:
+        """Steps still to run (after a resume, the next one), with a progress bar on the main process."""
+        show = self.cfg.progress and self.dist.is_main
+        with progress_bar(show) as progress:
+            self._progress = progress
+            if progress is not None:
+                self._task = progress.add_task(self.name, total=self.total_steps, completed=self.step_count, info="")
+            while self.step_count < self.total_steps:
+                yield self.step_count
+        self._progress = None
+
+    # -- numerics
+    def autocast(self):
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast(self.dist.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor, last: bool | None = None) -> None:
+        """Backpropagate a loss already normalised by a global-batch denominator.
+
+        DDP averages gradients over ranks; multiplying by world_size turns that average back into the sum the
+        global normalisation expects. Gradient sync happens only on the last micro-batch of the step.
+        """
+        if not torch.isfinite(loss.detach()).all():
+            self._micro_losses_finite = False
+        self._micro_index += 1
+        if last is None:
+            last = self._micro_index >= self.cfg.gradient_accumulation_steps
+        scaled = loss * self.dist.world_size
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        sync = contextlib.nullcontext()
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) and not last:
+            sync = self.model.no_sync()
+        with sync:
+            scaled.backward()
+
+    def step(self, metrics: dict[str, Any] | None = None, batch_info: str = "") -> bool:
+        """Clip, guard, update, schedule, log and maybe checkpoint. Returns False if the step was skipped."""
+        cfg = self.cfg
+        self._micro_index = 0
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        flag = torch.tensor([0.0 if (self._micro_losses_finite and torch.isfinite(grad_norm)) else 1.0])
+        finite = all_reduce_sum(flag).item() == 0  # every rank skips together, or none does
+        self._micro_losses_finite = True
+        metrics = dict(metrics or {})
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.nonfinite_run = 0
+        else:
+            # Skip the update entirely (PITFALLS: one NaN batch must not poison the weights) and say so.
+            self.skipped_steps += 1
+            self.nonfinite_run += 1
+            metrics["train/skipped_nonfinite"] = 1
+            if self.nonfinite_run >= cfg.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"{self.nonfinite_run} consecutive steps with a non-finite loss or gradient norm; last at step "
+                    f"{self.step_count} ({batch_info or 'batch indices not recorded'}); aborting"
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step_count += 1
+        now = time.perf_counter()
+        metrics.update({"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/step_s": now - self._t_last})
+        self._t_last = now
+        if self.dist.is_main and (self.step_count % cfg.log_every == 0 or self.step_count == self.total_steps):
+            self.log.log(self.step_count, metrics)
+        if self._progress is not None:
+            info = "  ".join(f"{k.split('/')[-1]}={_fmt(v)}" for k, v in metrics.items() if k in _SHOWN)
+            self._progress.update(self._task, advance=1, info=info)
+        if cfg.save_every and self.step_count % cfg.save_every == 0 and self.step_count < self.total_steps:
+            self.save_checkpoint()
+        return finite
+
+    # -- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step_count,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "rng": rng_state(),
+            "skipped_steps": self.skipped_steps,
+            "extra": self.extra_state,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            checkpoint.save(self.run_dir / "checkpoints", self.step_count, self.module, self.state(), self.cfg.keep_checkpoints)
+        barrier()
+
+    def _resume(self) -> None:
+        path = checkpoint.latest(self.run_dir / "checkpoints")
+        if path is None:
+            raise FileNotFoundError(
+                f"--resume: no complete checkpoint under {self.run_dir / 'checkpoints'} (nothing to resume; "
+                "drop --resume to start fresh)"
+            )
+        state = checkpoint.load(path, self.module)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step_count = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.extra_state.update(state.get("extra", {}))
+        self.resumed_from = path
+        if self.step_count >= self.total_steps:
+            # A resume that would silently train zero steps is a classic complaint: say it out loud.
+            print(f"resume: checkpoint {path.name} is already at step {self.step_count} of {self.total_steps}")
+
+    def close(self) -> None:
+        self.log.close()
+
+
+_SHOWN = ("train/loss", "rewards/accuracy", "rollout/score", "kl/seq", "train/grad_norm")
+
+
+def _fmt(v: Any) -> str:
+    v = v.item() if isinstance(v, torch.Tensor) else v
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as tensors / plain containers so they reload with weights_only=True."""
+    np_state = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
