@@ -1,0 +1,527 @@
+"""Storage for the labelling app: SQLite in WAL mode, one transaction per state change.
+
+What the schema guarantees (by constraints, not by application code alone):
+- an item is shown to one annotator at most once: `assignments` has PRIMARY KEY (item_id, user_id);
+- a retried submit is stored once: `labels` has UNIQUE (user_id, idem_key);
+- one live label per (item, annotator): a partial UNIQUE index on labels(item_id, user_id) WHERE undone = 0;
+- an item is not handed to more than N annotators at once: `items.n_active` (open + done assignments) is
+  checked and updated inside the same BEGIN IMMEDIATE transaction that creates the assignment.
+
+Writes are serialised by a process-wide lock plus BEGIN IMMEDIATE (so several processes on one file also work,
+waiting on `busy_timeout`). `synchronous=FULL` by default: an acknowledged label has been fsync'd to the WAL.
+
+Postgres: not implemented. The SQL below is close to portable (partial indexes and ON CONFLICT exist there too),
+but the placeholders, `BEGIN IMMEDIATE` and the PRAGMAs are SQLite's; `open_store` rejects other URLs clearly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'annotator')),
+    token_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    ext_id TEXT NOT NULL UNIQUE,
+    prompt_json TEXT NOT NULL,
+    responses_json TEXT NOT NULL,
+    n_responses INTEGER NOT NULL CHECK (n_responses >= 2),
+    kind TEXT,
+    extra_json TEXT NOT NULL DEFAULT '{}',
+    n_active INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_by_fill ON items (n_active, id);
+CREATE TABLE IF NOT EXISTS assignments (
+    item_id INTEGER NOT NULL REFERENCES items(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    state TEXT NOT NULL CHECK (state IN ('open', 'done', 'skipped')),
+    shown_order TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    PRIMARY KEY (item_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS assignments_open ON assignments (user_id, state);
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY,
+    item_id INTEGER NOT NULL REFERENCES items(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    idem_key TEXT NOT NULL,
+    choice TEXT NOT NULL CHECK (choice IN ('left', 'right', 'tie', 'both_bad', 'skip', 'rank')),
+    shown_order TEXT NOT NULL,
+    ranking TEXT,
+    rationale TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    undone INTEGER NOT NULL DEFAULT 0,
+    undone_at REAL,
+    UNIQUE (user_id, idem_key)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_live_label ON labels (item_id, user_id) WHERE undone = 0;
+CREATE INDEX IF NOT EXISTS labels_by_user ON labels (user_id, id);
+"""
+
+CHOICES = ("left", "right", "tie", "both_bad", "skip", "rank")
+
+
+class StoreError(Exception):
+    """A request that conflicts with stored state; `status` is the HTTP status the server maps it to."""
+
+    def __init__(self, message: str, status: int = 409):
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item parsing: candidates files, preference rows, prompt-completion rows.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def message_text(value: Any) -> str:
+    """Text of a response: a string, or the content of a conversational turn list (assistant turns joined)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return str(value.get("content", ""))
+    if isinstance(value, list):
+        turns = [m for m in value if isinstance(m, dict)]
+        asst = [m for m in turns if m.get("role") == "assistant"] or turns
+        return "\n\n".join(str(m.get("content", "")) for m in asst)
+    return str(value)
+
+
+def prompt_user_text(prompt: Any) -> str:
+    """The user message text of a prompt (what the world's gold judge reads)."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        return str(users[-1].get("content", "")) if users else ""
+    return str(prompt)
+
+
+def _canon(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class ParsedItem:
+    ext_id: str
+    prompt: Any
+    responses: list
+    kind: str | None
+    extra: dict
+
+
+def parse_rows(rows: list[dict]) -> tuple[list[ParsedItem], list[str]]:
+    """Turn rows of any supported format into items; returns (items, warnings).
+
+    - candidates: {"prompt", "responses": [r1..rK]} with K >= 2 (K > 2 is labelled by ranking);
+    - preference: {"prompt"?, "chosen", "rejected"} -> a pair (left/right order is randomised when shown);
+    - prompt-completion: {"prompt", "completion"} rows grouped by prompt; a prompt with one completion is skipped.
+    Extra columns are kept in `extra` (and the row's "kind", the world's marker, in `kind`).
+    """
+    items: list[ParsedItem] = []
+    warnings: list[str] = []
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            warnings.append(f"row {n}: not a JSON object, skipped")
+            continue
+        if "responses" in row:
+            responses = row["responses"]
+            if not isinstance(responses, list) or len(responses) < 2:
+                warnings.append(f"row {n}: 'responses' needs a list of at least 2, skipped")
+                continue
+            rest = {k: v for k, v in row.items() if k not in ("prompt", "responses", "id", "kind")}
+            items.append(_item(row, row.get("prompt", ""), responses, rest))
+        elif "chosen" in row and "rejected" in row:
+            rest = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "id", "kind")}
+            items.append(_item(row, row.get("prompt", ""), [row["chosen"], row["rejected"]], rest))
+        elif "prompt" in row and "completion" in row:
+            groups.setdefault(_canon(row["prompt"]), []).append((n, row))
+        else:
+            warnings.append(f"row {n}: no 'responses', 'chosen'/'rejected' or 'prompt'/'completion', skipped")
+    for members in groups.values():
+        if len(members) < 2:
+            warnings.append(f"row {members[0][0]}: prompt has a single completion, nothing to compare, skipped")
+            continue
+        first = members[0][1]
+        responses = [r["completion"] for _, r in members]
+        items.append(_item({"kind": first.get("kind")}, first["prompt"], responses, {}))
+    return items, warnings
+
+
+def _item(row: dict, prompt: Any, responses: list, extra: dict) -> ParsedItem:
+    ext = row.get("id")
+    if ext is None:
+        # Content-addressed id: importing the same file twice adds nothing.
+        ext = "sha256:" + hashlib.sha256(_canon([prompt, responses]).encode()).hexdigest()[:32]
+    kind = row.get("kind")
+    return ParsedItem(str(ext), prompt, list(responses), None if kind is None else str(kind), extra)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a .jsonl file (or a .json list); a line that is not JSON is an error naming the line."""
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix == ".json":
+        data = json.loads(text)
+        return data if isinstance(data, list) else [data]
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The store.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Store:
+    """All SQL lives here. Thread-safe: one connection per thread, writes serialised."""
+
+    def __init__(self, path: str | os.PathLike, *, synchronous: str = "FULL", lease_s: float = 1800.0):
+        self.path = str(path)
+        self.synchronous = synchronous
+        self.lease_s = lease_s
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        conn = self.conn()
+        conn.executescript(SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        conn.commit()
+
+    # -- connections / transactions ------------------------------------------------------------------------
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            c.row_factory = sqlite3.Row
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute(f"PRAGMA synchronous={self.synchronous}")
+            c.execute("PRAGMA foreign_keys=ON")
+            c.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = c
+            with self._all_lock:
+                self._all.append(c)
+        return c
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        c = self.conn()
+        with self._write_lock:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._all_lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    def integrity_check(self) -> str:
+        return self.conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- meta ------------------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        r = self.conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if r is None else r[0]
+
+    # -- users / sessions ------------------------------------------------------------------------------------
+    def add_user(self, name: str, role: str, token_hash: str, *, replace: bool = False) -> int:
+        with self.write() as c:
+            row = c.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                if not replace:
+                    raise StoreError(f"user {name!r} exists (use --rotate to issue a new token)")
+                c.execute("UPDATE users SET token_hash = ?, role = ? WHERE id = ?", (token_hash, role, row[0]))
+                c.execute("DELETE FROM sessions WHERE user_id = ?", (row[0],))
+                return int(row[0])
+            cur = c.execute(
+                "INSERT INTO users (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                (name, role, token_hash, time.time()),
+            )
+            return int(cur.lastrowid)
+
+    def user_by_name(self, name: str) -> sqlite3.Row | None:
+        return self.conn().execute("SELECT * FROM users WHERE name = ? AND disabled = 0", (name,)).fetchone()
+
+    def users(self) -> list[sqlite3.Row]:
+        return self.conn().execute("SELECT id, name, role, created_at FROM users ORDER BY id").fetchall()
+
+    def create_session(self, id_hash: str, user_id: int, ttl_s: float) -> None:
+        now = time.time()
+        with self.write() as c:
+            c.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
+            c.execute(
+                "INSERT INTO sessions (id_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (id_hash, user_id, now, now + ttl_s),
+            )
+
+    def session_user(self, id_hash: str) -> sqlite3.Row | None:
+        return self.conn().execute(
+            "SELECT u.id, u.name, u.role FROM sessions s JOIN users u ON u.id = s.user_id "
+            "WHERE s.id_hash = ? AND s.expires_at > ? AND u.disabled = 0",
+            (id_hash, time.time()),
+        ).fetchone()
+
+    def delete_session(self, id_hash: str) -> None:
+        with self.write() as c:
+            c.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
+
+    # -- items -----------------------------------------------------------------------------------------------
+    def add_items(self, items: list[ParsedItem]) -> int:
+        """Insert items; ones already present (same ext_id) are left alone. Returns how many were new."""
+        now = time.time()
+        with self.write() as c:
+            before = c.total_changes
+            c.executemany(
+                "INSERT OR IGNORE INTO items (ext_id, prompt_json, responses_json, n_responses, kind, extra_json,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (it.ext_id, json.dumps(it.prompt), json.dumps(it.responses), len(it.responses), it.kind,
+                     json.dumps(it.extra), now)
+                    for it in items
+                ],
+            )
+            return c.total_changes - before
+
+    def item(self, item_id: int) -> sqlite3.Row | None:
+        return self.conn().execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
+
+    # -- assignment ------------------------------------------------------------------------------------------
+    def next_assignment(self, user_id: int, overlap: int, rng: random.Random | None = None) -> sqlite3.Row | None:
+        """The user's newest open assignment (after an undo: the undone item), else a new one on an item with
+        fewer than `overlap` annotators.
+
+        Items closest to completion come first (so items reach N annotators before new ones start). Open
+        assignments older than the lease are released (their item can go to someone else).
+        """
+        rng = rng or random.SystemRandom()
+        c = self.conn()
+        mine = c.execute(
+            "SELECT * FROM assignments WHERE user_id = ? AND state = 'open' ORDER BY issued_at DESC LIMIT 1", (user_id,)
+        ).fetchone()
+        if mine is not None and mine["issued_at"] > time.time() - self.lease_s:
+            return mine
+        with self.write() as c:
+            self._release_expired(c)
+            mine = c.execute(
+                "SELECT * FROM assignments WHERE user_id = ? AND state = 'open' ORDER BY issued_at DESC LIMIT 1",
+                (user_id,),
+            ).fetchone()
+            if mine is not None:
+                return mine
+            row = c.execute(
+                "SELECT id, n_responses FROM items i WHERE n_active < ? AND NOT EXISTS "
+                "(SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.user_id = ?) "
+                "ORDER BY n_active DESC, id LIMIT 1",
+                (overlap, user_id),
+            ).fetchone()
+            if row is None:
+                return None
+            order = list(range(row["n_responses"]))
+            rng.shuffle(order)  # left/right randomisation, stored with the assignment and then the label
+            c.execute(
+                "INSERT INTO assignments (item_id, user_id, state, shown_order, issued_at) VALUES (?, ?, 'open', ?, ?)",
+                (row["id"], user_id, json.dumps(order), time.time()),
+            )
+            c.execute("UPDATE items SET n_active = n_active + 1 WHERE id = ?", (row["id"],))
+            return c.execute(
+                "SELECT * FROM assignments WHERE item_id = ? AND user_id = ?", (row["id"], user_id)
+            ).fetchone()
+
+    def _release_expired(self, c: sqlite3.Connection) -> None:
+        cutoff = time.time() - self.lease_s
+        expired = c.execute(
+            "SELECT item_id, user_id FROM assignments WHERE state = 'open' AND issued_at < ?", (cutoff,)
+        ).fetchall()
+        for r in expired:
+            c.execute("DELETE FROM assignments WHERE item_id = ? AND user_id = ?", (r[0], r[1]))
+            c.execute("UPDATE items SET n_active = n_active - 1 WHERE id = ?", (r[0],))
+
+    # -- labels ----------------------------------------------------------------------------------------------
+    def add_label(
+        self,
+        user_id: int,
+        item_id: int,
+        idem_key: str,
+        choice: str,
+        ranking_positions: list[int] | None = None,
+        rationale: str = "",
+    ) -> tuple[sqlite3.Row, bool]:
+        """Store one label in one transaction. Returns (label row, duplicate?).
+
+        A retry with the same idempotency key returns the stored label (duplicate=True) if the payload is the
+        same, and is refused (409) if it differs. `ranking_positions` are positions on screen, best first.
+        """
+        if choice not in CHOICES:
+            raise StoreError(f"unknown choice {choice!r}", 422)
+        with self.write() as c:
+            old = c.execute("SELECT * FROM labels WHERE user_id = ? AND idem_key = ?", (user_id, idem_key)).fetchone()
+            if old is not None:
+                same = old["item_id"] == item_id and old["choice"] == choice and old["rationale"] == rationale
+                if not same:
+                    raise StoreError("idempotency key reused with a different request", 409)
+                return old, True
+            a = c.execute(
+                "SELECT * FROM assignments WHERE item_id = ? AND user_id = ?", (item_id, user_id)
+            ).fetchone()
+            if a is None:
+                raise StoreError("item not assigned to you (fetch /api/next)", 409)
+            if a["state"] != "open":
+                raise StoreError("item already labelled by you (undo first)", 409)
+            order = json.loads(a["shown_order"])
+            ranking = None
+            if choice == "rank":
+                if ranking_positions is None or sorted(ranking_positions) != list(range(len(order))):
+                    raise StoreError(f"ranking must be a permutation of 0..{len(order) - 1}", 422)
+                ranking = json.dumps([order[p] for p in ranking_positions])  # response indices, best first
+            elif choice in ("left", "right", "tie", "both_bad") and len(order) != 2:
+                raise StoreError("this item has more than 2 responses: send choice 'rank' with a ranking", 422)
+            cur = c.execute(
+                "INSERT INTO labels (item_id, user_id, idem_key, choice, shown_order, ranking, rationale, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (item_id, user_id, idem_key, choice, a["shown_order"], ranking, rationale, time.time()),
+            )
+            if choice == "skip":
+                c.execute("UPDATE assignments SET state = 'skipped' WHERE item_id = ? AND user_id = ?", (item_id, user_id))
+                c.execute("UPDATE items SET n_active = n_active - 1 WHERE id = ?", (item_id,))
+            else:
+                c.execute("UPDATE assignments SET state = 'done' WHERE item_id = ? AND user_id = ?", (item_id, user_id))
+            return c.execute("SELECT * FROM labels WHERE id = ?", (cur.lastrowid,)).fetchone(), False
+
+    def undo_last(self, user_id: int, label_id: int | None = None) -> sqlite3.Row | None:
+        """Undo the user's latest live label (or check that `label_id` is it). Idempotent: undoing an already
+        undone `label_id` returns it unchanged. The item becomes the user's open assignment again."""
+        with self.write() as c:
+            if label_id is not None:
+                lab = c.execute("SELECT * FROM labels WHERE id = ? AND user_id = ?", (label_id, user_id)).fetchone()
+                if lab is None:
+                    raise StoreError("no such label of yours", 404)
+                if lab["undone"]:
+                    return lab
+            last = c.execute(
+                "SELECT * FROM labels WHERE user_id = ? AND undone = 0 ORDER BY id DESC LIMIT 1", (user_id,)
+            ).fetchone()
+            if last is None:
+                return None
+            if label_id is not None and last["id"] != label_id:
+                raise StoreError("only your latest label can be undone", 409)
+            c.execute("UPDATE labels SET undone = 1, undone_at = ? WHERE id = ?", (time.time(), last["id"]))
+            # Reopen the assignment; a fresh issue time so the lease starts again.
+            prev = c.execute(
+                "SELECT state FROM assignments WHERE item_id = ? AND user_id = ?", (last["item_id"], user_id)
+            ).fetchone()
+            c.execute(
+                "UPDATE assignments SET state = 'open', issued_at = ? WHERE item_id = ? AND user_id = ?",
+                (time.time(), last["item_id"], user_id),
+            )
+            if prev is not None and prev["state"] == "skipped":
+                c.execute("UPDATE items SET n_active = n_active + 1 WHERE id = ?", (last["item_id"],))
+            return c.execute("SELECT * FROM labels WHERE id = ?", (last["id"],)).fetchone()
+
+    def live_labels(self, *, include_skips: bool = False) -> list[sqlite3.Row]:
+        q = (
+            "SELECT l.*, u.name AS annotator FROM labels l JOIN users u ON u.id = l.user_id WHERE l.undone = 0"
+            + ("" if include_skips else " AND l.choice != 'skip'")
+            + " ORDER BY l.id"
+        )
+        return self.conn().execute(q).fetchall()
+
+    def count_live_labels(self) -> int:
+        return self.conn().execute("SELECT COUNT(*) FROM labels WHERE undone = 0 AND choice != 'skip'").fetchone()[0]
+
+    def progress(self, overlap: int) -> dict:
+        c = self.conn()
+        n_items = c.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        done_per_item = c.execute(
+            "SELECT item_id, COUNT(*) AS n FROM assignments WHERE state = 'done' GROUP BY item_id"
+        ).fetchall()
+        complete = sum(1 for r in done_per_item if r["n"] >= overlap)
+        per_user = c.execute(
+            "SELECT u.name, u.role, "
+            " SUM(CASE WHEN l.undone = 0 AND l.choice != 'skip' THEN 1 ELSE 0 END) AS labels,"
+            " SUM(CASE WHEN l.undone = 0 AND l.choice = 'skip' THEN 1 ELSE 0 END) AS skips,"
+            " SUM(CASE WHEN l.undone = 1 THEN 1 ELSE 0 END) AS undone"
+            " FROM users u LEFT JOIN labels l ON l.user_id = u.id GROUP BY u.id ORDER BY u.id"
+        ).fetchall()
+        return {
+            "items": n_items,
+            "overlap": overlap,
+            "items_complete": complete,
+            "labels": self.count_live_labels(),
+            "needed": n_items * overlap,
+            "annotators": [
+                {"name": r["name"], "role": r["role"], "labels": r["labels"] or 0, "skips": r["skips"] or 0,
+                 "undone": r["undone"] or 0}
+                for r in per_user
+            ],
+        }
+
+    def user_progress(self, user_id: int, overlap: int) -> dict:
+        c = self.conn()
+        mine = c.execute(
+            "SELECT COUNT(*) FROM labels WHERE user_id = ? AND undone = 0 AND choice != 'skip'", (user_id,)
+        ).fetchone()[0]
+        remaining = c.execute(
+            "SELECT COUNT(*) FROM items i WHERE n_active < ? AND NOT EXISTS "
+            "(SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.user_id = ?)",
+            (overlap, user_id),
+        ).fetchone()[0]
+        total = c.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        return {"labelled": mine, "available": remaining, "items": total}
+
+
+def open_store(url: str | os.PathLike, **kw: Any) -> Store:
+    """`labels.sqlite`, `sqlite:///path` -> Store. Other SQLAlchemy URLs (postgresql://...) are not supported yet."""
+    s = str(url)
+    if "://" in s:
+        if s.startswith("sqlite:///"):
+            return Store(s[len("sqlite:///"):], **kw)
+        raise ValueError(
+            f"database URL {s!r}: only SQLite is implemented (a path or sqlite:///path); "
+            "Postgres is a planned thin path, see docs/labelling.md"
+        )
+    return Store(s, **kw)
