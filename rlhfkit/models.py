@@ -21,9 +21,18 @@ import torch
 PAD_TOKEN = "<|pad|>"
 
 
+def quiet_transformers() -> None:
+    """Our own progress bars say what runs; transformers' per-shard bars are noise in a pipeline."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
+    quiet_transformers()
     tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     ensure_pad_token(tok)
     tok.padding_side = padding_side
