@@ -181,7 +181,8 @@ def kto(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, 
 
 def sft(policy_chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
     """Per-example token-mean NLL of the chosen response: -log pi(y_w) / |y_w|, (B,). The RPO / "DPO + SFT"
-    regulariser and ORPO's L_SFT."""
+    regulariser and ORPO's L_SFT. (TRL's DPO `sft` instead takes one token mean over all chosen tokens of the batch;
+    weight these losses by length / mean length to reproduce it.)"""
     return -policy_chosen_logps / chosen_lengths.clamp(min=1)
 
 
