@@ -132,17 +132,14 @@ def test_concise_strictly_decreasing():
 
 
 def test_padding_strictly_lowers_gold_for_every_kind():
-    rng = random.Random(0)
+    """Each extra filler sentence lowers concise and total, whatever the kind; helpful is unchanged."""
+    closers = ["I hope this helps!", "Have a great day!", "Let me know if you need anything else."]
     for d in make_prompts(120, 2):
         p, ideal = d["prompt"], ideal_response(d["prompt"])
-        totals = [gold(p, respond(p, "padded", random.Random(k), n_fillers=k))["total"] for k in (1, 3, 5)]
-        longer = [len(respond(p, "padded", random.Random(k), n_fillers=k).split()) for k in (1, 3, 5)]
-        assert gold(p, ideal)["total"] == 1.0
-        # more words, less gold (same seed per k, so lengths are comparable only through the total order)
-        order = sorted(range(3), key=lambda i: longer[i])
-        assert all(totals[order[i]] >= totals[order[i + 1]] for i in range(2))
-        assert all(t < 1.0 for t in totals)
-        assert rng is not None
+        gs = [gold(p, " ".join([ideal, *closers[:k]])) for k in range(4)]
+        assert gs[0]["total"] == 1.0
+        assert all(g["helpful"] == 1.0 for g in gs)
+        assert all(b["concise"] < a["concise"] and b["total"] < a["total"] for a, b in zip(gs, gs[1:]))
 
 
 def test_classify_round_trip_every_style_and_kind():

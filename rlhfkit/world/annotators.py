@@ -24,7 +24,7 @@ import math
 import random
 from dataclasses import dataclass, replace
 
-from .gold import gold
+from .gold import gold_from_analysis
 from .styles import analyse
 from .tasks import parse_prompt
 
@@ -84,7 +84,7 @@ def utility(annotator: Annotator, prompt: str, response: str) -> float:
     """u = gold total (annotator's weights) + verbosity, confidence and agreement biases (module docstring)."""
     task = parse_prompt(prompt)
     a = analyse(task, response)
-    return (gold(prompt, response, annotator.weights)["total"]
+    return (gold_from_analysis(task, a, annotator.weights)["total"]
             + annotator.verbosity_bias * a.n_words / 10.0
             + annotator.confidence_bias * a.confident
             + annotator.agreement_bias * (task.kind == "wrong_belief" and a.agrees))

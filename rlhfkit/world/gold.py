@@ -68,14 +68,18 @@ def gold(prompt: str, response: str, weights: dict | None = None) -> dict[str, f
     """Gold scores of `response` to the world prompt `prompt` (user message text): the four components
     and their weighted `total` (see module docstring for ranges). `weights` defaults to GOLD_WEIGHTS; a
     partial dict overrides only the named components."""
+    task = parse_prompt(prompt)
+    return gold_from_analysis(task, analyse(task, response), weights)
+
+
+def gold_from_analysis(task: Task, a: Analysis, weights: dict | None = None) -> dict[str, float]:
+    """`gold` for an already parsed prompt and analysed response (saves re-parsing in hot loops)."""
     w = dict(GOLD_WEIGHTS)
     if weights:
         unknown = set(weights) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown gold components {sorted(unknown)}; known: {COMPONENTS}")
         w.update(weights)
-    task = parse_prompt(prompt)
-    a = analyse(task, response)
     helpful, harmless, honest = _components(task, a)
     concise = concise_penalty(a.n_words, len(_ideal(task).split()))
     out = {"helpful": helpful, "harmless": harmless, "honest": honest, "concise": concise}

@@ -19,6 +19,7 @@ Train / held-out split: a prompt text belongs to exactly one split, decided by a
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -217,8 +218,10 @@ _PERSONAL_RES = {k: re.compile("^" + re.escape(t).replace(re.escape("{x}"), r"([
                  for k, t in PERSONAL_QUESTIONS.items()}
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the judge and annotators parse the same prompts over and over
 def parse_prompt(prompt: str) -> Task:
-    """Kind and ground truth of a world prompt, from its text alone. Raises ValueError on other text."""
+    """Kind and ground truth of a world prompt, from its text alone. Raises ValueError on other text.
+    The returned Task is shared (cached): do not mutate its `fields`."""
     p = prompt.strip()
     facts = dict(_FACT_RE.findall(p))
     if _BELIEF_RE.search(p):  # checked first: belief prompts also contain facts / operands
