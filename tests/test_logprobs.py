@@ -122,3 +122,19 @@ def test_sequence_logprobs_sum_and_average():
     m = torch.tensor([[True, True, True], [True, True, False]])
     assert sequence_logprobs(lp, m).tolist() == [-6.0, -1.0]
     assert sequence_logprobs(lp, m, average=True).tolist() == [-2.0, -0.5]
+
+
+def test_pure_math_modules_import_only_torch():
+    """DESIGN.md: logprobs, losses, advantages, kl import only torch (+ stdlib and each other). Run in a fresh
+    interpreter so modules imported by other tests don't hide a heavy import. (numpy is not listed: torch imports it.)"""
+    import subprocess
+    import sys
+
+    code = ("import sys; import rlhfkit.logprobs, rlhfkit.losses, rlhfkit.advantages, rlhfkit.kl; "
+            "heavy = sorted(m for m in ('transformers', 'datasets', 'accelerate', 'yaml', 'fastapi') "
+            "if m in sys.modules); print(heavy); sys.exit(1 if heavy else 0)")
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # the repo root, importable without install
+    assert proc.returncode == 0, proc.stdout + proc.stderr
