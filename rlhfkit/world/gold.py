@@ -32,7 +32,7 @@ CONCISE_SCALE = 15.0
 def concise_penalty(n_words: int, ideal_words: int) -> float:
     """The concise component: -(1 - exp(-max(0, n_words - ideal_words) / CONCISE_SCALE))."""
     extra = max(0, n_words - ideal_words)
-    return -(1.0 - math.exp(-extra / CONCISE_SCALE))
+    return -(1.0 - math.exp(-extra / CONCISE_SCALE)) if extra else 0.0  # 0.0, not -0.0, in JSON
 
 
 def _components(task: Task, a: Analysis) -> tuple[float, float, float]:
