@@ -28,6 +28,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -370,6 +371,11 @@ class Engine:
         self._progress = None
         self._task = None
         self._t_last = time.perf_counter()
+        # Throughput counters for `rlhfkit bench` (BENCHMARKS.md semantics): samples and non-pad tokens that
+        # reach the loss, generated tokens and generation seconds for online trainers.
+        self.timing: dict[str, Any] = {"samples": 0, "tokens": 0, "gen_tokens": 0, "gen_s": 0.0, "step_s": [],
+                                       "n_params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())}
+        self._t_start: float | None = None
 
     # -- data
     def my_micro_batches(self, global_indices: list[int]) -> list[list[int]]:
@@ -386,6 +392,7 @@ class Engine:
             self._progress = progress
             if progress is not None:
                 self._task = progress.add_task(self.name, total=self.total_steps, completed=self.step_count, info="")
+            self._t_start = self._t_last = time.perf_counter()
             while self.step_count < self.total_steps:
                 yield self.step_count
         self._progress = None
@@ -449,10 +456,14 @@ class Engine:
                 )
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         self.step_count += 1
         now = time.perf_counter()
         metrics.update({"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/step_s": now - self._t_last})
+        self.timing["step_s"].append(now - self._t_last)
+        self.timing["final_loss"] = _plain(metrics.get("train/loss", float("nan")))
         self._t_last = now
         if self.dist.is_main and (self.step_count % cfg.log_every == 0 or self.step_count == self.total_steps):
             self.log.log(self.step_count, metrics)
@@ -501,8 +512,22 @@ class Engine:
             # A resume that would silently train zero steps is a classic complaint: say it out loud.
             print(f"resume: checkpoint {path.name} is already at step {self.step_count} of {self.total_steps}")
 
+    def count(self, samples: int = 0, tokens: int = 0, gen_tokens: int = 0, gen_s: float = 0.0) -> None:
+        """Add to the throughput counters (this process's share)."""
+        t = self.timing
+        t["samples"] += samples
+        t["tokens"] += tokens
+        t["gen_tokens"] += gen_tokens
+        t["gen_s"] += gen_s
+
     def close(self) -> None:
+        """Close logs and write timing.json (loop wall time and counters, read by `rlhfkit bench`)."""
         self.log.close()
+        if self._t_start is not None and self.dist.is_main:
+            t = dict(self.timing)
+            t["loop_s"] = time.perf_counter() - self._t_start
+            t["steps_run"] = len(t["step_s"])
+            (self.run_dir / "timing.json").write_text(json.dumps(t))
 
 
 _SHOWN = ("train/loss", "rewards/accuracy", "rollout/score", "kl/seq", "train/grad_norm")

@@ -105,6 +105,7 @@ def train_on_examples(cfg: TrainConfig, model, tokenizer, examples: list[data_li
             engine.backward(loss)
             loss_total += loss.detach().cpu()
             tokens_seen += int(attention.sum())
+            engine.count(samples=len(batch), tokens=int(attention.sum()))
         # 3. update and log
         loss_value = all_reduce_sum(loss_total).item()
         engine.step({"train/loss": loss_value, "train/tokens": tokens_seen,
