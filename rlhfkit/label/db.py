@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS items (
     n_active INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS items_by_fill ON items (n_active, id);
+CREATE INDEX IF NOT EXISTS items_by_fill ON items (n_active DESC, id);
 CREATE TABLE IF NOT EXISTS assignments (
     item_id INTEGER NOT NULL REFERENCES items(id),
     user_id INTEGER NOT NULL REFERENCES users(id),

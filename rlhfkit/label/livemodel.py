@@ -38,9 +38,8 @@ def _bucket(tok: str, dim: int) -> tuple[int, float]:
     return h % dim, (1.0 if (h >> 31) & 1 else -1.0)
 
 
-def featurize(text: str, dim: int) -> np.ndarray:
-    """Hashed bag of unigrams + bigrams + log-length, unit norm. Shape (dim + 1,)."""
-    v = np.zeros(dim + 1, dtype=np.float64)
+def featurize_sparse(text: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashed bag of unigrams + bigrams + log-length, unit norm, as (indices, values) into a (dim + 1,) vector."""
     toks = _WORD.findall(text.lower())
     counts: dict[str, int] = {}
     for t in toks:
@@ -48,12 +47,23 @@ def featurize(text: str, dim: int) -> np.ndarray:
     for a, b in zip(toks, toks[1:]):
         k = a + " " + b
         counts[k] = counts.get(k, 0) + 1
+    acc: dict[int, float] = {}
     for tok, n in counts.items():
-        i, s = _bucket(tok, dim)
-        v[i] += s * math.log1p(n)
-    v[dim] = math.log1p(len(text)) / 4.0  # length: the first thing preference models learn
-    norm = np.linalg.norm(v)
-    return v / norm if norm > 0 else v
+        i, sgn = _bucket(tok, dim)
+        acc[i] = acc.get(i, 0.0) + sgn * math.log1p(n)
+    acc[dim] = math.log1p(len(text)) / 4.0  # length: the first thing preference models learn
+    idx = np.fromiter(acc.keys(), dtype=np.int64, count=len(acc))
+    val = np.fromiter(acc.values(), dtype=np.float64, count=len(acc))
+    norm = np.linalg.norm(val)
+    return idx, (val / norm if norm > 0 else val)
+
+
+def featurize(text: str, dim: int) -> np.ndarray:
+    """Dense form of `featurize_sparse`. Shape (dim + 1,)."""
+    v = np.zeros(dim + 1)
+    idx, val = featurize_sparse(text, dim)
+    v[idx] = val
+    return v
 
 
 def is_held_out(label_id: int) -> bool:
@@ -76,7 +86,7 @@ def label_pairs(label: Any, responses: list) -> list[tuple[str, str]]:
 def fit_bt(diffs: np.ndarray, lam: float = 1e-3, iters: int = 300) -> np.ndarray:
     """Gradient descent on the BT loss over rows diffs[i] = phi(win) - phi(lose). Shapes: (n, d) -> (d,)."""
     n, d = diffs.shape
-    w = np.zeros(d)
+    w = np.zeros(d, dtype=diffs.dtype)
     if n == 0:
         return w
     step = 1.0 / (1.0 + lam)
@@ -107,11 +117,13 @@ def bt_metrics(w: np.ndarray, diffs: np.ndarray) -> dict:
 
 
 class LiveModel:
-    def __init__(self, store: Store, *, retrain_every: int = 20, dim: int = 2048, max_pairs: int = 20000):
+    def __init__(self, store: Store, *, retrain_every: int = 20, dim: int = 1024, max_pairs: int = 10000,
+                 iters: int = 200):
         self.store = store
         self.retrain_every = max(1, int(retrain_every))
         self.dim = dim
         self.max_pairs = max_pairs
+        self.iters = iters
         self.w: np.ndarray | None = None
         self.version = 0
         self.info: dict = {"features": "bag-of-words", "trained_on_labels": 0}
@@ -120,7 +132,7 @@ class LiveModel:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._feat_cache: dict[str, np.ndarray] = {}
+        self._feat_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- background thread ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,29 +169,32 @@ class LiveModel:
                 self.info = {**self.info, "error": f"{type(e).__name__}: {e}"}
 
     # -- training / prediction -----------------------------------------------------------------------------
-    def _phi(self, text: str) -> np.ndarray:
+    def _phi(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         v = self._feat_cache.get(text)
         if v is None:
-            v = featurize(text, self.dim)
-            if len(self._feat_cache) > 50_000:
+            v = featurize_sparse(text, self.dim)
+            if len(self._feat_cache) > 50_000:  # sparse entries: ~50 numbers each, so this bounds memory
                 self._feat_cache.clear()
             self._feat_cache[text] = v
         return v
 
+    def _reward(self, w: np.ndarray, text: str) -> float:
+        idx, val = self._phi(text)
+        return float(w[idx] @ val)
+
     def train_now(self) -> dict:
         t0 = time.perf_counter()
-        labels = self.store.live_labels()
+        labels = self.store.live_labels()[-self.max_pairs:]
         items: dict[int, list] = {}
-        train, test = [], []
-        for lab in labels[-self.max_pairs:]:
+        train: list[tuple[str, str]] = []
+        test: list[tuple[str, str]] = []
+        for lab in labels:
             if lab["item_id"] not in items:
                 items[lab["item_id"]] = json.loads(self.store.item(lab["item_id"])["responses_json"])
-            for win, lose in label_pairs(lab, items[lab["item_id"]]):
-                (test if is_held_out(lab["id"]) else train).append(self._phi(win) - self._phi(lose))
-        d = self.dim + 1
-        xtr = np.array(train).reshape(-1, d)
-        xte = np.array(test).reshape(-1, d)
-        w = fit_bt(xtr)
+            pairs = label_pairs(lab, items[lab["item_id"]])
+            (test if is_held_out(lab["id"]) else train).extend(pairs)
+        xtr, xte = self._diffs(train[-self.max_pairs:]), self._diffs(test)
+        w = fit_bt(xtr, iters=self.iters)
         info = {
             "features": "bag-of-words",
             "trained_on_labels": len(labels),
@@ -194,20 +209,30 @@ class LiveModel:
             self.info = info
         return info
 
+    def _diffs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Rows phi(win) - phi(lose), dense float32. Shape (n_pairs, dim + 1)."""
+        x = np.zeros((len(pairs), self.dim + 1), dtype=np.float32)
+        for r, (win, lose) in enumerate(pairs):
+            i, v = self._phi(win)
+            np.add.at(x[r], i, v)
+            i, v = self._phi(lose)
+            np.add.at(x[r], i, -v)
+        return x
+
     def prob_left(self, responses: list, shown_order: list[int]) -> float | None:
         """The model's P(left > right) for a pair as shown (None before the first training)."""
         w = self.w
         if w is None or len(shown_order) < 2:
             return None
-        a = self._phi(message_text(responses[shown_order[0]]))
-        b = self._phi(message_text(responses[shown_order[1]]))
-        return float(_sigmoid(np.array(w @ (a - b))))
+        margin = self._reward(w, message_text(responses[shown_order[0]])) - self._reward(
+            w, message_text(responses[shown_order[1]]))
+        return float(_sigmoid(np.array(margin)))
 
     def scores(self, responses: list, shown_order: list[int]) -> list[float] | None:
         w = self.w
         if w is None:
             return None
-        return [float(w @ self._phi(message_text(responses[i]))) for i in shown_order]
+        return [self._reward(w, message_text(responses[i])) for i in shown_order]
 
     def status(self) -> dict:
         with self._lock:

@@ -1,5 +1,5 @@
 // rlhfkit label: the page. No framework, no build step. Every piece of model output is put on the page with
-// textContent (never innerHTML), and the server's Content-Security-Policy forbids inline scripts.
+// textContent (never as HTML), and the server's Content-Security-Policy forbids inline scripts.
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);

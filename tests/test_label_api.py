@@ -1,0 +1,412 @@
+"""API tests for the labelling app: every route, unauthenticated (401), wrong role / missing CSRF (403), and the
+storage guarantees (idempotency, overlap, undo, export undoing the left/right randomisation)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from rlhfkit.label import auth  # noqa: E402
+from rlhfkit.label.db import open_store, parse_rows  # noqa: E402
+from rlhfkit.label.server import ServerConfig, create_app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_items(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+PAIRS = [{"id": f"p{i}", "prompt": f"Question {i}?", "responses": [f"short {i}", f"a much longer answer {i}"]}
+         for i in range(6)]
+
+
+@pytest.fixture(autouse=True)
+def cheap_scrypt(monkeypatch):
+    # The cost is stored in each hash, so a cheaper one in tests only speeds up hashing + login here.
+    monkeypatch.setattr(auth, "SCRYPT_N", 2**10)
+
+
+@pytest.fixture()
+def env(tmp_path):
+    """An app with 6 pair items, 1 ranked item, an admin and two annotators; returns helpers."""
+    items = write_items(tmp_path / "items.jsonl",
+                        PAIRS + [{"id": "r0", "prompt": "Rank these", "responses": ["a", "bb", "ccc"]}])
+    cfg = ServerConfig(db=str(tmp_path / "l.sqlite"), items=str(items), overlap=2, retrain_every=1,
+                       login_max_failures=3)
+    app = create_app(cfg)
+    store = app.state.store
+    tokens = {}
+    for name, role in [("boss", "admin"), ("ann", "annotator"), ("bob", "annotator")]:
+        tokens[name] = auth.new_token()
+        store.add_user(name, role, auth.hash_token(tokens[name]))
+
+    def client(name: str | None = None) -> TestClient:
+        c = TestClient(app)
+        if name:
+            r = c.post("/api/login", json={"name": name, "token": tokens[name]})
+            assert r.status_code == 200, r.text
+            c.headers["X-CSRF-Token"] = r.json()["csrf"]
+        return c
+
+    with TestClient(app):  # runs the lifespan (live-model thread)
+        yield type("Env", (), {"app": app, "store": store, "tokens": tokens, "client": staticmethod(client),
+                               "cfg": cfg, "tmp": tmp_path})
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+def label(c: TestClient, choice: str = "left", **kw):
+    nxt = c.post("/api/next").json()
+    assert not nxt["done"]
+    item = nxt["item"]
+    body = {"item_id": item["item_id"], "choice": choice, "idempotency_key": key(), **kw}
+    if item["mode"] == "rank" and choice != "skip":
+        body.update(choice="rank", ranking=list(range(len(item["responses"]))))
+    r = c.post("/api/labels", json=body)
+    assert r.status_code == 200, r.text
+    return item, r.json()
+
+
+# -- authentication / authorisation matrix ----------------------------------------------------------------------
+ROUTES = [
+    ("POST", "/api/logout", {}), ("GET", "/api/me", None), ("POST", "/api/next", {}),
+    ("POST", "/api/labels", {"item_id": 1, "choice": "left", "idempotency_key": "abcdefgh"}),
+    ("POST", "/api/undo", {}), ("GET", "/api/progress", None), ("GET", "/api/model", None),
+    ("GET", "/api/admin/stats", None), ("GET", "/api/admin/export", None),
+    ("POST", "/api/admin/export", {"filename": "x.jsonl"}), ("POST", "/api/admin/users", {"name": "zed"}),
+    ("POST", "/api/admin/items", {"rows": []}),
+]
+ADMIN_ROUTES = [r for r in ROUTES if r[1].startswith("/api/admin/")]
+
+
+def call(c, method, path, body):
+    return c.get(path) if method == "GET" else c.post(path, json=body)
+
+
+@pytest.mark.parametrize("method,path,body", ROUTES)
+def test_unauthenticated_is_401(env, method, path, body):
+    assert call(env.client(), method, path, body).status_code == 401
+
+
+@pytest.mark.parametrize("method,path,body", ADMIN_ROUTES)
+def test_annotator_on_admin_route_is_403(env, method, path, body):
+    assert call(env.client("ann"), method, path, body).status_code == 403
+
+
+@pytest.mark.parametrize("method,path,body", [r for r in ROUTES if r[0] == "POST"])
+def test_post_without_csrf_is_403(env, method, path, body):
+    c = env.client("boss")
+    del c.headers["X-CSRF-Token"]
+    assert c.post(path, json=body).status_code == 403
+    c.headers["X-CSRF-Token"] = "0" * 64
+    assert c.post(path, json=body).status_code == 403
+
+
+def test_cross_origin_post_is_refused(env):
+    c = env.client("ann")
+    assert c.post("/api/next", headers={"Origin": "http://evil.example"}).status_code == 403
+    assert c.post("/api/next", headers={"Origin": "http://testserver"}).status_code == 200
+    r = env.client().post("/api/login", json={"name": "ann", "token": env.tokens["ann"]},
+                          headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403
+
+
+def test_public_routes_and_security_headers(env):
+    c = env.client()
+    assert c.get("/api/health").json() == {"ok": True}
+    page = c.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "<script>" not in page.text.replace('<script src="/static/app.js" defer></script>', "")
+    for f in ("app.js", "app.css"):
+        assert c.get(f"/static/{f}").status_code == 200
+    assert c.get("/static/../db.py").status_code == 404
+    assert c.get("/api/openapi.json").status_code == 200
+    assert c.get("/docs").status_code == 404  # swagger UI loads from a CDN with inline scripts: disabled
+    assert c.get("/api/health").headers["cache-control"] == "no-store"
+
+
+def test_static_js_never_uses_html_sinks():
+    js = (ROOT / "rlhfkit/label/static/app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in js
+
+
+# -- login ------------------------------------------------------------------------------------------------------
+def test_login_logout_me(env):
+    c = env.client()
+    assert c.post("/api/login", json={"name": "ann", "token": "wrong"}).status_code == 401
+    assert c.post("/api/login", json={"name": "nobody", "token": "x"}).status_code == 401
+    r = c.post("/api/login", json={"name": "ann", "token": env.tokens["ann"]})
+    assert r.status_code == 200 and r.json()["role"] == "annotator"
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    c.headers["X-CSRF-Token"] = r.json()["csrf"]
+    assert c.get("/api/me").json()["name"] == "ann"
+    assert c.post("/api/logout").status_code == 200
+    assert c.get("/api/me").status_code == 401
+
+
+def test_login_rate_limit(env):
+    c = env.client()
+    for _ in range(3):
+        assert c.post("/api/login", json={"name": "bob", "token": "guess"}).status_code == 401
+    r = c.post("/api/login", json={"name": "bob", "token": env.tokens["bob"]})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+def test_secret_file_is_0600_and_tokens_hashed(env):
+    secret = Path(env.cfg.db + ".secret")
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_bytes()) == 32
+    raw = Path(env.cfg.db).read_bytes() + b"".join(p.read_bytes() for p in env.tmp.glob("l.sqlite-wal"))
+    for t in env.tokens.values():
+        assert t.encode() not in raw
+    os.chmod(secret, 0o644)
+    with pytest.raises(PermissionError):
+        auth.load_or_create_secret(secret)
+
+
+# -- labelling --------------------------------------------------------------------------------------------------
+def test_next_label_idempotent_and_model(env):
+    c = env.client("ann")
+    item = c.post("/api/next").json()["item"]
+    assert c.post("/api/next").json()["item"]["item_id"] == item["item_id"]  # same open assignment
+    body = {"item_id": item["item_id"], "choice": "right", "idempotency_key": key(), "rationale": "r"}
+    first = c.post("/api/labels", json=body).json()
+    again = c.post("/api/labels", json=body).json()
+    assert not first["duplicate"] and again["duplicate"] and again["label_id"] == first["label_id"]
+    assert c.post("/api/labels", json={**body, "choice": "left"}).status_code == 409  # key reuse, other payload
+    assert c.post("/api/labels", json={**body, "idempotency_key": key()}).status_code == 409  # labelled already
+    assert env.store.count_live_labels() == 1
+    model = c.get("/api/model").json()
+    assert model["comparisons"] == 1 and model["retrain_every"] == 1 and "heldout" in model or model["version"] >= 0
+
+
+def test_label_validation(env):
+    c = env.client("ann")
+    item = c.post("/api/next").json()["item"]
+    base = {"item_id": item["item_id"], "choice": "left", "idempotency_key": key()}
+    assert c.post("/api/labels", json={**base, "choice": "best"}).status_code == 422
+    assert c.post("/api/labels", json={**base, "idempotency_key": "short"}).status_code == 422
+    assert c.post("/api/labels", json={**base, "rationale": "x" * 5000}).status_code == 422
+    assert c.post("/api/labels", json={**base, "item_id": 999}).status_code == 409  # not assigned
+    assert c.post("/api/labels", content=b"item_id=1", headers={"Content-Type": "text/plain"}).status_code == 422
+
+
+def test_overlap_distinct_annotators_never_twice(env):
+    """overlap=2: each item goes to 2 distinct annotators; a third never gets a full item; nobody gets one twice."""
+    seen = {}
+    for name in ("ann", "bob"):
+        c = env.client(name)
+        seen[name] = []
+        while True:
+            nxt = c.post("/api/next").json()
+            if nxt["done"]:
+                break
+            seen[name].append(nxt["item"]["item_id"])
+            label(c)
+    assert len(seen["ann"]) == len(set(seen["ann"])) == 7 and sorted(seen["ann"]) == sorted(seen["bob"])
+    assert env.client("boss").post("/api/next").json()["done"]  # every item has its 2 annotators
+    prog = env.client("boss").get("/api/admin/stats").json()["progress"]
+    assert prog["items_complete"] == 7 and prog["labels"] == 14
+
+
+def test_skip_frees_the_slot(env):
+    ann, bob, boss = env.client("ann"), env.client("bob"), env.client("boss")
+    item, _ = label(ann, "skip")
+    label(bob)
+    # The skipped item did not count towards overlap: boss gets the item bob just labelled (1 of 2 so far) or
+    # the skipped one; ann never sees the skipped item again.
+    ids = []
+    while not (n := ann.post("/api/next").json())["done"]:
+        ids.append(n["item"]["item_id"])
+        label(ann)
+    assert item["item_id"] not in ids
+    assert boss.post("/api/next").json()["item"] is not None
+
+
+def test_undo_returns_the_item_and_is_idempotent(env):
+    c = env.client("ann")
+    item1, lab1 = label(c, "left")
+    item2 = c.post("/api/next").json()["item"]  # now on screen
+    r = c.post("/api/undo", json={"label_id": lab1["label_id"]}).json()
+    assert r == {"undone": lab1["label_id"], "item_id": item1["item_id"]}
+    assert c.post("/api/undo", json={"label_id": lab1["label_id"]}).json()["undone"] == lab1["label_id"]  # retry
+    assert c.post("/api/next").json()["item"]["item_id"] == item1["item_id"]  # the undone item comes back
+    _, lab1b = label(c, "right")
+    assert c.post("/api/next").json()["item"]["item_id"] == item2["item_id"]
+    assert c.post("/api/undo", json={"label_id": 10**9}).status_code == 404
+    _, lab2 = label(c, "tie")
+    assert c.post("/api/undo", json={"label_id": lab1b["label_id"]}).status_code == 409  # not the latest
+    assert env.client("bob").post("/api/undo", json={}).json()["undone"] is None
+    assert env.store.count_live_labels() == 2
+
+
+def test_ranking_mode(env):
+    c = env.client("ann")
+    while True:
+        item = c.post("/api/next").json()["item"]
+        if item["mode"] == "rank":
+            break
+        label(c)
+    body = {"item_id": item["item_id"], "idempotency_key": key()}
+    assert c.post("/api/labels", json={**body, "choice": "left"}).status_code == 422
+    assert c.post("/api/labels", json={**body, "choice": "rank", "ranking": [0, 0, 1]}).status_code == 422
+    r = c.post("/api/labels", json={**body, "choice": "rank", "ranking": [2, 0, 1]})
+    assert r.status_code == 200
+    rows = [x for x in export(env) if x["item_id"] == "r0"]
+    shown = [x["text"] for x in item["responses"]]
+    best, mid, worst = shown[2], shown[0], shown[1]
+    assert {(x["chosen"], x["rejected"]) for x in rows} == {(best, mid), (best, worst), (mid, worst)}
+
+
+def export(env, **q):
+    r = env.client("boss").get("/api/admin/export", params=q)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def test_export_undoes_randomisation_and_ties(env):
+    c = env.client("ann")
+    given = {}
+    for choice in ("left", "right", "tie", "both_bad", "left"):
+        item, lab = label(c, choice, rationale=f"because {choice}")
+        given[lab["label_id"]] = (item, choice)
+    rows = export(env)
+    assert len(rows) == 3
+    for row in rows:
+        item, choice = given[row["label_id"]]
+        shown = [x["text"] for x in item["responses"]]
+        want = shown if choice == "left" else shown[::-1]
+        assert (row["chosen"], row["rejected"]) == tuple(want)
+        assert row["annotator"] == "ann" and row["rationale"] == f"because {choice}" and row["outcome"] == "preference"
+        assert row["item_id"].startswith("p") and row["prompt"].startswith("Question")
+    kept = export(env, ties="keep")
+    assert sorted(r["outcome"] for r in kept) == ["both_bad", "preference", "preference", "preference", "tie"]
+    assert env.client("boss").get("/api/admin/export", params={"ties": "maybe"}).status_code == 422
+
+
+def test_export_file_confined(env):
+    boss = env.client("boss")
+    label(env.client("ann"))
+    r = boss.post("/api/admin/export", json={"filename": "prefs.jsonl"})
+    assert r.status_code == 200 and r.json() == {"filename": "prefs.jsonl", "rows": 1}
+    assert (env.tmp / "exports" / "prefs.jsonl").read_text().count("\n") == 1
+    for bad in ("../prefs.jsonl", "/etc/passwd.jsonl", "a/b.jsonl", ".hidden.jsonl", "x.txt", "..jsonl", "x\x00.jsonl"):
+        assert boss.post("/api/admin/export", json={"filename": bad}).status_code == 422, bad
+    assert sorted(p.name for p in (env.tmp / "exports").iterdir()) == ["prefs.jsonl"]
+
+
+def test_admin_users_and_items(env):
+    boss = env.client("boss")
+    r = boss.post("/api/admin/users", json={"name": "cat", "role": "annotator"})
+    assert r.status_code == 200 and len(r.json()["token"]) >= 40
+    assert boss.post("/api/admin/users", json={"name": "cat"}).status_code == 409
+    assert boss.post("/api/admin/users", json={"name": "bad name!"}).status_code == 422
+    cat = TestClient(env.app)
+    assert cat.post("/api/login", json={"name": "cat", "token": r.json()["token"]}).status_code == 200
+    r = boss.post("/api/admin/items", json={"rows": [
+        {"prompt": "x", "chosen": "c", "rejected": "r"}, {"prompt": "x", "chosen": "c", "rejected": "r"},
+        {"prompt": "y", "completion": "1"}, {"prompt": "y", "completion": "2"}, {"prompt": "z", "completion": "1"},
+        {"nothing": 1}]})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["added"] == 2 and body["parsed"] == 3 and len(body["warnings"]) == 2  # duplicate row added once
+
+
+def test_progress_and_stats(env):
+    ann, bob = env.client("ann"), env.client("bob")
+    for _ in range(4):
+        label(ann, "left")
+        label(bob, "left")
+    p = ann.get("/api/progress").json()
+    assert p["me"]["labelled"] == 4 and p["overall"]["labels"] == 8 and p["overall"]["needed"] == 14
+    s = env.client("boss").get("/api/admin/stats").json()
+    assert s["agreement"]["items_with_2plus"] == 4
+    assert {(c["a"], c["b"]) for c in s["agreement"]["cohen"]} == {("ann", "bob")}
+    assert s["gold"] is None  # no world items here
+
+
+def test_body_size_limit(tmp_path):
+    app = create_app(ServerConfig(db=str(tmp_path / "l.sqlite"), max_body_bytes=1000, live_model=False))
+    c = TestClient(app)
+    assert c.post("/api/login", content=b"{" + b" " * 2000 + b"}",
+                  headers={"Content-Type": "application/json"}).status_code == 413
+
+
+# -- items parsing, store, CLI -----------------------------------------------------------------------------------
+def test_parse_rows_formats():
+    items, warnings = parse_rows([
+        {"prompt": [{"role": "user", "content": "hi"}], "responses": ["a", "b", "c"], "kind": "math", "extra": 1},
+        {"prompt": "p", "chosen": [{"role": "assistant", "content": "c"}], "rejected": [{"role": "assistant", "content": "r"}]},
+        {"prompt": "q", "completion": "1"}, {"prompt": "q", "completion": "2"},
+        {"responses": ["only one"]},
+        "not a dict",
+    ])
+    assert [len(i.responses) for i in items] == [3, 2, 2]
+    assert items[0].kind == "math" and items[0].extra == {"extra": 1}
+    assert len(warnings) == 2
+    assert items[0].ext_id == parse_rows([{"prompt": [{"role": "user", "content": "hi"}],
+                                           "responses": ["a", "b", "c"]}])[0][0].ext_id
+
+
+def test_postgres_url_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="only SQLite"):
+        open_store("postgresql://u@localhost/db")
+    assert open_store(f"sqlite:///{tmp_path}/x.sqlite").integrity_check() == "ok"
+
+
+def test_server_module_never_imports_torch():
+    code = ("import sys, rlhfkit.label.server, rlhfkit.label.cli, rlhfkit.label.livemodel, rlhfkit.label.agreement;"
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cli_add_user_import_export_stats(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.label.cli import app
+
+    run = CliRunner().invoke
+    db = str(tmp_path / "c.sqlite")
+    r = run(app, ["add-user", "root", "--db", db, "--admin"])
+    assert r.exit_code == 0, r.output
+    token = r.output.strip().splitlines()[-1]
+    assert len(token) >= 40
+    assert run(app, ["add-user", "root", "--db", db]).exit_code == 1  # exists
+    assert run(app, ["add-user", "root", "--db", db, "--rotate"]).exit_code == 0
+    assert run(app, ["add-user", "a/b", "--db", db]).exit_code != 0
+    items = write_items(tmp_path / "i.jsonl", PAIRS)
+    r = run(app, ["import", str(items), "--db", db])
+    assert r.exit_code == 0 and json.loads(r.output.strip().splitlines()[-1])["added"] == 6
+    store = open_store(db)
+    uid = store.user_by_name("root")["id"]
+    a = store.next_assignment(uid, 1)
+    store.add_label(uid, a["item_id"], key(), "left", rationale="why")
+    out = tmp_path / "sub" / "prefs.jsonl"
+    r = run(app, ["export", "--db", db, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["rationale"] == "why" and rows[0]["annotator"] == "root"
+    assert run(app, ["export", "--db", db, "--out", str(out), "--ties", "bogus"]).exit_code != 0
+    r = run(app, ["stats", "--db", db])
+    assert r.exit_code == 0 and "labels 1" in r.output
+    assert json.loads(run(app, ["stats", "--db", db, "--json"]).output)["progress"]["labels"] == 1
+    assert run(app, ["check", "--db", db]).output.strip() == "ok"

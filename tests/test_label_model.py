@@ -1,0 +1,174 @@
+"""Agreement statistics with exact answers, the live Bradley-Terry model, and gold-judge agreement plumbing."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import uuid
+
+import numpy as np
+import pytest
+
+from rlhfkit.label import auth
+from rlhfkit.label.agreement import agreement_report, cohens_kappa, fleiss_kappa, gold_agreement
+from rlhfkit.label.db import Store, parse_rows
+from rlhfkit.label.livemodel import LiveModel, bt_metrics, featurize, fit_bt, is_held_out
+
+
+# -- kappa -------------------------------------------------------------------------------------------------------
+def test_cohens_kappa_worked_example():
+    """50 items, yes/no. Both yes 20, A yes B no 5, A no B yes 10, both no 15.
+    p_o = 35/50 = 0.7; A says yes 25/50, B 30/50: p_e = 0.5*0.6 + 0.5*0.4 = 0.5; kappa = (0.7-0.5)/(1-0.5) = 0.4."""
+    a = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15
+    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert cohens_kappa(a, b) == pytest.approx(0.4, rel=1e-12)
+
+
+def test_cohens_kappa_limits():
+    assert cohens_kappa(list("xyzx"), list("xyzx")) == pytest.approx(1.0)
+    # p_o = 1/2 and p_e = 1/2 -> exactly chance.
+    assert cohens_kappa(list("xxyy"), list("xyxy")) == pytest.approx(0.0, abs=1e-12)
+    # Systematic disagreement: p_o = 0, p_e = 1/2 -> -1.
+    assert cohens_kappa(list("xy"), list("yx")) == pytest.approx(-1.0)
+    assert cohens_kappa(list("xx"), list("xx")) is None  # p_e = 1: undefined
+    assert cohens_kappa([], []) is None
+    with pytest.raises(ValueError):
+        cohens_kappa(["x"], [])
+
+
+def test_fleiss_kappa_worked_example():
+    """Fleiss (1971) as worked on Wikipedia: 10 subjects, 14 raters, 5 categories.
+    Row sums of squares 196 60 70 94 74 98 58 46 66 66 (total 828), so sum_i P_i = (828 - 10*14) / (14*13)
+    = 688/182 and P_bar = 0.37802; P_e = 0.21276 -> kappa = 0.2099."""
+    rows = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+            [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    p_bar = 688 / 182 / 10
+    p_e = sum((sum(r[c] for r in rows) / 140) ** 2 for c in range(5))
+    assert p_e == pytest.approx(0.21275510204, rel=1e-9)
+    assert fleiss_kappa(rows) == pytest.approx((p_bar - p_e) / (1 - p_e), rel=1e-9)
+    assert fleiss_kappa(rows) == pytest.approx(0.20993, abs=5e-6)
+
+
+def test_fleiss_equals_cohen_style_limits():
+    assert fleiss_kappa([[3, 0], [0, 3], [3, 0]]) == pytest.approx(1.0)
+    assert fleiss_kappa([[1, 0], [0, 1]]) is None  # one rater per item: nothing to agree on
+    assert fleiss_kappa([[2, 0], [2, 0]]) is None  # one category used: undefined
+    # Two raters, items with 2 ratings: P_i is 1 or 0; here P_bar = 1/2, p = (1/2, 1/2), P_e = 1/2 -> 0.
+    assert fleiss_kappa([[2, 0], [1, 1], [0, 2], [1, 1]]) == pytest.approx(0.0, abs=1e-12)
+
+
+def _lab(item, who, choice, order=(0, 1), ranking=None):
+    return {"item_id": item, "annotator": who, "choice": choice, "shown_order": json.dumps(list(order)),
+            "ranking": json.dumps(ranking) if ranking else None}
+
+
+def test_agreement_report_is_in_response_space():
+    """ann saw item 1 as (0, 1) and chose left; bob saw it as (1, 0) and chose right: same response, agreement."""
+    labels = [_lab(1, "ann", "left", (0, 1)), _lab(1, "bob", "right", (1, 0)),
+              _lab(2, "ann", "right", (0, 1)), _lab(2, "bob", "right", (0, 1)),
+              _lab(3, "ann", "tie"), _lab(3, "bob", "left"),
+              _lab(4, "ann", "rank", (0, 1, 2), [2, 0, 1]), _lab(4, "bob", "rank", (2, 1, 0), [2, 1, 0])]
+    rep = agreement_report(labels)
+    assert rep["items_with_2plus"] == 4
+    (pair,) = rep["cohen"]
+    # categories: ann r0 r1 tie r2, bob r0 r1 r0 r2 -> p_o = 3/4; p_e = (1*2 + 1*1 + 0 + 1*1)/16 = 4/16.
+    assert pair["kappa"] == pytest.approx((0.75 - 0.25) / 0.75)
+
+
+# -- live model --------------------------------------------------------------------------------------------------
+def test_fit_bt_zero_weights_loss_is_log2_and_optimum_has_zero_gradient():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)) / 3
+    assert bt_metrics(np.zeros(5), x)["loss"] == pytest.approx(math.log(2), rel=1e-12)
+    lam = 1e-2
+    w = fit_bt(x, lam=lam, iters=3000)
+    m = x @ w
+    grad = -(x.T @ (1 / (1 + np.exp(m)))) / len(x) + lam * w
+    assert np.abs(grad).max() < 1e-6
+
+
+def test_featurize_is_unit_norm_and_deterministic():
+    a = featurize("Hello, world! Hello.", 256)
+    assert np.linalg.norm(a) == pytest.approx(1.0) and np.array_equal(a, featurize("Hello, world! Hello.", 256))
+    assert not np.array_equal(a, featurize("goodbye", 256))
+
+
+def test_held_out_split_is_stable_and_about_a_fifth():
+    frac = np.mean([is_held_out(i) for i in range(1, 5001)])
+    assert 0.15 < frac < 0.25 and is_held_out(7) == is_held_out(7)
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.setattr(auth, "SCRYPT_N", 2**10)
+    return Store(tmp_path / "m.sqlite", synchronous="NORMAL")
+
+
+def test_live_model_learns_a_simple_preference(store):
+    """Annotators always prefer the response that says 'please' and is longer; the BT model should get well above
+    chance on held-out labels, and P(A > B) should follow."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(300):
+        good = f"please here is a careful answer number {i} " + "detail " * rng.randint(2, 6)
+        bad = f"no {i}"
+        rows.append({"id": f"i{i}", "prompt": f"q{i}", "responses": [good, bad]})
+    store.add_items(parse_rows(rows)[0])
+    uid = store.add_user("ann", "annotator", auth.hash_token("t"))
+    for _ in range(300):
+        a = store.next_assignment(uid, 1, rng)
+        order = json.loads(a["shown_order"])
+        store.add_label(uid, a["item_id"], uuid.uuid4().hex, "left" if order[0] == 0 else "right")
+    model = LiveModel(store, retrain_every=1000)
+    info = model.train_now()
+    assert info["heldout"]["n"] > 30 and info["heldout"]["accuracy"] > 0.9
+    assert info["heldout"]["loss"] < math.log(2)
+    p = model.prob_left(["please a careful detailed answer detail detail", "no"], [0, 1])
+    assert p > 0.6 and model.prob_left(["please a careful detailed answer detail detail", "no"], [1, 0]) < 0.4
+    assert model.status()["version"] == 1
+
+
+def test_live_model_retrains_in_background_every_m(store):
+    store.add_items(parse_rows([{"id": f"i{i}", "prompt": "q", "responses": [f"yes {i}", "no"]} for i in range(10)])[0])
+    uid = store.add_user("ann", "annotator", "x")
+    model = LiveModel(store, retrain_every=3)
+    model.start()
+    try:
+        for k in range(6):
+            a = store.next_assignment(uid, 1)
+            store.add_label(uid, a["item_id"], uuid.uuid4().hex, "left")
+            model.notify_label()
+        import time
+        deadline = time.monotonic() + 10
+        while model.status()["trained_on_labels"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # Two wake-ups (after labels 3 and 6); a burst that arrives during a training run coalesces into one.
+        assert 1 <= model.version <= 2 and model.status()["trained_on_labels"] == 6
+        assert model.status()["until_retrain"] == 3
+    finally:
+        model.stop()
+
+
+# -- gold judge --------------------------------------------------------------------------------------------------
+def test_gold_agreement_on_world_items(store):
+    world = pytest.importorskip("rlhfkit.world")
+    prompts = world.make_prompts(6, 0)
+    from rlhfkit.world.styles import _ideal
+    from rlhfkit.world.tasks import parse_prompt
+
+    rows = [{"id": p["id"], "kind": p["kind"], "prompt": [{"role": "user", "content": p["prompt"]}],
+             "responses": ["no idea", _ideal(parse_prompt(p["prompt"]))]} for p in prompts]
+    store.add_items(parse_rows(rows)[0])
+    uid = store.add_user("ann", "annotator", "x")
+    for k in range(6):
+        a = store.next_assignment(uid, 1)
+        order = json.loads(a["shown_order"])
+        ideal_side = "left" if order[0] == 1 else "right"
+        wrong_side = "right" if ideal_side == "left" else "left"
+        store.add_label(uid, a["item_id"], uuid.uuid4().hex, ideal_side if k < 4 else wrong_side)
+    labels = store.live_labels()
+    items = {lab["item_id"]: store.item(lab["item_id"]) for lab in labels}
+    g = gold_agreement(items, labels)
+    assert g["labels"] == 6 and g["agreement"] == pytest.approx(4 / 6)
+    assert g["per_annotator"]["ann"]["agreement"] == pytest.approx(4 / 6)
