@@ -1,0 +1,94 @@
+"""The over-optimisation monitor on a tiny model: records, alarms, best checkpoint, early stop."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import write_jsonl
+from rlhfkit.monitor import Monitor
+
+
+def length_reward(prompts, responses):
+    """A python reward that likes long answers, as an ensemble: score and std."""
+    s = torch.tensor([float(len(r.split())) for r in responses])
+    return {"score": s, "std": 0.1 * s}
+
+
+def const_gold(prompts, responses):
+    return [1.0 for _ in responses]
+
+
+@pytest.fixture(scope="module")
+def tiny(toy_dir):
+    from rlhfkit import models
+
+    tok = models.load_tokenizer(str(toy_dir / "tok"))
+    model = models.load_causal_lm(str(toy_dir / "model"), tok)
+    return tok, model
+
+
+def _cfg(toy_dir, tmp_path, **kw):
+    rows = [json.loads(x) for x in (toy_dir / "sft.jsonl").read_text().splitlines()][:6]
+    p = write_jsonl(tmp_path / "probe.jsonl", [{"prompt": r["prompt"], "category": "sum"} for r in rows])
+    base = dict(monitor_prompts=str(p), monitor_every=2, monitor_n=4, monitor_max_new_tokens=8, seed=0,
+                monitor_gold="test_monitor:const_gold", early_stop=True)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_off_when_not_configured(toy_dir, tmp_path, tiny):
+    tok, _ = tiny
+    assert Monitor.from_config(SimpleNamespace(), tok, tmp_path) is None
+    assert Monitor.from_config(_cfg(toy_dir, tmp_path, monitor_every=0), tok, tmp_path) is None
+    assert Monitor.from_config(_cfg(toy_dir, tmp_path, monitor_prompts=""), tok, tmp_path) is None
+
+
+def test_run_writes_monitor_jsonl(toy_dir, tmp_path, tiny):
+    tok, model = tiny
+    run_dir = tmp_path / "run"
+    mon = Monitor.from_config(_cfg(toy_dir, tmp_path), tok, run_dir, proxy=length_reward, ref_model=model)
+    assert mon is not None and mon.max_new_tokens == 8 and len(mon.prompts) == 4
+    assert mon.due(0) and not mon.due(1) and mon.due(4)
+    out = mon.run(0, model)
+    assert set(out) == {"monitor/proxy", "monitor/gold", "monitor/kl", "monitor/length", "monitor/distinct_2",
+                        "monitor/disagreement"}
+    # the policy is its own reference: the Monte-Carlo KL is exactly 0
+    assert out["monitor/kl"] == 0.0
+    assert out["monitor/gold"] == 1.0
+    assert 0 < out["monitor/length"] <= 8
+    recs = [json.loads(x) for x in (run_dir / "monitor.jsonl").read_text().splitlines()]
+    assert len(recs) == 1 and recs[0]["step"] == 0 and recs[0]["n"] == 4
+    # same seed, same policy: the same numbers at the next evaluation (common random numbers)
+    out2 = mon.run(2, model)
+    assert out2 == out
+    # the best step is the first one (ties do not move it); save_best writes only on a new best
+    assert mon.best_step == 0
+    assert mon.save_best(model, tok) is None
+    mon.run(4, model)
+    mon.run(6, model)
+    assert mon.should_stop  # 3 evaluations without improvement, early_stop on
+
+
+def test_save_best_and_alarms(toy_dir, tmp_path, tiny):
+    tok, model = tiny
+    run_dir = tmp_path / "run2"
+    mon = Monitor.from_config(_cfg(toy_dir, tmp_path, monitor_gold=""), tok, run_dir, proxy=length_reward)
+    mon.run(0, model)
+    assert mon.best_step == 0 and mon.save_best(model, tok) == run_dir / "best"
+    assert (run_dir / "best" / "model.safetensors").exists()
+    meta = json.loads((run_dir / "best" / "rlhfkit.json").read_text())
+    assert meta["step"] == 0 and meta["score_key"] == "proxy"
+    # feed a synthetic history: proxy up, gold up then down, length doubling -> two alarms, once each
+    mon.records = []
+    for i, (p, g, L) in enumerate([(0, 0, 10), (1, 1, 10), (2, 2, 10), (3, 3, 12), (4, 2, 20), (5, 1, 30),
+                                   (6, 0, 40), (7, -1, 50)]):
+        mon._track({"step": i, "proxy": p, "gold": g, "length": L, "distinct_2": 0.8})
+        mon._check_alarms()
+    kinds = [a["kind"] for a in mon.alarms]
+    assert sorted(kinds) == ["length_drift", "proxy_up_gold_down"]
+    logged = [json.loads(x) for x in (run_dir / "alarms.jsonl").read_text().splitlines()]
+    assert [a["kind"] for a in logged] == kinds
