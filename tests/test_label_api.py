@@ -246,7 +246,7 @@ def test_undo_returns_the_item_and_is_idempotent(env):
     item1, lab1 = label(c, "left")
     item2 = c.post("/api/next").json()["item"]  # now on screen
     r = c.post("/api/undo", json={"label_id": lab1["label_id"]}).json()
-    assert r == {"undone": lab1["label_id"], "item_id": item1["item_id"]}
+    assert r == {"undone": lab1["label_id"], "item_id": item1["item_id"], "rationale": ""}
     assert c.post("/api/undo", json={"label_id": lab1["label_id"]}).json()["undone"] == lab1["label_id"]  # retry
     assert c.post("/api/next").json()["item"]["item_id"] == item1["item_id"]  # the undone item comes back
     _, lab1b = label(c, "right")

@@ -341,8 +341,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def undo(body: UndoIn, user: User = Depends(current_user)):
         lab = store.undo_last(user.id, body.label_id)
         if lab is None:
-            return {"undone": None, "item_id": None}
-        return {"undone": lab["id"], "item_id": lab["item_id"]}
+            return {"undone": None, "item_id": None, "rationale": None}
+        # The rationale comes back so the page can put it in the box again for the relabel.
+        return {"undone": lab["id"], "item_id": lab["item_id"], "rationale": lab["rationale"]}
 
     @app.get("/api/progress")
     def progress(user: User = Depends(current_user)):

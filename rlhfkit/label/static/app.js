@@ -76,6 +76,7 @@
 
   async function startSession(me) {
     state.me = me; state.csrf = me.csrf;
+    if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
     $("login-view").hidden = true;
     $("label-view").hidden = false;
     $("logout").hidden = false;
@@ -242,6 +243,7 @@
         document.body.dataset.undone = String(r.undone);
         status("Undid label #" + r.undone + "; it is back on screen.");
         await nextItem();
+        $("rationale").value = r.rationale || "";
         refreshModel();
       }
     } catch (e) {
@@ -262,7 +264,7 @@
       $("m-version").textContent = m.version ? String(m.version) : "not trained yet";
       $("m-acc").textContent = m.heldout ? fmt(m.heldout.accuracy, 3) + " (n=" + m.heldout.n + ")" : "–";
       $("m-loss").textContent = m.heldout ? fmt(m.heldout.loss, 3) : "–";
-      $("m-until").textContent = String(m.until_retrain) + " labels";
+      $("m-until").textContent = m.until_retrain + (m.until_retrain === 1 ? " label" : " labels");
       $("m-features").textContent = "Features: " + m.features + (m.error ? " · last error: " + m.error : "");
     } catch (e) { /* the panel is informational */ }
   }
