@@ -1,0 +1,228 @@
+"""Rollouts for online RL (PPO, GRPO, RLOO): sample, pad, score, and recompute log-probs, in numbered steps.
+
+One function, `rollout(...)`, turns a batch of encoded prompts into everything the update needs. The steps follow
+"The N Implementation Details of RLHF with PPO" (Huang et al. 2024) and Ziegler et al. 2019:
+
+  1. sample with the KV-cache sampler: prompts LEFT-padded, temperature / top-k / top-p, stop at EOS, everything
+     after the first EOS dropped (generate.sample; PITFALLS PPO #5, #6);
+  2. build RIGHT-padded prompt+response tensors and a response mask (True on response tokens, EOS included: it
+     is an action the policy took and must be credited);
+  3. score the decoded response text with the reward function (reward models see text, so a policy and a reward
+     model with different tokenizers still work);
+  4. recompute the policy's log-probs with the SAME temperature as sampling (PITFALLS #7), and the reference's,
+     and the critic's values, in chunks of `forward_batch_size` rows at the rollout's full length, so the
+     trainer's first forward on a row has the same shapes and gives bit-identical numbers: the importance ratio is
+     exactly 1 at the first update and the KL exactly 0 while policy == reference.
+
+Tensor layout (docs/DESIGN.md): input_ids / attention / response_mask are (B, T); log-probs, values and `mask` are
+(B, T-1), aligned with input_ids[:, 1:] (the token being predicted), 0 outside the mask.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import data as data_lib
+from . import generate
+from .modeling import TokenLogprobs
+
+RewardFn = Callable[[list[Any], list[str]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Rollout:
+    """A scored batch of sampled responses, ready for advantage estimation."""
+
+    prompts: list[Any]  # the prompt of each row (repeated for each of its generations)
+    texts: list[str]  # decoded responses (special tokens dropped)
+    input_ids: torch.Tensor  # (B, T) prompt + response, right-padded
+    attention: torch.Tensor  # (B, T) bool
+    response_mask: torch.Tensor  # (B, T) bool, True on response tokens (EOS included)
+    logprobs: torch.Tensor  # (B, T-1) policy log-probs at sampling time (temperature-scaled)
+    scores: torch.Tensor  # (B,) reward
+    has_eos: torch.Tensor  # (B,) bool: the response ended with EOS (not cut at max_new_tokens)
+    ref_logprobs: torch.Tensor | None = None  # (B, T-1)
+    values: torch.Tensor | None = None  # (B, T-1) critic values V(s_t) of the state before each response token
+    reward_parts: dict[str, torch.Tensor] = field(default_factory=dict)  # extra reward outputs ("std", "score/i")
+    gen_s: float = 0.0  # seconds spent sampling
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, T-1) bool response mask aligned with the log-probs."""
+        return self.response_mask[:, 1:]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) response lengths in tokens."""
+        return self.response_mask.sum(-1)
+
+    def rows(self, idx: list[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors of a subset of rows (a micro-batch), same T as the whole rollout."""
+        out = {"input_ids": self.input_ids[idx], "attention": self.attention[idx], "mask": self.mask[idx],
+               "response_mask": self.response_mask[idx], "logprobs": self.logprobs[idx]}
+        if self.ref_logprobs is not None:
+            out["ref_logprobs"] = self.ref_logprobs[idx]
+        if self.values is not None:
+            out["values"] = self.values[idx]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+def encode_prompts(tokenizer, prompts: list[Any], max_prompt_length: int, counter: dict | None = None) -> list[list[int]]:
+    """Token ids of each prompt (chat template with the generation prompt), cut from the LEFT if too long."""
+    out = []
+    for p in prompts:
+        ids = data_lib.encode_prompt(tokenizer, p)
+        if max_prompt_length and len(ids) > max_prompt_length:
+            ids = ids[-max_prompt_length:]
+            if counter is not None:
+                counter["prompt_truncated"] = counter.get("prompt_truncated", 0) + 1
+        out.append(ids)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- rewards
+def python_reward(fn: Callable[[list[str], list[str]], Any]) -> RewardFn:
+    """Wrap f(prompts: list[str], responses: list[str]) -> list[float] as a RewardFn (prompt text = the last user
+    message of a conversational prompt, as the world's judges expect)."""
+
+    def reward(prompts: list[Any], responses: list[str]) -> dict[str, torch.Tensor]:
+        out = fn([data_lib.prompt_text(p) for p in prompts], list(responses))
+        if isinstance(out, dict):
+            return out
+        return {"score": torch.as_tensor(out, dtype=torch.float32).reshape(-1)}
+
+    return reward
+
+
+def load_reward_fn(specs: list[str], weights: list[float] | None = None, device: str | torch.device = "cpu",
+                   batch_size: int = 64) -> RewardFn:
+    """A reward function from specs (reward-model dir | http://127.0.0.1:PORT | module:function), via
+    rlhfkit.rewards; several specs are summed with `weights` (multi-objective)."""
+    if not specs:
+        raise ValueError("no reward source given: set reward_model (a reward-model directory, "
+                         "http://127.0.0.1:PORT, or module:function)")
+    try:
+        from . import rewards
+    except ImportError:
+        rewards = None
+    if rewards is not None:
+        if len(specs) == 1 and not weights:
+            return rewards.load_reward(specs[0], device=str(device), batch_size=batch_size)
+        return rewards.load_rewards(list(specs), list(weights) if weights else None)
+    # rlhfkit.rewards absent (older checkout): Python functions still work.
+    if len(specs) != 1 or ":" not in specs[0] or specs[0].startswith("http"):
+        raise ImportError("rlhfkit.rewards is needed for reward models, HTTP rewards and weighted sums")
+    module, _, name = specs[0].partition(":")
+    return python_reward(getattr(importlib.import_module(module), name))
+
+
+def as_reward_fn(reward: RewardFn | Callable | None, specs: list[str], weights: list[float] | None,
+                 device, batch_size: int = 64) -> RewardFn:
+    """A reward passed in Python (a RewardFn, or f(prompts, responses) -> list[float]) wins over the specs."""
+    if reward is None:
+        return load_reward_fn(specs, weights, device, batch_size)
+
+    def wrapped(prompts: list[Any], responses: list[str]) -> dict[str, torch.Tensor]:
+        out = reward(prompts, responses)
+        if isinstance(out, dict):
+            return out
+        return {"score": torch.as_tensor(out, dtype=torch.float32).reshape(-1)}
+
+    return wrapped
+
+
+# ----------------------------------------------------------------------------------------------- batching
+def check_batch(completions: int, num_minibatches: int, micro_batch_size: int, gradient_accumulation_steps: int,
+                world_size: int, what: str = "rollout_batch_size") -> int:
+    """Completions per minibatch (global); raises unless completions / num_minibatches ==
+    micro_batch_size x gradient_accumulation_steps x world_size exactly (PITFALLS PPO #16)."""
+    if num_minibatches < 1 or completions % num_minibatches:
+        raise ValueError(f"{what}: {completions} completions per rollout do not split into num_minibatches "
+                         f"{num_minibatches} equal minibatches")
+    mb = completions // num_minibatches
+    per_step = micro_batch_size * gradient_accumulation_steps * world_size
+    if mb != per_step:
+        raise ValueError(
+            f"{what}: {completions} completions / num_minibatches {num_minibatches} = {mb} per optimizer step, but "
+            f"micro_batch_size {micro_batch_size} x gradient_accumulation_steps {gradient_accumulation_steps} x "
+            f"world_size {world_size} = {per_step}; set gradient_accumulation_steps so they are equal")
+    if completions % world_size:
+        raise ValueError(f"{what}: {completions} completions do not split over {world_size} processes")
+    return mb
+
+
+def rollout_generator(seed: int, iteration: int, rank: int, device) -> torch.Generator:
+    """The sampling RNG of one iteration, from (seed, iteration, rank) alone: a resumed run samples the same
+    responses as the run it continues."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + iteration) * 1009 + rank)
+
+
+# ----------------------------------------------------------------------------------------------- the rollout
+@torch.no_grad()
+def chunked_logprobs(model: torch.nn.Module, input_ids, attention, response_mask, temperature: float,
+                     chunk: int) -> torch.Tensor:
+    """Log-probs (B, T-1) of the response tokens, `chunk` rows per forward (same shapes as a training micro-batch)."""
+    lp = TokenLogprobs(model) if not isinstance(model, TokenLogprobs) else model
+    outs = [lp(input_ids[i:i + chunk], attention[i:i + chunk], response_mask[i:i + chunk], temperature)["logprobs"]
+            for i in range(0, input_ids.shape[0], chunk)]
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def chunked(fn: Callable, input_ids, attention, chunk: int) -> torch.Tensor:
+    return torch.cat([fn(input_ids[i:i + chunk], attention[i:i + chunk]) for i in range(0, input_ids.shape[0], chunk)])
+
+
+def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[Any], reward_fn: RewardFn, *,
+            eos_id: int, pad_id: int, decode: Callable[[list[int]], str], max_new_tokens: int,
+            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+            forward_batch_size: int = 8, ref_policy: torch.nn.Module | None = None,
+            value_fn: Callable | None = None, recompute_logprobs: bool = True) -> Rollout:
+    """Sample one response per prompt (repeat prompts for several generations), score and annotate them.
+
+    policy / ref_policy: HF causal LMs (or anything `generate.sample` and `TokenLogprobs` accept);
+    value_fn(input_ids, attention) -> (b, T-1) values; decode(ids) -> text (special tokens dropped).
+    recompute_logprobs=False leaves `logprobs` zero: a trainer doing a single on-policy update uses its own
+    forward's log-probs detached as the old ones (the ratio is then 1 by construction, and one forward is saved).
+    """
+    if temperature <= 0:
+        raise ValueError("online RL needs temperature > 0 (log-probs are divided by it)")
+    device = next(policy.parameters()).device
+    # 1. sample (left-padded prompts, KV cache, stop at EOS, truncated after it)
+    t0 = time.perf_counter()
+    s = generate.sample(policy, prompt_ids, eos_id, pad_id, max_new_tokens, temperature, top_k, top_p, generator)
+    gen_s = time.perf_counter() - t0
+    # 2. right-padded prompt+response, response mask (EOS counts: it is an action)
+    seqs = [p + r for p, r in zip(s.prompt_ids, s.response_ids)]
+    masks = [[False] * len(p) + [True] * len(r) for p, r in zip(s.prompt_ids, s.response_ids)]
+    input_ids, attention, response_mask = (x.to(device) for x in data_lib.pad_right(seqs, pad_id, masks))
+    # 3. score the decoded text
+    texts = [decode(r) for r in s.response_ids]
+    out = reward_fn(prompts, texts)
+    scores = torch.as_tensor(out["score"], dtype=torch.float32).reshape(-1).to(device)
+    if scores.shape[0] != len(texts):
+        raise ValueError(f"reward returned {scores.shape[0]} scores for {len(texts)} responses")
+    parts = {k: torch.as_tensor(v).to(device) for k, v in out.items() if k != "score"}
+    # 4. log-probs at the sampling temperature (PITFALLS #7), reference log-probs, values; same chunking as training
+    was_training = policy.training
+    policy.eval()
+    if recompute_logprobs:
+        logprobs = chunked_logprobs(policy, input_ids, attention, response_mask, temperature, forward_batch_size)
+    else:
+        logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=device)
+    ref = None
+    if ref_policy is not None:
+        ref = chunked_logprobs(ref_policy, input_ids, attention, response_mask, temperature, forward_batch_size)
+    values = chunked(value_fn, input_ids, attention, forward_batch_size) if value_fn is not None else None
+    if was_training:
+        policy.train()
+    return Rollout(prompts=list(prompts), texts=texts, input_ids=input_ids, attention=attention,
+                   response_mask=response_mask, logprobs=logprobs, scores=scores,
+                   has_eos=torch.tensor(s.has_eos, dtype=torch.bool, device=device), ref_logprobs=ref,
+                   values=values, reward_parts=parts, gen_s=gen_s)
