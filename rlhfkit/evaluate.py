@@ -199,3 +199,240 @@ def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[i
 def response_lengths(response_ids: list[list[int]], eos_id: int) -> list[int]:
     """Tokens per response, not counting the final EOS."""
     return [len(r) - (1 if r and r[-1] == eos_id else 0) for r in response_ids]
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def _kind(row: dict, world: bool) -> str | None:
+    k = row.get("kind", row.get("category"))
+    if k is None and world:
+        from .world import prompt_kind
+
+        try:
+            k = prompt_kind(data_lib.prompt_text(row["prompt"]))
+        except Exception:  # not a world prompt
+            k = None
+    return None if k is None else str(k)
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    n = len(values)
+    m = M.mean(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": m, "se": sd / math.sqrt(n) if n else 0.0}
+
+
+def win_rate_between(samples_a: list[dict], samples_b: list[dict], key: str = "gold") -> dict[str, float]:
+    """Win rate of A over B on the judge `key`, pairing samples by prompt (in order of occurrence)."""
+    def keyed(samples):
+        seen: dict[str, int] = {}
+        out = {}
+        for s in samples:
+            j = seen[s["prompt"]] = seen.get(s["prompt"], -1) + 1
+            out[(s["prompt"], j)] = s["scores"][key]
+        return out
+
+    a, b = keyed(samples_a), keyed(samples_b)
+    common = [k for k in a if k in b]
+    if not common:
+        raise ValueError("win rate: the two policies share no prompts")
+    return M.win_rate([a[k] for k in common], [b[k] for k in common])
+
+
+def evaluate_texts(prompt_rows: list[dict], texts: list[str], lengths: list[int], *, judges: dict[str, RewardFn],
+                   world: bool = False, proxy: str | None = None, reference: dict | None = None,
+                   self_bleu_sample: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Every statistic that needs only the responses (not the model). See `evaluate_policy` for the keys."""
+    prompts = [r["prompt"] for r in prompt_rows]
+    kinds = [_kind(r, world) for r in prompt_rows]
+    ptexts = [data_lib.prompt_text(p) for p in prompts]
+    per: list[dict] = [{"prompt": pt, "response": t, "kind": k, "length": L, "scores": {}}
+                       for pt, t, k, L in zip(ptexts, texts, kinds, lengths)]
+    res: dict[str, Any] = {"n": len(texts), "judges": {}}
+    # 1. judges (reward models, functions); the ensemble's std is its disagreement
+    for name, fn in judges.items():
+        scores, std = call_judge(fn, prompts, texts)
+        res["judges"][name] = _summary(scores)
+        if std is not None:
+            res["judges"][name]["disagreement"] = M.mean(std)
+        for s, v in zip(per, scores):
+            s["scores"][name] = v
+    # 2. the world's gold judge, its components and the bad-style rates
+    if world:
+        from .world import COMPONENTS, gold, style_rates
+
+        comps = [gold(pt, t) for pt, t in zip(ptexts, texts)]
+        for s, g in zip(per, comps):
+            s["scores"]["gold"] = g["total"]
+            s["gold_components"] = {c: g[c] for c in COMPONENTS}
+        res["gold"] = M.mean([g["total"] for g in comps])
+        res["gold_se"] = _summary([g["total"] for g in comps])["se"]
+        res["gold_components"] = {c: M.mean([g[c] for g in comps]) for c in COMPONENTS}
+        res["style_rates"] = style_rates(ptexts, texts)
+    elif "gold" in judges:
+        res["gold"] = res["judges"]["gold"]["mean"]
+        res["gold_se"] = res["judges"]["gold"]["se"]
+    proxy_names = [proxy] if proxy else [n for n in judges if n != "gold"][:1]
+    if proxy_names and proxy_names[0] in res["judges"]:
+        res["proxy"] = res["judges"][proxy_names[0]]["mean"]
+        if "disagreement" in res["judges"][proxy_names[0]]:
+            res["disagreement"] = res["judges"][proxy_names[0]]["disagreement"]
+    # 3. length and diversity
+    res["mean_length"] = M.mean(lengths)
+    res["distinct_1"] = M.distinct_n(texts, 1)
+    res["distinct_2"] = M.distinct_n(texts, 2)
+    res["self_bleu"] = M.self_bleu(texts, 4, sample=self_bleu_sample, seed=seed)
+    res["refusal_rate"] = M.refusal_rate(texts)
+    # 4. win rate against reference policies (on gold when there is one, else on the first judge)
+    has_gold = bool(per) and "gold" in per[0]["scores"]
+    win_key = "gold" if has_gold else next(iter(judges), None)
+    res["win_rate_judge"] = win_key
+    for name, ref in (reference or {}).items():
+        ref_samples = ref["samples"] if isinstance(ref, dict) else ref
+        if win_key is not None:
+            res[f"win_rate_vs_{name}"] = win_rate_between(per, ref_samples, win_key)
+    # 5. per-category breakdown
+    by_kind: dict[str, dict] = {}
+    for k in sorted({k for k in kinds if k is not None}):
+        rows = [s for s in per if s["kind"] == k]
+        entry: dict[str, Any] = {"n": len(rows), "mean_length": M.mean([s["length"] for s in rows]),
+                                 "refusal_rate": M.refusal_rate([s["response"] for s in rows])}
+        for name in rows[0]["scores"]:
+            entry[name] = M.mean([s["scores"][name] for s in rows])
+        by_kind[k] = entry
+    res["by_kind"] = by_kind
+    res["samples"] = per
+    return res
+
+
+def evaluate_policy(policy_model, tokenizer, prompt_rows: list[dict], *, judges: dict[str, RewardFn] | None = None,
+                    reference: dict | None = None, ref_model=None, ref_name: str = "sft", max_new_tokens: int = 64,
+                    temperature: float = 1.0, seed: int = 42, world: bool = False, proxy: str | None = None,
+                    batch_size: int = 64, self_bleu_sample: int = 64) -> dict[str, Any]:
+    """Sample `policy_model` on `prompt_rows` (fixed seed) and measure it. Returns:
+
+      gold, gold_se, gold_components, style_rates   (world=True: the world's gold judge on world prompts)
+      judges: {name: {mean, se, disagreement?}}; proxy (the `proxy` judge, default the first one that is not
+      "gold"), disagreement (its ensemble std)
+      win_rate_vs_<name>: {mean, low, high, wins, ties, losses, n} for each `reference` (name -> samples, or an
+      earlier result of this function), on gold when there is one, else on the first judge
+      kl_to_<ref_name>, kl_se, kl_k3: Monte-Carlo sequence KL to `ref_model` in nats (temperature > 0 only)
+      mean_length (tokens, EOS not counted), distinct_1, distinct_2, self_bleu, refusal_rate
+      by_kind: {kind: {n, mean_length, refusal_rate, <judge>...}}; samples: [{prompt, response, kind, length,
+      scores, gold_components?}] (prompt = user-message text)
+    """
+    t0 = time.perf_counter()
+    prompts = [r["prompt"] for r in prompt_rows]
+    p_ids, r_ids, eos, texts = sample_responses(policy_model, tokenizer, prompts, max_new_tokens, temperature, seed,
+                                                batch_size)
+    lengths = response_lengths(r_ids, tokenizer.eos_token_id)
+    res = evaluate_texts(prompt_rows, texts, lengths, judges=judges or {}, world=world, proxy=proxy,
+                         reference=reference, self_bleu_sample=self_bleu_sample, seed=seed)
+    res["finished_rate"] = M.mean([float(e) for e in eos])
+    if ref_model is not None and temperature > 0:
+        lp = sequence_logps(policy_model, p_ids, r_ids, tokenizer.pad_token_id, temperature, batch_size)
+        lr = sequence_logps(ref_model, p_ids, r_ids, tokenizer.pad_token_id, temperature, batch_size)
+        kl = M.mc_sequence_kl(lp, lr)
+        res[f"kl_to_{ref_name}"] = kl["kl"]
+        res.update(kl_se=kl["se"], kl_k3=kl["k3"], kl_k3_se=kl["k3_se"])
+        for s, a, b in zip(res["samples"], lp.tolist(), lr.tolist()):
+            s["logp"], s["ref_logp"] = a, b
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+# ----------------------------------------------------------------------------------------------- command
+def _named(spec: str) -> tuple[str, str]:
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+        return name, path
+    p = Path(spec)
+    return (p.stem if p.is_file() else p.name), spec
+
+
+def _load_sample_file(path: str) -> list[dict]:
+    p = Path(path)
+    if p.suffix == ".json":
+        data = json.loads(p.read_text())
+        return data if isinstance(data, list) else data["samples"]
+    return data_lib.read_jsonl(p)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Evaluate every policy; writes cfg.output (JSON) and returns the same dict."""
+    from . import models
+
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    world = is_world_gold(cfg.gold) if cfg.gold else False
+    judges: dict[str, RewardFn] = {name: load_judge(spec) for name, spec in cfg.judges.items()}
+    if cfg.gold and not world:
+        judges["gold"] = load_judge(cfg.gold)
+    named = [_named(s) for s in cfg.policies]
+    rows: list[dict] = []
+    if cfg.prompts:
+        rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
+    elif world:
+        from .world import WorldConfig, heldout_prompts
+
+        rows = heldout_prompts(WorldConfig(seed=cfg.seed))
+    elif any(Path(p).is_dir() for _, p in named):
+        raise ValueError("prompts: required to sample model policies")
+    if cfg.limit:
+        rows = rows[: cfg.limit]
+    tok_cache: dict[str, Any] = {}
+
+    def tokenizer_for(path: str):
+        key = cfg.tokenizer or path
+        if key not in tok_cache:
+            tok_cache[key] = models.load_tokenizer(key, cfg.trust_remote_code)
+        return tok_cache[key]
+
+    ref_model = None
+    results: dict[str, dict] = {}
+    for name, path in named:
+        if Path(path).is_dir():
+            tok = tokenizer_for(path)
+            model = models.load_causal_lm(path, tok, cfg.trust_remote_code)
+            if cfg.ref_model and ref_model is None:
+                ref_model = models.load_causal_lm(cfg.ref_model, tok, cfg.trust_remote_code)
+            res = evaluate_policy(model, tok, rows, judges=judges, ref_model=ref_model, ref_name="ref",
+                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
+                                  world=world, batch_size=cfg.batch_size, self_bleu_sample=cfg.self_bleu_sample)
+            res["length_unit"] = "tokens"
+        else:  # pre-generated samples: scored as they are; no KL (there is no policy to score them under)
+            srows = _load_sample_file(path)
+            if cfg.limit:
+                srows = srows[: cfg.limit]
+            texts = [data_lib.completion_text(r["completion"]) for r in srows]
+            if cfg.tokenizer:
+                tok = tokenizer_for(cfg.tokenizer)
+                lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+            else:
+                lengths = [len(t.split()) for t in texts]
+            res = evaluate_texts(srows, texts, lengths, judges=judges, world=world,
+                                 self_bleu_sample=cfg.self_bleu_sample, seed=cfg.seed)
+            res["length_unit"] = "tokens" if cfg.tokenizer else "words"
+        res["source"] = path
+        results[name] = res
+        line = ", ".join(f"{k} {res[k]:.3f}" for k in ("gold", "proxy", "kl_to_ref", "mean_length") if k in res)
+        print(f"eval: {name}: {line}")
+    # win rates against the reference policy, paired by prompt
+    if cfg.reference:
+        if cfg.reference not in results:
+            raise ValueError(f"reference: {cfg.reference!r} is not one of the policies {list(results)}")
+        ref = results[cfg.reference]
+        for name, res in results.items():
+            key = res.get("win_rate_judge")
+            if name != cfg.reference and key is not None:
+                res[f"win_rate_vs_{cfg.reference}"] = win_rate_between(res["samples"], ref["samples"], key)
+                wr = res[f"win_rate_vs_{cfg.reference}"]
+                print(f"eval: {name} vs {cfg.reference}: win rate {wr['mean']:.3f} "
+                      f"[{wr['low']:.3f}, {wr['high']:.3f}] on {key}")
+    for res in results.values():
+        res["samples"] = res["samples"][: cfg.n_samples_kept]
+    out = {"config": config_lib.to_dict(cfg), "policies": results}
+    path = Path(cfg.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"eval: -> {path}")
+    return out
