@@ -81,7 +81,9 @@ def config_command(name: str, module_name: str, entry: str, help_text: str) -> c
             raise click.UsageError(str(e)) from None
         return getattr(module, entry)(cfg)
 
-    return click.Command(name, params=params, callback=callback, help=(module.__doc__ or help_text).strip(),
+    # "\b" keeps click from re-flowing each paragraph of the module docstring (lists, code examples).
+    doc = "\n\n".join("\b\n" + para for para in (module.__doc__ or help_text).strip().split("\n\n"))
+    return click.Command(name, params=params, callback=callback, help=doc,
                          short_help=help_text, context_settings={"max_content_width": 120})
 
 
