@@ -1,0 +1,203 @@
+"""`rlhfkit demo`: the whole RLHF pipeline on the built-in world, on a laptop, with a report at the end.
+
+    rlhfkit demo                      # runs/demo/summary.json and runs/demo/report.html
+    rlhfkit demo --seed 3 --out runs/demo-3
+    rlhfkit demo --force              # redo every stage
+
+Stages run in order, each through the same commands a user runs on a Hugging Face model (`tokenizer`,
+`pretrain`, `sft`, `sample`, `world label`, `rm`, `ppo`, `dpo`, `bon`, `eval`, `report`):
+
+    world      the world's datasets (pretraining text, SFT demonstrations, RL and held-out prompts)
+    tokenizer  a byte-level BPE tokenizer trained on the world's text
+    base       a ~1 M parameter Llama pretrained from scratch on a corpus that mixes good and bad styles
+    sft        supervised fine-tuning on (mostly good) demonstrations
+    prefs      K responses per prompt from SFT, labelled by simulated, length-biased annotators
+    rm         a Bradley-Terry reward model (initialised from SFT), evaluated against the annotator ceiling
+    ppo_*      PPO against the reward model at several KL coefficients (small, moderate, large)
+    dpo        DPO on the same preferences
+    bon        best-of-n against the reward model for several n
+    eval       every policy on held-out prompts with the gold judge the policies never saw
+    report     report.html
+
+A finished stage is reused when the demo is re-run with the same settings (`--force` redoes everything); when a
+stage is redone, every stage after it is redone too, so results never mix settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import config as config_lib
+
+
+@dataclass
+class Config:
+    out: str = "runs/demo"
+    """Output directory: summary.json, report.html and one subdirectory per stage."""
+    seed: int = 0
+    """World and training seed: the same seed gives the same summary."""
+    force: bool = False
+    """Redo every stage even if a finished one is on disk."""
+    scale: str = "default"
+    """default (the real demo, a few minutes on 2 cores) or toy (seconds; for tests: the numbers mean little)."""
+    threads: int = 2
+    """torch CPU threads per stage."""
+    ppo_betas: list[float] = field(default_factory=lambda: [0.003, 0.03, 0.3])
+    """KL coefficients of the PPO runs: small (over-optimises), moderate, large."""
+    bon_n: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    """n of the best-of-n policies."""
+    stop_after: str = ""
+    """Stop after this stage (e.g. sft); empty runs them all."""
+
+    def validate(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"scale: {self.scale!r} is not one of {sorted(SCALES)}")
+        names = [s for s, _ in STAGES]
+        if self.stop_after and self.stop_after not in names:
+            raise ValueError(f"stop_after: {self.stop_after!r} is not one of {names}")
+
+
+# Sizes and budgets per scale. The default fits the WORLD.md budget (2 CPU cores, minutes).
+SCALES: dict[str, dict[str, Any]] = {
+    "default": dict(
+        n_pretrain=6000, n_sft=1500, n_train_prompts=512, n_heldout=256, vocab=600,
+        hidden=128, layers=4, heads=4, block=128, pretrain_steps=400, pretrain_batch=32, pretrain_lr=2e-3,
+        sft_epochs=2, sft_batch=32, sft_lr=1e-3, k_candidates=4, rm_epochs=2, rm_batch=32, rm_lr=1e-4,
+        ppo_steps=60, ppo_rollout=32, dpo_epochs=2, dpo_batch=32, max_new_tokens=48, probe=64, probe_every=10,
+    ),
+    "toy": dict(
+        n_pretrain=400, n_sft=128, n_train_prompts=48, n_heldout=24, vocab=400,
+        hidden=32, layers=2, heads=2, block=64, pretrain_steps=20, pretrain_batch=8, pretrain_lr=3e-3,
+        sft_epochs=1, sft_batch=16, sft_lr=2e-3, k_candidates=2, rm_epochs=1, rm_batch=8, rm_lr=1e-3,
+        ppo_steps=2, ppo_rollout=8, dpo_epochs=1, dpo_batch=8, max_new_tokens=16, probe=8, probe_every=1,
+    ),
+}
+
+
+class Context:
+    """What stages share: the config, the scale's sizes, the output root and earlier stages' results."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.s = SCALES[cfg.scale]
+        self.root = Path(cfg.out)
+        self.results: dict[str, dict] = {}
+
+    def path(self, *parts: str) -> str:
+        return str(self.root.joinpath(*parts))
+
+    def common(self, name: str) -> dict:
+        """Training settings every trainer stage shares."""
+        return dict(output_dir=self.path(name), seed=self.cfg.seed, threads=self.cfg.threads, progress=True)
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def stage_world(ctx: Context) -> dict:
+    from .world import export
+
+    s = ctx.s
+    return export.run(export.Config(out_dir=ctx.path("world"), seed=ctx.cfg.seed, n_pretrain=s["n_pretrain"],
+                                    n_sft=s["n_sft"], n_train_prompts=s["n_train_prompts"],
+                                    n_heldout_prompts=s["n_heldout"]))
+
+
+def stage_tokenizer(ctx: Context) -> dict:
+    from . import tokenizer
+
+    out = tokenizer.train(tokenizer.Config(data=ctx.path("world", "pretrain.jsonl"), output_dir=ctx.path("tokenizer"),
+                                           vocab_size=ctx.s["vocab"]))
+    return {"path": str(out)}
+
+
+def stage_base(ctx: Context) -> dict:
+    from . import pretrain
+
+    s = ctx.s
+    out = pretrain.train(pretrain.Config(
+        **ctx.common("base"), data=ctx.path("world", "pretrain.jsonl"), tokenizer=ctx.path("tokenizer"),
+        block_size=s["block"], hidden_size=s["hidden"], num_layers=s["layers"], num_heads=s["heads"],
+        max_steps=s["pretrain_steps"], micro_batch_size=s["pretrain_batch"], learning_rate=s["pretrain_lr"],
+        warmup_steps=max(1, s["pretrain_steps"] // 20)))
+    return {"path": str(out)}
+
+
+def stage_sft(ctx: Context) -> dict:
+    from . import sft
+
+    s = ctx.s
+    out = sft.train(sft.Config(**ctx.common("sft"), model=ctx.path("base"), data=ctx.path("world", "sft.jsonl"),
+                               num_epochs=s["sft_epochs"], micro_batch_size=s["sft_batch"], learning_rate=s["sft_lr"],
+                               warmup_steps=5, max_length=128))
+    return {"path": str(out)}
+
+
+STAGES: list[tuple[str, Callable[[Context], dict]]] = [
+    ("world", stage_world),
+    ("tokenizer", stage_tokenizer),
+    ("base", stage_base),
+    ("sft", stage_sft),
+]
+
+
+# ----------------------------------------------------------------------------------------------- orchestration
+def _fingerprint(cfg: Config) -> str:
+    """Settings that change results (not `force` / `stop_after`): a finished stage is reused only if they match."""
+    d = config_lib.to_dict(cfg)
+    for k in ("force", "stop_after", "out"):
+        d.pop(k)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"rlhfkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def run(cfg: Config) -> Path:
+    from rich.console import Console
+
+    console = Console()
+    ctx = Context(cfg)
+    ctx.root.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, ctx.root / "config.yaml")
+    fp = _fingerprint(cfg)
+    redo = cfg.force
+    summary: dict[str, Any] = {"config": config_lib.to_dict(cfg), "seed": cfg.seed, "versions": versions(),
+                               "stages": {}}
+    t_all = time.perf_counter()
+    for i, (name, fn) in enumerate(STAGES):
+        record = ctx.root / "stages" / f"{name}.json"
+        done = json.loads(record.read_text()) if record.exists() else None
+        if done and not redo and done.get("fingerprint") == fp:
+            console.print(f"[dim]stage {i + 1}/{len(STAGES)} {name}: reused ({done['seconds']:.1f}s earlier)[/dim]")
+        else:
+            redo = True  # everything downstream of a redone stage is redone
+            console.rule(f"[bold]stage {i + 1}/{len(STAGES)}: {name}")
+            t0 = time.perf_counter()
+            result = fn(ctx)
+            done = {"name": name, "fingerprint": fp, "seconds": time.perf_counter() - t0, "result": result}
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps(done, indent=1, default=str))
+            tmp.replace(record)
+        ctx.results[name] = done["result"]
+        summary["stages"][name] = {"seconds": round(done["seconds"], 2)}
+        if name == cfg.stop_after:
+            break
+    summary.update(ctx.results.get("summary", {}))
+    summary["total_seconds"] = round(time.perf_counter() - t_all, 2)
+    path = ctx.root / "summary.json"
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    console.print(f"[bold green]demo finished[/bold green]: {path}")
+    return path
