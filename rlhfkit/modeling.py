@@ -22,10 +22,20 @@ def backbone(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
-def hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    out = backbone(model)(input_ids=input_ids, attention_mask=attention_mask.long(),
-                          position_ids=position_ids(attention_mask), use_cache=False)
-    return out.last_hidden_state  # (B, T, H)
+def hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  packed_position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Last hidden states (B, T, H).
+
+    Padded batches pass an attention mask. Packed batches (several sequences concatenated in one row, no padding)
+    pass `packed_position_ids` that restart at 0 for each sequence and no attention mask: transformers then
+    builds a block-diagonal causal mask, so packed sequences never attend to each other.
+    """
+    if packed_position_ids is not None:
+        out = backbone(model)(input_ids=input_ids, position_ids=packed_position_ids, use_cache=False)
+    else:
+        out = backbone(model)(input_ids=input_ids, attention_mask=attention_mask.long(),
+                              position_ids=position_ids(attention_mask), use_cache=False)
+    return out.last_hidden_state
 
 
 class TokenLogprobs(torch.nn.Module):
@@ -40,8 +50,9 @@ class TokenLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, target_mask, temperature: float = 1.0, with_entropy: bool = False):
-        h = hidden_states(self.model, input_ids, attention_mask)[:, :-1]  # (B, T-1, H)
+    def forward(self, input_ids, attention_mask, target_mask, temperature: float = 1.0, with_entropy: bool = False,
+                packed_position_ids=None):
+        h = hidden_states(self.model, input_ids, attention_mask, packed_position_ids)[:, :-1]  # (B, T-1, H)
         mask = target_mask[:, 1:] if target_mask.shape[1] == input_ids.shape[1] else target_mask
         labels = input_ids[:, 1:]
         logits = self.model.get_output_embeddings()(h[mask]).float() / temperature  # (N, V) only where needed
