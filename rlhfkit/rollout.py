@@ -20,8 +20,8 @@ Tensor layout (docs/DESIGN.md): input_ids / attention / response_mask are (B, T)
 
 from __future__ import annotations
 
-import importlib
 import time
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -29,6 +29,8 @@ import torch
 
 from . import data as data_lib
 from . import generate
+from .engine import TrainConfig
+from .losses import AGGREGATIONS
 from .modeling import TokenLogprobs
 
 RewardFn = Callable[[list[Any], list[str]], dict[str, torch.Tensor]]
@@ -72,6 +74,83 @@ class Rollout:
         return out
 
 
+# ----------------------------------------------------------------------------------------------- config
+@dataclass
+class OnlineConfig(TrainConfig):
+    """Settings shared by the online trainers (ppo, grpo, rloo). Batch semantics: see ppo.py's docstring."""
+
+    model: str = ""
+    """Policy to train: a local directory or hub id of any causal LM (usually the SFT model)."""
+    tokenizer: str = ""
+    """Tokenizer directory or hub id (default: the model's)."""
+    ref_model: str = ""
+    """Reference policy for the KL (default: a frozen copy of the initial policy)."""
+    reward_model: list[str] = field(default_factory=list)
+    """Reward sources, comma-separated: a reward-model directory (single or ensemble, normalisation applied),
+    http://127.0.0.1:PORT (serve-rm), or package.module:function (e.g. rlhfkit.world:gold_reward)."""
+    reward_weights: list[float] = field(default_factory=list)
+    """Weights of the reward sources (default: 1 each); the reward is their weighted sum."""
+    data: str = ""
+    """Prompt file or hub id: rows with a `prompt` column (string or messages)."""
+    split: str = "train"
+    """Split to use for hub dataset ids."""
+    column_map: dict[str, str] = field(default_factory=dict)
+    """Rename columns before use, e.g. question=prompt."""
+    skip_invalid: bool = False
+    """Skip (and count) invalid rows instead of stopping at them."""
+    max_prompt_length: int = 256
+    """Prompts longer than this many tokens are cut from the left (counted)."""
+    max_new_tokens: int = 64
+    """Maximum tokens sampled per response; responses cut here have no EOS (see missing_eos_penalty)."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0); log-probs are recomputed at the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling (1.0: off; anything else biases the importance ratio, PITFALLS PPO #7)."""
+    top_k: int = 0
+    """Top-k sampling (0: off; biases the importance ratio like top_p)."""
+    rollout_batch_size: int = 16
+    """Prompts sampled per iteration, over all processes (each gets num_generations completions)."""
+    num_minibatches: int = 2
+    """Minibatches per pass over a rollout; one optimizer step each. completions / num_minibatches must equal
+    micro_batch_size x gradient_accumulation_steps x world_size."""
+    micro_batch_size: int = 8
+    """Completions per forward/backward pass on one process (also the chunk size of rollout forwards)."""
+    aggregation: str = "token_mean"
+    """Loss reduction over tokens: token_mean, seq_mean, or seq_mean_token_sum (Dr. GRPO); sets the length
+    incentive (PITFALLS #12)."""
+    reward_batch_size: int = 64
+    """Responses per reward-model forward."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub (off by default: it runs arbitrary Python)."""
+    monitor_prompts: str = ""
+    """Held-out probe prompts for the over-optimisation monitor ("" disables it)."""
+    monitor_every: int = 0
+    """Run the monitor every N optimizer steps (0: never)."""
+    monitor_gold: str = ""
+    """Gold judge for the monitor, package.module:function (e.g. rlhfkit.world:gold_reward); "" for none."""
+    monitor_n: int = 64
+    """Probe prompts the monitor uses."""
+    monitor_max_new_tokens: int = 0
+    """Tokens per monitor response (0: same as max_new_tokens)."""
+    early_stop: bool = False
+    """Stop when the monitor's held-out score has not improved for its patience."""
+
+    def validate_online(self, completions_per_prompt: int = 1) -> None:
+        self.validate_common()
+        if not self.model or not self.data:
+            raise ValueError("model and data are required")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 for online RL (log-probs are divided by it)")
+        if not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("top_p must be in (0, 1] and top_k >= 0")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation: {self.aggregation!r} is not one of {sorted(AGGREGATIONS)}")
+        if self.reward_weights and len(self.reward_weights) != len(self.reward_model):
+            raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_model)} reward sources")
+        check_batch(self.rollout_batch_size * completions_per_prompt, self.num_minibatches, self.micro_batch_size,
+                    self.gradient_accumulation_steps, int(os.environ.get("WORLD_SIZE", "1")))
+
+
 # ----------------------------------------------------------------------------------------------- prompts
 def encode_prompts(tokenizer, prompts: list[Any], max_prompt_length: int, counter: dict | None = None) -> list[list[int]]:
     """Token ids of each prompt (chat template with the generation prompt), cut from the LEFT if too long."""
@@ -103,23 +182,15 @@ def python_reward(fn: Callable[[list[str], list[str]], Any]) -> RewardFn:
 def load_reward_fn(specs: list[str], weights: list[float] | None = None, device: str | torch.device = "cpu",
                    batch_size: int = 64) -> RewardFn:
     """A reward function from specs (reward-model dir | http://127.0.0.1:PORT | module:function), via
-    rlhfkit.rewards; several specs are summed with `weights` (multi-objective)."""
+    rlhfkit.rewards; several specs are summed with `weights` (multi-objective, components as "score/<i>")."""
+    from . import rewards
+
     if not specs:
         raise ValueError("no reward source given: set reward_model (a reward-model directory, "
                          "http://127.0.0.1:PORT, or module:function)")
-    try:
-        from . import rewards
-    except ImportError:
-        rewards = None
-    if rewards is not None:
-        if len(specs) == 1 and not weights:
-            return rewards.load_reward(specs[0], device=str(device), batch_size=batch_size)
-        return rewards.load_rewards(list(specs), list(weights) if weights else None)
-    # rlhfkit.rewards absent (older checkout): Python functions still work.
-    if len(specs) != 1 or ":" not in specs[0] or specs[0].startswith("http"):
-        raise ImportError("rlhfkit.rewards is needed for reward models, HTTP rewards and weighted sums")
-    module, _, name = specs[0].partition(":")
-    return python_reward(getattr(importlib.import_module(module), name))
+    if len(specs) == 1 and not weights:
+        return rewards.load_reward(specs[0], device=device, batch_size=batch_size)
+    return rewards.load_rewards(list(specs), list(weights) if weights else None, device=device, batch_size=batch_size)
 
 
 def as_reward_fn(reward: RewardFn | Callable | None, specs: list[str], weights: list[float] | None,
@@ -226,3 +297,45 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
                    response_mask=response_mask, logprobs=logprobs, scores=scores,
                    has_eos=torch.tensor(s.has_eos, dtype=torch.bool, device=device), ref_logprobs=ref,
                    values=values, reward_parts=parts, gen_s=gen_s)
+
+
+# ----------------------------------------------------------------------------------------------- trainer helpers
+# Shared by ppo.py and grpo.py (the two online trainers); small on purpose.
+def load_prompts(path: str, split: str = "train", column_map: dict | None = None, skip_invalid: bool = False) -> list[Any]:
+    """The `prompt` of every row of a prompt file (other columns are ignored)."""
+    rows = data_lib.load_rows(path, split, column_map or {}, skip_invalid)
+    if not rows or "prompt" not in rows[0]:
+        raise data_lib.DataError(f"{path}: online RL needs rows with a `prompt` column")
+    return [r["prompt"] for r in rows]
+
+
+def micro_weight(mask: torch.Tensor, aggregation: str, minibatch_tokens: float, minibatch_rows: float) -> float:
+    """Share of a micro-batch in its minibatch's loss, so that sum over micro-batches of weight x (loss aggregated
+    within the micro-batch) == the loss aggregated over the whole (global) minibatch: token_mean weighs by tokens,
+    the sequence means by rows. Gradient accumulation and data parallelism then match one big batch."""
+    if aggregation == "token_mean":
+        return float(mask.sum()) / max(minibatch_tokens, 1.0)
+    return mask.shape[0] / max(minibatch_rows, 1.0)
+
+
+def mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
+    """Average scalar metrics over processes (identity on one process)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or not metrics:
+        return metrics
+    keys = sorted(metrics)
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def build_monitor(cfg, tokenizer, run_dir, reward_fn, ref_model, is_main: bool):
+    """The over-optimisation monitor (rlhfkit.monitor) when configured, on the main process; None otherwise."""
+    if not is_main or not getattr(cfg, "monitor_prompts", "") or getattr(cfg, "monitor_every", 0) <= 0:
+        return None
+    try:
+        from .monitor import Monitor
+    except ImportError:  # an older checkout without the monitor
+        return None
+    return Monitor.from_config(cfg, tokenizer, run_dir, proxy=reward_fn, ref_model=ref_model)
