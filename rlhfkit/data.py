@@ -432,6 +432,41 @@ def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, masks: Sequence[Sequen
     return input_ids, attention, loss
 
 
+def pack_rows(examples: Sequence[Example], max_length: int, pad_id: int):
+    """Padding-free batching: first-fit pack examples into rows of at most `max_length` tokens.
+
+    Returns (input_ids, loss_mask, position_ids), each (R, T). Position ids restart at 0 for every example (and
+    for the padded tail of a row, which forms its own segment), which makes transformers use a block-diagonal
+    causal mask: an example never sees its neighbours. The first token of each example is never a target
+    (the loss convention predicts token t+1 from t, and t would belong to the previous example).
+    """
+    rows: list[list[Example]] = []
+    room: list[int] = []
+    for ex in sorted(examples, key=lambda e: -len(e.input_ids)):
+        for i, r in enumerate(room):
+            if len(ex.input_ids) <= r:
+                rows[i].append(ex)
+                room[i] -= len(ex.input_ids)
+                break
+        else:
+            rows.append([ex])
+            room.append(max(0, max_length - len(ex.input_ids)))
+    T = max(sum(len(e.input_ids) for e in r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    pos = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        t = 0
+        for ex in r:
+            n = len(ex.input_ids)
+            ids[i, t : t + n] = torch.tensor(ex.input_ids)
+            mask[i, t + 1 : t + n] = torch.tensor(ex.loss_mask[1:], dtype=torch.bool)
+            pos[i, t : t + n] = torch.arange(n)
+            t += n
+        pos[i, t:] = torch.arange(T - t)
+    return ids, mask, pos
+
+
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int):
     """Left-pad prompts for generation (PITFALLS PPO #6): (input_ids, attention_mask)."""
     T = max(len(s) for s in seqs)

@@ -42,6 +42,9 @@ class Config(TrainConfig):
     """Maximum tokens per sequence; prompts are cut from the left first, completions never silently."""
     learning_rate: float = 1e-4
     """Peak AdamW learning rate."""
+    packing: bool = False
+    """Padding-free batches: pack each micro-batch's examples into rows of at most max_length tokens, with
+    position ids restarting per example so they never attend to each other."""
     trust_remote_code: bool = False
     """Allow model code from the hub (off by default: it runs arbitrary Python)."""
 
@@ -68,11 +71,12 @@ def train(cfg: Config) -> Path:
     rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)
     counter: dict = {}
     examples = tokenise(tokenizer, rows, cfg.max_length, counter)
-    return train_on_examples(cfg, model, tokenizer, examples, counter, name="sft")
+    return train_on_examples(cfg, model, tokenizer, examples, counter, name="sft", packing=cfg.packing,
+                             max_length=cfg.max_length)
 
 
 def train_on_examples(cfg: TrainConfig, model, tokenizer, examples: list[data_lib.Example], counter: dict,
-                      name: str) -> Path:
+                      name: str, packing: bool = False, max_length: int = 0) -> Path:
     """The NLL training loop shared by `sft` and `pretrain` (pretraining is SFT with every token in the loss)."""
     dist = setup_distributed()
     out = Path(cfg.output_dir)
@@ -96,16 +100,23 @@ def train_on_examples(cfg: TrainConfig, model, tokenizer, examples: list[data_li
         # 2. forward/backward over this process's micro-batches
         for micro in engine.my_micro_batches(idx):
             batch = [examples[i] for i in micro]
-            input_ids, attention, loss_mask = data_lib.pad_right([e.input_ids for e in batch], pad,
-                                                                 [e.loss_mask for e in batch])
             dev = engine.dist.device
-            with engine.autocast():
-                logprobs = engine.model(input_ids.to(dev), attention.to(dev), loss_mask.to(dev))["logprobs"]
+            if packing:
+                input_ids, loss_mask, pos = data_lib.pack_rows(batch, max_length, pad)
+                with engine.autocast():
+                    logprobs = engine.model(input_ids.to(dev), None, loss_mask.to(dev),
+                                            packed_position_ids=pos.to(dev))["logprobs"]
+            else:
+                input_ids, attention, loss_mask = data_lib.pad_right([e.input_ids for e in batch], pad,
+                                                                     [e.loss_mask for e in batch])
+                with engine.autocast():
+                    logprobs = engine.model(input_ids.to(dev), attention.to(dev), loss_mask.to(dev))["logprobs"]
             loss = -logprobs.sum() / max(1, n_loss_tokens)
             engine.backward(loss)
             loss_total += loss.detach().cpu()
-            tokens_seen += int(attention.sum())
-            engine.count(samples=len(batch), tokens=int(attention.sum()))
+            n_tokens = sum(len(e.input_ids) for e in batch)
+            tokens_seen += n_tokens
+            engine.count(samples=len(batch), tokens=n_tokens)
         # 3. update and log
         loss_value = all_reduce_sum(loss_total).item()
         engine.step({"train/loss": loss_value, "train/tokens": tokens_seen,

@@ -50,3 +50,24 @@ def test_pretrain_packs_and_learns(toy_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)  # plain transformers reloads it
+
+
+def test_packed_batches_give_the_padded_loss(toy_dir):
+    """Padding-free packing (block-diagonal attention through restarting position ids) == padded batches."""
+    from conftest import toy_rows
+    from rlhfkit import data as D
+    from rlhfkit import models
+    from rlhfkit.modeling import TokenLogprobs
+
+    tok = models.load_tokenizer(str(toy_dir / "tok"))
+    model = TokenLogprobs(models.load_causal_lm(str(toy_dir / "model"), tok))
+    rows = toy_rows(7, seed=5)
+    rows[3] = {"prompt": "What is 1 plus 1? Think about it.", "completion": " 2"}  # a different length
+    exs = [D.sft_example(tok, r, 128) for r in rows]
+    ids, att, mask = D.pad_right([e.input_ids for e in exs], tok.pad_token_id, [e.loss_mask for e in exs])
+    padded = model(ids, att, mask)["logprobs"].sum()
+    ids, mask, pos = D.pack_rows(exs, 40, tok.pad_token_id)
+    assert ids.shape[0] < len(exs)  # really packed several examples per row
+    assert int(mask.sum()) == sum(sum(e.loss_mask[1:]) for e in exs)
+    packed = model(ids, None, mask, packed_position_ids=pos)["logprobs"].sum()
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
