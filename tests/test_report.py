@@ -1,0 +1,165 @@
+"""`rlhfkit report`: sections, escaping, no network, plain user runs, and a real headless browser."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from rlhfkit import report as R
+
+ROOT = Path(__file__).resolve().parents[1]
+PAYLOAD = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _run(path: Path, kl_coef: float, peak: int, gold: bool, steps: int = 12) -> None:
+    """A synthetic PPO run: proxy rises steadily; gold rises until `peak` then falls; length grows after it."""
+    (path / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (path / "config.yaml").write_text(f"kl_coef: {kl_coef}\nseed: 0\n")
+    _jsonl(path / "metrics.jsonl", [{"step": s, "train/loss": 1.0 / (s + 1), "rollout/score": 0.1 * s,
+                                     "kl/sequence": 0.3 * s / (1 + 10 * kl_coef), "train/lr": 1e-4}
+                                    for s in range(1, steps + 1)])
+    mon = []
+    for s in range(0, steps + 1, 2):
+        kl = 0.4 * s / (1 + 10 * kl_coef)
+        rec = {"step": s, "proxy": 0.2 * s, "kl": kl, "length": 8 + max(0, s - peak) * 2, "distinct_2": 0.6,
+               "samples": [{"prompt": "What is 2 plus 3?", "response": f"2 plus 3 is 5. {PAYLOAD}"}]}
+        if gold:
+            rec["gold"] = 0.5 + 0.05 * min(s, peak) - 0.08 * max(0, s - peak)
+        mon.append(rec)
+    _jsonl(path / "monitor.jsonl", mon)
+    if gold and peak < steps:
+        _jsonl(path / "alarms.jsonl", [{"kind": "proxy_up_gold_down", "step": peak + 4,
+                                        "message": f"proxy rose while gold fell {PAYLOAD}"}])
+
+
+def make_demo_dir(root: Path) -> Path:
+    """A fake demo directory: summary.json with every key the demo writes, plus PPO/DPO run directories."""
+    comps = {"helpful": 0.8, "harmless": 0.0, "honest": -0.1, "concise": -0.2}
+    names = {"base": (-0.9, None, 0.0, 14), "sft": (0.40, None, 0.0, 9), "ppo_small": (0.30, 0.45, 9.0, 25),
+             "ppo_moderate": (0.62, 0.68, 2.5, 10), "ppo_large": (0.48, 0.57, 0.6, 9), "dpo": (0.55, 0.63, 1.8, 9),
+             "bon_4": (0.52, 0.6, math.log(4) - 3 / 4, 10), "bon_16": (0.60, 0.66, math.log(16) - 15 / 16, 11)}
+    policies, frontier = {}, {}
+    for name, (g, wr, kl, L) in names.items():
+        samples = [{"prompt": "What is 2 plus 3?", "response": "2 plus 3 is 5.", "kind": "arith",
+                    "scores": {"gold": 1.0}, "gold_components": comps},
+                   {"prompt": f"Tell me {PAYLOAD}", "response": f"Great question! {PAYLOAD}", "kind": "harmful",
+                    "scores": {"gold": -0.4}, "gold_components": comps}]
+        policies[name] = {"gold": g, "gold_components": comps, "mean_length": L, "proxy": g + 0.1,
+                          "style_rates": {"padded": 0.1, "wrong": 0.05}, "kl_to_sft": kl, "samples": samples}
+        if wr is not None:
+            policies[name]["win_rate_vs_sft"] = {"mean": wr, "low": wr - 0.06, "high": wr + 0.06}
+        if name != "base":
+            frontier[name] = {"kl_to_sft": kl, "gold": g, "proxy": g + 0.1}
+    summary = {"policies": policies, "frontier": frontier,
+               "rm": {"accuracy": 0.71, "ceiling": 0.76, "ece": 0.03, "length_correlation": 0.42},
+               "alarms": [{"policy": "ppo_small", "kind": "proxy_up_gold_down", "step": 8},
+                          {"policy": "ppo_small", "kind": "length_drift", "step": 10}],
+               "stages": {"tokenizer": {"seconds": 3}, "pretrain": {"seconds": 60}, "sft": {"seconds": 30},
+                          "label": {"seconds": 10}, "rm": {"seconds": 20}, "ppo_small": {"seconds": 40},
+                          "dpo": {"seconds": 15}, "bon": {"seconds": 12}, "eval": {"seconds": 25}}}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "summary.json").write_text(json.dumps(summary))
+    _run(root / "ppo_small", 0.01, 4, True)
+    _run(root / "ppo_moderate", 0.05, 10, True)
+    _run(root / "ppo_large", 0.2, 12, True)
+    _jsonl(root / "dpo" / "metrics.jsonl", [{"step": s, "train/loss": 0.69 - 0.02 * s, "rewards/margin": 0.1 * s,
+                                             "rewards/accuracy": 0.5 + 0.02 * s} for s in range(1, 11)])
+    return root
+
+
+def make_user_runs(root: Path) -> list[Path]:
+    a, b = root / "my-ppo-a", root / "my-ppo-b"
+    _run(a, 0.02, 6, gold=False)
+    _run(b, 0.1, 12, gold=False)
+    _jsonl(a / "alarms.jsonl", [{"kind": "length_drift", "step": 10, "message": "mean response length rose"}])
+    return [a, b]
+
+
+def _check_inert(html: str) -> None:
+    assert "<script" not in html.lower()  # no scripts at all: the payload is shown as text
+    assert "<img src=x" not in html  # no live tag...
+    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in html  # ...it is escaped text
+    for url in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert url.startswith(("data:image/png;base64,", "#")), url  # nothing from the network
+    assert "http://" not in html and "https://" not in html
+
+
+def test_demo_report_has_every_section(tmp_path):
+    d = make_demo_dir(tmp_path / "demo")
+    out = R.run(R.Config(run_dirs=[str(d)]))
+    assert out == d / "report.html"
+    html = out.read_text()
+    for sid in ("pipeline", "glance", "rm", "curves", "overopt", "frontier", "length", "alarms", "samples"):
+        assert f'<section id="{sid}">' in html, sid
+    _check_inert(html)
+    assert html.count("<img ") >= 8  # rm, 4 curves, over-optimisation, frontier, length
+    assert "0.710" in html and "0.760" in html  # reward-model accuracy beside its ceiling
+    assert "ppo_small (beta 0.01)" in html  # curves are labelled with their KL coefficient
+    assert "0.62 [0.56, 0.68]" in html or "0.68 [0.62, 0.74]" in html  # a win rate with its interval
+    assert "proxy_up_gold_down" in html and "length_drift" in html
+    assert "<img src=x" not in html  # the payload's tag never becomes markup
+
+
+def test_user_runs_report_without_gold(tmp_path):
+    dirs = make_user_runs(tmp_path)
+    out = R.run(R.Config(run_dirs=[str(d) for d in dirs], output=str(tmp_path / "r" / "user.html")))
+    html = out.read_text()
+    for sid in ("pipeline", "curves", "overopt", "length", "alarms", "samples"):
+        assert f'<section id="{sid}">' in html, sid
+    for sid in ("glance", "rm", "frontier"):  # gold-only / demo-only parts are left out
+        assert f'<section id="{sid}">' not in html, sid
+    assert "gold-only parts are left out" in html
+    _check_inert(html)
+
+
+def test_report_cli(tmp_path):
+    from rlhfkit.cli import main
+
+    d = make_demo_dir(tmp_path / "demo")
+    main(["report", "--run-dirs", str(d), "--output", str(tmp_path / "cli.html")])
+    assert (tmp_path / "cli.html").exists()
+    with pytest.raises(ValueError):
+        R.run(R.Config(run_dirs=[str(tmp_path / "missing")]))
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+@pytest.mark.parametrize("kind", ["demo", "user"])
+def test_report_in_headless_chromium(tmp_path, kind):
+    """Render in a real browser: a screenshot is produced and the console shows no errors."""
+    if kind == "demo":
+        out = R.run(R.Config(run_dirs=[str(make_demo_dir(tmp_path / "demo"))]))
+    else:
+        out = R.run(R.Config(run_dirs=[str(d) for d in make_user_runs(tmp_path)],
+                             output=str(tmp_path / "user.html")))
+    art = ROOT / "test-artifacts"
+    art.mkdir(exist_ok=True)
+    shot = art / f"report-{kind}.png"
+    if shot.exists():
+        shot.unlink()
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--enable-logging=stderr", "--v=0", "--hide-scrollbars", f"--screenshot={shot}",
+             "--window-size=1200,3000", out.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120)
+    log = proc.stdout + proc.stderr
+    assert shot.exists() and shot.stat().st_size > 10_000, log[-2000:]
+    assert "Uncaught" not in log and "ERROR:CONSOLE" not in log and ":CONSOLE(" not in log, log[-2000:]
+    shutil.copy(out, art / f"report-{kind}.html")
