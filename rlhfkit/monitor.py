@@ -183,6 +183,8 @@ class Monitor:
         rec["samples"] = [{"prompt": _text(p), "response": t} for p, t in list(zip(self.prompts, texts))[:3]]
         rec["seconds"] = time.perf_counter() - t0
         # 6. log, track the best step, evaluate the alarms
+        if any(r["step"] >= step for r in self.records):  # a resumed run re-evaluates: drop the stale records
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records if r["step"] < step))
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         self._track(rec)

@@ -92,3 +92,38 @@ def test_save_best_and_alarms(toy_dir, tmp_path, tiny):
     assert sorted(kinds) == ["length_drift", "proxy_up_gold_down"]
     logged = [json.loads(x) for x in (run_dir / "alarms.jsonl").read_text().splitlines()]
     assert [a["kind"] for a in logged] == kinds
+
+
+def test_inside_ppo(toy_dir, tmp_path):
+    """The monitor wired into a real trainer: monitor/* metrics logged, monitor.jsonl written, best/ kept."""
+    ppo = pytest.importorskip("rlhfkit.ppo")
+    from rlhfkit.engine import read_metrics
+
+    rows = [json.loads(x) for x in (toy_dir / "sft.jsonl").read_text().splitlines()]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in rows])
+    cfg = ppo.Config(model=str(toy_dir / "model"), data=str(prompts), output_dir=str(tmp_path / "run"), max_steps=4,
+                     rollout_batch_size=4, num_minibatches=1, micro_batch_size=4, ppo_epochs=1, max_new_tokens=6,
+                     progress=False, threads=1, monitor_prompts=str(prompts), monitor_every=2, monitor_n=4,
+                     monitor_gold="test_monitor:const_gold")
+    ppo.train(cfg, reward_fn=lambda p, r: [float(len(x)) for x in r])
+    recs = [json.loads(x) for x in (tmp_path / "run" / "monitor.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["step"] % 2 == 0 for r in recs) and all(r["gold"] == 1.0 for r in recs)
+    assert "kl" in recs[0] and "proxy" in recs[0]  # the trainer's reward and reference model were passed in
+    logged = [m for m in read_metrics(tmp_path / "run") if "monitor/proxy" in m]
+    assert len(logged) == 2 and logged[0]["monitor/gold"] == 1.0
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+
+
+def test_resume_keeps_history(toy_dir, tmp_path, tiny):
+    tok, model = tiny
+    run_dir = tmp_path / "run3"
+    mon = Monitor.from_config(_cfg(toy_dir, tmp_path), tok, run_dir, proxy=length_reward)
+    mon.run(0, model)
+    mon.run(2, model)
+    again = Monitor.from_config(_cfg(toy_dir, tmp_path, resume=True), tok, run_dir, proxy=length_reward)
+    assert [r["step"] for r in again.records] == [0, 2] and again.best_step == 0
+    again.run(2, model)  # a resumed run re-evaluates step 2: it replaces the old record
+    assert [r["step"] for r in again.records] == [0, 2]
+    assert [json.loads(x)["step"] for x in (run_dir / "monitor.jsonl").read_text().splitlines()] == [0, 2]
+    fresh = Monitor.from_config(_cfg(toy_dir, tmp_path), tok, run_dir, proxy=length_reward)
+    assert fresh.records == [] and not (run_dir / "monitor.jsonl").exists()
