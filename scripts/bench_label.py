@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--lost-rate", type=float, default=0.05)
     ap.add_argument("--log", default=None, help="keep the server's log here")
     args = ap.parse_args()
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews everything below
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -57,7 +58,7 @@ def main() -> None:
         "p50_ms": round(1000 * percentile(res.latencies, 50), 1),
         "p99_ms": round(1000 * percentile(res.latencies, 99), 1),
         "duplicates_sent": res.duplicates_sent, "retries": res.retries, "transport_retries": res.transport_retries, "errors": len(res.errors),
-        "stored_once": ok, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "stored_once": ok, "cpus": os.cpu_count(), "loadavg_1m_before": load_before, "python": platform.python_version(),
     }))
     if not ok:
         raise SystemExit(f"check failed: {check} {res.errors[:3]}")

@@ -270,6 +270,8 @@ def test_ranking_mode(env):
     assert c.post("/api/labels", json={**body, "choice": "rank", "ranking": [0, 0, 1]}).status_code == 422
     r = c.post("/api/labels", json={**body, "choice": "rank", "ranking": [2, 0, 1]})
     assert r.status_code == 200
+    assert c.post("/api/labels", json={**body, "choice": "rank", "ranking": [2, 0, 1]}).json()["duplicate"]
+    assert c.post("/api/labels", json={**body, "choice": "rank", "ranking": [0, 2, 1]}).status_code == 409
     rows = [x for x in export(env) if x["item_id"] == "r0"]
     shown = [x["text"] for x in item["responses"]]
     best, mid, worst = shown[2], shown[0], shown[1]
@@ -348,6 +350,9 @@ def test_body_size_limit(tmp_path):
     c = TestClient(app)
     assert c.post("/api/login", content=b"{" + b" " * 2000 + b"}",
                   headers={"Content-Type": "application/json"}).status_code == 413
+    # Chunked (no Content-Length): reading stops at the cap; FastAPI reports the cut-off body as a 400.
+    chunks = (b" " * 500 for _ in range(10))
+    assert c.post("/api/login", content=chunks, headers={"Content-Type": "application/json"}).status_code in (400, 413)
 
 
 # -- items parsing, store, CLI -----------------------------------------------------------------------------------

@@ -172,3 +172,15 @@ def test_gold_agreement_on_world_items(store):
     g = gold_agreement(items, labels)
     assert g["labels"] == 6 and g["agreement"] == pytest.approx(4 / 6)
     assert g["per_annotator"]["ann"]["agreement"] == pytest.approx(4 / 6)
+
+
+def test_gold_agreement_ignores_items_the_world_cannot_parse(store):
+    pytest.importorskip("rlhfkit.world")
+    store.add_items(parse_rows([{"id": "x", "kind": "custom", "prompt": "Not a world prompt at all",
+                                 "responses": ["a", "b"]}])[0])
+    uid = store.add_user("ann", "annotator", "x")
+    a = store.next_assignment(uid, 1)
+    store.add_label(uid, a["item_id"], uuid.uuid4().hex, "left")
+    labels = store.live_labels()
+    g = gold_agreement({lab["item_id"]: store.item(lab["item_id"]) for lab in labels}, labels)
+    assert g["labels"] == 0 and g["agreement"] is None  # gold() raises on it; the item is skipped, no crash

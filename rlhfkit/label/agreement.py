@@ -118,10 +118,15 @@ def gold_agreement(items: dict[int, Any], labels: Sequence[Any]) -> dict | None:
             continue
         if lab["item_id"] not in totals:
             prompt = prompt_user_text(json.loads(it["prompt_json"]))
-            totals[lab["item_id"]] = [
-                float(gold(prompt, message_text(r))["total"]) for r in json.loads(it["responses_json"])
-            ]
+            try:
+                totals[lab["item_id"]] = [
+                    float(gold(prompt, message_text(r))["total"]) for r in json.loads(it["responses_json"])
+                ]
+            except Exception:  # a "kind" column on a prompt the world cannot parse: not a world item after all
+                totals[lab["item_id"]] = []
         t = totals[lab["item_id"]]
+        if not t:
+            continue
         best = max(t)
         if t.count(best) > 1:
             continue

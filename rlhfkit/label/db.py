@@ -8,7 +8,8 @@ What the schema guarantees (by constraints, not by application code alone):
   checked and updated inside the same BEGIN IMMEDIATE transaction that creates the assignment.
 
 Writes are serialised by a process-wide lock plus BEGIN IMMEDIATE (so several processes on one file also work,
-waiting on `busy_timeout`). `synchronous=FULL` by default: an acknowledged label has been fsync'd to the WAL.
+waiting on `busy_timeout`). `synchronous=FULL` by default: an acknowledged label has been fsync'd to the WAL
+(handing out an assignment skips its own fsync; see `Store.write`).
 
 Postgres: not implemented. The SQL below is close to portable (partial indexes and ON CONFLICT exist there too),
 but the placeholders, `BEGIN IMMEDIATE` and the PRAGMAs are SQLite's; `open_store` rejects other URLs clearly.
@@ -238,10 +239,17 @@ class Store:
         return c
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+        durable=False (handing out an assignment: soft state, re-issued if lost) commits without an fsync when the
+        store runs synchronous=FULL. The WAL is append-only, so the next durable commit's fsync covers it too; and
+        a killed process loses nothing either way (the OS still has the pages); only a power cut could.
+        """
         c = self.conn()
         with self._write_lock:
+            if self.synchronous == "FULL":
+                c.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             c.execute("BEGIN IMMEDIATE")
             try:
                 yield c
@@ -345,7 +353,7 @@ class Store:
         ).fetchone()
         if mine is not None and mine["issued_at"] > time.time() - self.lease_s:
             return mine
-        with self.write() as c:
+        with self.write(durable=False) as c:
             self._release_expired(c)
             mine = c.execute(
                 "SELECT * FROM assignments WHERE user_id = ? AND state = 'open' ORDER BY issued_at DESC LIMIT 1",
@@ -402,6 +410,12 @@ class Store:
             old = c.execute("SELECT * FROM labels WHERE user_id = ? AND idem_key = ?", (user_id, idem_key)).fetchone()
             if old is not None:
                 same = old["item_id"] == item_id and old["choice"] == choice and old["rationale"] == rationale
+                if same and choice == "rank":
+                    shown = json.loads(old["shown_order"])
+                    try:
+                        same = [shown[p] for p in (ranking_positions or [])] == json.loads(old["ranking"])
+                    except (IndexError, TypeError):
+                        same = False
                 if not same:
                     raise StoreError("idempotency key reused with a different request", 409)
                 return old, True
