@@ -46,7 +46,7 @@ class Config:
     (scored as they are). Name each as name=path, or the directory / file stem is the name."""
     prompts: str = ""
     """Prompt file or hub id with a `prompt` column (and optionally `kind` or `category`); required for model
-    policies. Empty with the world gold judge: the world's held-out prompts."""
+    policies. Empty with the world gold judge: the default world's held-out prompts."""
     output: str = "eval.json"
     """JSON file the results are written to."""
     tokenizer: str = ""
@@ -374,7 +374,7 @@ def run(cfg: Config) -> dict[str, Any]:
     elif world:
         from .world import WorldConfig, heldout_prompts
 
-        rows = heldout_prompts(WorldConfig(seed=cfg.seed))
+        rows = heldout_prompts(WorldConfig())  # the default world's held-out split
     elif any(Path(p).is_dir() for _, p in named):
         raise ValueError("prompts: required to sample model policies")
     if cfg.limit:
