@@ -193,19 +193,13 @@ def load_reward_fn(specs: list[str], weights: list[float] | None = None, device:
     return rewards.load_rewards(list(specs), list(weights) if weights else None, device=device, batch_size=batch_size)
 
 
-def as_reward_fn(reward: RewardFn | Callable | None, specs: list[str], weights: list[float] | None,
-                 device, batch_size: int = 64) -> RewardFn:
-    """A reward passed in Python (a RewardFn, or f(prompts, responses) -> list[float]) wins over the specs."""
+def as_reward_fn(reward: Callable | None, specs: list[str], weights: list[float] | None, device,
+                 batch_size: int = 64) -> RewardFn:
+    """A reward passed in Python wins over the specs. Like a module:function spec it is called as
+    f(prompt texts, responses) and may return a list of floats or a {"score": ...} dict."""
     if reward is None:
         return load_reward_fn(specs, weights, device, batch_size)
-
-    def wrapped(prompts: list[Any], responses: list[str]) -> dict[str, torch.Tensor]:
-        out = reward(prompts, responses)
-        if isinstance(out, dict):
-            return out
-        return {"score": torch.as_tensor(out, dtype=torch.float32).reshape(-1)}
-
-    return wrapped
+    return python_reward(reward)
 
 
 # ----------------------------------------------------------------------------------------------- batching
