@@ -72,9 +72,15 @@ def config_command(name: str, module_name: str, entry: str, help_text: str) -> c
                      help="YAML file of config values (command-line options override it).")
     ]
     params += [_option_for(f, hints[f.name], docs.get(f.name, "")) for f in dataclasses.fields(cls)]
+    # A command may take one list field as positional arguments too (`rlhfkit report RUN_DIR...`).
+    positional = getattr(module, "POSITIONAL", None)
+    if positional:
+        params.append(click.Argument(["positional_args"], nargs=-1))
 
-    def callback(config_file=None, **kwargs):
+    def callback(config_file=None, positional_args=(), **kwargs):
         overrides = {k: v for k, v in kwargs.items() if v is not None}
+        if positional_args:
+            overrides[positional] = list(positional_args)
         try:
             cfg = config_lib.resolve(cls, config_file, overrides)
         except (config_lib.ConfigError, ValueError, TypeError) as e:

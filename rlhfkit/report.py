@@ -34,6 +34,9 @@ from typing import Any
 import yaml
 
 
+POSITIONAL = "run_dirs"  # `rlhfkit report RUN_DIR...`
+
+
 @dataclass
 class Config:
     run_dirs: list[str] = field(default_factory=list)

@@ -130,6 +130,8 @@ def test_report_cli(tmp_path):
     d = make_demo_dir(tmp_path / "demo")
     main(["report", "--run-dirs", str(d), "--output", str(tmp_path / "cli.html")])
     assert (tmp_path / "cli.html").exists()
+    main(["report", str(d), "--output", str(tmp_path / "positional.html")])  # rlhfkit report RUN_DIR...
+    assert (tmp_path / "positional.html").read_text() == (tmp_path / "cli.html").read_text()
     with pytest.raises(ValueError):
         R.run(R.Config(run_dirs=[str(tmp_path / "missing")]))
 
