@@ -1,0 +1,197 @@
+"""`rlhfkit dpo` on a tiny model: log-prob bookkeeping (log 2 at step 0), the shared-prompt packed layout against
+plain padded rows, learning, every loss type, KTO, the reference cache, reference-free variants, accumulation
+invariance and resume."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from rlhfkit import dpo, models
+from rlhfkit.engine import read_metrics
+from rlhfkit.losses import LossType
+
+from conftest import toy_rows, write_jsonl
+
+
+def pref_rows(n: int = 64, seed: int = 0) -> list[dict]:
+    """chosen = the correct sum, rejected = a wrong one (conversational, like the toy SFT rows)."""
+    rng = random.Random(seed)
+    out = []
+    for r in toy_rows(n, seed):
+        right = r["completion"][0]["content"]
+        total = int(right.split()[-1].rstrip("."))
+        wrong = f"The answer is {total + rng.choice([1, 2, 3])}."
+        out.append({"prompt": r["prompt"], "chosen": r["completion"],
+                    "rejected": [{"role": "assistant", "content": wrong}]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def pref(toy_dir):
+    return write_jsonl(toy_dir / "pref.jsonl", pref_rows())
+
+
+def cfg(toy_dir, pref, out, **kw):
+    base = dict(model=str(toy_dir / "model"), data=str(pref), output_dir=str(out), max_steps=2, micro_batch_size=4,
+                max_length=48, learning_rate=1e-3, progress=False, seed=0, ref_cache_dir=str(out) + "-cache")
+    base.update(kw)
+    c = dpo.Config(**base)
+    c.validate()
+    return c
+
+
+def losses_of(run_dir, key="train/loss"):
+    return [m[key] for m in read_metrics(run_dir)]
+
+
+def test_step0_loss_is_log2_when_policy_is_reference(toy_dir, pref, tmp_path):
+    """pi == pi_ref makes every log-ratio 0, so -log sigmoid(0) = log 2 exactly, whatever the log-probs are:
+    any bookkeeping error (a token counted in the policy sum but not the reference's, a shifted mask) breaks it.
+    Also with the cached reference (computed in another layout) to 1e-6."""
+    dpo.train(cfg(toy_dir, pref, tmp_path / "fly", max_steps=1))
+    m = read_metrics(tmp_path / "fly")[0]
+    assert abs(m["train/loss"] - math.log(2)) < 1e-6
+    assert m["rewards/chosen"] == 0 and m["rewards/margin"] == 0 and m["kl/logratio_chosen"] == 0
+    dpo.train(cfg(toy_dir, pref, tmp_path / "pre", max_steps=1, precompute_ref=True))
+    m = read_metrics(tmp_path / "pre")[0]
+    assert abs(m["train/loss"] - math.log(2)) < 1e-6
+    assert abs(m["kl/logratio_chosen"]) < 1e-4
+
+
+def _items(toy_dir, pref, n=6):
+    tok = models.load_tokenizer(str(toy_dir / "model"))
+    c = cfg(toy_dir, pref, toy_dir / "unused", max_length=40)
+    ex = dpo.tokenise(c, tok, pref_rows(n, seed=3), {})
+    # make lengths differ so padding, packing and the prompt cut all matter
+    items = [(e.prompt[i % 3:], [e.completions[0], e.completions[1][: len(e.completions[1]) - (i % 2)]])
+             for i, e in enumerate(ex)]
+    return tok, items
+
+
+def test_packed_shared_prompt_layout_equals_padded_rows(toy_dir, pref):
+    """[prompt | chosen | rejected] rows with the 4-D mask, packed several to a row, give the same log-probs as
+    2B separate right-padded rows (float64 so the comparison is about the layout, not rounding)."""
+    tok, items = _items(toy_dir, pref)
+    model = models.load_causal_lm(str(toy_dir / "model"), tok).double().eval()
+    want = dpo.padded_logps(model, items, tok.pad_token_id)
+    for packing in (False, True):
+        lay = dpo.build_layout(items, tok.pad_token_id, packing)
+        got = dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu"))
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        assert lay.tokens == sum(len(p) + len(c) + len(r) for p, (c, r) in items)  # the prompt once per pair
+    # packing really packs when blocks fit: two short items share one row of the longest one's capacity
+    short = [([1, 2], [[3], [4]]), ([1, 2], [[5], [6]]), ([1, 2, 3, 4, 5, 6, 7, 8], [[3, 4], [4, 5]])]
+    lay = dpo.build_layout(short, tok.pad_token_id, True)
+    assert lay.input_ids.shape[0] == 2
+    torch.testing.assert_close(dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu")),
+                               dpo.padded_logps(model, short, tok.pad_token_id), rtol=0, atol=1e-5)
+
+
+def test_dpo_learns_and_changes_every_parameter(toy_dir, pref, tmp_path):
+    start = {k: v.clone() for k, v in models.load_causal_lm(str(toy_dir / "model")).state_dict().items()}
+    out = dpo.train(cfg(toy_dir, pref, tmp_path / "run", max_steps=12, micro_batch_size=8, beta=0.5,
+                        lr_scheduler="constant"))
+    loss, acc = losses_of(out), losses_of(out, "rewards/accuracy")
+    assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 0.05, loss
+    assert sum(acc[-3:]) / 3 > sum(acc[:3]) / 3, acc
+    keys = set(read_metrics(out)[0])
+    assert set(dpo.METRIC_KEYS) <= keys
+    end = models.load_causal_lm(str(out)).state_dict()
+    unchanged = [k for k, v in start.items() if torch.equal(v, end[k])]
+    assert not unchanged, unchanged
+
+
+@pytest.mark.parametrize("loss", [t.value for t in LossType])
+def test_every_loss_type_runs(toy_dir, pref, tmp_path, loss):
+    out = dpo.train(cfg(toy_dir, pref, tmp_path / loss, loss=[loss]))
+    vals = losses_of(out)
+    assert len(vals) == 2 and all(math.isfinite(v) for v in vals)
+    if loss == "kto":
+        assert math.isfinite(read_metrics(out)[0]["kl/z0"])
+
+
+def test_combined_losses_and_weights(toy_dir, pref, tmp_path):
+    """sigmoid + 0.5 sft at step 0 (policy == reference): log 2 + 0.5 * mean token NLL of the chosen answers."""
+    out = dpo.train(cfg(toy_dir, pref, tmp_path / "mix", loss=["sigmoid", "sft"], loss_weights=[1.0, 0.5],
+                        max_steps=1))
+    only_sft = dpo.train(cfg(toy_dir, pref, tmp_path / "sft", loss=["sft"], max_steps=1))
+    assert abs(losses_of(out)[0] - (math.log(2) + 0.5 * losses_of(only_sft)[0])) < 1e-5
+
+
+def test_kto_on_unpaired_data(toy_dir, pref, tmp_path):
+    rows = [{"prompt": r["prompt"], "completion": c, "label": lab}
+            for r in pref_rows(32) for c, lab in ((r["chosen"], True), (r["rejected"], False))]
+    unpaired = write_jsonl(tmp_path / "unpaired.jsonl", rows)
+    out = dpo.train(cfg(toy_dir, unpaired, tmp_path / "kto", loss=["kto"], max_steps=6, micro_batch_size=8))
+    m = read_metrics(out)
+    # step 0: policy == reference, so z0 = 0 and every example's loss is lambda * (1 - sigmoid(0)) = 0.5
+    assert abs(m[0]["train/loss"] - 0.5) < 1e-6 and m[0]["kl/z0"] == 0
+    assert all(math.isfinite(x["train/loss"]) for x in m)
+    # paired data with loss kto is unpaired into the same examples: 2 per pair
+    tok = models.load_tokenizer(str(toy_dir / "model"))
+    ex = dpo.tokenise(cfg(toy_dir, pref, tmp_path / "x", loss=["kto"]), tok, pref_rows(5), {})
+    assert [e.label for e in ex] == [True, False] * 5
+    assert all(e.completions[0] != e.completions[1] for e in ex)  # the KL completion comes from another example
+
+
+def test_reference_cache_hit_and_invalidation(toy_dir, pref, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    dpo.train(cfg(toy_dir, pref, tmp_path / "a", precompute_ref=True, ref_cache_dir=str(cache)))
+    assert len(list(cache.glob("*.safetensors"))) == 1
+    calls = []
+    real = dpo.load_reference
+    monkeypatch.setattr(dpo, "load_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dpo.train(cfg(toy_dir, pref, tmp_path / "b", precompute_ref=True, ref_cache_dir=str(cache)))
+    assert calls == []  # hit: no reference model loaded at all
+    assert losses_of(tmp_path / "a") == losses_of(tmp_path / "b")
+    changed = write_jsonl(tmp_path / "changed.jsonl", pref_rows(64, seed=1))
+    dpo.train(cfg(toy_dir, changed, tmp_path / "c", precompute_ref=True, ref_cache_dir=str(cache)))
+    assert calls == [1] and len(list(cache.glob("*.safetensors"))) == 2  # new data: miss, recomputed
+    dpo.train(cfg(toy_dir, pref, tmp_path / "d", precompute_ref=True, ref_cache_dir=str(cache), max_length=40))
+    assert calls == [1, 1]  # new truncation: miss
+
+
+@pytest.mark.parametrize("loss", [["simpo"], ["orpo"], ["sft"]])
+def test_reference_free_variants_never_load_a_reference(toy_dir, pref, tmp_path, monkeypatch, loss):
+    def boom(*a, **k):
+        raise AssertionError("reference model loaded")
+
+    monkeypatch.setattr(dpo, "load_reference", boom)
+    monkeypatch.setattr(dpo, "reference_logps", boom)
+    monkeypatch.setattr(dpo, "precompute_reference", boom)
+    out = dpo.train(cfg(toy_dir, pref, tmp_path / "run", loss=loss, precompute_ref=True))
+    m = read_metrics(out)[0]
+    assert math.isfinite(m["train/loss"]) and math.isnan(m["kl/logratio_chosen"])
+
+
+@pytest.mark.parametrize("loss", [["sigmoid"], ["kto"]])
+def test_batch_8_equals_batch_4_times_accumulation_2(toy_dir, pref, tmp_path, loss):
+    a = dpo.train(cfg(toy_dir, pref, tmp_path / "a", loss=loss, max_steps=3, micro_batch_size=8))
+    b = dpo.train(cfg(toy_dir, pref, tmp_path / "b", loss=loss, max_steps=3, micro_batch_size=4,
+                      gradient_accumulation_steps=2))
+    for key in ("train/loss", "rewards/margin"):
+        torch.testing.assert_close(torch.tensor(losses_of(a, key)), torch.tensor(losses_of(b, key)), rtol=0, atol=1e-5)
+
+
+def test_resume_gives_identical_losses(toy_dir, pref, tmp_path):
+    c = cfg(toy_dir, pref, tmp_path / "run", max_steps=4, save_every=2)
+    dpo.train(c)
+    full = losses_of(tmp_path / "run")
+    c.resume = True
+    dpo.train(c)
+    resumed = losses_of(tmp_path / "run")
+    assert len(resumed) == 4
+    torch.testing.assert_close(torch.tensor(resumed), torch.tensor(full), rtol=0, atol=1e-6)
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="not in"):
+        dpo.Config(model="m", data="d", loss=["dpo"]).validate()
+    with pytest.raises(ValueError, match="weights"):
+        dpo.Config(model="m", data="d", loss=["sigmoid", "sft"], loss_weights=[1.0]).validate()
+    with pytest.raises(ValueError, match="kto"):
+        dpo.Config(model="m", data="d", loss=["kto", "sft"]).validate()
