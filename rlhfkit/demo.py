@@ -88,6 +88,7 @@ class Context:
         self.s = SCALES[cfg.scale]
         self.root = Path(cfg.out)
         self.results: dict[str, dict] = {}
+        self.seconds: dict[str, float] = {}
 
     def path(self, *parts: str) -> str:
         return str(self.root.joinpath(*parts))
@@ -137,11 +138,106 @@ def stage_sft(ctx: Context) -> dict:
     return {"path": str(out)}
 
 
+def _candidates(ctx: Context, prompts: str, out: str, k: int, seed_offset: int) -> str:
+    from . import sample
+
+    sample.run(sample.Config(model=ctx.path("sft"), prompts=prompts, output=out, num_responses=k,
+                             max_new_tokens=ctx.s["max_new_tokens"], temperature=1.0, seed=ctx.cfg.seed + seed_offset))
+    return out
+
+
+def stage_prefs(ctx: Context) -> dict:
+    """K responses per prompt from the SFT policy, ranked by one simulated annotator each (InstructGPT's K-way
+    comparisons, expanded into K(K-1)/2 pairs); a held-out set is labelled the same way for the reward model."""
+    from .world import label
+
+    k = ctx.s["k_candidates"]
+    out = {}
+    for split, prompts, offset in (("train", "train_prompts.jsonl", 1), ("heldout", "heldout_prompts.jsonl", 2)):
+        cand = _candidates(ctx, ctx.path("world", prompts), ctx.path("prefs", f"candidates_{split}.jsonl"), k, offset)
+        out[split] = label.run(label.Config(candidates=cand, out=ctx.path("prefs", f"{split}.jsonl"),
+                                            mode="ranking", seed=ctx.cfg.seed + offset))
+    return out
+
+
+def stage_rm(ctx: Context) -> dict:
+    from . import eval_rm, rm
+
+    s = ctx.s
+    rm.train(rm.Config(**ctx.common("rm"), model=ctx.path("sft"), data=ctx.path("prefs", "train.jsonl"),
+                       num_epochs=s["rm_epochs"], micro_batch_size=s["rm_batch"], learning_rate=s["rm_lr"],
+                       max_length=128, group_by_prompt=False, normalize=True))
+    res = eval_rm.run(eval_rm.Config(reward=ctx.path("rm"), data=ctx.path("prefs", "heldout.jsonl"),
+                                     output=ctx.path("rm", "eval.json"), world=True))
+    return {"rm": {k: res.get(k) for k in ("accuracy", "ceiling", "ece", "length_correlation", "n_pairs")}}
+
+
+def _policy_summary(res: dict) -> dict:
+    """The summary.json entry of one evaluated policy (keys fixed by the demo's contract)."""
+    keys = ("gold", "gold_se", "gold_components", "mean_length", "style_rates", "win_rate_vs_sft", "kl_to_sft",
+            "proxy", "distinct_2", "self_bleu", "refusal_rate", "finished_rate", "by_kind")
+    out = {k: res.get(k) for k in keys}
+    if isinstance(out["win_rate_vs_sft"], dict):
+        out["win_rate_vs_sft"] = {k: out["win_rate_vs_sft"][k] for k in ("mean", "low", "high")}
+    out["samples"] = res.get("samples", [])[:6]
+    return out
+
+
+def evaluate_models(ctx: Context, names: list[str]) -> dict:
+    """Evaluate policies (model directories under the demo dir) on held-out prompts with the gold judge."""
+    import torch
+
+    from . import data as data_lib
+    from . import models
+    from .evaluate import evaluate_policy
+
+    s = ctx.s
+    tok = models.load_tokenizer(ctx.path("sft"))
+    prompts = data_lib.read_jsonl(ctx.path("world", "heldout_prompts.jsonl"))
+    judges = {}
+    if (ctx.root / "rm" / "config.json").exists():
+        from .rewards import load_reward
+
+        judges["proxy"] = load_reward(ctx.path("rm"))
+    sft_model = models.load_causal_lm(ctx.path("sft"), tok)
+    cache = ctx.root / "eval"
+    cache.mkdir(exist_ok=True)
+    results: dict[str, dict] = {}
+    order = ["sft"] + [n for n in names if n != "sft"]  # SFT first: it is everyone's win-rate reference
+    for name in order:
+        torch.manual_seed(ctx.cfg.seed)
+        model = sft_model if name == "sft" else models.load_causal_lm(ctx.path(name), tok)
+        res = evaluate_policy(model, tok, prompts, judges=judges, world=True, ref_model=sft_model,
+                              reference={"sft": results["sft"]} if name != "sft" else None,
+                              max_new_tokens=s["max_new_tokens"], temperature=1.0, seed=ctx.cfg.seed)
+        if name == "sft":
+            res["win_rate_vs_sft"] = {"mean": 0.5, "low": 0.5, "high": 0.5}
+        results[name] = res
+        (cache / f"{name}.json").write_text(json.dumps(res, default=str))
+    return {name: _policy_summary(results[name]) for name in names}
+
+
+def stage_eval_sft(ctx: Context) -> dict:
+    return {"policies": evaluate_models(ctx, ["base", "sft"])}
+
+
+def stage_report(ctx: Context) -> dict:
+    from . import report
+
+    _write_summary(ctx)
+    out = report.run(report.Config(run_dirs=[str(ctx.root)], output=ctx.path("report.html")))
+    return {"path": str(out)}
+
+
 STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("world", stage_world),
     ("tokenizer", stage_tokenizer),
     ("base", stage_base),
     ("sft", stage_sft),
+    ("eval_sft", stage_eval_sft),
+    ("prefs", stage_prefs),
+    ("rm", stage_rm),
+    ("report", stage_report),
 ]
 
 
@@ -164,6 +260,31 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def _summary_from_results(ctx: Context) -> dict:
+    """summary.json's result keys, assembled from the finished stages."""
+    out: dict[str, Any] = {"policies": {}}
+    for name, res in ctx.results.items():
+        if "policies" in res:
+            out["policies"].update(res["policies"])
+        if "rm" in res:
+            out["rm"] = res["rm"]
+    out["frontier"] = {p: {"kl_to_sft": v.get("kl_to_sft"), "gold": v.get("gold"), "proxy": v.get("proxy")}
+                       for p, v in out["policies"].items()}
+    out["alarms"] = [a for res in ctx.results.values() for a in res.get("alarms", [])]
+    return out
+
+
+def _write_summary(ctx: Context) -> Path:
+    summary = {"config": config_lib.to_dict(ctx.cfg), "seed": ctx.cfg.seed, "versions": versions(),
+               "stages": {n: {"seconds": round(r, 2)} for n, r in ctx.seconds.items()}}
+    summary.update(_summary_from_results(ctx))
+    path = ctx.root / "summary.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    tmp.replace(path)
+    return path
+
+
 def run(cfg: Config) -> Path:
     from rich.console import Console
 
@@ -173,8 +294,6 @@ def run(cfg: Config) -> Path:
     config_lib.save(cfg, ctx.root / "config.yaml")
     fp = _fingerprint(cfg)
     redo = cfg.force
-    summary: dict[str, Any] = {"config": config_lib.to_dict(cfg), "seed": cfg.seed, "versions": versions(),
-                               "stages": {}}
     t_all = time.perf_counter()
     for i, (name, fn) in enumerate(STAGES):
         record = ctx.root / "stages" / f"{name}.json"
@@ -192,12 +311,11 @@ def run(cfg: Config) -> Path:
             tmp.write_text(json.dumps(done, indent=1, default=str))
             tmp.replace(record)
         ctx.results[name] = done["result"]
-        summary["stages"][name] = {"seconds": round(done["seconds"], 2)}
+        ctx.seconds[name] = done["seconds"]
         if name == cfg.stop_after:
             break
-    summary.update(ctx.results.get("summary", {}))
-    summary["total_seconds"] = round(time.perf_counter() - t_all, 2)
-    path = ctx.root / "summary.json"
-    path.write_text(json.dumps(summary, indent=1, default=str))
-    console.print(f"[bold green]demo finished[/bold green]: {path}")
+    path = _write_summary(ctx)
+    console.print(f"[bold green]demo finished[/bold green] in {time.perf_counter() - t_all:.0f}s: {path}")
+    if (ctx.root / "report.html").exists():
+        console.print(f"report: {(ctx.root / 'report.html').resolve()}")
     return path
