@@ -22,8 +22,11 @@ venv-dev: $(BIN)/python
 demo: venv
 	$(BIN)/rlhfkit demo
 
+# Browser tests drive Debian's chromium (no browser download); the setup installs it when it can (root/sudo)
+# and the browser tests skip, saying why, when it is absent.
 test: venv-dev
-	$(BIN)/python -m pytest -q -x --timeout 900
+	-bash scripts/setup_browser.sh $(VENV)
+	$(BIN)/python -m pytest -q --timeout 900 -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
