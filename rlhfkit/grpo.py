@@ -192,7 +192,8 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
         metrics.update({key: v * dist.world_size for key, v in mean_over_ranks(stats).items()})
         metrics["train/elapsed_s"] = time.perf_counter() - t0
         engine.step(metrics, batch_info=f"iteration {it} pass {epoch} minibatch {j}")
-        if monitor is not None and monitor.should_stop:
+        # every process stops together (the monitor runs on the main process only)
+        if mean_over_ranks({"stop": float(monitor is not None and monitor.should_stop)})["stop"] > 0:
             print(f"{estimator}: early stop at step {engine.step_count} (no held-out improvement)")
             break
     engine.close()

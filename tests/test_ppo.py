@@ -121,3 +121,14 @@ def test_batch_semantics_are_checked(toy_dir, prompts_file, tmp_path):
     with pytest.raises(ValueError, match="save_every 3 must be a multiple"):
         cfg_for(toy_dir, prompts_file, tmp_path, save_every=3).validate()
     cfg_for(toy_dir, prompts_file, tmp_path).validate()
+
+
+def test_monitor_wiring(toy_dir, prompts_file, tmp_path):
+    """--monitor-prompts/--monitor-every: monitor/* metrics in metrics.jsonl and run_dir/monitor.jsonl."""
+    cfg = cfg_for(toy_dir, prompts_file, tmp_path / "run", max_steps=4, ppo_epochs=1, monitor_prompts=str(prompts_file),
+                  monitor_every=2, monitor_n=4, monitor_max_new_tokens=4)
+    ppo.train(cfg, reward_fn=digit_reward)
+    ms = read_metrics(tmp_path / "run")
+    assert any(k.startswith("monitor/") for k in ms[0]) and any(k.startswith("monitor/") for k in ms[2])
+    assert not any(k.startswith("monitor/") for k in ms[1])
+    assert len((tmp_path / "run" / "monitor.jsonl").read_text().splitlines()) == 2
