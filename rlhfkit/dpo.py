@@ -37,7 +37,8 @@ import torch
 from . import config as config_lib
 from . import data as data_lib
 from . import models, refcache
-from .engine import Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, seed_everything, setup_distributed, total_steps
+from .engine import (Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, seed_everything, setup_distributed,
+                     total_steps)
 from .losses import LossType, kto_reference_point, preference_loss
 from .modeling import backbone
 
@@ -346,7 +347,8 @@ def precompute_reference(cfg: Config, tokenizer, policy, examples: list[Example]
         return torch.stack([cached["ref_a"], cached["ref_b"]])
     t0 = time.perf_counter()
     if dist.is_main:
-        ref = load_reference(cfg, tokenizer, policy)
+        # With no ref_model the reference IS the policy before any update: use it directly, no copy in memory.
+        ref = load_reference(cfg, tokenizer, policy) if cfg.ref_model else policy.eval()
         autocast = lambda: autocast_for(cfg.precision, dist.device)  # noqa: E731
         out = torch.zeros(2, len(examples))
         step = max(1, cfg.micro_batch_size)
@@ -354,6 +356,7 @@ def precompute_reference(cfg: Config, tokenizer, policy, examples: list[Example]
             idx = list(range(s, min(s + step, len(examples))))
             out[:, idx] = reference_logps(ref, examples, idx, tokenizer.pad_token_id, cfg.packing, dist.device,
                                           autocast)
+        policy.train()
         del ref
         path = refcache.save(cfg.ref_cache_dir, key, {"ref_a": out[0], "ref_b": out[1]}, key_fields)
         print(f"dpo: reference log-probs computed in {time.perf_counter() - t0:.1f}s, cached at {path}")
@@ -481,7 +484,8 @@ def train(cfg: Config) -> Path:
             "rewards/rejected": mean("r_r", "r_r#"), "rewards/margin": mean("r_c", "r_c#") - mean("r_r", "r_r#"),
             "rewards/accuracy": mean("acc", "acc#"), "logps/chosen": mean("lp_c", "lp_c#"),
             "logps/rejected": mean("lp_r", "lp_r#"), "kl/logratio_chosen": mean("kl_c", "lp_c#", has_ref),
-            "kl/logratio_rejected": mean("kl_r", "lp_r#", has_ref), "kl/z0": z0.item() if z0 is not None else float("nan"),
+            "kl/logratio_rejected": mean("kl_r", "lp_r#", has_ref),
+            "kl/z0": z0.item() if z0 is not None else float("nan"),
         }
         engine.step(metrics, batch_info=f"indices {idx}")
     engine.close()
