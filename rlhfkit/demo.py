@@ -58,7 +58,7 @@ class Config:
     def validate(self) -> None:
         if self.scale not in SCALES:
             raise ValueError(f"scale: {self.scale!r} is not one of {sorted(SCALES)}")
-        names = [s for s, _ in STAGES]
+        names = [s for s, _ in stages(self)]
         if self.stop_after and self.stop_after not in names:
             raise ValueError(f"stop_after: {self.stop_after!r} is not one of {names}")
 
@@ -69,13 +69,13 @@ SCALES: dict[str, dict[str, Any]] = {
         n_pretrain=6000, n_sft=1500, n_train_prompts=512, n_heldout=256, vocab=600,
         hidden=128, layers=4, heads=4, block=128, pretrain_steps=400, pretrain_batch=32, pretrain_lr=2e-3,
         sft_epochs=2, sft_batch=32, sft_lr=1e-3, k_candidates=4, rm_epochs=2, rm_batch=32, rm_lr=1e-4,
-        ppo_steps=60, ppo_rollout=32, dpo_epochs=2, dpo_batch=32, max_new_tokens=48, probe=64, probe_every=10,
+        ppo_steps=60, ppo_rollout=32, ppo_epochs=4, ppo_lr=1e-4, dpo_epochs=2, dpo_batch=32, max_new_tokens=48, probe=64, probe_every=10,
     ),
     "toy": dict(
         n_pretrain=400, n_sft=128, n_train_prompts=48, n_heldout=24, vocab=400,
         hidden=32, layers=2, heads=2, block=64, pretrain_steps=20, pretrain_batch=8, pretrain_lr=3e-3,
         sft_epochs=1, sft_batch=16, sft_lr=2e-3, k_candidates=2, rm_epochs=1, rm_batch=8, rm_lr=1e-3,
-        ppo_steps=2, ppo_rollout=8, dpo_epochs=1, dpo_batch=8, max_new_tokens=16, probe=8, probe_every=1,
+        ppo_steps=2, ppo_rollout=8, ppo_epochs=1, ppo_lr=1e-3, dpo_epochs=1, dpo_batch=8, max_new_tokens=16, probe=8, probe_every=1,
     ),
 }
 
@@ -217,8 +217,82 @@ def evaluate_models(ctx: Context, names: list[str]) -> dict:
     return {name: _policy_summary(results[name]) for name in names}
 
 
+def _beta_name(beta: float) -> str:
+    return f"ppo_beta_{beta:g}"
+
+
+def ppo_stage(beta: float) -> Callable[[Context], dict]:
+    """PPO against the proxy reward model at one KL coefficient, with the over-optimisation monitor watching
+    proxy and gold reward on held-out probe prompts (gold is never part of the training signal)."""
+
+    def stage(ctx: Context) -> dict:
+        from . import ppo
+
+        s = ctx.s
+        name = _beta_name(beta)
+        ppo.train(ppo.Config(
+            **ctx.common(name), model=ctx.path("sft"), reward_model=[ctx.path("rm")], value_model=ctx.path("rm"),
+            data=ctx.path("world", "train_prompts.jsonl"), kl_coef=beta, max_new_tokens=s["max_new_tokens"],
+            rollout_batch_size=s["ppo_rollout"], num_minibatches=2, micro_batch_size=s["ppo_rollout"] // 2,
+            ppo_epochs=s["ppo_epochs"], max_steps=s["ppo_steps"] * 2 * s["ppo_epochs"],
+            learning_rate=s["ppo_lr"], warmup_steps=0, lr_scheduler="constant",
+            monitor_prompts=ctx.path("world", "heldout_prompts.jsonl"), monitor_every=s["probe_every"] * 2 * s["ppo_epochs"],
+            monitor_gold="rlhfkit.world:gold_reward", monitor_n=s["probe"]))
+        alarms = []
+        path = ctx.root / name / "alarms.jsonl"
+        if path.exists():
+            alarms = [{"policy": name, "kind": a["kind"], "step": a["step"]}
+                      for a in map(json.loads, path.read_text().splitlines()) if a]
+        return {"path": ctx.path(name), "alarms": alarms}
+
+    return stage
+
+
+def stage_bon(ctx: Context) -> dict:
+    """Best-of-n from the SFT policy with the proxy reward model, for every n at once: 16 samples per held-out
+    prompt, and best-of-n picks the best among the first n (so the n's are nested, like one sampler run longer).
+    Its KL to SFT is analytic: log n - (n-1)/n."""
+    import torch
+
+    from . import data as data_lib
+    from . import models
+    from .bon import analytic_kl
+    from .evaluate import evaluate_texts, response_lengths, sample_responses
+    from .rewards import load_reward
+
+    s = ctx.s
+    n_max = max(ctx.cfg.bon_n)
+    tok = models.load_tokenizer(ctx.path("sft"))
+    sft_model = models.load_causal_lm(ctx.path("sft"), tok)
+    prompts = data_lib.read_jsonl(ctx.path("world", "heldout_prompts.jsonl"))
+    rows = [r for r in prompts for _ in range(n_max)]  # prompt-major: row i*n_max + j is sample j of prompt i
+    torch.manual_seed(ctx.cfg.seed)
+    _, r_ids, _, texts = sample_responses(sft_model, tok, [r["prompt"] for r in rows], s["max_new_tokens"], 1.0,
+                                          ctx.cfg.seed + 7, 64)
+    lengths = response_lengths(r_ids, tok.eos_token_id)
+    proxy = load_reward(ctx.path("rm"))
+    scores = proxy([r["prompt"] for r in rows], texts)["score"].view(len(prompts), n_max)
+    sft_eval = json.loads((ctx.root / "eval" / "sft.json").read_text())
+    out = {}
+    for n in ctx.cfg.bon_n:
+        best = scores[:, :n].argmax(dim=1)
+        pick = [i * n_max + int(j) for i, j in enumerate(best)]
+        res = evaluate_texts(prompts, [texts[k] for k in pick], [lengths[k] for k in pick],
+                             judges={"proxy": proxy}, world=True, reference={"sft": sft_eval}, seed=ctx.cfg.seed)
+        res["kl_to_sft"] = analytic_kl(n)
+        out[f"bon_{n}"] = _policy_summary(res)
+    return {"policies": out}
+
+
 def stage_eval_sft(ctx: Context) -> dict:
     return {"policies": evaluate_models(ctx, ["base", "sft"])}
+
+
+def stage_eval(ctx: Context) -> dict:
+    """Every trained policy on the held-out prompts (base and SFT again too: the proxy judge exists now)."""
+    names = ["base", "sft"] + [_beta_name(b) for b in ctx.cfg.ppo_betas]
+    names += [n for n in ("dpo",) if (ctx.root / n / "config.json").exists()]
+    return {"policies": evaluate_models(ctx, names)}
 
 
 def stage_report(ctx: Context) -> dict:
@@ -229,16 +303,22 @@ def stage_report(ctx: Context) -> dict:
     return {"path": str(out)}
 
 
-STAGES: list[tuple[str, Callable[[Context], dict]]] = [
-    ("world", stage_world),
-    ("tokenizer", stage_tokenizer),
-    ("base", stage_base),
-    ("sft", stage_sft),
-    ("eval_sft", stage_eval_sft),
-    ("prefs", stage_prefs),
-    ("rm", stage_rm),
-    ("report", stage_report),
-]
+def stages(cfg: Config) -> list[tuple[str, Callable[[Context], dict]]]:
+    """The pipeline, in order: (stage name, function)."""
+    return [
+        ("world", stage_world),
+        ("tokenizer", stage_tokenizer),
+        ("base", stage_base),
+        ("sft", stage_sft),
+        ("eval_sft", stage_eval_sft),
+        ("prefs", stage_prefs),
+        ("rm", stage_rm),
+        # one stage per KL coefficient, so each is reused on its own
+        *[(_beta_name(b), ppo_stage(b)) for b in cfg.ppo_betas],
+        ("eval", stage_eval),
+        ("bon", stage_bon),
+        ("report", stage_report),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- orchestration
@@ -295,14 +375,15 @@ def run(cfg: Config) -> Path:
     fp = _fingerprint(cfg)
     redo = cfg.force
     t_all = time.perf_counter()
-    for i, (name, fn) in enumerate(STAGES):
+    pipeline = stages(cfg)
+    for i, (name, fn) in enumerate(pipeline):
         record = ctx.root / "stages" / f"{name}.json"
         done = json.loads(record.read_text()) if record.exists() else None
         if done and not redo and done.get("fingerprint") == fp:
-            console.print(f"[dim]stage {i + 1}/{len(STAGES)} {name}: reused ({done['seconds']:.1f}s earlier)[/dim]")
+            console.print(f"[dim]stage {i + 1}/{len(pipeline)} {name}: reused ({done['seconds']:.1f}s earlier)[/dim]")
         else:
             redo = True  # everything downstream of a redone stage is redone
-            console.rule(f"[bold]stage {i + 1}/{len(STAGES)}: {name}")
+            console.rule(f"[bold]stage {i + 1}/{len(pipeline)}: {name}")
             t0 = time.perf_counter()
             result = fn(ctx)
             done = {"name": name, "fingerprint": fp, "seconds": time.perf_counter() - t0, "result": result}
