@@ -44,6 +44,11 @@ def serve(
                        secret_file=str(secret_file) if secret_file else None, secure_cookies=secure_cookies,
                        synchronous=synchronous.upper())
     application = create_app(cfg)
+    imp = application.state.imported
+    if items:
+        typer.echo(f"items: {imp['parsed']} in {items}, {imp['added']} new, {len(imp['warnings'])} rows skipped", err=True)
+        for w in imp["warnings"][:10]:
+            typer.echo(f"  warning: {w}", err=True)
     n = application.state.store.conn().execute("SELECT COUNT(*) FROM users").fetchone()[0]
     if n == 0:
         typer.echo("no users yet: run `rlhfkit label add-user NAME --admin` to create one", err=True)

@@ -31,6 +31,7 @@ import os
 import re
 import sqlite3
 import tempfile
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -42,7 +43,7 @@ from pydantic import BaseModel, Field
 
 from . import auth
 from .agreement import agreement_report, gold_agreement
-from .db import Store, StoreError, open_store, parse_rows, read_jsonl
+from .db import Store, StoreError, message_text, open_store, parse_rows, read_jsonl
 from .export import export_jsonl, export_rows
 from .livemodel import LiveModel
 
@@ -186,8 +187,6 @@ def _prompt_messages(prompt: Any) -> list[dict]:
 
 
 def create_app(cfg: ServerConfig) -> FastAPI:
-    from .db import message_text
-
     store = open_store(cfg.db, synchronous=cfg.synchronous, lease_s=cfg.lease_s)
     db_path = Path(store.path).resolve()
     secret_file = Path(cfg.secret_file) if cfg.secret_file else db_path.with_name(db_path.name + ".secret")
@@ -195,11 +194,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     export_dir = Path(cfg.export_dir) if cfg.export_dir else db_path.parent / "exports"
     limiter = auth.RateLimiter(cfg.login_max_failures, cfg.login_window_s)
     model = LiveModel(store, retrain_every=cfg.retrain_every)
+    imported = {"parsed": 0, "added": 0, "warnings": []}
     if cfg.items:
-        parsed, _warnings = parse_rows(read_jsonl(cfg.items))
-        store.add_items(parsed)
-
-    from contextlib import asynccontextmanager
+        parsed, warnings = parse_rows(read_jsonl(cfg.items))
+        imported = {"parsed": len(parsed), "added": store.add_items(parsed), "warnings": warnings}
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -211,6 +209,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     app = FastAPI(title="rlhfkit label", version="1", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", lifespan=lifespan)
     app.state.store, app.state.model, app.state.cfg, app.state.sessions = store, model, cfg, sessions
+    app.state.imported = imported
     app.add_middleware(SecurityHeaders, max_body=cfg.max_body_bytes)
 
     # -- errors --------------------------------------------------------------------------------------------
