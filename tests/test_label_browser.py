@@ -1,5 +1,5 @@
 """A real browser (Playwright driving Debian's chromium, headless) against `rlhfkit label serve` on loopback:
-log in, label 10 pairs and one ranking with the keyboard (some with a rationale), undo one and relabel it, export,
+log in, label 10 pairs and one ranking with the keyboard, one ranking by drag and drop (some with a rationale), undo one and relabel it, export,
 and check the export holds exactly the labels given. Prompts, responses and rationales carry XSS payloads, which
 must stay inert text. Screenshots go to test-artifacts/label/.
 
@@ -58,6 +58,7 @@ def _items(path: Path) -> Path:
         rows.append({"id": f"b{i}", "prompt": [{"role": "user", "content": f"Q{i}: {x}"}],
                      "responses": [f"answer A{i} {x}", f"answer B{i} " + XSS[(i + 1) % len(XSS)]]})
     rows.append({"id": "rank", "prompt": "Rank: " + XSS[0], "responses": ["one " + XSS[1], "two", "three " + XSS[2]]})
+    rows.append({"id": "drag", "prompt": "Rank by dragging", "responses": ["red", "green", "blue"]})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -141,8 +142,16 @@ def test_browser_label_undo_export_xss(tmp_path):
             assert page.inner_text("#rank-summary") == "3 > 1 > 2"
             page.screenshot(path=str(ARTIFACTS / "03-rank.png"), full_page=True)
             page.keyboard.press("Enter")
-            page.wait_for_selector("body[data-state=done]", state="attached")
             ranked = [cards[2], cards[0], cards[1]]
+            item = wait_next(item)
+
+            # The second ranked item by drag and drop: drop the last card on the first, then Enter.
+            before = page.locator("#rank-list li .text").all_inner_texts()
+            page.locator("#rank-list li").nth(2).drag_to(page.locator("#rank-list li").nth(0))
+            dragged = page.locator("#rank-list li .text").all_inner_texts()
+            assert dragged == [before[2], before[0], before[1]], (before, dragged)
+            page.keyboard.press("Enter")
+            page.wait_for_selector("body[data-state=done]", state="attached")
 
             # Nothing from the payloads ran or became markup.
             assert page.evaluate("window.__xss") is None and not dialogs and not page_errors, (dialogs, page_errors)
@@ -155,7 +164,7 @@ def test_browser_label_undo_export_xss(tmp_path):
                 if page.inner_text("#m-comparisons") not in ("0", ""):
                     break
                 page.wait_for_timeout(100)
-            assert int(page.inner_text("#m-comparisons")) == 11
+            assert int(page.inner_text("#m-comparisons")) == 12
             page.screenshot(path=str(ARTIFACTS / "04-done-stats.png"), full_page=True)
 
             with page.expect_download() as dl:
@@ -166,11 +175,12 @@ def test_browser_label_undo_export_xss(tmp_path):
             browser.close()
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    pair_rows = [r for r in rows if r["item_id"] != "rank"]
+    pair_rows = [r for r in rows if r["item_id"] not in ("rank", "drag")]
     got = {(r["prompt"][0]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"], r["rationale"])
            for r in pair_rows}
     assert len(pair_rows) == 10 and got == set(given.values())
     assert all(r["annotator"] == "alice" and r["outcome"] == "preference" for r in rows)
-    rank_rows = {(r["chosen"], r["rejected"]) for r in rows if r["item_id"] == "rank"}
-    assert rank_rows == {(ranked[0], ranked[1]), (ranked[0], ranked[2]), (ranked[1], ranked[2])}
-    assert len(rows) == 13
+    for item_id, rk in (("rank", ranked), ("drag", dragged)):
+        got_pairs = {(r["chosen"], r["rejected"]) for r in rows if r["item_id"] == item_id}
+        assert got_pairs == {(rk[0], rk[1]), (rk[0], rk[2]), (rk[1], rk[2])}, item_id
+    assert len(rows) == 16
