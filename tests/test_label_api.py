@@ -194,8 +194,14 @@ def test_next_label_idempotent_and_model(env):
     assert c.post("/api/labels", json={**body, "choice": "left"}).status_code == 409  # key reuse, other payload
     assert c.post("/api/labels", json={**body, "idempotency_key": key()}).status_code == 409  # labelled already
     assert env.store.count_live_labels() == 1
-    model = c.get("/api/model").json()
-    assert model["comparisons"] == 1 and model["retrain_every"] == 1 and "heldout" in model or model["version"] >= 0
+    # retrain_every=1: the background thread retrains after this label.
+    import time
+
+    deadline = time.monotonic() + 10
+    while (model := c.get("/api/model").json()).get("trained_on_labels") != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert model["comparisons"] == 1 and model["retrain_every"] == 1 and model["version"] >= 1
+    assert model["train"]["n"] + model["heldout"]["n"] == 1  # one left/right label = one pair
 
 
 def test_label_validation(env):
@@ -228,17 +234,15 @@ def test_overlap_distinct_annotators_never_twice(env):
 
 
 def test_skip_frees_the_slot(env):
+    """overlap=2: ann skips X, so X still needs 2 labels; bob and boss give them, and X never returns to ann."""
     ann, bob, boss = env.client("ann"), env.client("bob"), env.client("boss")
-    item, _ = label(ann, "skip")
-    label(bob)
-    # The skipped item did not count towards overlap: boss gets the item bob just labelled (1 of 2 so far) or
-    # the skipped one; ann never sees the skipped item again.
-    ids = []
-    while not (n := ann.post("/api/next").json())["done"]:
-        ids.append(n["item"]["item_id"])
-        label(ann)
-    assert item["item_id"] not in ids
-    assert boss.post("/api/next").json()["item"] is not None
+    skipped, _ = label(ann, "skip")
+    for c in (bob, boss):
+        while not (n := c.post("/api/next").json())["done"]:
+            label(c)
+    labelled_x = [lab["annotator"] for lab in env.store.live_labels() if lab["item_id"] == skipped["item_id"]]
+    assert sorted(labelled_x) == ["bob", "boss"]
+    assert ann.post("/api/next").json()["done"]  # every item now has its 2 annotators; ann's skip stays a skip
 
 
 def test_undo_returns_the_item_and_is_idempotent(env):
