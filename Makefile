@@ -25,7 +25,7 @@ demo: venv
 # Browser tests drive Debian's chromium (no browser download); the setup installs it when it can (root/sudo)
 # and the browser tests skip, saying why, when it is absent.
 test: venv-dev
-	-bash scripts/setup_browser.sh $(VENV)
+	bash scripts/setup_browser.sh $(VENV)
 	$(BIN)/python -m pytest -q --timeout 900 -p no:cacheprovider
 
 clean:

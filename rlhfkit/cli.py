@@ -93,6 +93,19 @@ def config_command(name: str, module_name: str, entry: str, help_text: str) -> c
                          short_help=help_text, context_settings={"max_content_width": 120})
 
 
+def _typer_passthrough(name: str, typer_app) -> click.Command:
+    """Mount a typer app as a sub-command. typer vendors its own click, so its commands can't join a click group
+    directly: hand the remaining arguments to the app, which parses, prints help and exits by itself."""
+
+    @click.command(name, add_help_option=False, help=typer_app.info.help,
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def passthrough(args):
+        typer_app(args=list(args), prog_name=f"rlhfkit {name}")
+
+    return passthrough
+
+
 class LazyGroup(click.Group):
     """Imports a command's module only when that command runs (or its --help is asked for)."""
 
@@ -107,9 +120,7 @@ class LazyGroup(click.Group):
             module, attr, _ = GROUPS[name]
             obj = getattr(importlib.import_module(module), attr)
             if not isinstance(obj, click.Command):
-                import typer
-
-                obj = typer.main.get_command(obj)
+                obj = _typer_passthrough(name, obj)
             obj.name = name
             return obj
         return None
@@ -128,6 +139,7 @@ def app():
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .config import ConfigError
     from .data import DataError
 
     try:
@@ -137,12 +149,17 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except DataError as e:
+    except (DataError, ConfigError, FileNotFoundError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except FileNotFoundError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    except Exception as e:  # errors we raise on purpose carry their own clear message: no traceback for those
+        from .engine import NonFiniteError
+        from .models import ModelError
+
+        if isinstance(e, (ModelError, NonFiniteError)):
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        raise
 
 
 if __name__ == "__main__":

@@ -69,13 +69,13 @@ SCALES: dict[str, dict[str, Any]] = {
         n_pretrain=6000, n_sft=1500, n_train_prompts=512, n_heldout=256, vocab=600,
         hidden=128, layers=4, heads=4, block=128, pretrain_steps=400, pretrain_batch=32, pretrain_lr=2e-3,
         sft_epochs=2, sft_batch=32, sft_lr=1e-3, k_candidates=4, rm_epochs=2, rm_batch=32, rm_lr=1e-4,
-        ppo_steps=60, ppo_rollout=32, ppo_epochs=4, ppo_lr=1e-4, dpo_epochs=2, dpo_batch=32, max_new_tokens=48, probe=64, probe_every=10,
+        ppo_steps=60, ppo_rollout=32, ppo_epochs=4, ppo_lr=1e-4, dpo_epochs=2, dpo_batch=32, dpo_beta=0.1, dpo_lr=5e-5, max_new_tokens=48, probe=64, probe_every=10,
     ),
     "toy": dict(
         n_pretrain=400, n_sft=128, n_train_prompts=48, n_heldout=24, vocab=400,
         hidden=32, layers=2, heads=2, block=64, pretrain_steps=20, pretrain_batch=8, pretrain_lr=3e-3,
         sft_epochs=1, sft_batch=16, sft_lr=2e-3, k_candidates=2, rm_epochs=1, rm_batch=8, rm_lr=1e-3,
-        ppo_steps=2, ppo_rollout=8, ppo_epochs=1, ppo_lr=1e-3, dpo_epochs=1, dpo_batch=8, max_new_tokens=16, probe=8, probe_every=1,
+        ppo_steps=2, ppo_rollout=8, ppo_epochs=1, ppo_lr=1e-3, dpo_epochs=1, dpo_batch=8, dpo_beta=0.1, dpo_lr=1e-3, max_new_tokens=16, probe=8, probe_every=1,
     ),
 }
 
@@ -248,6 +248,18 @@ def ppo_stage(beta: float) -> Callable[[Context], dict]:
     return stage
 
 
+def stage_dpo(ctx: Context) -> dict:
+    """DPO (Rafailov et al. 2023) on the same annotator preferences the reward model learnt from."""
+    from . import dpo
+
+    s = ctx.s
+    dpo.train(dpo.Config(**ctx.common("dpo"), model=ctx.path("sft"), data=ctx.path("prefs", "train.jsonl"),
+                         loss=["sigmoid"], beta=s["dpo_beta"], num_epochs=s["dpo_epochs"],
+                         micro_batch_size=s["dpo_batch"], learning_rate=s["dpo_lr"], max_length=128,
+                         precompute_ref=True, warmup_steps=5))
+    return {"path": ctx.path("dpo")}
+
+
 def stage_bon(ctx: Context) -> dict:
     """Best-of-n from the SFT policy with the proxy reward model, for every n at once: 16 samples per held-out
     prompt, and best-of-n picks the best among the first n (so the n's are nested, like one sampler run longer).
@@ -315,6 +327,7 @@ def stages(cfg: Config) -> list[tuple[str, Callable[[Context], dict]]]:
         ("rm", stage_rm),
         # one stage per KL coefficient, so each is reused on its own
         *[(_beta_name(b), ppo_stage(b)) for b in cfg.ppo_betas],
+        ("dpo", stage_dpo),
         ("eval", stage_eval),
         ("bon", stage_bon),
         ("report", stage_report),

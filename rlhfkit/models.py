@@ -21,6 +21,27 @@ import torch
 PAD_TOKEN = "<|pad|>"
 
 
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be loaded, with the path it came from."""
+
+
+def _loading(what: str, name_or_path: str):
+    """Turn the library's many loading errors into one clear message naming the path."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        try:
+            yield
+        except (OSError, ValueError, KeyError) as e:
+            if isinstance(e, ModelError):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{name_or_path}: cannot load a {what} ({first})") from e
+
+    return ctx()
+
+
 def quiet_transformers() -> None:
     """Our own progress bars say what runs; transformers' per-shard bars are noise in a pipeline."""
     from transformers.utils import logging
@@ -33,7 +54,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
     from transformers import AutoTokenizer
 
     quiet_transformers()
-    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    with _loading("tokenizer", name_or_path):
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     ensure_pad_token(tok)
     tok.padding_side = padding_side
     if tok.eos_token_id is None:
@@ -81,9 +103,10 @@ def load_causal_lm(
     """Any HF causal LM from a local directory or hub id; embeddings resized if we added a pad token."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=_dtype(dtype)
-    )
+    with _loading("causal language model (safetensors weights)", name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=_dtype(dtype)
+        )
     _fit_vocab(model, tokenizer)
     return model if keep_dropout else disable_dropout(model)
 
@@ -92,9 +115,11 @@ def load_sequence_classifier(name_or_path: str, tokenizer=None, trust_remote_cod
     """A one-label sequence-classification model (reward model) from a directory or hub id."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=_dtype(dtype)
-    )
+    with _loading("sequence-classification model (safetensors weights)", name_or_path):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True,
+            dtype=_dtype(dtype)
+        )
     _fit_vocab(model, tokenizer)
     if tokenizer is not None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -66,9 +66,9 @@ def tokenise(tokenizer, rows: list[dict], max_length: int, counter: dict) -> lis
 
 def train(cfg: Config) -> Path:
     seed_everything(cfg.seed)
+    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)  # bad data fails first
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
-    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)
     counter: dict = {}
     examples = tokenise(tokenizer, rows, cfg.max_length, counter)
     return train_on_examples(cfg, model, tokenizer, examples, counter, name="sft", packing=cfg.packing,
