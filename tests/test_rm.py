@@ -207,6 +207,7 @@ def test_encoder_backbone(toy_dir, tmp_path):
     out = rm.train(cfg)
     log = read_metrics(out)
     assert all(torch.isfinite(torch.tensor(r["train/loss"])) for r in log)
+    assert log[-1]["rewards/accuracy"] == 1.0 and log[-1]["train/loss"] < log[0]["train/loss"]  # it learns
     s = load_reward(str(out))([r["prompt"] for r in pref_rows(4)], ["The answer is 3."] * 4)["score"]
     assert s.shape == (4,) and torch.isfinite(s).all()
     shutil.rmtree(tmp_path / "bert")
