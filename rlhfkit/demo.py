@@ -67,7 +67,7 @@ class Config:
 SCALES: dict[str, dict[str, Any]] = {
     "default": dict(
         n_pretrain=6000, n_sft=1500, n_train_prompts=512, n_heldout=256, vocab=600,
-        hidden=128, layers=4, heads=4, block=128, pretrain_steps=400, pretrain_batch=32, pretrain_lr=2e-3,
+        hidden=128, layers=4, heads=4, block=128, pretrain_steps=300, pretrain_batch=32, pretrain_lr=2e-3,
         sft_epochs=2, sft_batch=32, sft_lr=1e-3, k_candidates=4, rm_epochs=2, rm_batch=32, rm_lr=1e-4,
         ppo_steps=60, ppo_rollout=32, ppo_epochs=4, ppo_lr=1e-4, dpo_epochs=2, dpo_batch=32, dpo_beta=0.1, dpo_lr=5e-5, max_new_tokens=48, probe=64, probe_every=10,
     ),
