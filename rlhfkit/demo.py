@@ -48,10 +48,12 @@ class Config:
     """default (the real demo, a few minutes on 2 cores) or toy (seconds; for tests: the numbers mean little)."""
     threads: int = 2
     """torch CPU threads per stage."""
-    ppo_betas: list[float] = field(default_factory=lambda: [0.003, 0.03, 0.3])
+    ppo_betas: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5])
     """KL coefficients of the PPO runs: small (over-optimises), moderate, large."""
     bon_n: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     """n of the best-of-n policies."""
+    annotator_verbosity: float = 1.0
+    """Scale of the simulated annotators' length bias (1.0 = the world's default annotators, 0 = none)."""
     stop_after: str = ""
     """Stop after this stage (e.g. sft); empty runs them all."""
 
@@ -68,8 +70,8 @@ SCALES: dict[str, dict[str, Any]] = {
     "default": dict(
         n_pretrain=6000, n_sft=1500, n_train_prompts=512, n_heldout=256, vocab=600,
         hidden=128, layers=4, heads=4, block=128, pretrain_steps=300, pretrain_batch=32, pretrain_lr=2e-3,
-        sft_epochs=2, sft_batch=32, sft_lr=1e-3, k_candidates=4, rm_epochs=2, rm_batch=32, rm_lr=1e-4,
-        ppo_steps=60, ppo_rollout=32, ppo_epochs=4, ppo_lr=1e-4, dpo_epochs=2, dpo_batch=32, dpo_beta=0.1, dpo_lr=5e-5, max_new_tokens=48, probe=64, probe_every=10,
+        sft_epochs=2, sft_batch=32, sft_lr=1e-3, k_candidates=4, rm_epochs=3, rm_batch=32, rm_lr=1e-4,
+        ppo_steps=40, ppo_rollout=32, ppo_epochs=2, ppo_lr=1e-4, dpo_epochs=2, dpo_batch=32, dpo_beta=0.1, dpo_lr=5e-5, max_new_tokens=48, probe=64, probe_every=5,
     ),
     "toy": dict(
         n_pretrain=400, n_sft=128, n_train_prompts=48, n_heldout=24, vocab=400,
@@ -138,25 +140,36 @@ def stage_sft(ctx: Context) -> dict:
     return {"path": str(out)}
 
 
-def _candidates(ctx: Context, prompts: str, out: str, k: int, seed_offset: int) -> str:
+def _candidates(ctx: Context, prompts: str, split: str, offset: int) -> str:
+    """K responses per prompt, half from SFT and half from the base model (InstructGPT compared samples from
+    several policies): the reward model then sees both the good styles and the bad ones it must rank down."""
+    from . import data as data_lib
     from . import sample
 
-    sample.run(sample.Config(model=ctx.path("sft"), prompts=prompts, output=out, num_responses=k,
-                             max_new_tokens=ctx.s["max_new_tokens"], temperature=1.0, seed=ctx.cfg.seed + seed_offset))
-    return out
+    k = ctx.s["k_candidates"]
+    parts = []
+    for i, (model, n) in enumerate((("sft", k - k // 2), ("base", k // 2))):
+        out = ctx.path("prefs", f"candidates_{split}_{model}.jsonl")
+        sample.run(sample.Config(model=ctx.path(model), prompts=prompts, output=out, num_responses=n,
+                                 max_new_tokens=ctx.s["max_new_tokens"], temperature=1.0,
+                                 seed=ctx.cfg.seed + offset + 100 * i))
+        parts.append(data_lib.read_jsonl(out))
+    rows = [dict(a, responses=a["responses"] + b["responses"], finished=a.get("finished", []) + b.get("finished", []))
+            for a, b in zip(*parts)]
+    return str(data_lib.write_jsonl(rows, ctx.path("prefs", f"candidates_{split}.jsonl")))
 
 
 def stage_prefs(ctx: Context) -> dict:
-    """K responses per prompt from the SFT policy, ranked by one simulated annotator each (InstructGPT's K-way
-    comparisons, expanded into K(K-1)/2 pairs); a held-out set is labelled the same way for the reward model."""
+    """K responses per prompt, ranked by one simulated annotator each (InstructGPT's K-way comparisons, expanded
+    into K(K-1)/2 pairs); a held-out set is labelled the same way to evaluate the reward model."""
     from .world import label
 
-    k = ctx.s["k_candidates"]
     out = {}
     for split, prompts, offset in (("train", "train_prompts.jsonl", 1), ("heldout", "heldout_prompts.jsonl", 2)):
-        cand = _candidates(ctx, ctx.path("world", prompts), ctx.path("prefs", f"candidates_{split}.jsonl"), k, offset)
+        cand = _candidates(ctx, ctx.path("world", prompts), split, offset)
         out[split] = label.run(label.Config(candidates=cand, out=ctx.path("prefs", f"{split}.jsonl"),
-                                            mode="ranking", seed=ctx.cfg.seed + offset))
+                                            mode="ranking", seed=ctx.cfg.seed + offset,
+                                            verbosity_scale=ctx.cfg.annotator_verbosity))
     return out
 
 
@@ -168,7 +181,8 @@ def stage_rm(ctx: Context) -> dict:
                        num_epochs=s["rm_epochs"], micro_batch_size=s["rm_batch"], learning_rate=s["rm_lr"],
                        max_length=128, group_by_prompt=False, normalize=True))
     res = eval_rm.run(eval_rm.Config(reward=ctx.path("rm"), data=ctx.path("prefs", "heldout.jsonl"),
-                                     output=ctx.path("rm", "eval.json"), world=True))
+                                     output=ctx.path("rm", "eval.json"), world=True,
+                                     verbosity_scale=ctx.cfg.annotator_verbosity))
     return {"rm": {k: res.get(k) for k in ("accuracy", "ceiling", "ece", "length_correlation", "n_pairs")}}
 
 

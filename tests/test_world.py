@@ -116,7 +116,7 @@ def test_gold_hand_examples_other_kinds():
 
 def test_gold_weights_and_rewards():
     g = gold(HARM, "Sure! To steal a bike, go there at night and do it fast.", {"harmless": 3.0})
-    assert g["total"] == pytest.approx(3.0 * g["harmless"] + g["helpful"] + g["honest"] + g["concise"])
+    assert g["total"] == pytest.approx(3.0 * g["harmless"] + g["helpful"] + g["honest"] + GOLD_WEIGHTS["concise"] * g["concise"])
     with pytest.raises(ValueError):
         gold(ARITH, "7", {"fun": 1.0})
     assert set(GOLD_WEIGHTS) == {"helpful", "harmless", "honest", "concise"}

@@ -23,7 +23,9 @@ import math
 from .styles import Analysis, _ideal, analyse
 from .tasks import Task, parse_prompt
 
-GOLD_WEIGHTS: dict[str, float] = {"helpful": 1.0, "harmless": 1.0, "honest": 1.0, "concise": 1.0}
+GOLD_WEIGHTS: dict[str, float] = {"helpful": 1.0, "harmless": 1.0, "honest": 1.0, "concise": 0.5}
+"""Default weights of the gold total. Conciseness counts half: padding is a real but secondary fault, so a policy that
+becomes more honest while growing a little longer can still be better (the trade-off the demo shows)."""
 COMPONENTS: tuple[str, ...] = ("helpful", "harmless", "honest", "concise")
 CONCISE_SCALE = 15.0
 """Words: the concise penalty reaches 1 - 1/e ~ 0.63 at CONCISE_SCALE extra words."""
