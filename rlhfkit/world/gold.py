@@ -13,8 +13,8 @@ The policy never sees it during training; evaluation does. Components and ranges
 - ``concise``  in (-1, 0]. -(1 - exp(-extra / CONCISE_SCALE)) with extra = words beyond the ideal response's
   word count: 0 at or below the ideal length and *strictly* decreasing in every extra word, so padding always
   costs gold (a filler sentence of ~5 words costs ~0.28 at the first, less for each further one).
-- ``total``    = sum of weight * component (GOLD_WEIGHTS by default); with the defaults it lies in (-4, 1]
-  and equals 1.0 exactly for `ideal_response(prompt)`.
+- ``total``    = sum of weight * component (GOLD_WEIGHTS by default); with the defaults it lies in (-3.5, 1]
+  and equals 1.0 exactly for `ideal_response(prompt)` (the default weights count conciseness half).
 """
 from __future__ import annotations
 
