@@ -228,7 +228,12 @@ def evaluate_models(ctx: Context, names: list[str]) -> dict:
             res["win_rate_vs_sft"] = {"mean": 0.5, "low": 0.5, "high": 0.5}
         results[name] = res
         (cache / f"{name}.json").write_text(json.dumps(res, default=str))
-    return {name: _policy_summary(results[name]) for name in names}
+    out = {name: _policy_summary(results[name]) for name in names}
+    if "base" in out and isinstance(out["base"]["win_rate_vs_sft"], dict):
+        # SFT's win rate against the base model: the complement (ties count half for both; Wilson is symmetric)
+        w = out["base"]["win_rate_vs_sft"]
+        out["sft"]["win_rate_vs_base"] = {"mean": 1 - w["mean"], "low": 1 - w["high"], "high": 1 - w["low"]}
+    return out
 
 
 def _beta_name(beta: float) -> str:

@@ -214,11 +214,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
             continue
         (no_decay if p.ndim < 2 else decay).append(p)  # no decay on biases and norm weights
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs: dict[str, Any] = {}
-    if next(model.parameters()).is_cuda:
-        kwargs["fused"] = True
+    # The fused kernel (CPU and CUDA) updates all parameters in one pass instead of ~10 elementwise ops per
+    # tensor; on the 5 M parameter benchmark model the per-tensor loop was a fifth of an SFT step.
     return torch.optim.AdamW(
-        groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, **kwargs
+        groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, fused=True
     )
 
 

@@ -26,6 +26,8 @@ def test_summary_has_the_contract_keys(toy_demo):
         assert set(pol["win_rate_vs_sft"]) == {"mean", "low", "high"}
         assert pol["kl_to_sft"] is not None and pol["style_rates"]
     assert abs(s["policies"]["sft"]["kl_to_sft"]) < 1e-6  # SFT against itself
+    wb, ws = s["policies"]["sft"]["win_rate_vs_base"], s["policies"]["base"]["win_rate_vs_sft"]
+    assert abs(wb["mean"] + ws["mean"] - 1) < 1e-9 and abs(wb["low"] + ws["high"] - 1) < 1e-9
     for k in ("accuracy", "ceiling", "ece", "length_correlation"):
         assert s["rm"][k] is not None
     assert all(st["seconds"] >= 0 for st in s["stages"].values()) and "sft" in s["stages"]
