@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from . import data as data_lib
+from . import metrics
 from .rewards import RewardFn, load_reward, member_dirs
 
 
@@ -93,30 +94,19 @@ def ece(diff: torch.Tensor, bins: int = 10) -> float:
     return total
 
 
+def _corr(fn, x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """A correlation from rlhfkit.metrics, or None when either series is constant (undefined, not 0)."""
+    if len(x) < 2 or bool((x == x[0]).all()) or bool((y == y[0]).all()):
+        return None
+    return fn(x.double().tolist(), y.double().tolist())
+
+
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float | None:
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    den = (x.pow(2).sum() * y.pow(2).sum()).sqrt().item()
-    return (x * y).sum().item() / den if den > 0 else None
-
-
-def ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..n with ties given their average rank (as Spearman's rho needs)."""
-    vals = x.tolist()
-    order = sorted(range(len(vals)), key=lambda i: vals[i])
-    r = [0.0] * len(vals)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and vals[order[j + 1]] == vals[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return torch.tensor(r, dtype=torch.float64)
+    return _corr(metrics.pearson, x, y)
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float | None:
-    return pearson(ranks(x), ranks(y))
+    return _corr(metrics.spearman, x, y)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rlhfkit import eval_rm
+from rlhfkit import eval_rm, metrics
 from rlhfkit.world import WorldConfig, ceiling, default_annotators, heldout_prompts, respond
 from rlhfkit.world import label as world_label
 
@@ -66,7 +66,7 @@ def test_ece_limits_and_rank_correlation():
     # Spearman by hand: ranks (1,2,3,4) vs (1,3,2,4): 1 - 6 * 2 / (4 * 15) = 0.8; Pearson of those values too
     x, y = torch.tensor([1.0, 2, 3, 4]), torch.tensor([10.0, 30, 20, 40])
     assert eval_rm.spearman(x, y) == pytest.approx(0.8) and eval_rm.pearson(x, y / 10) == pytest.approx(0.8)
-    assert eval_rm.ranks(torch.tensor([5.0, 1, 5, 2])).tolist() == [3.5, 1, 3.5, 2]  # average ranks for ties
+    assert metrics.ranks([5.0, 1, 5, 2]) == [3.5, 1, 3.5, 2]  # average ranks for ties (shared with rlhfkit eval)
     assert eval_rm.pairwise_accuracy(torch.tensor([1.0, 0.0, -1.0, 2.0])) == pytest.approx(2.5 / 4)
 
 
