@@ -380,6 +380,10 @@ def _summary_from_results(ctx: Context) -> dict:
             out["policies"].update(res["policies"])
         if "rm" in res:
             out["rm"] = res["rm"]
+    prefs = ctx.results.get("prefs", {}).get("train")
+    if prefs:
+        out["labels"] = {"n": prefs.get("pairs"), "ties_dropped": prefs.get("ties_dropped"),
+                         "prompts": prefs.get("prompts"), "by_annotator": prefs.get("by_annotator")}
     out["frontier"] = {p: {"kl_to_sft": v.get("kl_to_sft"), "gold": v.get("gold"), "proxy": v.get("proxy")}
                        for p, v in out["policies"].items()}
     out["alarms"] = [a for res in ctx.results.values() for a in res.get("alarms", [])]
