@@ -108,7 +108,7 @@ def _losses(run_dir):
 
 
 def test_kill9_then_resume_gives_identical_losses(toy_dir, tmp_path):
-    steps = 160
+    steps = 300  # long enough after the last possible kill point that a loaded machine still catches the run alive
     args = ["--max-steps", str(steps), "--save-every", "10", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_sft_cmd(toy_dir, tmp_path / "full", *args), check=True, env=env, capture_output=True)
