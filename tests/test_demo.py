@@ -46,3 +46,10 @@ def test_same_seed_same_numbers(toy_demo, tmp_path):
     a = json.loads((toy_demo / "stages" / "eval_sft.json").read_text())["result"]
     b = json.loads((tmp_path / "again" / "stages" / "eval_sft.json").read_text())["result"]
     assert a == b
+
+
+def test_force_redoes_stages(toy_demo):
+    record = toy_demo / "stages" / "world.json"
+    before = record.stat().st_mtime_ns
+    demo.run(demo.Config(out=str(toy_demo), scale="toy", threads=1, force=True, stop_after="world"))
+    assert record.stat().st_mtime_ns != before  # redone, not reused
