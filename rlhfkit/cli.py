@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import sys
+import types
 import typing
 
 import click
@@ -50,7 +51,7 @@ def _option_for(f: dataclasses.Field, hint, doc: str) -> click.Option:
     shown = "" if default in ("", None, [], {}) else f" [default: {default}]"
     inner = hint
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         inner = args[0]
     if inner is bool:
         return click.Option([f"{flag}/--no-{f.name.replace('_', '-')}", f.name], default=None, help=doc + shown)

@@ -257,7 +257,8 @@ class MetricsLog:
                 if rec.get("step", 0) <= resume_step:
                     keep.append(line)
             self.path.write_text("".join(k + "\n" for k in keep))
-        self.file = open(self.path, "a", buffering=1)
+        # a fresh run (resume_step < 0) starts a fresh log; a resumed one appends after the kept records
+        self.file = open(self.path, "a" if resume_step >= 0 else "w", buffering=1)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -365,8 +366,6 @@ class Engine:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(self.run_dir, cfg, self.dist.is_main, resume_step=self.step_count if cfg.resume else -1)
-        if not cfg.resume and self.dist.is_main and (self.run_dir / "metrics.jsonl").exists():
-            (self.run_dir / "metrics.jsonl").write_text("")  # a fresh run starts a fresh log
         self._progress = None
         self._task = None
         self._t_last = time.perf_counter()

@@ -70,7 +70,7 @@ class Config:
 
 @dataclass
 class Samples:
-    """A batch of sampled responses. Tensors are right-padded and aligned with each other."""
+    """A batch of sampled responses, as token-id lists aligned by index (no padding)."""
 
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]  # up to and including EOS when present

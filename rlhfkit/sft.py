@@ -20,7 +20,8 @@ import torch
 from . import config as config_lib
 from . import data as data_lib
 from . import models
-from .engine import Engine, StepSampler, TrainConfig, all_reduce_sum, seed_everything, setup_distributed, total_steps
+from .engine import (Engine, StepSampler, TrainConfig, all_reduce_sum, resolve_batch, seed_everything,
+                     setup_distributed, total_steps)
 from .modeling import TokenLogprobs
 
 
@@ -84,8 +85,7 @@ def train_on_examples(cfg: TrainConfig, model, tokenizer, examples: list[data_li
         config_lib.save(cfg, out / "config.yaml")
         if counter:
             print(f"{name}: truncation counts {counter}")
-    global_batch = cfg.micro_batch_size * cfg.gradient_accumulation_steps * dist.world_size
-    sampler = StepSampler(len(examples), global_batch, cfg.seed)
+    sampler = StepSampler(len(examples), resolve_batch(cfg, dist.world_size), cfg.seed)
     n_steps = total_steps(cfg, sampler.steps_per_epoch)
     model.train()
     engine = Engine(cfg, TokenLogprobs(model), n_steps, name=name, dist_info=dist)
