@@ -40,7 +40,7 @@ from . import models, refcache
 from .engine import (Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, seed_everything, setup_distributed,
                      total_steps)
 from .losses import LossType, kto_reference_point, preference_loss
-from .modeling import backbone
+from .modeling import Layout, build_layout, layout_hidden_states  # noqa: F401  (build_layout: part of dpo's API)
 
 
 @dataclass
@@ -197,77 +197,6 @@ def tokenise(cfg: Config, tokenizer, rows: list[dict], counter: dict) -> list[Ex
     return examples
 
 
-# ----------------------------------------------------------------------------------------------- layout
-@dataclass
-class Layout:
-    """A micro-batch as rows of [prompt | completion_1 | completion_2 ...] blocks, with everything the forward
-    needs. Sequence s = j * n_items + i is completion j of item i (so chosen = [:n], rejected = [n:])."""
-
-    input_ids: torch.Tensor  # (R, L)
-    position_ids: torch.Tensor  # (R, L)
-    mask: torch.Tensor  # (R, 1, L, L) bool, True = may attend
-    src: torch.Tensor  # (N,) flat index into (R*L) of the hidden state that predicts each completion token
-    labels: torch.Tensor  # (N,) the completion token ids
-    seq: torch.Tensor  # (N,) which sequence each token belongs to
-    n_seqs: int
-    lengths: torch.Tensor  # (n_seqs,) completion tokens per sequence
-    tokens: int  # non-pad tokens in the rows (what the model really processes)
-
-
-def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, packing: bool = True) -> Layout:
-    """items: (prompt, [completions]) with the same number of completions each.
-
-    Each block is [prompt | c_1 | ... | c_k]: prompt tokens attend causally; completion j attends to the whole prompt
-    and causally to itself, never to another completion; its positions continue from the prompt's (P, P+1, ...),
-    exactly as in a separate row prompt + c_j. The token c_j[0] is predicted by the last prompt token's hidden
-    state, c_j[t] by c_j[t-1]'s. Blocks are packed into rows of capacity = the longest block (first-fit
-    decreasing) when `packing`, else one per row; padding only at row ends and attends only to itself.
-    """
-    n, k = len(items), len(items[0][1])
-    sizes = [len(p) + sum(len(c) for c in cs) for p, cs in items]
-    cap = max(sizes)
-    rows: list[list[int]] = []  # item indices per row
-    room: list[int] = []
-    for i in sorted(range(n), key=lambda i: -sizes[i]):
-        r = next((r for r in range(len(rows)) if room[r] >= sizes[i]), None) if packing else None
-        if r is None:
-            rows.append([])
-            room.append(cap)
-            r = len(rows) - 1
-        rows[r].append(i)
-        room[r] -= sizes[i]
-    R, L = len(rows), cap
-    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((R, L), dtype=torch.long)
-    mask = torch.eye(L, dtype=torch.bool).repeat(R, 1, 1, 1)  # (R, 1, L, L); padding attends to itself only
-    src, labels, seq = [], [], []
-    lengths = torch.zeros(n * k, dtype=torch.long)
-    for r, members in enumerate(rows):
-        o = 0
-        for i in members:
-            prompt, comps = items[i]
-            P = len(prompt)
-            input_ids[r, o:o + P] = torch.tensor(prompt)
-            position_ids[r, o:o + P] = torch.arange(P)
-            mask[r, 0, o:o + P, o:o + P] = torch.ones(P, P, dtype=torch.bool).tril()
-            c0 = o + P
-            for j, c in enumerate(comps):
-                C = len(c)
-                input_ids[r, c0:c0 + C] = torch.tensor(c)
-                position_ids[r, c0:c0 + C] = torch.arange(P, P + C)
-                mask[r, 0, c0:c0 + C, o:o + P] = True
-                mask[r, 0, c0:c0 + C, c0:c0 + C] = torch.ones(C, C, dtype=torch.bool).tril()
-                base = r * L
-                src += [base + o + P - 1] + [base + c0 + t for t in range(C - 1)]
-                labels += c
-                seq += [j * n + i] * C
-                lengths[j * n + i] = C
-                c0 += C
-            o = c0
-    return Layout(input_ids, position_ids, mask, torch.tensor(src), torch.tensor(labels), torch.tensor(seq), n * k,
-                  lengths, sum(sizes))
-
-
 class SequenceLogprobs(torch.nn.Module):
     """Wraps a causal LM: forward(layout tensors) -> (n_seqs,) summed completion log-probs. The LM head runs only
     on the N completion positions. One module so DDP sees one forward."""
@@ -277,9 +206,7 @@ class SequenceLogprobs(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, position_ids, mask, src, labels, seq, n_seqs: int):
-        h = backbone(self.model)(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                                 use_cache=False).last_hidden_state  # (R, L, H)
-        h = h.reshape(-1, h.shape[-1])[src]  # (N, H)
+        h = layout_hidden_states(self.model, input_ids, position_ids, mask)[src]  # (N, H)
         logits = self.model.get_output_embeddings()(h).float()  # (N, V)
         token_logps = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
         return torch.zeros(n_seqs, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)

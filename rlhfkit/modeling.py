@@ -8,6 +8,8 @@ Position ids are always derived from the attention mask, so left-padded (generat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -66,3 +68,96 @@ class TokenLogprobs(torch.nn.Module):
             ent = logz - (p * logits).sum(-1)
             out["entropy"] = torch.zeros_like(logprobs).masked_scatter(mask, ent)
         return out
+
+
+# ----------------------------------------------------------------------------------------------- prefix-shared layout
+@dataclass
+class Layout:
+    """A micro-batch as rows of [prompt | completion_1 | completion_2 ...] blocks, with everything the forward
+    needs. Sequence numbering: see `build_layout` (by default s = j * n_items + i is completion j of item i, so a
+    pair's chosen = [:n], rejected = [n:])."""
+
+    input_ids: torch.Tensor  # (R, L)
+    position_ids: torch.Tensor  # (R, L)
+    mask: torch.Tensor  # (R, 1, L, L) bool, True = may attend
+    src: torch.Tensor  # (N,) flat index into (R*L) of the hidden state that predicts each completion token
+    labels: torch.Tensor  # (N,) the completion token ids
+    seq: torch.Tensor  # (N,) which sequence each token belongs to
+    n_seqs: int
+    lengths: torch.Tensor  # (n_seqs,) completion tokens per sequence
+    tokens: int  # non-pad tokens in the rows (what the model really processes)
+    last: torch.Tensor  # (n_seqs,) flat index into (R*L) of each sequence's final token (a scalar head reads it)
+
+
+def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, packing: bool = True,
+                 slots: list[list[int]] | None = None) -> Layout:
+    """items: (prompt, [completions]): several completions that share one prompt.
+
+    Each block is [prompt | c_1 | ... | c_k]: prompt tokens attend causally; completion j attends to the whole prompt
+    and causally to itself, never to another completion; its positions continue from the prompt's (P, P+1, ...),
+    exactly as in a separate row prompt + c_j. The token c_j[0] is predicted by the last prompt token's hidden
+    state, c_j[t] by c_j[t-1]'s. Blocks are packed into rows of capacity = the longest block (first-fit
+    decreasing) when `packing`, else one per row; padding only at row ends and attends only to itself.
+
+    Completion j of item i becomes sequence `slots[i][j]` (a numbering of all completions 0..total-1); without
+    `slots` every item must have the same number k of completions and it is j * len(items) + i.
+    """
+    n = len(items)
+    if slots is None:
+        k = len(items[0][1])
+        if any(len(cs) != k for _, cs in items):
+            raise ValueError("build_layout: items with different completion counts need explicit slots")
+        slots = [[j * n + i for j in range(k)] for i in range(n)]
+    n_seqs = sum(len(cs) for _, cs in items)
+    sizes = [len(p) + sum(len(c) for c in cs) for p, cs in items]
+    cap = max(sizes)
+    rows: list[list[int]] = []  # item indices per row
+    room: list[int] = []
+    for i in sorted(range(n), key=lambda i: -sizes[i]):
+        r = next((r for r in range(len(rows)) if room[r] >= sizes[i]), None) if packing else None
+        if r is None:
+            rows.append([])
+            room.append(cap)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= sizes[i]
+    R, L = len(rows), cap
+    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, L), dtype=torch.long)
+    mask = torch.eye(L, dtype=torch.bool).repeat(R, 1, 1, 1)  # (R, 1, L, L); padding attends to itself only
+    src, labels, seq = [], [], []
+    lengths = torch.zeros(n_seqs, dtype=torch.long)
+    last = torch.zeros(n_seqs, dtype=torch.long)
+    for r, members in enumerate(rows):
+        o = 0
+        for i in members:
+            prompt, comps = items[i]
+            P = len(prompt)
+            input_ids[r, o:o + P] = torch.tensor(prompt)
+            position_ids[r, o:o + P] = torch.arange(P)
+            mask[r, 0, o:o + P, o:o + P] = torch.ones(P, P, dtype=torch.bool).tril()
+            c0 = o + P
+            for j, c in enumerate(comps):
+                C, s = len(c), slots[i][j]
+                input_ids[r, c0:c0 + C] = torch.tensor(c)
+                position_ids[r, c0:c0 + C] = torch.arange(P, P + C)
+                mask[r, 0, c0:c0 + C, o:o + P] = True
+                mask[r, 0, c0:c0 + C, c0:c0 + C] = torch.ones(C, C, dtype=torch.bool).tril()
+                base = r * L
+                src += [base + o + P - 1] + [base + c0 + t for t in range(C - 1)]
+                labels += c
+                seq += [s] * C
+                lengths[s] = C
+                last[s] = base + c0 + C - 1
+                c0 += C
+            o = c0
+    return Layout(input_ids, position_ids, mask, torch.tensor(src), torch.tensor(labels), torch.tensor(seq), n_seqs,
+                  lengths, sum(sizes), last)
+
+
+def layout_hidden_states(model: torch.nn.Module, lay_input_ids: torch.Tensor, position_ids: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (R*L, H) of a `build_layout` micro-batch, flattened so `src` / `last` index them."""
+    h = backbone(model)(input_ids=lay_input_ids, attention_mask=mask, position_ids=position_ids,
+                        use_cache=False).last_hidden_state  # (R, L, H)
+    return h.reshape(-1, h.shape[-1])

@@ -52,6 +52,13 @@ def encode_scored(tokenizer, prompt: Any, response: Any, max_length: int, counte
     pair is too long the prompt is cut from the left (`data.truncate_pair`, counted in `counter`), except that a
     leading BOS / CLS token is kept: an encoder's pooled output reads position 0.
     """
+    prefix, completion = encode_scored_parts(tokenizer, prompt, response, max_length, counter)
+    return prefix + completion
+
+
+def encode_scored_parts(tokenizer, prompt: Any, response: Any, max_length: int,
+                        counter: dict | None = None) -> tuple[list[int], list[int]]:
+    """`encode_scored` split into (prompt part, response part): responses to one prompt share the first."""
     p = data_lib.encode_prompt(tokenizer, prompt)
     c = data_lib.encode_completion(tokenizer, prompt, response)
     lead: list[int] = []
@@ -59,7 +66,7 @@ def encode_scored(tokenizer, prompt: Any, response: Any, max_length: int, counte
     if len(p) + len(c) > max_length and p and p[0] in specials:
         lead, p = p[:1], p[1:]
     p, c = data_lib.truncate_pair(p, c, max_length - len(lead), counter=counter)
-    return lead + p + c
+    return lead + p, c
 
 
 # ----------------------------------------------------------------------------------------------- forward

@@ -11,8 +11,12 @@ Ziegler et al.'s lm-human-preferences; bias-free) and read at the LAST real toke
 every response. Or any sequence-classification encoder (BERT, MiniLM, DeBERTa): its pooled head. A checkpoint
 that already is a one-label sequence classifier keeps its head.
 
-Chosen and rejected go through the model in ONE forward pass (concatenated, right-padded); identical sequences
-in a micro-batch (a response shared by several pairs of one prompt) are forwarded once. `group_by_prompt` makes a
+Chosen and rejected go through the model in ONE forward pass; identical sequences in a micro-batch (a response
+shared by several pairs of one prompt) are forwarded once. With a causal-LM backbone (`share_prompt`, default) the
+prompt is forwarded once too: a micro-batch becomes rows of [prompt | response_1 | response_2 ...] blocks where each
+response sees the prompt and itself only, with the positions of a separate row (modeling.build_layout, the layout
+DPO uses), and the head reads each response's last token: the same rewards as separate right-padded rows, with
+fewer tokens. Encoders attend both ways, so they keep the padded rows. `group_by_prompt` makes a
 training unit one prompt with all its pairs (a K-way ranking expands into K(K-1)/2 pairs), its loss the mean over
 those pairs, as InstructGPT did so that one prompt's correlated pairs neither dominate an epoch nor overfit; then
 `micro_batch_size` counts prompts. Otherwise a unit is one pair and `micro_batch_size` counts pairs.
@@ -42,7 +46,8 @@ from . import config as config_lib
 from . import data as data_lib
 from . import losses, models
 from .engine import Engine, StepSampler, TrainConfig, all_reduce_sum, seed_everything, setup_distributed, total_steps
-from .rewards import encode_scored, forward_scores, is_last_token_model
+from .modeling import build_layout, layout_hidden_states
+from .rewards import encode_scored, encode_scored_parts, forward_scores, is_last_token_model
 
 
 @dataclass
@@ -84,6 +89,9 @@ class Config(TrainConfig):
     """At most this many reference sequences (seeded random subset; 0: all)."""
     ensemble_size: int = 1
     """Train N members with seeds seed+i (different head init and data order) into member-0 .. member-{N-1}."""
+    share_prompt: bool = True
+    """Causal-LM backbones: forward a prompt once for all its responses in a micro-batch (exact; module docstring).
+    Off: one right-padded row per sequence."""
     score_batch_size: int = 64
     """Sequences per forward pass when scoring the normalisation reference."""
     trust_remote_code: bool = False
@@ -107,6 +115,7 @@ class PairSet:
     """Tokenised preference data: unique sequences, pairs indexing them, and training units (lists of pairs)."""
 
     seqs: list[list[int]]  # unique prompt+response token ids
+    prefix_len: list[int]  # per sequence: how many of its leading tokens are the (possibly cut) prompt
     chosen: list[int]  # per pair: index into seqs
     rejected: list[int]
     target: list[float]  # P(chosen preferred): 1, or 0.5 for a kept tie
@@ -117,15 +126,18 @@ class PairSet:
 
 def build_pairs(tokenizer, rows: list[dict], cfg: Config) -> PairSet:
     seqs: list[list[int]] = []
+    prefix_len: list[int] = []
     index: dict[tuple, int] = {}
     counts: dict[str, int] = {"rows": len(rows), "ties_dropped": 0, "ties_soft": 0, "identical_pairs": 0}
     chosen, rejected, target, margin, group_of = [], [], [], [], []
 
     def seq_id(prompt, response) -> int:
-        ids = tuple(encode_scored(tokenizer, prompt, response, cfg.max_length, counts))
+        p, c = encode_scored_parts(tokenizer, prompt, response, cfg.max_length, counts)
+        ids = tuple(p + c)
         if ids not in index:
             index[ids] = len(seqs)
             seqs.append(list(ids))
+            prefix_len.append(len(p))
         return index[ids]
 
     for n, row in enumerate(rows):
@@ -150,7 +162,7 @@ def build_pairs(tokenizer, rows: list[dict], cfg: Config) -> PairSet:
     for i, g in enumerate(group_of):
         units.setdefault(g, []).append(i)
     counts.update(pairs=len(chosen), units=len(units), sequences=len(seqs))
-    return PairSet(seqs, chosen, rejected, target, margin, list(units.values()), counts)
+    return PairSet(seqs, prefix_len, chosen, rejected, target, margin, list(units.values()), counts)
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -183,14 +195,35 @@ def _encoder_head(model) -> torch.nn.Linear:
 
 
 class PairScorer(torch.nn.Module):
-    """Wraps the reward model so DDP sees one forward: right-padded sequences (S, T) -> rewards (S,)."""
+    """Wraps the reward model so DDP sees one forward -> rewards (S,): of right-padded sequences (input_ids and
+    attention_mask (S, T)), or of a prompt-sharing `build_layout` micro-batch (input_ids, position_ids, mask, and
+    `last`, the flat index of each sequence's final token)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return forward_scores(self.model, input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                last: torch.Tensor | None = None) -> torch.Tensor:
+        if last is None:
+            return forward_scores(self.model, input_ids, attention_mask)
+        h = layout_hidden_states(self.model, input_ids, position_ids, mask)[last]  # (S, H)
+        return self.model.score(h).squeeze(-1).float()
+
+
+def micro_batch_inputs(ps: PairSet, uniq: list[int], pad_id: int, share_prompt: bool) -> tuple[dict, int]:
+    """PairScorer inputs for the unique sequences `uniq` (reward i belongs to uniq[i]), and the tokens processed.
+    `share_prompt`: one block per distinct prompt prefix holding all its responses (build_layout); else padded rows."""
+    if not share_prompt:
+        ids, attn, _ = data_lib.pad_right([ps.seqs[s] for s in uniq], pad_id)
+        return {"input_ids": ids, "attention_mask": attn}, int(attn.sum())
+    groups: dict[tuple, list[int]] = {}  # prompt prefix -> positions in uniq
+    for i, s in enumerate(uniq):
+        groups.setdefault(tuple(ps.seqs[s][:ps.prefix_len[s]]), []).append(i)
+    items = [(list(p), [ps.seqs[uniq[i]][len(p):] for i in members]) for p, members in groups.items()]
+    lay = build_layout(items, pad_id, packing=True, slots=list(groups.values()))
+    return {"input_ids": lay.input_ids, "position_ids": lay.position_ids, "mask": lay.mask, "last": lay.last}, lay.tokens
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -230,6 +263,7 @@ def train_one(cfg: Config) -> Path:
     model.train()
     engine = Engine(cfg, PairScorer(model), n_steps, name="rm", dist_info=dist)
     pad, dev = tokenizer.pad_token_id, engine.dist.device
+    share = cfg.share_prompt and is_last_token_model(model)
     t0 = time.perf_counter()
     for step in engine.remaining_steps():
         # 2. this step's global batch of units; a unit's pairs weigh 1/len(unit) and the loss is a mean over
@@ -242,9 +276,9 @@ def train_one(cfg: Config) -> Path:
             # 3. one forward pass over the unique sequences of chosen AND rejected (concatenated)
             uniq = sorted({ps.chosen[p] for p in pairs} | {ps.rejected[p] for p in pairs})
             pos = {s: i for i, s in enumerate(uniq)}
-            ids, attn, _ = data_lib.pad_right([ps.seqs[s] for s in uniq], pad)
+            inputs, n_tokens = micro_batch_inputs(ps, uniq, pad, share)
             with engine.autocast():
-                r = engine.model(ids.to(dev), attn.to(dev)).float()  # (S,)
+                r = engine.model(**{k: v.to(dev) for k, v in inputs.items()}).float()  # (S,)
             r_c = r[torch.tensor([pos[ps.chosen[p]] for p in pairs], device=dev)]  # (P,)
             r_r = r[torch.tensor([pos[ps.rejected[p]] for p in pairs], device=dev)]
             # 4. Bradley-Terry (ties: soft target 0.5), optional margin and centering
@@ -262,7 +296,7 @@ def train_one(cfg: Config) -> Path:
             keep = ~tie
             sums += torch.tensor([loss.item(), r_c.detach().sum().item(), r_r.detach().sum().item(),
                                   (d[keep] > 0).sum().item(), keep.sum().item(), len(pairs), d.sum().item()])
-            engine.count(samples=len(pairs), tokens=int(attn.sum()))
+            engine.count(samples=len(pairs), tokens=n_tokens)
         # 5. update and log (metrics over the whole global batch)
         s = all_reduce_sum(sums)
         n = max(1.0, s[5].item())

@@ -211,3 +211,30 @@ def test_encoder_backbone(toy_dir, tmp_path):
     s = load_reward(str(out))([r["prompt"] for r in pref_rows(4)], ["The answer is 3."] * 4)["score"]
     assert s.shape == (4,) and torch.isfinite(s).all()
     shutil.rmtree(tmp_path / "bert")
+
+
+def test_shared_prompt_layout_equals_padded_rows(toy_dir, tmp_path):
+    """share_prompt forwards each prompt once for all its responses (modeling.build_layout); the rewards must be those
+    of separate right-padded rows (same positions, same visible tokens), and training must follow the same losses."""
+    rows = []
+    for r in pref_rows(12):  # 3 responses per prompt -> 3 pairs, responses of different lengths
+        mid = [{"role": "assistant", "content": "The answer is probably unknown to me."}]
+        rows += [{"prompt": r["prompt"], "chosen": c, "rejected": j}
+                 for c, j in ((r["chosen"], mid), (r["chosen"], r["rejected"]), (mid, r["rejected"]))]
+    write_jsonl(tmp_path / "pref.jsonl", rows)
+    model, tok = rm.load_backbone(_cfg(toy_dir, tmp_path, "x"), 0)
+    model.eval()
+    ps = rm.build_pairs(tok, rows, _cfg(toy_dir, tmp_path, "x"))
+    uniq = list(range(len(ps.seqs)))
+    scorer = rm.PairScorer(model)
+    padded, n_pad = rm.micro_batch_inputs(ps, uniq, tok.pad_token_id, share_prompt=False)
+    shared, n_shared = rm.micro_batch_inputs(ps, uniq, tok.pad_token_id, share_prompt=True)
+    with torch.no_grad():
+        torch.testing.assert_close(scorer(**shared), scorer(**padded), rtol=1e-5, atol=1e-5)
+    prompts = {tuple(s[:n]) for s, n in zip(ps.seqs, ps.prefix_len)}
+    assert len(prompts) == 12 and len(ps.seqs) == 36
+    assert n_shared == n_pad - 2 * sum(map(len, prompts))  # 3 responses per prompt: its prompt forwarded once, not 3x
+    a = rm.train(_cfg(toy_dir, tmp_path, "shared", max_steps=4, normalize=False))
+    b = rm.train(_cfg(toy_dir, tmp_path, "padded", max_steps=4, normalize=False, share_prompt=False))
+    la, lb = ([r["train/loss"] for r in read_metrics(o)] for o in (a, b))
+    assert la == pytest.approx(lb, rel=1e-4, abs=1e-5)
