@@ -44,7 +44,7 @@ def env(tmp_path):
     items = write_items(tmp_path / "items.jsonl",
                         PAIRS + [{"id": "r0", "prompt": "Rank these", "responses": ["a", "bb", "ccc"]}])
     cfg = ServerConfig(db=str(tmp_path / "l.sqlite"), items=str(items), overlap=2, retrain_every=1,
-                       login_max_failures=3)
+                       login_max_failures=3, features="bow")  # minilm is tested in test_label_model.py
     app = create_app(cfg)
     store = app.state.store
     tokens = {}
@@ -375,9 +375,9 @@ def test_parse_rows_formats():
                                            "responses": ["a", "b", "c"]}])[0][0].ext_id
 
 
-def test_postgres_url_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="only SQLite"):
-        open_store("postgresql://u@localhost/db")
+def test_unknown_db_url_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="use a SQLite path"):
+        open_store("mysql://u:secret@localhost/db")
     assert open_store(f"sqlite:///{tmp_path}/x.sqlite").integrity_check() == "ok"
 
 

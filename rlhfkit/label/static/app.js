@@ -265,7 +265,8 @@
       $("m-acc").textContent = m.heldout ? fmt(m.heldout.accuracy, 3) + " (n=" + m.heldout.n + ")" : "–";
       $("m-loss").textContent = m.heldout ? fmt(m.heldout.loss, 3) : "–";
       $("m-until").textContent = m.until_retrain + (m.until_retrain === 1 ? " label" : " labels");
-      $("m-features").textContent = "Features: " + m.features + (m.error ? " · last error: " + m.error : "");
+      $("m-features").textContent = "Features: " + m.features + (m.features_detail ? " (" + m.features_detail + ")" : "") +
+        (m.error ? " · last error: " + m.error : "");
     } catch (e) { /* the panel is informational */ }
   }
 
