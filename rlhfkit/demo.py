@@ -52,8 +52,11 @@ class Config:
     """KL coefficients of the PPO runs: small (over-optimises), moderate, large."""
     bon_n: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     """n of the best-of-n policies."""
-    annotator_verbosity: float = 1.0
-    """Scale of the simulated annotators' length bias (1.0 = the world's default annotators, 0 = none)."""
+    annotator_verbosity: float = 0.5
+    """Scale of the simulated annotators' length bias (1.0 = the world's default annotators, 0 = none). Half by
+    default: still enough that annotators prefer padded answers and PPO at a small KL coefficient pads and
+    over-optimises, while DPO and best-of-n, which follow the labels more literally, are not swamped by it
+    (seed 0 at 1.0: best-of-16 and DPO below SFT on gold; at 0.5 both above; docs/benchmarks.md)."""
     stop_after: str = ""
     """Stop after this stage (e.g. sft); empty runs them all."""
 
@@ -71,13 +74,13 @@ SCALES: dict[str, dict[str, Any]] = {
         n_pretrain=6000, n_sft=1500, n_train_prompts=512, n_heldout=512, vocab=600,
         hidden=128, layers=4, heads=4, block=128, pretrain_steps=300, pretrain_batch=32, pretrain_lr=2e-3,
         sft_epochs=2, sft_batch=32, sft_lr=1e-3, k_candidates=4, rm_epochs=3, rm_batch=32, rm_lr=3e-4,
-        ppo_steps=40, ppo_rollout=32, ppo_epochs=2, ppo_lr=1e-4, dpo_epochs=2, dpo_batch=32, dpo_beta=0.1, dpo_lr=5e-5, dpo_sft_weight=1.0, max_new_tokens=48, probe=64, probe_every=5,
+        ppo_steps=40, ppo_rollout=32, ppo_epochs=2, ppo_lr=1e-4, dpo_epochs=2, dpo_batch=32, dpo_beta=0.1, dpo_lr=5e-5, max_new_tokens=48, probe=64, probe_every=5,
     ),
     "toy": dict(
         n_pretrain=400, n_sft=128, n_train_prompts=48, n_heldout=24, vocab=400,
         hidden=32, layers=2, heads=2, block=64, pretrain_steps=20, pretrain_batch=8, pretrain_lr=3e-3,
         sft_epochs=1, sft_batch=16, sft_lr=2e-3, k_candidates=2, rm_epochs=1, rm_batch=8, rm_lr=1e-3,
-        ppo_steps=2, ppo_rollout=8, ppo_epochs=1, ppo_lr=1e-3, dpo_epochs=1, dpo_batch=8, dpo_beta=0.1, dpo_lr=1e-3, dpo_sft_weight=1.0, max_new_tokens=16, probe=8, probe_every=1,
+        ppo_steps=2, ppo_rollout=8, ppo_epochs=1, ppo_lr=1e-3, dpo_epochs=1, dpo_batch=8, dpo_beta=0.1, dpo_lr=1e-3, max_new_tokens=16, probe=8, probe_every=1,
     ),
 }
 
@@ -268,16 +271,12 @@ def ppo_stage(beta: float) -> Callable[[Context], dict]:
 
 
 def stage_dpo(ctx: Context) -> dict:
-    """DPO (Rafailov et al. 2023) on the same annotator preferences the reward model learnt from, plus the NLL term
-    on the chosen responses (`loss=[sigmoid, sft]`, the RPO regulariser of Pang et al. 2024). Plain DPO on these
-    verbosity-biased, partly off-policy (base-model) pairs lowered the chosen log-probs too, and the freed mass went
-    to padding and repetition (seed 0: length 7.7 -> 18.5, 21% repetitive, gold level with SFT); the NLL term keeps
-    it near the chosen responses (docs/benchmarks.md has both runs)."""
+    """DPO (Rafailov et al. 2023) on the same annotator preferences the reward model learnt from."""
     from . import dpo
 
     s = ctx.s
     dpo.train(dpo.Config(**ctx.common("dpo"), model=ctx.path("sft"), data=ctx.path("prefs", "train.jsonl"),
-                         loss=["sigmoid", "sft"], loss_weights=[1.0, s["dpo_sft_weight"]], beta=s["dpo_beta"], num_epochs=s["dpo_epochs"],
+                         loss=["sigmoid"], beta=s["dpo_beta"], num_epochs=s["dpo_epochs"],
                          micro_batch_size=s["dpo_batch"], learning_rate=s["dpo_lr"], max_length=128,
                          precompute_ref=True, warmup_steps=5))
     return {"path": ctx.path("dpo")}
