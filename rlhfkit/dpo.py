@@ -40,7 +40,7 @@ from . import models, refcache
 from .engine import (Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, seed_everything, setup_distributed,
                      total_steps)
 from .losses import LossType, kto_reference_point, preference_loss
-from .modeling import Layout, build_layout, layout_hidden_states  # noqa: F401  (build_layout: part of dpo's API)
+from .modeling import Layout, build_layout, layout_hidden_states
 
 
 @dataclass
