@@ -53,3 +53,14 @@ def test_force_redoes_stages(toy_demo):
     before = record.stat().st_mtime_ns
     demo.run(demo.Config(out=str(toy_demo), scale="toy", threads=1, force=True, stop_after="world"))
     assert record.stat().st_mtime_ns != before  # redone, not reused
+
+
+def test_fingerprint_covers_config_and_scale_budget(monkeypatch):
+    """A finished stage is reused only under the same settings: the config (not out/force/stop_after) and the
+    scale's budget, so a release that changes a SCALES value never reuses stages trained under the old one."""
+    cfg = demo.Config(scale="toy")
+    fp = demo._fingerprint(cfg)
+    assert demo._fingerprint(demo.Config(scale="toy", out="elsewhere", force=True, stop_after="sft")) == fp
+    assert demo._fingerprint(demo.Config(scale="toy", annotator_verbosity=1.0)) != fp
+    monkeypatch.setitem(demo.SCALES, "toy", {**demo.SCALES["toy"], "rm_lr": 1.0})
+    assert demo._fingerprint(cfg) != fp
