@@ -36,7 +36,7 @@ from .engine import Engine, StepSampler, seed_everything, setup_distributed, tot
 from .kl import kl_k1, kl_k3
 from .logprobs import masked_mean
 from .losses import aggregate, ppo_policy_loss
-from .modeling import TokenLogprobs
+from .modeling import TokenLogprobs, rows_layout
 from .rollout import (OnlineConfig, as_reward_fn, build_monitor, check_batch, encode_prompts, load_prompts,
                       mean_over_ranks, micro_weight, rollout, rollout_generator)
 
@@ -59,6 +59,9 @@ class Config(OnlineConfig):
     """GRPO: divide group-centred scores by the group std; false = Dr. GRPO (centre only). Not used by rloo."""
     clip_range: float = 0.2
     """PPO ratio clip epsilon (matters only when num_iterations > 1 or num_minibatches > 1)."""
+    share_prompt: bool = True
+    """Forward each prompt once for the completions of it in a micro-batch (the G samples of a group), in the
+    update and in the reference forward: exact (modeling.rows_layout), fewer tokens. Off: padded rows."""
 
     def validate(self) -> None:
         self.validate_online(self.num_generations)
@@ -136,7 +139,8 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, decode=decode,
                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                          top_p=cfg.top_p, generator=rollout_generator(cfg.seed, it, dist.rank, dev),
-                         forward_batch_size=cfg.micro_batch_size, ref_policy=ref, recompute_logprobs=not on_policy)
+                         forward_batch_size=cfg.micro_batch_size, ref_policy=ref, recompute_logprobs=not on_policy,
+                         share_prompt=cfg.share_prompt)
             engine.count(gen_tokens=int(ro.lengths.sum()), gen_s=ro.gen_s)
             # 2. group-relative advantages (GRPO / Dr. GRPO / RLOO), one per completion
             adv = group_advantages(ro.scores, G, estimator, cfg.scale_rewards)
@@ -165,9 +169,10 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
                                   "policy/entropy", "kl/token", "kl/seq")}
         for micro in rows.split(cfg.micro_batch_size):
             b = ro.rows(micro)
+            lay = rows_layout(b["input_ids"], b["response_mask"], tokenizer.pad_token_id) if cfg.share_prompt else None
             with engine.autocast():
                 fwd = engine.model(b["input_ids"], b["attention"], b["response_mask"], cfg.temperature,
-                                   with_entropy=True)
+                                   with_entropy=True, layout=lay)
             lp, mask = fwd["logprobs"], b["mask"]
             old = lp.detach() if on_policy else b["logprobs"]
             pl, ps = ppo_policy_loss(lp, old, adv[micro], mask, cfg.clip_range, cfg.aggregation)

@@ -53,20 +53,30 @@ class TokenLogprobs(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, target_mask, temperature: float = 1.0, with_entropy: bool = False,
-                packed_position_ids=None):
-        h = hidden_states(self.model, input_ids, attention_mask, packed_position_ids)[:, :-1]  # (B, T-1, H)
+                packed_position_ids=None, layout: dict | None = None):
+        """`layout` (from `rows_layout(input_ids, target_mask, ...)`): forward the same rows prompt-shared instead;
+        the outputs are the same (B, T-1) tensors."""
         mask = target_mask[:, 1:] if target_mask.shape[1] == input_ids.shape[1] else target_mask
-        labels = input_ids[:, 1:]
-        logits = self.model.get_output_embeddings()(h[mask]).float() / temperature  # (N, V) only where needed
+        if layout is None:
+            h = hidden_states(self.model, input_ids, attention_mask, packed_position_ids)[:, :-1][mask]  # (N, H)
+            targets = input_ids[:, 1:][mask]
+        else:
+            h = layout_hidden_states(self.model, layout["input_ids"], layout["position_ids"], layout["mask"])
+            h, targets = h[layout["src"]], layout["labels"]
+        logits = self.model.get_output_embeddings()(h).float() / temperature  # (N, V) only where needed
         logz = torch.logsumexp(logits, dim=-1)
-        picked = logits.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1) - logz
-        logprobs = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device)
-        logprobs = logprobs.masked_scatter(mask, picked)
-        out = {"logprobs": logprobs}
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+
+        def place(values: torch.Tensor) -> torch.Tensor:  # (N,) -> (B, T-1), zero off the mask
+            out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+            if layout is None:
+                return out.masked_scatter(mask, values)
+            return out.view(-1).index_put((layout["dest"],), values).view(mask.shape)
+
+        out = {"logprobs": place(picked)}
         if with_entropy:
             p = F.softmax(logits, dim=-1)
-            ent = logz - (p * logits).sum(-1)
-            out["entropy"] = torch.zeros_like(logprobs).masked_scatter(mask, ent)
+            out["entropy"] = place(logz - (p * logits).sum(-1))
         return out
 
 
@@ -161,3 +171,28 @@ def layout_hidden_states(model: torch.nn.Module, lay_input_ids: torch.Tensor, po
     h = backbone(model)(input_ids=lay_input_ids, attention_mask=mask, position_ids=position_ids,
                         use_cache=False).last_hidden_state  # (R, L, H)
     return h.reshape(-1, h.shape[-1])
+
+
+def rows_layout(input_ids: torch.Tensor, target_mask: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded rows (B, T) of prompt + response (the response where `target_mask`, contiguous after the prompt),
+    as a prefix-shared layout: rows with identical prompt tokens (the G samples of one prompt) form one block, so
+    the prompt is forwarded once. Returns build_layout's tensors plus `dest`, the flat index into (B, T-1) of each
+    response token's log-prob: `TokenLogprobs(..., layout=...)` then returns exactly the padded path's outputs."""
+    B, T = input_ids.shape
+    ids, tm = input_ids.tolist(), target_mask.tolist()
+    groups: dict[tuple, list[int]] = {}
+    starts, responses = [], []
+    for b in range(B):
+        P, C = tm[b].index(True), sum(tm[b])  # prompt length >= 1: its last token predicts the first response token
+        groups.setdefault(tuple(ids[b][:P]), []).append(b)
+        starts.append(P)
+        responses.append(ids[b][P:P + C])
+    items = [(list(p), [responses[b] for b in rows]) for p, rows in groups.items()]
+    lay = build_layout(items, pad_id, packing=True, slots=list(groups.values()))
+    n_tok = lay.seq.shape[0]
+    first = torch.full((B,), n_tok, dtype=torch.long).scatter_reduce(0, lay.seq, torch.arange(n_tok), "amin")
+    t = torch.arange(n_tok) - first[lay.seq]  # index of each token within its response
+    dest = lay.seq * (T - 1) + torch.tensor(starts)[lay.seq] - 1 + t
+    dev = input_ids.device
+    return {"input_ids": lay.input_ids.to(dev), "position_ids": lay.position_ids.to(dev), "mask": lay.mask.to(dev),
+            "src": lay.src.to(dev), "labels": lay.labels.to(dev), "dest": dest.to(dev)}

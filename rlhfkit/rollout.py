@@ -31,7 +31,7 @@ from . import data as data_lib
 from . import generate
 from .engine import TrainConfig
 from .losses import AGGREGATIONS
-from .modeling import TokenLogprobs
+from .modeling import TokenLogprobs, rows_layout
 
 RewardFn = Callable[[list[Any], list[str]], dict[str, torch.Tensor]]
 
@@ -231,11 +231,15 @@ def rollout_generator(seed: int, iteration: int, rank: int, device) -> torch.Gen
 # ----------------------------------------------------------------------------------------------- the rollout
 @torch.no_grad()
 def chunked_logprobs(model: torch.nn.Module, input_ids, attention, response_mask, temperature: float,
-                     chunk: int) -> torch.Tensor:
-    """Log-probs (B, T-1) of the response tokens, `chunk` rows per forward (same shapes as a training micro-batch)."""
+                     chunk: int, share_prompt_pad_id: int | None = None) -> torch.Tensor:
+    """Log-probs (B, T-1) of the response tokens, `chunk` rows per forward (same shapes as a training micro-batch).
+    With `share_prompt_pad_id`, rows of one prompt share its forward (modeling.rows_layout; same values)."""
     lp = TokenLogprobs(model) if not isinstance(model, TokenLogprobs) else model
-    outs = [lp(input_ids[i:i + chunk], attention[i:i + chunk], response_mask[i:i + chunk], temperature)["logprobs"]
-            for i in range(0, input_ids.shape[0], chunk)]
+    outs = []
+    for i in range(0, input_ids.shape[0], chunk):
+        ids, att, rm = input_ids[i:i + chunk], attention[i:i + chunk], response_mask[i:i + chunk]
+        lay = rows_layout(ids, rm, share_prompt_pad_id) if share_prompt_pad_id is not None else None
+        outs.append(lp(ids, att, rm, temperature, layout=lay)["logprobs"])
     return torch.cat(outs)
 
 
@@ -248,13 +252,14 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
             eos_id: int, pad_id: int, decode: Callable[[list[int]], str], max_new_tokens: int,
             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
             forward_batch_size: int = 8, ref_policy: torch.nn.Module | None = None,
-            value_fn: Callable | None = None, recompute_logprobs: bool = True) -> Rollout:
+            value_fn: Callable | None = None, recompute_logprobs: bool = True, share_prompt: bool = False) -> Rollout:
     """Sample one response per prompt (repeat prompts for several generations), score and annotate them.
 
     policy / ref_policy: HF causal LMs (or anything `generate.sample` and `TokenLogprobs` accept);
     value_fn(input_ids, attention) -> (b, T-1) values; decode(ids) -> text (special tokens dropped).
     recompute_logprobs=False leaves `logprobs` zero: a trainer doing a single on-policy update uses its own
     forward's log-probs detached as the old ones (the ratio is then 1 by construction, and one forward is saved).
+    share_prompt: the log-prob forwards share each prompt among its rows (exact; modeling.rows_layout).
     """
     if temperature <= 0:
         raise ValueError("online RL needs temperature > 0 (log-probs are divided by it)")
@@ -277,13 +282,16 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
     # 4. log-probs at the sampling temperature (PITFALLS #7), reference log-probs, values; same chunking as training
     was_training = policy.training
     policy.eval()
+    share_pad = pad_id if share_prompt else None
     if recompute_logprobs:
-        logprobs = chunked_logprobs(policy, input_ids, attention, response_mask, temperature, forward_batch_size)
+        logprobs = chunked_logprobs(policy, input_ids, attention, response_mask, temperature, forward_batch_size,
+                                    share_pad)
     else:
         logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=device)
     ref = None
     if ref_policy is not None:
-        ref = chunked_logprobs(ref_policy, input_ids, attention, response_mask, temperature, forward_batch_size)
+        ref = chunked_logprobs(ref_policy, input_ids, attention, response_mask, temperature, forward_batch_size,
+                               share_pad)
     values = chunked(value_fn, input_ids, attention, forward_batch_size) if value_fn is not None else None
     if was_training:
         policy.train()

@@ -91,3 +91,14 @@ def test_bench_batch_semantics(toy_dir, prompts_file, tmp_path):
         cfg_for(toy_dir, prompts_file, tmp_path, gradient_accumulation_steps=1).validate()
     with pytest.raises(ValueError, match="num_generations must be >= 2"):
         cfg_for(toy_dir, prompts_file, tmp_path, num_generations=1, micro_batch_size=1).validate()
+
+
+def test_shared_prompt_forward_equals_padded_rows(toy_dir, prompts_file, tmp_path):
+    """share_prompt forwards each prompt once for its G completions (modeling.rows_layout) in the update and the
+    reference forward: the same training as padded rows, up to float reassociation."""
+    kw = dict(max_steps=3, beta=0.1, num_iterations=2)
+    grpo.train(cfg_for(toy_dir, prompts_file, tmp_path / "shared", **kw), reward_fn=has_number)
+    grpo.train(cfg_for(toy_dir, prompts_file, tmp_path / "padded", share_prompt=False, **kw), reward_fn=has_number)
+    a, b = read_metrics(tmp_path / "shared"), read_metrics(tmp_path / "padded")
+    for key in ("train/loss", "policy/entropy", "kl/token", "rollout/score"):
+        assert [m[key] for m in a] == pytest.approx([m[key] for m in b], rel=1e-4, abs=1e-6), key
