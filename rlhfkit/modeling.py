@@ -173,6 +173,17 @@ def layout_hidden_states(model: torch.nn.Module, lay_input_ids: torch.Tensor, po
     return h.reshape(-1, h.shape[-1])
 
 
+def shared_prompt_layout(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> Layout:
+    """Sequences given as (prompt, completion) token lists, as a prefix-shared layout: sequences with identical
+    prompt tokens form one block, so each distinct prompt is forwarded once. Sequence i of the layout is
+    (prompts[i], completions[i])."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(tuple(p), []).append(i)
+    items = [(list(p), [completions[i] for i in members]) for p, members in groups.items()]
+    return build_layout(items, pad_id, packing=True, slots=list(groups.values()))
+
+
 def rows_layout(input_ids: torch.Tensor, target_mask: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded rows (B, T) of prompt + response (the response where `target_mask`, contiguous after the prompt),
     as a prefix-shared layout: rows with identical prompt tokens (the G samples of one prompt) form one block, so
@@ -180,15 +191,10 @@ def rows_layout(input_ids: torch.Tensor, target_mask: torch.Tensor, pad_id: int)
     response token's log-prob: `TokenLogprobs(..., layout=...)` then returns exactly the padded path's outputs."""
     B, T = input_ids.shape
     ids, tm = input_ids.tolist(), target_mask.tolist()
-    groups: dict[tuple, list[int]] = {}
-    starts, responses = [], []
-    for b in range(B):
-        P, C = tm[b].index(True), sum(tm[b])  # prompt length >= 1: its last token predicts the first response token
-        groups.setdefault(tuple(ids[b][:P]), []).append(b)
-        starts.append(P)
-        responses.append(ids[b][P:P + C])
-    items = [(list(p), [responses[b] for b in rows]) for p, rows in groups.items()]
-    lay = build_layout(items, pad_id, packing=True, slots=list(groups.values()))
+    # prompt length >= 1 per row: its last token predicts the first response token
+    starts = [row.index(True) for row in tm]
+    lay = shared_prompt_layout([ids[b][:starts[b]] for b in range(B)],
+                               [ids[b][starts[b]:starts[b] + sum(tm[b])] for b in range(B)], pad_id)
     n_tok = lay.seq.shape[0]
     first = torch.full((B,), n_tok, dtype=torch.long).scatter_reduce(0, lay.seq, torch.arange(n_tok), "amin")
     t = torch.arange(n_tok) - first[lay.seq]  # index of each token within its response

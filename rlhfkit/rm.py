@@ -46,7 +46,7 @@ from . import config as config_lib
 from . import data as data_lib
 from . import losses, models
 from .engine import Engine, StepSampler, TrainConfig, all_reduce_sum, seed_everything, setup_distributed, total_steps
-from .modeling import build_layout, layout_hidden_states
+from .modeling import layout_hidden_states, shared_prompt_layout
 from .rewards import encode_scored, encode_scored_parts, forward_scores, is_last_token_model
 
 
@@ -214,15 +214,12 @@ class PairScorer(torch.nn.Module):
 
 def micro_batch_inputs(ps: PairSet, uniq: list[int], pad_id: int, share_prompt: bool) -> tuple[dict, int]:
     """PairScorer inputs for the unique sequences `uniq` (reward i belongs to uniq[i]), and the tokens processed.
-    `share_prompt`: one block per distinct prompt prefix holding all its responses (build_layout); else padded rows."""
+    `share_prompt`: one block per distinct prompt prefix holding all its responses; else padded rows."""
     if not share_prompt:
         ids, attn, _ = data_lib.pad_right([ps.seqs[s] for s in uniq], pad_id)
         return {"input_ids": ids, "attention_mask": attn}, int(attn.sum())
-    groups: dict[tuple, list[int]] = {}  # prompt prefix -> positions in uniq
-    for i, s in enumerate(uniq):
-        groups.setdefault(tuple(ps.seqs[s][:ps.prefix_len[s]]), []).append(i)
-    items = [(list(p), [ps.seqs[uniq[i]][len(p):] for i in members]) for p, members in groups.items()]
-    lay = build_layout(items, pad_id, packing=True, slots=list(groups.values()))
+    lay = shared_prompt_layout([ps.seqs[s][:ps.prefix_len[s]] for s in uniq],
+                               [ps.seqs[s][ps.prefix_len[s]:] for s in uniq], pad_id)
     return {"input_ids": lay.input_ids, "position_ids": lay.position_ids, "mask": lay.mask, "last": lay.last}, lay.tokens
 
 

@@ -133,3 +133,31 @@ def test_real_model_ratio_one_and_kl_zero(toy_dir):
     assert torch.equal(again, r.logprobs[2:4])  # ratio exactly 1
     hot = TokenLogprobs(model)(r.input_ids[2:4], r.attention[2:4], r.response_mask[2:4], 1.0)["logprobs"]
     assert not torch.allclose(hot[r.mask[2:4]], r.logprobs[2:4][r.mask[2:4]])  # the temperature matters
+
+
+def test_rows_layout_gives_the_padded_rows_logprobs_and_entropy():
+    """G responses of each prompt as right-padded rows, forwarded prompt-shared (modeling.rows_layout): log-probs and
+    entropies land in the same (B, T-1) cells as the padded path's (float64), zero elsewhere, with fewer tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhfkit import data as data_lib
+    from rlhfkit.modeling import TokenLogprobs, rows_layout
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).double().eval()
+    seqs, masks = [], []
+    for p in ([5, 6, 7], [8, 9], [10, 11, 12, 13]):
+        for g in range(3):
+            r = [20 + g] * (g + 2)
+            seqs.append(p + r)
+            masks.append([False] * len(p) + [True] * len(r))
+    ids, att, rm = data_lib.pad_right(seqs, 0, masks)
+    lp = TokenLogprobs(model)
+    padded = lp(ids, att, rm, 0.7, with_entropy=True)
+    lay = rows_layout(ids, rm, 0)
+    shared = lp(ids, att, rm, 0.7, with_entropy=True, layout=lay)
+    for key in ("logprobs", "entropy"):
+        torch.testing.assert_close(shared[key], padded[key], rtol=1e-12, atol=1e-12)
+    assert int((shared["logprobs"] != 0).sum()) == int(rm[:, 1:].sum())
+    assert lay["input_ids"].numel() < ids.numel()  # each prompt once: 9 + 27 response tokens (+ row padding)
