@@ -22,6 +22,7 @@ import torch
 
 from . import config as config_lib
 from . import data as data_lib
+from . import fastdecode
 from . import models
 from .modeling import position_ids
 
@@ -93,13 +94,42 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
-@torch.no_grad()
+class _HFDecoder:
+    """The transformers forward with a DynamicCache: the sampler's fallback for models fastdecode doesn't cover."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def start(self, input_ids, attention, max_new_tokens):
+        from transformers import DynamicCache
+
+        self.cache, self.attn, self.pos = DynamicCache(), attention.long(), position_ids(attention)
+        return self._forward(input_ids, self.pos)
+
+    def step(self, ids):
+        self.attn = torch.cat([self.attn, self.attn.new_ones(self.attn.shape[0], 1)], dim=-1)
+        self.pos = self.pos[:, -1:] + 1
+        return self._forward(ids[:, None], self.pos)
+
+    def keep(self, index):
+        self.cache.batch_select_indices(index)
+        self.attn, self.pos = self.attn[index], self.pos[index]
+
+    def _forward(self, ids, pos):
+        out = self.model(input_ids=ids, attention_mask=self.attn, position_ids=pos, past_key_values=self.cache,
+                         use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[:, -1]
+
+
+@torch.inference_mode()  # not just no_grad: it halves the cost of the small per-step ops
 def sample(model, prompt_ids: list[list[int]], eos_id: int, pad_id: int, max_new_tokens: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None) -> Samples:
-    """Sample one response per prompt with a KV cache. Greedy when temperature == 0."""
-    from transformers import DynamicCache
+    """Sample one response per prompt with a KV cache. Greedy when temperature == 0.
 
+    Llama-family models decode through `fastdecode` (the same arithmetic without the per-step overhead of the
+    transformers forward); any other model through the transformers forward."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -109,14 +139,10 @@ def sample(model, prompt_ids: list[list[int]], eos_id: int, pad_id: int, max_new
     responses: list[list[int]] = [[] for _ in range(B)]
     has_eos = [False] * B
     alive = torch.arange(B, device=device)  # rows still generating
-    cache = DynamicCache()
-    pos = position_ids(attention)
-    step_ids, step_pos, attn = input_ids, pos, attention.long()
+    decoder = fastdecode.for_model(model) or _HFDecoder(model)
+    logits = decoder.start(input_ids, attention, max_new_tokens)
     for t in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos, past_key_values=cache,
-                    use_cache=True)
-        cache = out.past_key_values
-        logits = out.logits[:, -1].float()  # (b, V)
+        logits = logits.float()  # (b, V)
         if temperature == 0:
             nxt = logits.argmax(-1)
         else:
@@ -131,15 +157,13 @@ def sample(model, prompt_ids: list[list[int]], eos_id: int, pad_id: int, max_new
                 done.append(j)
         if len(done) == len(nxt_list) or t == max_new_tokens - 1:
             break
-        keep = torch.ones(len(nxt_list), dtype=torch.bool, device=device)
         if done:
+            keep = torch.ones(len(nxt_list), dtype=torch.bool, device=device)
             keep[done] = False
-            alive = alive[keep]
-            cache.batch_select_indices(keep.nonzero().squeeze(-1))  # finished rows stop costing compute
-            nxt, attn, step_pos = nxt[keep], attn[keep], step_pos[keep]
-        step_ids = nxt.unsqueeze(-1)
-        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=-1)
-        step_pos = step_pos[:, -1:] + 1
+            index = keep.nonzero().squeeze(-1)
+            alive, nxt = alive[index], nxt[index]
+            decoder.keep(index)  # finished rows stop costing compute
+        logits = decoder.step(nxt)
     if was_training:
         model.train()
     return Samples(prompt_ids=[list(p) for p in prompt_ids], response_ids=responses, has_eos=has_eos)

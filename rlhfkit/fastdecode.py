@@ -1,0 +1,162 @@
+"""A decode-only forward for Llama-family causal LMs, reading the model's own weights, for the sampler's hot loop.
+
+Why: decoding a small model is bound by per-step overhead, not arithmetic. The transformers forward builds masks,
+cache objects and output dataclasses at every token step: ~10 ms per step for the 4-layer benchmark model at
+batch 8, where its matmuls take well under 1 ms (docs/benchmarks.md). This module does the same arithmetic with a
+preallocated KV cache and fused projections (q|k|v and gate|up concatenated once per call), so a step is ~25
+tensor ops per layer.
+
+It is exactly the model's computation, not an approximation: RMSNorm, rotary embedding (through the model's own
+`rotary_emb`, so every rope type transformers supports), grouped-query attention, SiLU-gated MLP, biases where the
+config has them. The tests compare its logits with the transformers forward at every step. Models it does not
+recognise, or recognises with a feature it does not implement, use the transformers forward (`for_model` returns
+None); so does everything when `RLHFKIT_DECODE=hf` is set.
+
+The weights are read, not copied (apart from the fused projections, rebuilt per `start`), so a policy that trains
+between rollouts is always sampled as it is now.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = {"llama", "mistral", "qwen2"}
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP / accelerate wrappers
+        model = model.module
+    return model
+
+
+def _why_unsupported(model: torch.nn.Module) -> str | None:
+    cfg = getattr(model, "config", None)
+    if os.environ.get("RLHFKIT_DECODE", "").lower() == "hf":
+        return "RLHFKIT_DECODE=hf"
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
+        return "model type"
+    if not type(model).__name__.endswith("ForCausalLM"):
+        return "not a *ForCausalLM"
+    if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "pretraining_tp", 1) != 1:
+        return "activation / tensor-parallel layout"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return "sliding-window attention"  # mistral / qwen2 with a window: the cache semantics differ
+    body = getattr(model, "model", None)
+    if body is None or not hasattr(body, "layers") or not hasattr(body, "rotary_emb"):
+        return "layout"
+    for layer in body.layers:
+        a, m = layer.self_attn, layer.mlp
+        if not all(isinstance(getattr(a, n, None), torch.nn.Linear) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            return "attention projections are not plain Linear (LoRA, quantised)"
+        if not all(isinstance(getattr(m, n, None), torch.nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
+            return "MLP projections are not plain Linear"
+        if hasattr(a, "q_norm") or hasattr(a, "k_norm"):
+            return "q/k norms"
+    if not isinstance(getattr(model, "lm_head", None), torch.nn.Linear):
+        return "lm_head"
+    return None
+
+
+def for_model(model: torch.nn.Module) -> "LlamaDecoder | None":
+    """A decoder for `model`, or None when the transformers forward must be used."""
+    model = _unwrap(model)
+    return None if _why_unsupported(model) else LlamaDecoder(model)
+
+
+def _cat(*ts):
+    return None if ts[0] is None else torch.cat(ts, 0)
+
+
+class LlamaDecoder:
+    """`start(input_ids, attention)` runs the (left-padded) prompts and returns the last logits; `step(ids)` feeds
+    one token per row and returns the next logits; `keep(index)` drops finished rows from the cache."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        cfg = model.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = cfg.rms_norm_eps
+        self.body = model.model
+
+    def _weights(self):
+        """Fused projections for this call (concatenation: ~1% of a 32-token rollout for the benchmark model)."""
+        self.layers = []
+        for layer in self.body.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.layers.append(dict(
+                ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight,
+                wqkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0),
+                bqkv=_cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
+                wo=a.o_proj.weight, bo=a.o_proj.bias,
+                wgu=torch.cat([m.gate_proj.weight, m.up_proj.weight], 0), bgu=_cat(m.gate_proj.bias, m.up_proj.bias),
+                wd=m.down_proj.weight, bd=m.down_proj.bias))
+
+    def _norm(self, x, w):
+        # transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale (the cast order matters in bf16).
+        return w * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+    @torch.inference_mode()
+    def start(self, input_ids: torch.Tensor, attention: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        self._weights()
+        B, P = input_ids.shape
+        L = P + max_new_tokens
+        dtype, device = self.model.lm_head.weight.dtype, input_ids.device
+        shape = (B, self.n_kv, L, self.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.valid = torch.zeros(B, 1, 1, L, dtype=torch.bool, device=device)  # keys a query may attend to
+        self.valid[:, 0, 0, :P] = attention.bool()
+        self.t = 0  # cache positions filled
+        pos = (attention.long().cumsum(-1) - 1).clamp(min=0)
+        self.next_pos = pos[:, -1:] + 1
+        # Prompt queries: causal over real keys, plus themselves (a left-pad query otherwise sees no key at all and
+        # its NaN row would reach the cache; its outputs are never used).
+        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+        mask = (causal & attention.bool()[:, None, None, :]) | torch.eye(P, dtype=torch.bool, device=device)
+        return self._forward(input_ids, pos, mask)
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (b,) the token just sampled for each live row."""
+        self.valid[:, 0, 0, self.t] = True
+        pos, self.next_pos = self.next_pos, self.next_pos + 1
+        return self._forward(ids[:, None], pos, self.valid[..., : self.t + 1])
+
+    def keep(self, index: torch.Tensor) -> None:
+        self.k = [k[index] for k in self.k]
+        self.v = [v[index] for v in self.v]
+        self.valid, self.next_pos = self.valid[index], self.next_pos[index]
+
+    def _forward(self, ids, pos, mask):
+        B, T = ids.shape
+        nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
+        h = self.body.embed_tokens(ids)
+        cos, sin = self.body.rotary_emb(h, pos)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): broadcast over heads
+        t0, t1 = self.t, self.t + T
+        for i, w in enumerate(self.layers):
+            x = self._norm(h, w["ln1"])
+            q, k, v = F.linear(x, w["wqkv"], w["bqkv"]).split([nh * d, nkv * d, nkv * d], -1)
+            q = q.view(B, T, nh, d).transpose(1, 2)
+            k = k.view(B, T, nkv, d).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            self.k[i][:, :, t0:t1] = k * cos + _rotate_half(k) * sin
+            self.v[i][:, :, t0:t1] = v.view(B, T, nkv, d).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, self.k[i][:, :, :t1], self.v[i][:, :, :t1], attn_mask=mask,
+                                               enable_gqa=nkv != nh)
+            h = h + F.linear(a.transpose(1, 2).reshape(B, T, nh * d), w["wo"], w["bo"])
+            g, u = F.linear(self._norm(h, w["ln2"]), w["wgu"], w["bgu"]).chunk(2, -1)
+            h = h + F.linear(F.silu(g) * u, w["wd"], w["bd"])
+        self.t = t1
+        h = self.body.norm(h[:, -1])
+        return self.model.lm_head(h)
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, -1)
+    return torch.cat((-x2, x1), -1)

@@ -1,0 +1,105 @@
+"""fastdecode: the sampler's decode-only forward gives the transformers forward's logits at every step.
+
+Checked on Llama (multi-head and grouped-query), Llama with attention and MLP biases, and Qwen2 (q/k/v bias), with
+left-padded prompts of different lengths and finished rows dropped mid-generation; then whole `sample` calls,
+greedy and at temperature 1, give the same tokens on both paths. Models it does not cover fall back.
+"""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from rlhfkit import data as data_lib
+from rlhfkit import fastdecode
+from rlhfkit.generate import _HFDecoder, sample
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18]]
+
+
+def _llama(**kw):
+    cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**{**cfg, **kw})).eval()
+
+
+def _qwen2():
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        use_sliding_window=False, pad_token_id=0)).eval()
+
+
+MODELS = {
+    "llama": _llama,
+    "llama-gqa": lambda: _llama(num_key_value_heads=2),
+    "llama-bias": lambda: _llama(attention_bias=True, mlp_bias=True),
+    "llama-rope-scaled": lambda: _llama(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
+    "qwen2": _qwen2,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_logits_equal_transformers_at_every_step_with_rows_dropped(name):
+    model = MODELS[name]()
+    if name == "llama-bias":  # biases are zero-initialised: make them matter
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.ndim == 1 and p.abs().sum() == 0:
+                    p.normal_()
+    fast = fastdecode.for_model(model)
+    assert fast is not None, fastdecode._why_unsupported(model)
+    ids, att = data_lib.pad_left(PROMPTS, 0)
+    hf = _HFDecoder(model)
+    a, b = fast.start(ids, att, 6), hf.start(ids, att, 6)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    toks = torch.tensor([3, 4, 5, 6])
+    for t in range(6):
+        if t == 2:  # row 1 finished: both decoders drop it
+            keep = torch.tensor([0, 2, 3])
+            fast.keep(keep), hf.keep(keep)
+            toks = toks[keep]
+        a, b = fast.step(toks), hf.step(toks)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        toks = (toks * 7 + t) % 60 + 3
+
+
+def test_sample_same_tokens_on_both_paths(monkeypatch):
+    model = _llama(num_key_value_heads=2)
+    runs = {}
+    for path in ("fast", "hf"):
+        monkeypatch.setenv("RLHFKIT_DECODE", "" if path == "fast" else "hf")
+        g = torch.Generator().manual_seed(3)
+        runs[path] = (sample(model, PROMPTS * 4, eos_id=2, pad_id=0, max_new_tokens=12, temperature=1.0, generator=g),
+                      sample(model, PROMPTS, eos_id=2, pad_id=0, max_new_tokens=12, temperature=0.0))
+    for fast, hf in zip(runs["fast"], runs["hf"]):
+        assert fast.response_ids == hf.response_ids and fast.has_eos == hf.has_eos
+    assert len({len(r) for r in runs["fast"][0].response_ids}) > 1  # some rows stopped early: dropping was exercised
+
+
+def test_weights_are_read_live_after_an_update():
+    """A policy that trains between rollouts is sampled as it is now, not as it was when first decoded."""
+    model = _llama()
+    ids, att = data_lib.pad_left(PROMPTS, 0)
+    fast = fastdecode.for_model(model)
+    before = fast.start(ids, att, 2)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight.mul_(3.0)
+        model.model.layers[1].mlp.up_proj.weight.mul_(-1.0)
+    after = fast.start(ids, att, 2)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, _HFDecoder(model).start(ids, att, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_falls_back_where_it_does_not_apply(monkeypatch):
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=32))
+    assert fastdecode.for_model(gpt2) is None
+    assert fastdecode._why_unsupported(gpt2) == "model type"
+    llama = _llama()  # an adapter-wrapped projection (what LoRA or a quantiser puts there) is not plain Linear
+    llama.model.layers[1].self_attn.q_proj = torch.nn.Sequential(llama.model.layers[1].self_attn.q_proj)
+    assert fastdecode.for_model(llama) is None
+    monkeypatch.setenv("RLHFKIT_DECODE", "hf")
+    assert fastdecode.for_model(_llama()) is None
+    # GPT-2 still samples, through transformers
+    s = sample(gpt2.eval(), PROMPTS, eos_id=2, pad_id=0, max_new_tokens=3, temperature=0.0)
+    assert all(len(r) <= 3 for r in s.response_ids)
