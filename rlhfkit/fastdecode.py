@@ -103,6 +103,18 @@ class LlamaDecoder:
     @torch.inference_mode()
     def start(self, input_ids: torch.Tensor, attention: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         self._weights()
+        # Identical prompt rows (GRPO's G samples of a prompt, best-of-n's n) are prefilled once and their cache
+        # rows copied: the prefill is compute-bound and was a sixth of a 32-token rollout at G = 4.
+        uniq, inverse = torch.unique(input_ids, dim=0, return_inverse=True)
+        if uniq.shape[0] < input_ids.shape[0]:
+            first = torch.full((uniq.shape[0],), input_ids.shape[0], device=input_ids.device).scatter_reduce(
+                0, inverse, torch.arange(input_ids.shape[0], device=input_ids.device), "amin")
+            logits = self._prefill(input_ids[first], attention[first], max_new_tokens)
+            self.keep(inverse)
+            return logits[inverse]
+        return self._prefill(input_ids, attention, max_new_tokens)
+
+    def _prefill(self, input_ids, attention, max_new_tokens):
         B, P = input_ids.shape
         L = P + max_new_tokens
         dtype, device = self.model.lm_head.weight.dtype, input_ids.device
@@ -139,15 +151,15 @@ class LlamaDecoder:
         cos, sin = self.body.rotary_emb(h, pos)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): broadcast over heads
         t0, t1 = self.t, self.t + T
+        bias = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill_(~mask, float("-inf"))
         for i, w in enumerate(self.layers):
             x = self._norm(h, w["ln1"])
-            q, k, v = F.linear(x, w["wqkv"], w["bqkv"]).split([nh * d, nkv * d, nkv * d], -1)
-            q = q.view(B, T, nh, d).transpose(1, 2)
-            k = k.view(B, T, nkv, d).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            self.k[i][:, :, t0:t1] = k * cos + _rotate_half(k) * sin
-            self.v[i][:, :, t0:t1] = v.view(B, T, nkv, d).transpose(1, 2)
-            a = F.scaled_dot_product_attention(q, self.k[i][:, :, :t1], self.v[i][:, :, :t1], attn_mask=mask,
+            qkv = F.linear(x, w["wqkv"], w["bqkv"]).view(B, T, nh + 2 * nkv, d).transpose(1, 2)
+            qk = qkv[:, : nh + nkv]
+            qk = qk * cos + _rotate_half(qk) * sin  # rotary on queries and keys in one pass
+            self.k[i][:, :, t0:t1] = qk[:, nh:]
+            self.v[i][:, :, t0:t1] = qkv[:, nh + nkv:]
+            a = F.scaled_dot_product_attention(qk[:, :nh], self.k[i][:, :, :t1], self.v[i][:, :, :t1], attn_mask=bias,
                                                enable_gqa=nkv != nh)
             h = h + F.linear(a.transpose(1, 2).reshape(B, T, nh * d), w["wo"], w["bo"])
             g, u = F.linear(self._norm(h, w["ln2"]), w["wgu"], w["bgu"]).chunk(2, -1)

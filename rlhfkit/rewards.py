@@ -94,6 +94,15 @@ def forward_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     return model(input_ids=input_ids, attention_mask=attention_mask.long()).logits.squeeze(-1).float()
 
 
+def layout_scores(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
+                  last: torch.Tensor) -> torch.Tensor:
+    """Scalar rewards of a decoder reward model on a `modeling.build_layout` batch: the head reads each sequence's
+    final token (`last`, flat indices). Same values as `forward_scores` on the sequences as padded rows."""
+    from .modeling import layout_hidden_states
+
+    return model.score(layout_hidden_states(model, input_ids, position_ids, mask)[last]).squeeze(-1).float()
+
+
 # ----------------------------------------------------------------------------------------------- reward models
 def read_meta(path: str | Path) -> dict:
     p = Path(path) / "rlhfkit.json"
@@ -135,10 +144,26 @@ class RewardModel:
 
     @torch.no_grad()
     def raw_scores(self, model, tokenizer, max_length: int, prompts: list[Any], responses: list[Any]) -> torch.Tensor:
-        """Unnormalised scores (B,) of one member, batched by length (less padding), in input order."""
-        seqs = [encode_scored(tokenizer, p, r, max_length, self.truncation) for p, r in zip(prompts, responses)]
+        """Unnormalised scores (B,) of one member, in input order.
+
+        Decoder reward models forward each distinct prompt once for all its responses (modeling.shared_prompt_layout:
+        the G samples of a GRPO group, best-of-n's n candidates); the scores equal the padded rows' (tested).
+        Encoders, which see the whole sequence bidirectionally, get length-sorted padded batches."""
+        parts = [encode_scored_parts(tokenizer, p, r, max_length, self.truncation) for p, r in zip(prompts, responses)]
+        out = torch.empty(len(parts), dtype=torch.float32)
+        if is_last_token_model(model):
+            from .modeling import shared_prompt_layout
+
+            order = sorted(range(len(parts)), key=lambda i: (parts[i][0], len(parts[i][1])))  # one prompt together
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s : s + self.batch_size]
+                lay = shared_prompt_layout([parts[i][0] for i in idx], [parts[i][1] for i in idx],
+                                           tokenizer.pad_token_id)
+                out[idx] = layout_scores(model, lay.input_ids.to(self.device), lay.position_ids.to(self.device),
+                                         lay.mask.to(self.device), lay.last.to(self.device)).cpu()
+            return out
+        seqs = [p + c for p, c in parts]
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        out = torch.empty(len(seqs), dtype=torch.float32)
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
             ids, attn, _ = data_lib.pad_right([seqs[i] for i in idx], tokenizer.pad_token_id)

@@ -46,8 +46,8 @@ from . import config as config_lib
 from . import data as data_lib
 from . import losses, models
 from .engine import Engine, StepSampler, TrainConfig, all_reduce_sum, seed_everything, setup_distributed, total_steps
-from .modeling import layout_hidden_states, shared_prompt_layout
-from .rewards import encode_scored, encode_scored_parts, forward_scores, is_last_token_model
+from .modeling import shared_prompt_layout
+from .rewards import encode_scored, encode_scored_parts, forward_scores, is_last_token_model, layout_scores
 
 
 @dataclass
@@ -208,8 +208,7 @@ class PairScorer(torch.nn.Module):
                 last: torch.Tensor | None = None) -> torch.Tensor:
         if last is None:
             return forward_scores(self.model, input_ids, attention_mask)
-        h = layout_hidden_states(self.model, input_ids, position_ids, mask)[last]  # (S, H)
-        return self.model.score(h).squeeze(-1).float()
+        return layout_scores(self.model, input_ids, position_ids, mask, last)
 
 
 def micro_batch_inputs(ps: PairSet, uniq: list[int], pad_id: int, share_prompt: bool) -> tuple[dict, int]:

@@ -64,6 +64,21 @@ def test_logits_equal_transformers_at_every_step_with_rows_dropped(name):
         toks = (toks * 7 + t) % 60 + 3
 
 
+def test_repeated_prompts_are_prefilled_once_with_the_same_logits():
+    """GRPO repeats each prompt G times: the decoder prefills each distinct prompt once and copies its cache rows.
+    Logits stay equal to the transformers forward for every row, at the prefill and at later steps."""
+    model = _llama(num_key_value_heads=2)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[3], PROMPTS[1], PROMPTS[0]]
+    ids, att = data_lib.pad_left(prompts, 0)
+    fast, hf = fastdecode.for_model(model), _HFDecoder(model)
+    torch.testing.assert_close(fast.start(ids, att, 3), hf.start(ids, att, 3), atol=1e-5, rtol=1e-5)
+    assert fast.k[0].shape[0] == len(prompts)
+    toks = torch.tensor([3, 4, 5, 6, 7, 8])
+    for _ in range(3):
+        torch.testing.assert_close(fast.step(toks), hf.step(toks), atol=1e-5, rtol=1e-5)
+        toks = (toks * 5 + 1) % 60 + 3
+
+
 def test_sample_same_tokens_on_both_paths(monkeypatch):
     model = _llama(num_key_value_heads=2)
     runs = {}

@@ -73,6 +73,30 @@ def test_directory_spec_scores_untrained_classifier(toy_dir, tmp_path):
     assert "std" not in load_reward(str(tmp_path / "m"))(prompts, resp)
 
 
+def test_decoder_reward_model_shares_prompts_and_scores_like_padded_rows(toy_dir, tmp_path):
+    """Responses to one prompt are scored in one prefix-shared block; each score equals the plain padded forward
+    of prompt + response (forward_scores), for groups of 3, single prompts, and any batch size."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rlhfkit.rewards import forward_scores
+
+    tok = models.load_tokenizer(str(toy_dir / "tok"))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(cfg).eval()
+    models.save(model, tok, tmp_path / "m")
+    prompts = ["What is 1 plus 2?"] * 3 + ["Hi"] + ["What is 3 plus 4?"] * 3
+    resp = ["3", "The answer is 3.", "It is three, I think", "Hello there", "7", "seven", "The sum is 7."]
+    seqs = [encode_scored(tok, p, r, 512) for p, r in zip(prompts, resp)]
+    ids, attn, _ = data_lib.pad_right(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        padded = forward_scores(model, ids, attn)
+    for bs in (64, 4, 1):
+        torch.testing.assert_close(load_reward(str(tmp_path / "m"), batch_size=bs)(prompts, resp)["score"], padded,
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_encode_scored_keeps_cls_and_cuts_prompt_left(tmp_path):
     """An encoder's pooled output reads position 0, so a cut prompt keeps its [CLS]; the response stays whole."""
     from transformers import BertTokenizerFast
