@@ -93,8 +93,9 @@ def test_decoder_reward_model_shares_prompts_and_scores_like_padded_rows(toy_dir
     with torch.no_grad():
         padded = forward_scores(model, ids, attn)
     for bs in (64, 4, 1):
-        torch.testing.assert_close(load_reward(str(tmp_path / "m"), batch_size=bs)(prompts, resp)["score"], padded,
-                                   rtol=1e-5, atol=1e-5)
+        score = load_reward(str(tmp_path / "m"), batch_size=bs)(prompts, resp)["score"]
+        torch.testing.assert_close(score, padded, rtol=1e-5, atol=1e-5)
+        assert not score.is_inference()  # scored under inference_mode, returned as a tensor autograd may save
 
 
 def test_encode_scored_keeps_cls_and_cuts_prompt_left(tmp_path):

@@ -161,3 +161,23 @@ def test_rows_layout_gives_the_padded_rows_logprobs_and_entropy():
         torch.testing.assert_close(shared[key], padded[key], rtol=1e-12, atol=1e-12)
     assert int((shared["logprobs"] != 0).sum()) == int(rm[:, 1:].sum())
     assert lay["input_ids"].numel() < ids.numel()  # each prompt once: 9 + 27 response tokens (+ row padding)
+
+
+def test_reference_logprobs_and_scores_are_normal_tensors_autograd_can_save():
+    """chunked_logprobs and RewardModel scoring run under inference_mode for speed; what they return must still
+    be usable in a loss that autograd differentiates (an inference tensor saved for backward is an error)."""
+    from rlhfkit.rollout import chunked_logprobs
+
+    torch.manual_seed(0)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 9, 0]])
+    att = ids != 0
+    resp = torch.tensor([[False, False, True, True], [False, False, True, False]])
+    ref = chunked_logprobs(model, ids, att, resp, 1.0, 8, share_prompt_pad_id=0)
+    assert not ref.is_inference()
+    w = torch.ones_like(ref, requires_grad=True)
+    (w * ref).exp().sum().backward()  # mul and exp save `ref`-derived tensors for backward
+    assert w.grad is not None
