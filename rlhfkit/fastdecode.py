@@ -98,7 +98,9 @@ class LlamaDecoder:
 
     def _norm(self, x, w):
         # transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale (the cast order matters in bf16).
-        return w * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        # Written out rather than F.rms_norm, which costs ~40 us on a decode step's (8, 1, 256) input against ~25.
+        xf = x.float()
+        return w * (xf * xf.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()).to(x.dtype)
 
     @torch.inference_mode()
     def start(self, input_ids: torch.Tensor, attention: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
