@@ -67,6 +67,9 @@ class Config(TrainConfig):
     """Inverse temperature of the implicit reward (DPO/IPO/hinge/SimPO/KTO beta; ORPO's lambda)."""
     label_smoothing: float = 0.0
     """cDPO label-flip probability for sigmoid (DPO paper appendix); 0 is plain DPO."""
+    length_alpha: float = 0.0
+    """R-DPO length regulariser for sigmoid (Park et al. 2024): alpha per token of |y_w| - |y_l| added to the
+    logit, so preferences explained by length do not teach the policy to pad. 0 is plain DPO."""
     gamma: float = 0.5
     """SimPO target reward margin."""
     desirable_weight: float = 1.0
@@ -114,6 +117,8 @@ class Config(TrainConfig):
             raise ValueError("loss: kto (unpaired) cannot be combined with other losses")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.length_alpha < 0 or (self.length_alpha and "sigmoid" not in self.loss):
+            raise ValueError(f"length_alpha must be >= 0 and needs the sigmoid loss, got {self.length_alpha}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.max_length < 2:
@@ -386,7 +391,8 @@ def train(cfg: Config) -> Path:
                 losses, cr, rj = preference_loss(
                     types, policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=lc,
                     ref_rejected_logps=lr_, chosen_lengths=lengths[:n], rejected_lengths=lengths[n:], beta=cfg.beta,
-                    label_smoothing=cfg.label_smoothing, gamma=cfg.gamma, loss_weights=weights)
+                    label_smoothing=cfg.label_smoothing, length_alpha=cfg.length_alpha, gamma=cfg.gamma,
+                    loss_weights=weights)
                 pc, pr = pc.detach(), pr.detach()
                 acc = (cr > rj).float()
             engine.backward(losses.sum() / global_batch)

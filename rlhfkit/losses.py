@@ -85,15 +85,25 @@ def _logratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logp
 
 def dpo_sigmoid(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
                 ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float,
-                label_smoothing: float = 0.0) -> Triple:
+                label_smoothing: float = 0.0, length_alpha: float = 0.0,
+                length_diff: torch.Tensor | None = None) -> Triple:
     """DPO (Rafailov et al. 2023, eq. 7): loss = -log sigmoid(beta * h).
 
     label_smoothing = eps > 0 is conservative DPO (cDPO, DPO paper's appendix / Mitchell 2023): with labels flipped
     with probability eps, loss = (1 - eps) * -log sigmoid(beta h) + eps * -log sigmoid(-beta h).
     (TRL 1.16's `sigmoid` silently ignores label_smoothing; we follow the paper.)
+
+    length_alpha = alpha > 0 is R-DPO (Park et al. 2024, eq. 9), for labels biased towards longer answers: the
+    RL objective gets a length penalty alpha |y|, so the implied reward is beta h + alpha (|y_w| - |y_l|) and the
+    loss -log sigmoid(beta h + alpha (|y_w| - |y_l|)); `length_diff` = |y_w| - |y_l| in tokens, (B,). A preference
+    that length alone explains then no longer pushes the policy towards longer answers.
     """
     logits = beta * _logratio_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                                      ref_rejected_logps)  # (B,)
+    if length_alpha:
+        if length_diff is None:
+            raise ValueError("length_alpha (R-DPO) needs length_diff = chosen - rejected lengths")
+        logits = logits + length_alpha * length_diff
     losses = -F.logsigmoid(logits)
     if label_smoothing:
         losses = (1 - label_smoothing) * losses - label_smoothing * F.logsigmoid(-logits)
@@ -229,6 +239,7 @@ class _PreferenceBatch:
     rejected_lengths: torch.Tensor | None
     beta: float
     label_smoothing: float
+    length_alpha: float
     gamma: float
     kto_kl: torch.Tensor | float | None
     desirable_weight: float
@@ -265,7 +276,8 @@ def _kto(p: _PreferenceBatch) -> Triple:
 
 
 _LOSS_FNS: dict[LossType, Callable[[_PreferenceBatch], Triple]] = {
-    LossType.sigmoid: lambda p: dpo_sigmoid(*p.ref_args, p.beta, p.label_smoothing),
+    LossType.sigmoid: lambda p: dpo_sigmoid(*p.ref_args, p.beta, p.label_smoothing, p.length_alpha,
+                                            None if p.chosen_lengths is None else p.chosen_lengths - p.rejected_lengths),
     LossType.ipo: lambda p: ipo(*p.ref_args, p.beta),
     LossType.hinge: lambda p: hinge(*p.ref_args, p.beta),
     LossType.simpo: lambda p: simpo(p.chosen_avg, p.rejected_avg, p.beta, p.gamma),
@@ -279,7 +291,7 @@ def preference_loss(loss_type: LossType | str | Sequence[LossType | str], *, pol
                     policy_rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor | None = None,
                     ref_rejected_logps: torch.Tensor | None = None, chosen_lengths: torch.Tensor | None = None,
                     rejected_lengths: torch.Tensor | None = None, beta: float, label_smoothing: float = 0.0,
-                    gamma: float = 0.5, kto_kl: torch.Tensor | float | None = None, desirable_weight: float = 1.0,
+                    length_alpha: float = 0.0, gamma: float = 0.5, kto_kl: torch.Tensor | float | None = None, desirable_weight: float = 1.0,
                     undesirable_weight: float = 1.0,
                     loss_weights: Sequence[float] | None = None) -> Triple:
     """One entry point for the DPO family. Log-probs are sequence SUMS over completion tokens, (B,) each;
@@ -303,10 +315,12 @@ def preference_loss(loss_type: LossType | str | Sequence[LossType | str], *, pol
         raise ValueError(f"{[t.value for t in types if t.needs_reference]} need reference log-probs")
     if any(t.length_normalised for t in types) and (chosen_lengths is None or rejected_lengths is None):
         raise ValueError(f"{[t.value for t in types if t.length_normalised]} need chosen and rejected lengths")
+    if length_alpha and (chosen_lengths is None or rejected_lengths is None):
+        raise ValueError("length_alpha (R-DPO) needs chosen and rejected lengths")
     if any(t.needs_nll for t in types) and chosen_lengths is None:
         raise ValueError(f"{[t.value for t in types if t.needs_nll]} need chosen lengths")
     batch = _PreferenceBatch(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                             chosen_lengths, rejected_lengths, beta, label_smoothing, gamma, kto_kl,
+                             chosen_lengths, rejected_lengths, beta, label_smoothing, length_alpha, gamma, kto_kl,
                              desirable_weight, undesirable_weight)
     total, rewards = None, None
     for t, w in zip(types, weights):

@@ -202,3 +202,8 @@ def test_config_is_checked():
         dpo.Config(model="m", data="d", loss=["sigmoid", "sft"], loss_weights=[1.0]).validate()
     with pytest.raises(ValueError, match="kto"):
         dpo.Config(model="m", data="d", loss=["kto", "sft"]).validate()
+    with pytest.raises(ValueError, match="length_alpha"):  # R-DPO's term belongs to the sigmoid loss
+        dpo.Config(model="m", data="d", loss=["ipo"], length_alpha=0.05).validate()
+    with pytest.raises(ValueError, match="length_alpha"):
+        dpo.Config(model="m", data="d", length_alpha=-0.1).validate()
+    dpo.Config(model="m", data="d", loss=["sigmoid", "sft"], length_alpha=0.05).validate()

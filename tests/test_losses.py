@@ -64,6 +64,30 @@ def test_dpo_sigmoid_by_hand():
     assert torch.allclose(dpo_sigmoid(lp_c, lp_r, lp_c, lp_r, 0.5)[0], t(math.log(2), math.log(2)), rtol=1e-12)
 
 
+def test_rdpo_length_term_by_hand():
+    """R-DPO (Park et al. 2024, eq. 9): logit = beta h + alpha (|y_w| - |y_l|).
+    pi_c = -1, pi_r = -2, ref_c = ref_r = -1.5 -> h = 0.5 + 0.5 = 1; beta = 0.1 -> beta h = 0.1.
+    Chosen 4 tokens, rejected 10: alpha = 0.05 -> logit 0.1 - 0.3 = -0.2 -> loss log(1 + e^0.2) = 0.798139
+    (plain DPO: log(1 + e^-0.1) = 0.644397): a short chosen answer is pushed harder, a long one less.
+    alpha = 0, or equal lengths, is exactly plain DPO; the preference_loss entry point passes the lengths."""
+    pc, pr, rc, rr = t(-1.0), t(-2.0), t(-1.5), t(-1.5)
+    plain = dpo_sigmoid(pc, pr, rc, rr, 0.1)[0]
+    assert plain.item() == pytest.approx(math.log(1 + math.exp(-0.1)), rel=1e-12)
+    rdpo = dpo_sigmoid(pc, pr, rc, rr, 0.1, length_alpha=0.05, length_diff=t(4.0 - 10.0))[0]
+    assert rdpo.item() == pytest.approx(math.log(1 + math.exp(0.2)), rel=1e-12)
+    assert rdpo.item() == pytest.approx(0.798139, abs=1e-6)
+    assert torch.equal(dpo_sigmoid(pc, pr, rc, rr, 0.1, length_alpha=0.05, length_diff=t(0.0))[0], plain)
+    via = preference_loss("sigmoid", policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=rc,
+                          ref_rejected_logps=rr, chosen_lengths=t(4.0), rejected_lengths=t(10.0), beta=0.1,
+                          length_alpha=0.05)[0]
+    torch.testing.assert_close(via, rdpo, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="length"):
+        dpo_sigmoid(pc, pr, rc, rr, 0.1, length_alpha=0.05)
+    with pytest.raises(ValueError, match="length"):
+        preference_loss("sigmoid", policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=rc,
+                        ref_rejected_logps=rr, beta=0.1, length_alpha=0.05)
+
+
 def test_cdpo_label_smoothing():
     """cDPO: (1 - eps) log(1 + e^-k) + eps log(1 + e^k) = log(1 + e^-k) + eps * k (since log(1+e^k) = k +
     log(1+e^-k)). k = 1, eps = 0.1 -> 0.313262 + 0.1 = 0.413262. eps = 0 is exactly plain DPO."""
