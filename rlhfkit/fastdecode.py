@@ -23,6 +23,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .modeling import position_ids
+
 SUPPORTED = {"llama", "mistral", "qwen2"}
 
 
@@ -84,7 +86,8 @@ class LlamaDecoder:
         self.body = model.model
 
     def _weights(self):
-        """Fused projections for this call (concatenation: ~1% of a 32-token rollout for the benchmark model)."""
+        """Fused projections for this call (the concatenation takes ~3 ms for the 5 M-parameter benchmark model,
+        about 1% of a 32-token rollout)."""
         self.layers = []
         for layer in self.body.layers:
             a, m = layer.self_attn, layer.mlp
@@ -126,7 +129,7 @@ class LlamaDecoder:
         self.valid = torch.zeros(B, 1, 1, L, dtype=torch.bool, device=device)  # keys a query may attend to
         self.valid[:, 0, 0, :P] = attention.bool()
         self.t = 0  # cache positions filled
-        pos = (attention.long().cumsum(-1) - 1).clamp(min=0)
+        pos = position_ids(attention)
         self.next_pos = pos[:, -1:] + 1
         # Prompt queries: causal over real keys, plus themselves (a left-pad query otherwise sees no key at all and
         # its NaN row would reach the cache; its outputs are never used).
