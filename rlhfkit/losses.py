@@ -254,6 +254,11 @@ class _PreferenceBatch:
         return self.policy_rejected_logps / self.rejected_lengths.clamp(min=1)
 
     @property
+    def length_diff(self) -> torch.Tensor | None:
+        """|y_w| - |y_l| in tokens (R-DPO), when the lengths were given."""
+        return None if self.chosen_lengths is None else self.chosen_lengths - self.rejected_lengths
+
+    @property
     def ref_args(self) -> tuple:
         return (self.policy_chosen_logps, self.policy_rejected_logps, self.ref_chosen_logps, self.ref_rejected_logps)
 
@@ -276,8 +281,7 @@ def _kto(p: _PreferenceBatch) -> Triple:
 
 
 _LOSS_FNS: dict[LossType, Callable[[_PreferenceBatch], Triple]] = {
-    LossType.sigmoid: lambda p: dpo_sigmoid(*p.ref_args, p.beta, p.label_smoothing, p.length_alpha,
-                                            None if p.chosen_lengths is None else p.chosen_lengths - p.rejected_lengths),
+    LossType.sigmoid: lambda p: dpo_sigmoid(*p.ref_args, p.beta, p.label_smoothing, p.length_alpha, p.length_diff),
     LossType.ipo: lambda p: ipo(*p.ref_args, p.beta),
     LossType.hinge: lambda p: hinge(*p.ref_args, p.beta),
     LossType.simpo: lambda p: simpo(p.chosen_avg, p.rejected_avg, p.beta, p.gamma),
@@ -291,8 +295,8 @@ def preference_loss(loss_type: LossType | str | Sequence[LossType | str], *, pol
                     policy_rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor | None = None,
                     ref_rejected_logps: torch.Tensor | None = None, chosen_lengths: torch.Tensor | None = None,
                     rejected_lengths: torch.Tensor | None = None, beta: float, label_smoothing: float = 0.0,
-                    length_alpha: float = 0.0, gamma: float = 0.5, kto_kl: torch.Tensor | float | None = None, desirable_weight: float = 1.0,
-                    undesirable_weight: float = 1.0,
+                    length_alpha: float = 0.0, gamma: float = 0.5, kto_kl: torch.Tensor | float | None = None,
+                    desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
                     loss_weights: Sequence[float] | None = None) -> Triple:
     """One entry point for the DPO family. Log-probs are sequence SUMS over completion tokens, (B,) each;
     lengths (B,) are completion token counts (needed by length-normalised variants and NLL terms).
@@ -300,7 +304,8 @@ def preference_loss(loss_type: LossType | str | Sequence[LossType | str], *, pol
     loss_type: one type, or a list combined as sum_i loss_weights[i] * losses_i (e.g. [sigmoid, sft] with
     [1.0, 0.2] = DPO + RPO-style NLL); the rewards returned are those of the first type. For orpo, beta is ORPO's
     lambda and the NLL is included (full ORPO loss). For kto, chosen/rejected are the desirable/undesirable sets and
-    kto_kl is z0. Returns (losses, chosen_rewards, rejected_rewards).
+    kto_kl is z0. length_alpha > 0 adds R-DPO's length term to sigmoid (needs both lengths).
+    Returns (losses, chosen_rewards, rejected_rewards).
     """
     types = [loss_type] if isinstance(loss_type, (str, LossType)) else list(loss_type)
     types = [LossType(t) for t in types]
