@@ -11,12 +11,14 @@ covers the training loop only (model loading and tokenisation excluded), samples
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -103,6 +105,8 @@ def bench_trainer(trainer: str, model: str, data: str, steps: int = 20, batch: i
         "final_loss": t.get("final_loss"),
         "model_flops_per_s": round(flops / wall, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # on a GPU the model lives in device memory, which RSS does not see
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "extra": {k: v for k, v in overrides.items() if k not in ("output_dir", "progress")},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
@@ -125,8 +129,9 @@ def bench_trainer(trainer: str, model: str, data: str, steps: int = 20, batch: i
 def command(ctx, trainer, model, data, ref_model, reward_model, steps, batch, max_length, seed, threads, results):
     """Benchmark TRAINER (sft, rm, dpo, kto, ppo, grpo, rloo); any other --option is passed to its config."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    res = bench_trainer(trainer, model, data, steps, batch, max_length, seed, threads, ref_model, reward_model,
-                        _extra_options(ctx.args))
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages: stdout is the one JSON line
+        res = bench_trainer(trainer, model, data, steps, batch, max_length, seed, threads, ref_model, reward_model,
+                            _extra_options(ctx.args))
     line = json.dumps(res)
     click.echo(line)
     if results:

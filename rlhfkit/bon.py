@@ -96,7 +96,7 @@ def run(cfg: Config) -> Path:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, out / "config.yaml")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = models.inference_device()
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code).to(device)
     reward = load_reward_fn(cfg.reward_model, cfg.reward_weights or None, device)

@@ -216,14 +216,14 @@ def evaluate_models(ctx: Context, names: list[str]) -> dict:
         from .rewards import load_reward
 
         judges["proxy"] = load_reward(ctx.path("rm"))
-    sft_model = models.load_causal_lm(ctx.path("sft"), tok)
+    sft_model = models.load_causal_lm(ctx.path("sft"), tok).to(models.inference_device())
     cache = ctx.root / "eval"
     cache.mkdir(exist_ok=True)
     results: dict[str, dict] = {}
     order = ["sft"] + [n for n in names if n != "sft"]  # SFT first: it is everyone's win-rate reference
     for name in order:
         torch.manual_seed(ctx.cfg.seed)
-        model = sft_model if name == "sft" else models.load_causal_lm(ctx.path(name), tok)
+        model = sft_model if name == "sft" else models.load_causal_lm(ctx.path(name), tok).to(sft_model.device)
         res = evaluate_policy(model, tok, prompts, judges=judges, world=True, ref_model=sft_model,
                               reference={"sft": results["sft"]} if name != "sft" else None,
                               max_new_tokens=s["max_new_tokens"], temperature=1.0, seed=ctx.cfg.seed)
@@ -300,7 +300,7 @@ def stage_bon(ctx: Context) -> dict:
     s = ctx.s
     n_max = max(ctx.cfg.bon_n)
     tok = models.load_tokenizer(ctx.path("sft"))
-    sft_model = models.load_causal_lm(ctx.path("sft"), tok)
+    sft_model = models.load_causal_lm(ctx.path("sft"), tok).to(models.inference_device())
     prompts = data_lib.read_jsonl(ctx.path("world", "heldout_prompts.jsonl"))
     rows = [r for r in prompts for _ in range(n_max)]  # prompt-major: row i*n_max + j is sample j of prompt i
     torch.manual_seed(ctx.cfg.seed)

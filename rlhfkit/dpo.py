@@ -280,7 +280,7 @@ def precompute_reference(cfg: Config, tokenizer, policy, examples: list[Example]
     t0 = time.perf_counter()
     if dist.is_main:
         # With no ref_model the reference IS the policy before any update: use it directly, no copy in memory.
-        ref = load_reference(cfg, tokenizer, policy) if cfg.ref_model else policy.eval()
+        ref = (load_reference(cfg, tokenizer, policy) if cfg.ref_model else policy.eval()).to(dist.device)
         autocast = lambda: autocast_for(cfg.precision, dist.device)  # noqa: E731
         out = torch.zeros(2, len(examples))
         step = max(1, cfg.micro_batch_size)

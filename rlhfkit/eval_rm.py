@@ -63,8 +63,8 @@ class Config:
     """Evaluate only the first N rows (0: all)."""
     batch_size: int = 64
     """Sequences per scoring batch."""
-    device: str = "cpu"
-    """Device for an in-process reward model."""
+    device: str = "auto"
+    """Device for an in-process reward model: auto (CUDA when there is one), cpu, cuda, cuda:1, ..."""
 
     def validate(self) -> None:
         if not self.reward or not self.data:

@@ -392,9 +392,9 @@ def run(cfg: Config) -> dict[str, Any]:
     for name, path in named:
         if Path(path).is_dir():
             tok = tokenizer_for(path)
-            model = models.load_causal_lm(path, tok, cfg.trust_remote_code)
+            model = models.load_causal_lm(path, tok, cfg.trust_remote_code).to(models.inference_device())
             if cfg.ref_model and ref_model is None:
-                ref_model = models.load_causal_lm(cfg.ref_model, tok, cfg.trust_remote_code)
+                ref_model = models.load_causal_lm(cfg.ref_model, tok, cfg.trust_remote_code).to(model.device)
             res = evaluate_policy(model, tok, rows, judges=judges, ref_model=ref_model, ref_name="ref",
                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
                                   world=world, batch_size=cfg.batch_size, self_bleu_sample=cfg.self_bleu_sample)

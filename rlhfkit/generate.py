@@ -182,7 +182,7 @@ def sample(model, prompt_ids: list[list[int]], eos_id: int, pad_id: int, max_new
 def run(cfg: Config) -> Path:
     torch.manual_seed(cfg.seed)
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
+    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code).to(models.inference_device())
     rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
     if cfg.limit:
         rows = rows[: cfg.limit]

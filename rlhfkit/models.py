@@ -81,6 +81,14 @@ def ensure_pad_token(tok) -> bool:
     return False
 
 
+def inference_device(device: str | torch.device = "auto") -> torch.device:
+    """Where inference-only commands (generate, sample, eval, eval-rm, serve-rm, bon) run: "auto" is the first CUDA
+    device when there is one, else the CPU. (Trainers place themselves through engine.setup_distributed.)"""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):

@@ -119,14 +119,14 @@ def member_dirs(path: str | Path) -> list[Path]:
 class RewardModel:
     """An in-process reward model (single or ensemble) as a RewardFn. Normalisation from rlhfkit.json applied."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 64,
+    def __init__(self, path: str | Path, device: str | torch.device = "auto", batch_size: int = 64,
                  trust_remote_code: bool = False):
         from . import models
 
         self.path = Path(path)
         if not self.path.is_dir():
             raise FileNotFoundError(f"{path}: reward model directory not found")
-        self.device = torch.device(device)
+        self.device = models.inference_device(device)
         self.batch_size = batch_size
         self.members = []  # (model, tokenizer, max_length, gain, bias)
         for d in member_dirs(self.path):
@@ -243,7 +243,7 @@ class FunctionReward:
 _FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-def load_reward(spec: str, device: str | torch.device = "cpu", batch_size: int = 64) -> RewardFn:
+def load_reward(spec: str, device: str | torch.device = "auto", batch_size: int = 64) -> RewardFn:
     """A reward-model directory, "http(s)://host:port" (serve-rm), or "package.module:function"."""
     if spec.startswith(("http://", "https://")):
         return HTTPReward(spec, batch_size)
@@ -282,7 +282,7 @@ class WeightedRewards:
         return out
 
 
-def load_rewards(specs: list[str], weights: list[float] | None = None, device: str | torch.device = "cpu",
+def load_rewards(specs: list[str], weights: list[float] | None = None, device: str | torch.device = "auto",
                  batch_size: int = 64) -> RewardFn:
     """Weighted sum of several reward sources (weights default to 1 each)."""
     if not specs:

@@ -87,7 +87,7 @@ def candidate_rows(model, tokenizer, rows: list[dict], cfg: Config, progress: bo
 
 def run(cfg: Config) -> Path:
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
+    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code).to(models.inference_device())
     rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
     if cfg.limit:
         rows = rows[: cfg.limit]

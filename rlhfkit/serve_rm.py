@@ -44,7 +44,7 @@ class Config:
     """Largest request body accepted (more: 413)."""
     batch_size: int = 64
     """Sequences per forward pass."""
-    device: str = "cpu"
+    device: str = "auto"
     """Device for an in-process reward model."""
     log_level: str = "info"
     """uvicorn log level."""

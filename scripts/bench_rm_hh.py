@@ -81,6 +81,18 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+def _use_cuda(a) -> bool:
+    import torch
+
+    return a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
+
+
+def _device_name(a) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if _use_cuda(a) else "cpu"
+
+
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -91,6 +103,8 @@ def run_rlhfkit(a) -> dict:
 
     from rlhfkit import eval_rm, rm
 
+    if a.device == "cpu" and torch.cuda.is_available():
+        raise SystemExit("rlhfkit's engine takes CUDA when it sees it: run with CUDA_VISIBLE_DEVICES= for --device cpu")
     torch.set_num_threads(a.threads)
     out = Path(a.output_dir or tempfile.mkdtemp(prefix="rm-hh-rlhfkit-"))
     cfg = rm.Config(model=a.model, data=str(a.work / "train.jsonl"), output_dir=str(out), max_steps=a.steps,
@@ -132,7 +146,7 @@ def run_trl(a) -> dict:
         output_dir=a.output_dir or tempfile.mkdtemp(prefix="rm-hh-trl-"), max_steps=a.steps,
         per_device_train_batch_size=a.batch, gradient_accumulation_steps=1, learning_rate=a.lr,
         lr_scheduler_type="linear", warmup_steps=0, max_length=a.max_length, seed=a.seed, data_seed=a.seed,
-        bf16=False, fp16=False, use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
+        bf16=False, fp16=False, use_cpu=not _use_cuda(a), report_to="none", save_strategy="no", eval_strategy="no",
         logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
     trainer = trl.RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     trainer.remove_callback(PrinterCallback)
@@ -152,7 +166,7 @@ def run_trl(a) -> dict:
         out = []
         for i in range(0, len(texts), 64):
             enc = tok(texts[i:i + 64], truncation=True, max_length=a.max_length, padding=True, return_tensors="pt")
-            out += model(**enc).logits.squeeze(-1).tolist()
+            out += model(**enc.to(model.device)).logits.squeeze(-1).tolist()
         return out
 
     rc = score([r["prompt"] + r["chosen"] for r in ev])
@@ -185,6 +199,8 @@ def main(argv=None) -> None:
         q.add_argument("--lr", type=float, default=5e-5)
         q.add_argument("--seed", type=int, default=42)
         q.add_argument("--threads", type=int, default=2)
+        q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto: CUDA when available (rlhfkit's engine always takes it then)")
         q.add_argument("--output-dir", default="")
         q.add_argument("--results", default="", help="also append the JSON line to this file")
     a = p.parse_args(argv)
@@ -193,7 +209,8 @@ def main(argv=None) -> None:
                                  a.seed)))
         return
     res = (run_rlhfkit if a.cmd == "rlhfkit" else run_trl)(a)
-    res.update(model=a.model, steps=a.steps, batch=a.batch, max_length=a.max_length, lr=a.lr, seed=a.seed,
+    res.update(device=_device_name(a), model=a.model, steps=a.steps, batch=a.batch, max_length=a.max_length, lr=a.lr,
+               seed=a.seed,
                threads=a.threads, work=str(a.work))
     line = json.dumps(res)
     print(line, flush=True)
