@@ -80,3 +80,21 @@ def test_draw_matches_the_distribution_and_never_picks_a_zero():
     assert ((freq - p.double()).abs() <= 4 * se + 1e-12).all(), freq
     # unnormalised rows (a filtered softmax need not sum to exactly 1) are scaled by their total
     assert draw(torch.tensor([[0.0, 0.0, 2.5]]), g).item() == 2
+
+
+def test_inference_device_prefers_cuda_only_when_present(monkeypatch):
+    """Inference-only commands (generate, sample, eval, eval-rm, serve-rm, bon) run on CUDA when there is one: on
+    session 4's GPU run they had silently stayed on the CPU. An explicit device always wins."""
+    from rlhfkit import models
+    from rlhfkit.rewards import RewardModel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.inference_device() == torch.device("cpu")
+    assert models.inference_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert models.inference_device() == torch.device("cuda")
+    assert models.inference_device("cpu") == torch.device("cpu")
+    assert models.inference_device("cuda:1") == torch.device("cuda", 1)
+    import inspect
+
+    assert inspect.signature(RewardModel).parameters["device"].default == "auto"
