@@ -30,10 +30,20 @@ def _qwen2():
                                         use_sliding_window=False, pad_token_id=0)).eval()
 
 
+def _llama_bias():
+    """Llama with attention and MLP biases, drawn at random: transformers zero-initialises them."""
+    model = _llama(attention_bias=True, mlp_bias=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1 and p.abs().sum() == 0:
+                p.normal_()
+    return model
+
+
 MODELS = {
     "llama": _llama,
     "llama-gqa": lambda: _llama(num_key_value_heads=2),
-    "llama-bias": lambda: _llama(attention_bias=True, mlp_bias=True),
+    "llama-bias": _llama_bias,
     "llama-rope-scaled": lambda: _llama(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
     "qwen2": _qwen2,
 }
@@ -42,11 +52,6 @@ MODELS = {
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_logits_equal_transformers_at_every_step_with_rows_dropped(name):
     model = MODELS[name]()
-    if name == "llama-bias":  # biases are zero-initialised: make them matter
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.ndim == 1 and p.abs().sum() == 0:
-                    p.normal_()
     fast = fastdecode.for_model(model)
     assert fast is not None, fastdecode._why_unsupported(model)
     ids, att = data_lib.pad_left(PROMPTS, 0)
