@@ -210,8 +210,7 @@ def main(argv=None) -> None:
         return
     res = (run_rlhfkit if a.cmd == "rlhfkit" else run_trl)(a)
     res.update(device=_device_name(a), model=a.model, steps=a.steps, batch=a.batch, max_length=a.max_length, lr=a.lr,
-               seed=a.seed,
-               threads=a.threads, work=str(a.work))
+               seed=a.seed, threads=a.threads, work=str(a.work))
     line = json.dumps(res)
     print(line, flush=True)
     if a.results:

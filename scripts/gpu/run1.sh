@@ -1,11 +1,8 @@
 # GPU call 1: CUDA checks, every trainer's bench on the shared workload, the toy demo.
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-RK="python3 -m rlhfkit.cli"
+source scripts/gpu/common.sh
 nvidia-smi -L; python3 -c "import torch, transformers, datasets, accelerate; print(torch.__version__, transformers.__version__, datasets.__version__, accelerate.__version__)"
 python3 scripts/gpu_check.py 2>&1 | tee $OUT/gpu_check.txt
-python3 .gpu/make_tiny.py --out /tmp/bd > /dev/null || exit 1
+tiny_data
 D=/tmp/bd; C="--steps 20 --batch 8 --max-length 256 --seed 42 --threads 2"; RL="--model $D/small --data $D/rl_prompts.jsonl --reward-model $D/small-rm"
 for t in sft rm dpo kto grpo rloo ppo; do
   case $t in
