@@ -159,19 +159,40 @@ class LlamaDecoder:
         bias = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill_(~mask, float("-inf"))
         for i, w in enumerate(self.layers):
             x = self._norm(h, w["ln1"])
-            qkv = F.linear(x, w["wqkv"], w["bqkv"]).view(B, T, nh + 2 * nkv, d).transpose(1, 2)
+            qkv = _linear(x, w["wqkv"], w["bqkv"]).view(B, T, nh + 2 * nkv, d).transpose(1, 2)
             qk = qkv[:, : nh + nkv]
             qk = qk * cos + _rotate_half(qk) * sin  # rotary on queries and keys in one pass
             self.k[i][:, :, t0:t1] = qk[:, nh:]
             self.v[i][:, :, t0:t1] = qkv[:, nh + nkv:]
             a = F.scaled_dot_product_attention(qk[:, :nh], self.k[i][:, :, :t1], self.v[i][:, :, :t1], attn_mask=bias,
                                                enable_gqa=nkv != nh)
-            h = h + F.linear(a.transpose(1, 2).reshape(B, T, nh * d), w["wo"], w["bo"])
-            g, u = F.linear(self._norm(h, w["ln2"]), w["wgu"], w["bgu"]).chunk(2, -1)
-            h = h + F.linear(F.silu(g) * u, w["wd"], w["bd"])
+            h = h + _linear(a.transpose(1, 2).reshape(B, T, nh * d), w["wo"], w["bo"])
+            g, u = _linear(self._norm(h, w["ln2"]), w["wgu"], w["bgu"]).chunk(2, -1)
+            h = h + _linear(F.silu(g) * u, w["wd"], w["bd"])
         self.t = t1
         h = self.body.norm(h[:, -1])
-        return self.model.lm_head(h)
+        return _linear(h, self.model.lm_head.weight, self.model.lm_head.bias)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, w, b), computed as (w @ x^T)^T for a decode step on a CPU when the weight is large.
+
+    Why: MKL's fp32 GEMM is slow when the activation side has few rows and the weight does not sit in the core's
+    cache. For the benchmark model (hidden 256) at batch 8 the decode matmuls took 3.6 ms as F.linear and 2.6 ms as
+    w @ x^T, and 1.4-1.6x less at hidden 512 and 32-64 rows; for hidden 128 (weights <= 512 KiB) F.linear was as
+    fast or faster (docs/benchmarks.md, session 5). Same products and sums, possibly in another order.
+    """
+    rows = x.numel() // x.shape[-1]
+    if rows > _FEW_ROWS or w.numel() <= _SMALL_WEIGHT or x.device.type != "cpu":
+        return F.linear(x, w, b)
+    out = torch.mm(w, x.reshape(rows, x.shape[-1]).t()).t()
+    if b is not None:
+        out = out + b
+    return out.reshape(*x.shape[:-1], w.shape[0])
+
+
+_FEW_ROWS = 64  # measured faster up to 64 rows; at 128 F.linear is as fast or faster
+_SMALL_WEIGHT = 1 << 17  # elements (512 KiB in fp32): up to this size F.linear is as fast
 
 
 def _rotate_half(x):

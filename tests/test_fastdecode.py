@@ -7,6 +7,7 @@ greedy and at temperature 1, give the same tokens on both paths. Models it does 
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from rlhfkit import data as data_lib
@@ -49,8 +50,11 @@ MODELS = {
 }
 
 
+@pytest.mark.parametrize("transposed_matmul", [False, True])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_logits_equal_transformers_at_every_step_with_rows_dropped(name):
+def test_logits_equal_transformers_at_every_step_with_rows_dropped(name, transposed_matmul, monkeypatch):
+    if transposed_matmul:  # these weights are small: force the w @ x^T path a large model's decode steps take
+        monkeypatch.setattr(fastdecode, "_SMALL_WEIGHT", 0)
     model = MODELS[name]()
     fast = fastdecode.for_model(model)
     assert fast is not None, fastdecode._why_unsupported(model)
@@ -109,6 +113,19 @@ def test_weights_are_read_live_after_an_update():
     after = fast.start(ids, att, 2)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, _HFDecoder(model).start(ids, att, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_equals_f_linear_on_both_paths():
+    """`_linear` is F.linear: (w @ x^T)^T for few rows and a large weight, F.linear otherwise; bias, 3-d input."""
+    torch.manual_seed(0)
+    w, b = torch.randn(600, 256), torch.randn(600)  # 153,600 elements: above _SMALL_WEIGHT
+    for shape in [(8, 1, 256), (3, 256), (100, 256)]:  # decode steps, then a prefill over _FEW_ROWS rows
+        x = torch.randn(shape)
+        for bias in (None, b):
+            out = fastdecode._linear(x, w, bias)
+            assert out.shape == (*shape[:-1], 600)
+            # outputs ~16 in size, sums of 256 fp32 products in another order: agree to ~1e-5 absolute
+            torch.testing.assert_close(out, F.linear(x, w, bias), atol=5e-5, rtol=1e-5)
 
 
 def test_falls_back_where_it_does_not_apply(monkeypatch):
