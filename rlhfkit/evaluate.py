@@ -175,8 +175,11 @@ def sample_responses(model, tokenizer, prompts: list, max_new_tokens: int, tempe
 @torch.no_grad()
 def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
                    temperature: float = 1.0, batch_size: int = 64) -> torch.Tensor:
-    """(B,) sum over response tokens of log p(token | prefix) at `temperature` (modeling.TokenLogprobs)."""
-    from .modeling import TokenLogprobs
+    """(B,) sum over response tokens of log p(token | prefix) at `temperature` (modeling.TokenLogprobs).
+
+    Each batch is forwarded as a packed layout (modeling.rows_layout: sequences share rows, no padding between
+    them), not as padded rows: the same log-probs up to fp32 rounding, ~30% faster on the demo's evaluation."""
+    from .modeling import TokenLogprobs, rows_layout
 
     lm = unwrap(model)
     was_training = lm.training
@@ -188,8 +191,10 @@ def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[i
         seqs = [p + r for p, r in zip(prompt_ids[i : i + batch_size], response_ids[i : i + batch_size])]
         masks = [[False] * len(p) + [True] * len(r)
                  for p, r in zip(prompt_ids[i : i + batch_size], response_ids[i : i + batch_size])]
-        ids, attn, target = data_lib.pad_right(seqs, pad_id, masks)
-        lp = scorer(ids.to(device), attn.to(device), target.to(device), temperature)["logprobs"]  # (b, T-1)
+        ids, attn, target = (x.to(device) for x in data_lib.pad_right(seqs, pad_id, masks))
+        packable = bool(target.any(-1).all()) and not target[:, 0].any()  # every row: a prompt and a non-empty response
+        lay = rows_layout(ids, target, pad_id) if packable else None
+        lp = scorer(ids, attn, target, temperature, layout=lay)["logprobs"]  # (b, T-1)
         out.append(lp.sum(-1).double().cpu())
     if was_training:
         lm.train()
@@ -330,7 +335,9 @@ def evaluate_policy(policy_model, tokenizer, prompt_rows: list[dict], *, judges:
     res["finished_rate"] = M.mean([float(e) for e in eos])
     if ref_model is not None and temperature > 0:
         lp = sequence_logps(policy_model, p_ids, r_ids, tokenizer.pad_token_id, temperature, batch_size)
-        lr = sequence_logps(ref_model, p_ids, r_ids, tokenizer.pad_token_id, temperature, batch_size)
+        # the reference policy scored against itself (SFT in the demo): the same forward, so skip it; KL = 0
+        lr = lp if ref_model is policy_model else sequence_logps(ref_model, p_ids, r_ids, tokenizer.pad_token_id,
+                                                                 temperature, batch_size)
         kl = M.mc_sequence_kl(lp, lr)
         res[f"kl_to_{ref_name}"] = kl["kl"]
         res.update(kl_se=kl["se"], kl_k3=kl["k3"], kl_k3_se=kl["k3_se"])

@@ -114,7 +114,10 @@ def self_bleu(texts: Sequence[str], n_max: int = 4, sample: int = 0, seed: int =
     """Mean BLEU of each text against all the other texts (Zhu et al. 2018). 1.0 = all identical.
 
     `sample` > 0 scores only that many hypotheses, drawn with `random.Random(seed)` (still against all other
-    texts), because the full computation is quadratic. Fewer than two texts give 0.0.
+    texts). Fewer than two texts give 0.0. Equal to calling `bleu(texts[i], the others)` for each scored i, but in
+    time linear in the total text length: BLEU's clip count for an n-gram is its largest count in any one
+    reference, and the largest among "all texts but i" is the overall largest unless text i holds it, in which case
+    it is the second largest. (The direct computation took 1.8 s for 64 of 1,024 texts; the demo does it 12 times.)
     """
     toks = [words(t) for t in texts]
     if len(toks) < 2:
@@ -122,7 +125,46 @@ def self_bleu(texts: Sequence[str], n_max: int = 4, sample: int = 0, seed: int =
     idx = list(range(len(toks)))
     if 0 < sample < len(idx):
         idx = sorted(random.Random(seed).sample(idx, sample))
-    scores = [bleu(toks[i], toks[:i] + toks[i + 1 :], n_max) for i in idx]
+    counts = [[Counter(ngrams(t, n)) for n in range(1, n_max + 1)] for t in toks]
+    # per n-gram: (largest count, index of a text holding it, second largest count over the other texts)
+    top: list[dict[tuple, tuple[int, int, int]]] = [{} for _ in range(n_max)]
+    for j, per_n in enumerate(counts):
+        for n, cnt in enumerate(per_n):
+            best = top[n]
+            for g, k in cnt.items():
+                k1, j1, k2 = best.get(g, (0, -1, 0))
+                best[g] = (k, j, k1) if k > k1 else (k1, j1, max(k2, k))
+    lengths = Counter(len(t) for t in toks)
+    scores = []
+    for i in idx:
+        c = len(toks[i])
+        if c == 0:
+            scores.append(0.0)
+            continue
+        log_p = 0.0
+        for n in range(n_max):
+            hyp = counts[i][n]
+            matches = 0
+            for g, k in hyp.items():
+                k1, j1, k2 = top[n][g]
+                matches += min(k, k2 if j1 == i else k1)
+            total = sum(hyp.values())
+            if n == 0:
+                if matches == 0:
+                    log_p = None
+                    break
+                p = matches / total
+            else:
+                p = (matches + 1) / (total + 1)
+            log_p += math.log(p) / n_max
+        if log_p is None:
+            scores.append(0.0)
+            continue
+        others = lengths.copy()
+        others[c] -= 1
+        r = min((L for L, m in others.items() if m > 0), key=lambda L: (abs(L - c), L))
+        bp = 1.0 if c >= r else math.exp(1.0 - r / c)
+        scores.append(bp * math.exp(log_p))
     return sum(scores) / len(scores)
 
 

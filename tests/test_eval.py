@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
+from rlhfkit import data as data_lib
 from rlhfkit import evaluate as E
 
 
@@ -60,6 +61,8 @@ def test_evaluate_policy_tiny(toy_dir, tiny):
     assert res2["win_rate_vs_first"]["mean"] == 0.5 and res2["win_rate_vs_first"]["ties"] == 6
     greedy = E.evaluate_policy(model, tok, rows, judges={}, ref_model=model, max_new_tokens=8, temperature=0)
     assert "kl_to_sft" not in greedy  # no Monte-Carlo KL without samples from the policy
+    itself = E.evaluate_policy(model, tok, rows, judges={}, ref_model=model, max_new_tokens=8, temperature=1.0)
+    assert itself["kl_to_sft"] == 0.0 and all(s["logp"] == s["ref_logp"] for s in itself["samples"])
 
 
 def test_sequence_logps_match_sampler(tiny):
@@ -74,6 +77,25 @@ def test_sequence_logps_match_sampler(tiny):
             logits = model(ids).logits[0, len(p_ids[i]) - 1 : -1].double() / 0.7
         want = logits.log_softmax(-1).gather(-1, torch.tensor(r_ids[i]).unsqueeze(-1)).sum()
         assert float(lp[i]) == pytest.approx(float(want), abs=1e-4)
+
+
+def test_sequence_logps_packed_equal_padded_and_empty_response_falls_back(tiny):
+    """sequence_logps packs each batch (modeling.rows_layout); the sums equal the padded forward's, and a batch
+    holding an empty response (nothing to pack) takes the padded path with a zero sum for that row."""
+    from rlhfkit.modeling import TokenLogprobs
+
+    tok, model = tiny
+    prompts = [[{"role": "user", "content": f"What is {i} plus 2?"}] for i in range(5)]
+    p_ids, r_ids, _, _ = E.sample_responses(model, tok, prompts, 6, 1.0, seed=2)
+    seqs = [p + r for p, r in zip(p_ids, r_ids)]
+    ids, attn, tgt = data_lib.pad_right(seqs, tok.pad_token_id, [[False] * len(p) + [True] * len(r)
+                                                                  for p, r in zip(p_ids, r_ids)])
+    with torch.no_grad():
+        padded = TokenLogprobs(model.eval())(ids, attn, tgt)["logprobs"].sum(-1).double()
+    torch.testing.assert_close(E.sequence_logps(model, p_ids, r_ids, tok.pad_token_id), padded, atol=1e-5, rtol=0)
+    with_empty = E.sequence_logps(model, p_ids, r_ids[:2] + [[]] + r_ids[3:], tok.pad_token_id)
+    assert with_empty[2] == 0.0
+    torch.testing.assert_close(with_empty[[0, 1, 3, 4]], padded[[0, 1, 3, 4]], atol=1e-5, rtol=0)
 
 
 def test_world_gold_ideal_vs_padded():

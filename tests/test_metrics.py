@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -58,6 +59,22 @@ def test_self_bleu():
     s1 = M.self_bleu(texts, sample=5, seed=3)
     assert s1 == M.self_bleu(texts, sample=5, seed=3)  # deterministic
     assert 0 < s1 < 1
+
+
+def test_self_bleu_equals_bleu_against_all_other_texts():
+    """self_bleu's linear-time clip counts (largest count, or the second largest when the hypothesis holds the
+    largest) give exactly the direct definition: mean over hypotheses i of bleu(text i, every other text). Texts
+    from a 5-word vocabulary so n-grams repeat across and within texts, with duplicates, an empty text, and
+    hypotheses whose every unigram is unmatched."""
+    rng = random.Random(0)
+    for trial in range(30):
+        texts = [" ".join(rng.choice("a b c d e".split()) for _ in range(rng.randint(0, 9))) for _ in range(12)]
+        texts += [texts[0], texts[1], "", "zz yy"]
+        toks = [M.words(t) for t in texts]
+        direct = [M.bleu(toks[i], toks[:i] + toks[i + 1:]) for i in range(len(toks))]
+        assert M.self_bleu(texts) == sum(direct) / len(direct)
+        idx = sorted(random.Random(trial).sample(range(len(texts)), 5))
+        assert M.self_bleu(texts, sample=5, seed=trial) == sum(direct[i] for i in idx) / 5
 
 
 def test_refusal_rate():
