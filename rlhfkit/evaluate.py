@@ -74,7 +74,7 @@ class Config:
     column_map: dict[str, str] = field(default_factory=dict)
     """Rename columns before use, e.g. question=prompt."""
     self_bleu_sample: int = 64
-    """Responses scored for self-BLEU (against all others); 0: all (quadratic)."""
+    """Responses scored for self-BLEU (each against all the others), drawn with the seed; 0: all of them."""
     n_samples_kept: int = 8
     """Sample responses per policy kept in the JSON (for the report)."""
     seed: int = 42
