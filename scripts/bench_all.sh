@@ -36,3 +36,4 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 for f in "$R"/*.jsonl; do echo "## $f"; .venv/bin/python ../shared/bench/trl_bench_summary.py "$f"; done
+echo "## ratios"; .venv/bin/python scripts/bench_ratios.py "$R"
