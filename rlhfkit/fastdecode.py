@@ -174,13 +174,18 @@ class LlamaDecoder:
         return _linear(h, self.model.lm_head.weight, self.model.lm_head.bias)
 
 
+_FEW_ROWS = 64  # measured faster up to 64 rows; at 128 F.linear is as fast or faster
+_SMALL_WEIGHT = 1 << 17  # elements (512 KiB in fp32): up to this size F.linear is as fast
+
+
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """F.linear(x, w, b), computed as (w @ x^T)^T for a decode step on a CPU when the weight is large.
 
     Why: MKL's fp32 GEMM is slow when the activation side has few rows and the weight does not sit in the core's
     cache. For the benchmark model (hidden 256) at batch 8 the decode matmuls took 3.6 ms as F.linear and 2.6 ms as
-    w @ x^T, and 1.4-1.6x less at hidden 512 and 32-64 rows; for hidden 128 (weights <= 512 KiB) F.linear was as
-    fast or faster (docs/benchmarks.md, session 5). Same products and sums, possibly in another order.
+    w @ x^T; at hidden 256-512 with 32-64 rows the transposed form took 1.4-1.6x less time. At hidden 128 (weights
+    <= 512 KiB) F.linear was as fast or faster (docs/benchmarks.md, session 5). Same products and sums, possibly in
+    another order.
     """
     rows = x.numel() // x.shape[-1]
     if rows > _FEW_ROWS or w.numel() <= _SMALL_WEIGHT or x.device.type != "cpu":
@@ -189,10 +194,6 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     if b is not None:
         out = out + b
     return out.reshape(*x.shape[:-1], w.shape[0])
-
-
-_FEW_ROWS = 64  # measured faster up to 64 rows; at 128 F.linear is as fast or faster
-_SMALL_WEIGHT = 1 << 17  # elements (512 KiB in fp32): up to this size F.linear is as fast
 
 
 def _rotate_half(x):

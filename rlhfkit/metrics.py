@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 # ----------------------------------------------------------------------------------------------- win rate
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -86,26 +86,35 @@ def bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], n_max: 
     add-one smoothing of Lin & Och (2004): p_n = (m_n + 1) / (l_n + 1), so short texts do not score 0.
     BLEU = BP * exp(mean_n log p_n), BP = exp(1 - r / c) when c < r, with r the reference length closest to c.
     """
-    c = len(hypothesis)
-    if c == 0 or not references:
+    if not hypothesis or not references:
         return 0.0
-    log_p = 0.0
+    max_ref: list[Counter] = []
     for n in range(1, n_max + 1):
-        hyp = Counter(ngrams(hypothesis, n))
-        max_ref: Counter = Counter()
+        clip: Counter = Counter()
         for ref in references:
             for g, k in Counter(ngrams(ref, n)).items():
-                max_ref[g] = max(max_ref[g], k)
-        matches = sum(min(k, max_ref[g]) for g, k in hyp.items())
-        total = sum(hyp.values())
-        if n == 1:
+                clip[g] = max(clip[g], k)
+        max_ref.append(clip)
+    hyp = [Counter(ngrams(hypothesis, n)) for n in range(1, n_max + 1)]
+    return _bleu(hyp, lambda n, g: max_ref[n][g], len(hypothesis), Counter(len(ref) for ref in references))
+
+
+def _bleu(hyp: list[Counter], clip: Callable[[int, tuple], int], c: int, ref_lengths: Counter) -> float:
+    """`bleu` from the hypothesis' n-gram counts (hyp[n - 1]), the clip count of n-gram g at order n - 1
+    (clip(n - 1, g)), its length c > 0 and the multiset of reference lengths."""
+    n_max = len(hyp)
+    log_p = 0.0
+    for n, counts in enumerate(hyp):
+        matches = sum(min(k, clip(n, g)) for g, k in counts.items())
+        total = sum(counts.values())
+        if n == 0:
             if matches == 0:
                 return 0.0
             p = matches / total
         else:
             p = (matches + 1) / (total + 1)
         log_p += math.log(p) / n_max
-    r = min((len(ref) for ref in references), key=lambda L: (abs(L - c), L))
+    r = min((L for L, m in ref_lengths.items() if m > 0), key=lambda L: (abs(L - c), L))
     bp = 1.0 if c >= r else math.exp(1.0 - r / c)
     return bp * math.exp(log_p)
 
@@ -114,10 +123,10 @@ def self_bleu(texts: Sequence[str], n_max: int = 4, sample: int = 0, seed: int =
     """Mean BLEU of each text against all the other texts (Zhu et al. 2018). 1.0 = all identical.
 
     `sample` > 0 scores only that many hypotheses, drawn with `random.Random(seed)` (still against all other
-    texts). Fewer than two texts give 0.0. Equal to calling `bleu(texts[i], the others)` for each scored i, but in
-    time linear in the total text length: BLEU's clip count for an n-gram is its largest count in any one
-    reference, and the largest among "all texts but i" is the overall largest unless text i holds it, in which case
-    it is the second largest. (The direct computation took 1.8 s for 64 of 1,024 texts; the demo does it 12 times.)
+    texts). Fewer than two texts give 0.0. Equal to `bleu(texts[i], the others)` for each scored i, but in time
+    linear in the total text length: the clip count of an n-gram is its largest count in any one reference, and the
+    largest among "all texts but i" is the overall largest unless text i holds it, in which case it is the second
+    largest. (The direct computation took 1.8 s for 64 of 1,024 texts; the demo does it 12 times.)
     """
     toks = [words(t) for t in texts]
     if len(toks) < 2:
@@ -126,45 +135,22 @@ def self_bleu(texts: Sequence[str], n_max: int = 4, sample: int = 0, seed: int =
     if 0 < sample < len(idx):
         idx = sorted(random.Random(seed).sample(idx, sample))
     counts = [[Counter(ngrams(t, n)) for n in range(1, n_max + 1)] for t in toks]
-    # per n-gram: (largest count, index of a text holding it, second largest count over the other texts)
+    # per order and n-gram: (largest count, a text holding it, second largest count over the other texts)
     top: list[dict[tuple, tuple[int, int, int]]] = [{} for _ in range(n_max)]
-    for j, per_n in enumerate(counts):
-        for n, cnt in enumerate(per_n):
-            best = top[n]
+    for j, per_order in enumerate(counts):
+        for n, cnt in enumerate(per_order):
             for g, k in cnt.items():
-                k1, j1, k2 = best.get(g, (0, -1, 0))
-                best[g] = (k, j, k1) if k > k1 else (k1, j1, max(k2, k))
+                k1, j1, k2 = top[n].get(g, (0, -1, 0))
+                top[n][g] = (k, j, k1) if k > k1 else (k1, j1, max(k2, k))
     lengths = Counter(len(t) for t in toks)
     scores = []
     for i in idx:
-        c = len(toks[i])
-        if c == 0:
+        if not toks[i]:
             scores.append(0.0)
             continue
-        log_p = 0.0
-        for n in range(n_max):
-            hyp = counts[i][n]
-            matches = 0
-            for g, k in hyp.items():
-                k1, j1, k2 = top[n][g]
-                matches += min(k, k2 if j1 == i else k1)
-            total = sum(hyp.values())
-            if n == 0:
-                if matches == 0:
-                    log_p = None
-                    break
-                p = matches / total
-            else:
-                p = (matches + 1) / (total + 1)
-            log_p += math.log(p) / n_max
-        if log_p is None:
-            scores.append(0.0)
-            continue
-        others = lengths.copy()
-        others[c] -= 1
-        r = min((L for L, m in others.items() if m > 0), key=lambda L: (abs(L - c), L))
-        bp = 1.0 if c >= r else math.exp(1.0 - r / c)
-        scores.append(bp * math.exp(log_p))
+        clip = lambda n, g: top[n][g][2] if top[n][g][1] == i else top[n][g][0]  # noqa: E731
+        others = lengths - Counter({len(toks[i]): 1})
+        scores.append(_bleu(counts[i], clip, len(toks[i]), others))
     return sum(scores) / len(scores)
 
 
