@@ -30,7 +30,8 @@ def main(folder: str) -> None:
         sa, sb = [r["samples_per_s"] for r in a], [r["samples_per_s"] for r in b]
         per_round = ", ".join(f"{x / y:.2f}" for x, y in zip(sa, sb)) if ours != "ppo" else "-"
         ma, mb = statistics.median(sa), statistics.median(sb)
-        rss = f"{statistics.median(r['peak_rss_mib'] for r in a):.0f} / {statistics.median(r['peak_rss_mib'] for r in b):.0f}"
+        ra, rb = (statistics.median(r["peak_rss_mib"] for r in x) for x in (a, b))
+        rss = f"{ra:.0f} / {rb:.0f}"
         print(f"| {ours} | {len(sa)} | {ma:.2f} | {mb:.2f} | **{ma / mb:.2f}x** ({per_round}) | {rss} |")
 
 

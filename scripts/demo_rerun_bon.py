@@ -26,8 +26,9 @@ def main(src: str, out: str, overrides: dict) -> dict:
     (out_dir / "eval").mkdir(exist_ok=True)  # best-of-n's win rates are against SFT's evaluation
     (out_dir / "eval" / "sft.json").write_text((src_dir / "eval" / "sft.json").read_text())
     overrides = dict(overrides)
+    verbosity = overrides.pop("annotator_verbosity", summary["config"]["annotator_verbosity"])
     cfg = demo.Config(out=str(out_dir), seed=summary["seed"], scale=summary["config"]["scale"],
-                      annotator_verbosity=overrides.pop("annotator_verbosity", summary["config"]["annotator_verbosity"]))
+                      annotator_verbosity=verbosity)
     ctx = demo.Context(cfg)
     unknown = set(overrides) - set(ctx.s)
     if unknown:
