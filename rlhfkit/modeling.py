@@ -63,7 +63,9 @@ class TokenLogprobs(torch.nn.Module):
         else:
             h = layout_hidden_states(self.model, layout["input_ids"], layout["position_ids"], layout["mask"])
             h, targets = h[layout["src"]], layout["labels"]
-        logits = self.model.get_output_embeddings()(h).float() / temperature  # (N, V) only where needed
+        logits = self.model.get_output_embeddings()(h).float()  # (N, V) only where needed
+        if temperature != 1.0:  # x / 1.0 == x exactly: skip a pass over (N, V) and its backward
+            logits = logits / temperature
         logz = torch.logsumexp(logits, dim=-1)
         picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
 
