@@ -114,7 +114,7 @@ def _bleu(hyp: list[Counter], clip: Callable[[int, tuple], int], c: int, ref_len
         else:
             p = (matches + 1) / (total + 1)
         log_p += math.log(p) / n_max
-    r = min((L for L, m in ref_lengths.items() if m > 0), key=lambda L: (abs(L - c), L))
+    r = min(ref_lengths, key=lambda L: (abs(L - c), L))  # a Counter holds only lengths that occur
     bp = 1.0 if c >= r else math.exp(1.0 - r / c)
     return bp * math.exp(log_p)
 
