@@ -4,8 +4,9 @@ Why: decoding a small model is bound by per-step overhead, not arithmetic. The t
 cache objects and output dataclasses at every token step: ~10 ms per step for the 4-layer benchmark model at
 batch 8, where its matmuls take well under 1 ms (docs/benchmarks.md). This module does the same arithmetic with a
 preallocated KV cache and fused projections (q|k|v and gate|up concatenated once per call), so a step is ~25
-tensor ops per layer. On a CPU, a step's matmuls with a large weight are computed as (w @ x^T)^T, which MKL runs
-1.4-1.6x faster than x @ w^T when x has few rows (`_linear`).
+tensor ops per layer. On a CPU, a step's matmuls with a large weight go through a small C loop (`cpukernel`, up to 16
+rows, about 2x MKL's speed there) or are computed as (w @ x^T)^T, which MKL runs 1.2-1.6x faster than x @ w^T
+when x has few rows (`_linear`).
 
 It is exactly the model's computation, not an approximation: RMSNorm, rotary embedding (through the model's own
 `rotary_emb`, so every rope type transformers supports), grouped-query attention, SiLU-gated MLP, biases where the
@@ -24,6 +25,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from . import cpukernel
 from .modeling import position_ids
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
@@ -176,21 +178,24 @@ class LlamaDecoder:
 
 
 _FEW_ROWS = 64  # measured faster up to 64 rows; at 128 F.linear is as fast or faster
+_KERNEL_ROWS = 16  # the C loop is faster up to 16 rows, level with w @ x^T at 32
 _SMALL_WEIGHT = 1 << 17  # elements (512 KiB in fp32): up to this size F.linear is as fast
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, w, b), computed as (w @ x^T)^T for a decode step on a CPU when the weight is large.
+    """F.linear(x, w, b), computed another way for a decode step on a CPU when the weight is large.
 
     Why: MKL's fp32 GEMM is slow when the activation side has few rows and the weight does not sit in the core's
-    cache. For the benchmark model (hidden 256) at batch 8 the decode matmuls took 3.6 ms as F.linear and 2.6 ms as
-    w @ x^T; at hidden 256-512 with 32-64 rows the transposed form took 1.4-1.6x less time. At hidden 128 (weights
-    <= 512 KiB) F.linear was as fast or faster (docs/benchmarks.md, session 5). Same products and sums, possibly in
-    another order.
+    cache. For the benchmark model (hidden 256) the 17 matmuls of a batch-8 step took 3.6-4.8 ms as F.linear,
+    2.6-3.6 ms as w @ x^T and 1.4-1.6 ms by `cpukernel` (the C loop; up to 16 rows); at 32-64 rows w @ x^T took
+    1.2-1.6x less time than F.linear. At hidden 128 (weights <= 512 KiB) F.linear was as fast or faster
+    (docs/benchmarks.md, sessions 5 and 6). Same products, summed in another order.
     """
     rows = x.numel() // x.shape[-1]
     if rows > _FEW_ROWS or w.numel() <= _SMALL_WEIGHT or x.device.type != "cpu":
         return F.linear(x, w, b)
+    if rows <= _KERNEL_ROWS and cpukernel.usable(x, w, b):
+        return cpukernel.linear(x, w, b)
     out = torch.mm(w, x.reshape(rows, x.shape[-1]).t()).t()
     if b is not None:
         out = out + b

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from rlhfkit import data as data_lib
-from rlhfkit import fastdecode
+from rlhfkit import cpukernel, fastdecode
 from rlhfkit.generate import _HFDecoder, sample
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18]]
@@ -50,11 +50,24 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("transposed_matmul", [False, True])
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_logits_equal_transformers_at_every_step_with_rows_dropped(name, transposed_matmul, monkeypatch):
-    if transposed_matmul:  # these weights are small: force the w @ x^T path a large model's decode steps take
+def _matmul_path(path, monkeypatch) -> list:
+    """These weights are small: force the paths a large model's decode steps take (the C loop, or w @ x^T).
+    Returns the list of weight shapes the C loop multiplied."""
+    if path == "kernel" and not cpukernel.available():
+        pytest.skip(f"no CPU kernel here: {cpukernel.why_unavailable()}")
+    if path != "f.linear":
         monkeypatch.setattr(fastdecode, "_SMALL_WEIGHT", 0)
+    if path == "transposed":
+        monkeypatch.setattr(fastdecode, "_KERNEL_ROWS", 0)
+    seen, linear = [], cpukernel.linear
+    monkeypatch.setattr(cpukernel, "linear", lambda x, w, b: seen.append(tuple(w.shape)) or linear(x, w, b))
+    return seen
+
+
+@pytest.mark.parametrize("matmul", ["f.linear", "transposed", "kernel"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_logits_equal_transformers_at_every_step_with_rows_dropped(name, matmul, monkeypatch):
+    kernel_calls = _matmul_path(matmul, monkeypatch)
     model = MODELS[name]()
     fast = fastdecode.for_model(model)
     assert fast is not None, fastdecode._why_unsupported(model)
@@ -71,6 +84,10 @@ def test_logits_equal_transformers_at_every_step_with_rows_dropped(name, transpo
         a, b = fast.step(toks), hf.step(toks)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         toks = (toks * 7 + t) % 60 + 3
+    # on that path every projection of the 6 steps, the model's own weights included, went through the C loop, and
+    # of the prefill (4 x 7 = 28 rows, over _KERNEL_ROWS) only the last position's lm_head
+    per_step = 4 * len(model.model.layers) + 1
+    assert len(kernel_calls) == (6 * per_step + 1 if matmul == "kernel" else 0)
 
 
 def test_repeated_prompts_are_prefilled_once_with_the_same_logits():
@@ -115,11 +132,19 @@ def test_weights_are_read_live_after_an_update():
     torch.testing.assert_close(after, _HFDecoder(model).start(ids, att, 2), atol=1e-5, rtol=1e-5)
 
 
-def test_linear_equals_f_linear_on_both_paths():
-    """`_linear` is F.linear: (w @ x^T)^T for few rows and a large weight, F.linear otherwise; bias, 3-d input."""
+@pytest.mark.parametrize("matmul", ["f.linear", "transposed", "kernel"])
+def test_linear_equals_f_linear_on_every_path(matmul, monkeypatch):
+    """`_linear` is F.linear: by the C loop (up to _KERNEL_ROWS rows) or as (w @ x^T)^T (up to _FEW_ROWS) for a
+    large weight, by F.linear otherwise; bias, 3-d input."""
+    if matmul == "kernel" and not cpukernel.available():
+        pytest.skip(f"no CPU kernel here: {cpukernel.why_unavailable()}")
+    if matmul == "transposed":
+        monkeypatch.setattr(fastdecode, "_KERNEL_ROWS", 0)
     torch.manual_seed(0)
     w, b = torch.randn(600, 256), torch.randn(600)  # 153,600 elements: above _SMALL_WEIGHT
-    for shape in [(8, 1, 256), (3, 256), (100, 256)]:  # decode steps, then a prefill over _FEW_ROWS rows
+    shapes = {"kernel": [(8, 1, 256), (3, 256), (16, 256)], "transposed": [(8, 1, 256), (3, 256), (40, 256)],
+              "f.linear": [(100, 256), (65, 1, 256)]}[matmul]  # a prefill over _FEW_ROWS rows takes F.linear
+    for shape in shapes:
         x = torch.randn(shape)
         for bias in (None, b):
             out = fastdecode._linear(x, w, bias)

@@ -1,0 +1,170 @@
+"""The one compiled loop rlhfkit carries: a decode step's fp32 matmul with few rows, on x86-64 CPUs (csrc/).
+
+Why: at a decode step's 1-8 rows, MKL's sgemm reads the weights at 5-8 GB/s. `csrc/decode_matmul.c` streams each
+weight row once per 8 input rows with the accumulators in registers. On the 2-core benchmark machine the
+17 matmuls of a batch-8 step of the 5 M-parameter benchmark model took 1.4 ms, against 3.2-3.6 ms for the best
+torch form (docs/benchmarks.md, session 6).
+
+The C file is compiled on first use with the system's C compiler (`$CC`, else `cc` or `gcc`) into
+`$XDG_CACHE_HOME/rlhfkit/` (default `~/.cache/rlhfkit/`), named by a hash of the source, the flags and the compiler,
+and loaded with ctypes; nothing is compiled at install time. It is used only where all of these hold, and
+otherwise `available()` is False, `why_unavailable()` says why, and callers use torch:
+- Linux on x86-64 with AVX2 and FMA;
+- torch's CPU parallel backend is OpenMP, and the kernel's OpenMP runtime is torch's own (the kernel's threads are
+  then torch's threads, so `torch.set_num_threads` governs both and the two never compete for cores);
+- a C compiler with OpenMP builds it, and its output matches `F.linear` on a random problem at load;
+- `RLHFKIT_CPU_KERNEL` is not set to 0.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SOURCE = Path(__file__).with_name("csrc") / "decode_matmul.c"
+FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+log = logging.getLogger(__name__)
+
+_fn = None  # the loaded C function, once loaded
+_why: str | None = None  # why it is not available, once decided
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlhfkit"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _openmp_libraries() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process."""
+    names = ("libgomp", "libiomp", "libomp")
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    return {line.split()[-1] for line in lines if any(n in line.rsplit("/", 1)[-1] for n in names)}
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, version]).encode()).hexdigest()[:16]
+    out = cache_dir() / f"decode_matmul-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: another process may be building the same file at the same time.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"{compiler} failed on {SOURCE}: {res.stderr.strip()[-500:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _self_test() -> str | None:
+    g = torch.Generator().manual_seed(0)
+    for rows, n, k, bias in ((3, 37, 29, True), (8, 64, 256, False), (11, 16, 40, True)):
+        x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+        b = torch.randn(n, generator=g) if bias else None
+        if not torch.allclose(linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5):
+            return f"self-test mismatch against F.linear at rows={rows}, n={n}, k={k}"
+    return None
+
+
+def _load() -> None:
+    global _fn, _why
+    if os.environ.get("RLHFKIT_CPU_KERNEL", "1").lower() in ("0", "off", "false", "no"):
+        _why = "RLHFKIT_CPU_KERNEL=0"
+        return
+    if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        _why = f"not Linux on x86-64 ({sys.platform}, {platform.machine()})"
+        return
+    if not {"avx2", "fma"} <= _cpu_flags():
+        _why = "the CPU lacks AVX2 or FMA"
+        return
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        _why = "torch's CPU parallel backend is not OpenMP"
+        return
+    compiler = _compiler()
+    if compiler is None:
+        _why = "no C compiler (set CC, or install gcc)"
+        return
+    before = _openmp_libraries()
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        _why = f"could not build or load {SOURCE.name}: {e}"
+        return
+    if len(_openmp_libraries()) > max(1, len(before)):
+        # The kernel brought its own OpenMP runtime: its threads would compete with torch's for the cores.
+        _why = f"the kernel's OpenMP runtime is not torch's ({sorted(_openmp_libraries())})"
+        return
+    fn = lib.rlhfkit_linear_few_rows
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_long, ctypes.c_long, ctypes.c_int]
+    _fn = fn
+    _why = _self_test()
+    if _why:
+        _fn = None
+
+
+def available() -> bool:
+    if _fn is None and _why is None:
+        _load()
+        if _why:
+            log.info("rlhfkit CPU decode kernel not used: %s", _why)
+    return _fn is not None
+
+
+def why_unavailable() -> str | None:
+    available()
+    return _why
+
+
+def usable(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether `linear(x, w, b)` can run: fp32 CPU tensors, the weights contiguous, and no gradient to record (the
+    C loop is invisible to autograd; a model's parameters qualify under torch.no_grad or inference_mode)."""
+    tracked = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
+    return (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and w.dim() == 2
+            and w.is_contiguous() and x.shape[-1] == w.shape[1] and not tracked
+            and (b is None or (b.dtype == torch.float32 and b.shape == (w.shape[0],) and b.is_contiguous()))
+            and available())
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, w, b) by the C loop (call `usable` first). Each output row depends only on its own input row."""
+    K, N = x.shape[-1], w.shape[0]
+    x2 = x.reshape(-1, K).contiguous()
+    y = torch.empty(x2.shape[0], N, dtype=x.dtype)
+    _fn(x2.data_ptr(), x2.shape[0], w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), N, K,
+        torch.get_num_threads())
+    return y.view(*x.shape[:-1], N)

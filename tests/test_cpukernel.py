@@ -1,0 +1,96 @@
+"""cpukernel: the C loop for a decode step's matmul is F.linear, row by row, on every shape; it falls back cleanly.
+
+The bound used below is the standard one for a floating-point dot product: summing K fp32 products in any order is
+within K * 2^-24 * sum_k |x_k w_k| of the exact sum (Higham, Accuracy and Stability of Numerical Algorithms, 3.1).
+A dropped, doubled or misplaced product misses it by the size of a product, far above it.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlhfkit import cpukernel
+
+needs_kernel = pytest.mark.skipif(not cpukernel.available(), reason=f"no CPU kernel here: {cpukernel.why_unavailable()}")
+
+
+def _check_against_float64(x, w, b, y):
+    exact = x.double() @ w.double().T + (0 if b is None else b.double())
+    bound = x.shape[-1] * 2.0 ** -24 * (x.double().abs() @ w.double().abs().T) + 1e-30
+    if b is not None:
+        bound = bound + 2.0 ** -24 * (exact.abs() + b.double().abs())  # the final bias addition rounds once
+    assert ((y.double() - exact).abs() <= bound).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 5, 8, 9, 17])
+@pytest.mark.parametrize("k", [1, 7, 8, 29, 256])
+def test_matches_exact_products_within_the_rounding_bound(rows, k):
+    g = torch.Generator().manual_seed(rows * 1000 + k)
+    for n in (1, 3, 64):
+        x, w, b = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        for bias in (None, b):
+            y = cpukernel.linear(x, w, bias)
+            assert y.shape == (rows, n) and y.dtype == torch.float32
+            _check_against_float64(x, w, bias, y)
+            torch.testing.assert_close(y, F.linear(x, w, bias), atol=1e-4, rtol=1e-5)
+
+
+@needs_kernel
+def test_each_row_is_independent_of_the_batch_and_thread_count():
+    """Row i of a 17-row call (third tile, threads splitting the outputs) equals row i computed alone, bit for bit."""
+    g = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(17, 3, 40, generator=g), torch.randn(96, 40, generator=g), torch.randn(96, generator=g)
+    y = cpukernel.linear(x, w, b)
+    assert y.shape == (17, 3, 96)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for i in (0, 8, 16):
+            assert torch.equal(cpukernel.linear(x[i], w, b), y[i])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_usable_only_for_plain_fp32_cpu_tensors():
+    x, w, b = torch.randn(2, 8), torch.randn(4, 8), torch.randn(4)
+    if not cpukernel.available():
+        assert not cpukernel.usable(x, w, b)
+        return
+    assert cpukernel.usable(x, w, b) and cpukernel.usable(x, w, None)
+    assert not cpukernel.usable(x.double(), w.double(), None)
+    assert not cpukernel.usable(x, w.t().contiguous().t(), None)  # non-contiguous weight
+    assert not cpukernel.usable(torch.randn(2, 7), w, None)  # K mismatch
+    assert not cpukernel.usable(x, w, torch.randn(5))  # bias mismatch
+    w.requires_grad_()
+    assert not cpukernel.usable(x, w, None)  # autograd must see the op
+    with torch.no_grad():
+        assert cpukernel.usable(x, w, None)  # a model's parameters, read for a decode step
+
+
+def _probe(env: dict) -> str:
+    code = "from rlhfkit import cpukernel; print(cpukernel.available(), '|', cpukernel.why_unavailable())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_switched_off_by_environment():
+    assert _probe({"RLHFKIT_CPU_KERNEL": "0"}) == "False | RLHFKIT_CPU_KERNEL=0"
+
+
+@needs_kernel
+def test_built_once_into_the_cache_and_falls_back_without_a_compiler(tmp_path):
+    assert _probe({"XDG_CACHE_HOME": str(tmp_path)}) == "True | None"
+    built = list((tmp_path / "rlhfkit").glob("decode_matmul-*.so"))
+    assert len(built) == 1
+    mtime = built[0].stat().st_mtime_ns
+    assert _probe({"XDG_CACHE_HOME": str(tmp_path)}) == "True | None"
+    assert built[0].stat().st_mtime_ns == mtime and len(list((tmp_path / "rlhfkit").iterdir())) == 1
+    missing = _probe({"XDG_CACHE_HOME": str(tmp_path / "other"), "CC": str(tmp_path / "no-such-cc")})
+    assert missing.startswith("False | could not build or load decode_matmul.c")
