@@ -92,9 +92,9 @@ def _build(compiler: str) -> Path:
 def _self_test() -> str | None:
     g = torch.Generator().manual_seed(0)
     for rows, n, k, bias in ((3, 37, 29, True), (8, 64, 256, False), (11, 16, 40, True)):
-        x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+        x, w, r = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g), torch.randn(rows, n, generator=g)
         b = torch.randn(n, generator=g) if bias else None
-        if not torch.allclose(linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5):
+        if not torch.allclose(linear(x, w, b, r), F.linear(x, w, b) + r, rtol=1e-5, atol=1e-5):
             return f"self-test mismatch against F.linear at rows={rows}, n={n}, k={k}"
     return None
 
@@ -130,7 +130,7 @@ def _load() -> None:
     fn = lib.rlhfkit_linear_few_rows
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_long, ctypes.c_long, ctypes.c_int]
+                   ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_int]
     _fn = fn
     _why = _self_test()
     if _why:
@@ -150,21 +150,26 @@ def why_unavailable() -> str | None:
     return _why
 
 
-def usable(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
+def usable(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, add: torch.Tensor | None = None) -> bool:
     """Whether `linear(x, w, b)` can run: fp32 CPU tensors, the weights contiguous, and no gradient to record (the
-    C loop is invisible to autograd; a model's parameters qualify under torch.no_grad or inference_mode)."""
-    tracked = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
+    C loop is invisible to autograd; a model's parameters qualify under torch.no_grad or inference_mode). `add`, when
+    given, must have the output's shape."""
+    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b, add))
+    if add is not None and (add.dtype != torch.float32 or add.shape != (*x.shape[:-1], w.shape[0])):
+        return False
     return (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and w.dim() == 2
             and w.is_contiguous() and x.shape[-1] == w.shape[1] and not tracked
             and (b is None or (b.dtype == torch.float32 and b.shape == (w.shape[0],) and b.is_contiguous()))
             and available())
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, w, b) by the C loop (call `usable` first). Each output row depends only on its own input row."""
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, add: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, w, b) + add by the C loop (call `usable` first), the additions in that order. Each output row
+    depends only on its own input row."""
     K, N = x.shape[-1], w.shape[0]
     x2 = x.reshape(-1, K).contiguous()
+    add2 = None if add is None else add.reshape(-1, N).contiguous()
     y = torch.empty(x2.shape[0], N, dtype=x.dtype)
-    _fn(x2.data_ptr(), x2.shape[0], w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), N, K,
-        torch.get_num_threads())
+    _fn(x2.data_ptr(), x2.shape[0], w.data_ptr(), None if b is None else b.data_ptr(),
+        None if add2 is None else add2.data_ptr(), y.data_ptr(), N, K, torch.get_num_threads())
     return y.view(*x.shape[:-1], N)

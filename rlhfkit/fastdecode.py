@@ -29,6 +29,9 @@ from . import cpukernel
 from .modeling import position_ids
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
+# rope types whose frequencies are fixed at load time (transformers' ROPE_INIT_FUNCTIONS): their cos/sin can be
+# tabulated once per call; the others (dynamic, longrope) are asked at every step
+STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -103,8 +106,10 @@ class LlamaDecoder:
                 wd=m.down_proj.weight, bd=m.down_proj.bias))
 
     def _norm(self, x, w):
-        # transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale (the cast order matters in bf16).
-        # Written out rather than F.rms_norm, which costs ~40 us on a decode step's (8, 1, 256) input against ~25.
+        # transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale (the cast order matters in bf16). In
+        # fp32 F.rms_norm does the same operations in one call (bit-identical; tested).
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), w, self.eps)
         xf = x.float()
         return w * (xf * xf.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()).to(x.dtype)
 
@@ -129,37 +134,50 @@ class LlamaDecoder:
         shape = (B, self.n_kv, L, self.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        self.valid = torch.zeros(B, 1, 1, L, dtype=torch.bool, device=device)  # keys a query may attend to
-        self.valid[:, 0, 0, :P] = attention.bool()
+        # Additive attention bias of a decode step's query: 0 for the keys it may attend to, -inf for left padding
+        # and for cache slots not yet written. A step opens its own slot (`step`).
+        self.bias = torch.full((B, 1, 1, L), float("-inf"), dtype=dtype, device=device)
+        self.bias[:, 0, 0, :P].masked_fill_(attention.bool(), 0.0)
         self.t = 0  # cache positions filled
         pos = position_ids(attention)
         self.next_pos = pos[:, -1:] + 1
+        self.rope = self._rope_table(L, dtype, device)
         # Prompt queries: causal over real keys, plus themselves (a left-pad query otherwise sees no key at all and
         # its NaN row would reach the cache; its outputs are never used).
         causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
         mask = (causal & attention.bool()[:, None, None, :]) | torch.eye(P, dtype=torch.bool, device=device)
-        return self._forward(input_ids, pos, mask)
+        bias = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
+        return self._forward(input_ids, pos, bias)
+
+    def _rope_table(self, L, dtype, device):
+        """(cos, sin) of positions 0..L-1, (L, d), from the model's own `rotary_emb`, or None where its frequencies
+        depend on the sequence length seen so far (dynamic / longrope scaling: asked again at every step). Each
+        entry is the product of one frequency and one position, so the table's rows equal per-step calls exactly."""
+        if getattr(self.body.rotary_emb, "rope_type", "default") not in STATIC_ROPE:
+            return None
+        cos, sin = self.body.rotary_emb(torch.zeros(1, dtype=dtype, device=device),
+                                        torch.arange(L, device=device)[None])
+        return cos[0], sin[0]
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (b,) the token just sampled for each live row."""
-        self.valid[:, 0, 0, self.t] = True
+        self.bias[:, 0, 0, self.t] = 0.0
         pos, self.next_pos = self.next_pos, self.next_pos + 1
-        return self._forward(ids[:, None], pos, self.valid[..., : self.t + 1])
+        return self._forward(ids[:, None], pos, self.bias[..., : self.t + 1])
 
     def keep(self, index: torch.Tensor) -> None:
         self.k = [k[index] for k in self.k]
         self.v = [v[index] for v in self.v]
-        self.valid, self.next_pos = self.valid[index], self.next_pos[index]
+        self.bias, self.next_pos = self.bias[index], self.next_pos[index]
 
-    def _forward(self, ids, pos, mask):
+    def _forward(self, ids, pos, bias):
         B, T = ids.shape
         nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
         h = self.body.embed_tokens(ids)
-        cos, sin = self.body.rotary_emb(h, pos)
+        cos, sin = (self.rope[0][pos], self.rope[1][pos]) if self.rope else self.body.rotary_emb(h, pos)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): broadcast over heads
         t0, t1 = self.t, self.t + T
-        bias = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_fill_(~mask, float("-inf"))
         for i, w in enumerate(self.layers):
             x = self._norm(h, w["ln1"])
             qkv = _linear(x, w["wqkv"], w["bqkv"]).view(B, T, nh + 2 * nkv, d).transpose(1, 2)
@@ -169,37 +187,42 @@ class LlamaDecoder:
             self.v[i][:, :, t0:t1] = qkv[:, nh + nkv:]
             a = F.scaled_dot_product_attention(qk[:, :nh], self.k[i][:, :, :t1], self.v[i][:, :, :t1], attn_mask=bias,
                                                enable_gqa=nkv != nh)
-            h = h + _linear(a.transpose(1, 2).reshape(B, T, nh * d), w["wo"], w["bo"])
+            h = _linear(a.transpose(1, 2).reshape(B, T, nh * d), w["wo"], w["bo"], residual=h)
             g, u = _linear(self._norm(h, w["ln2"]), w["wgu"], w["bgu"]).chunk(2, -1)
-            h = h + _linear(F.silu(g) * u, w["wd"], w["bd"])
+            h = _linear(F.silu(g) * u, w["wd"], w["bd"], residual=h)
         self.t = t1
-        h = self.body.norm(h[:, -1])
+        h = self._norm(h[:, -1], self.body.norm.weight)
         return _linear(h, self.model.lm_head.weight, self.model.lm_head.bias)
 
 
-_FEW_ROWS = 64  # measured faster up to 64 rows; at 128 F.linear is as fast or faster
+_FEW_ROWS = 64  # w @ x^T measured faster up to 64 rows; at 128 F.linear is as fast or faster
+_SMALL_WEIGHT = 1 << 17  # elements (512 KiB in fp32): up to this size F.linear is as fast as w @ x^T
 _KERNEL_ROWS = 16  # the C loop is faster up to 16 rows, level with w @ x^T at 32
-_SMALL_WEIGHT = 1 << 17  # elements (512 KiB in fp32): up to this size F.linear is as fast
+_KERNEL_MIN_WORK = 1 << 18  # rows x weight elements: below this (one row of a small weight) F.linear is faster
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, w, b), computed another way for a decode step on a CPU when the weight is large.
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+            residual: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, w, b) (+ residual), computed another way for a decode step on a CPU.
 
-    Why: MKL's fp32 GEMM is slow when the activation side has few rows and the weight does not sit in the core's
-    cache. For the benchmark model (hidden 256) the 17 matmuls of a batch-8 step took 3.6-4.8 ms as F.linear,
-    2.6-3.6 ms as w @ x^T and 1.4-1.6 ms by `cpukernel` (the C loop; up to 16 rows); at 32-64 rows w @ x^T took
-    1.2-1.6x less time than F.linear. At hidden 128 (weights <= 512 KiB) F.linear was as fast or faster
-    (docs/benchmarks.md, sessions 5 and 6). Same products, summed in another order.
+    Why: MKL's fp32 GEMM is slow when the activation side has few rows. For the benchmark model (hidden 256) the 17
+    matmuls of a batch-8 step took 3.6-4.8 ms as F.linear, 2.6-3.6 ms as w @ x^T and 1.4-1.6 ms by `cpukernel` (the
+    C loop, which also adds the residual); at hidden 128 and 8 rows, 0.7 ms as F.linear and 0.5 ms by the C loop.
+    At 32-64 rows and a weight over 512 KiB w @ x^T took 1.2-1.6x less time than F.linear, and was no faster for
+    smaller weights (docs/benchmarks.md, sessions 5 and 6). Same products, summed in another order.
     """
     rows = x.numel() // x.shape[-1]
+    if (rows <= _KERNEL_ROWS and rows * w.numel() >= _KERNEL_MIN_WORK and x.device.type == "cpu"
+            and cpukernel.usable(x, w, b, residual)):
+        return cpukernel.linear(x, w, b, residual)
     if rows > _FEW_ROWS or w.numel() <= _SMALL_WEIGHT or x.device.type != "cpu":
-        return F.linear(x, w, b)
-    if rows <= _KERNEL_ROWS and cpukernel.usable(x, w, b):
-        return cpukernel.linear(x, w, b)
-    out = torch.mm(w, x.reshape(rows, x.shape[-1]).t()).t()
-    if b is not None:
-        out = out + b
-    return out.reshape(*x.shape[:-1], w.shape[0])
+        out = F.linear(x, w, b)
+    else:
+        out = torch.mm(w, x.reshape(rows, x.shape[-1]).t()).t()
+        if b is not None:
+            out = out + b
+        out = out.reshape(*x.shape[:-1], w.shape[0])
+    return out if residual is None else residual + out
 
 
 def _rotate_half(x):

@@ -46,6 +46,9 @@ MODELS = {
     "llama-gqa": lambda: _llama(num_key_value_heads=2),
     "llama-bias": _llama_bias,
     "llama-rope-scaled": lambda: _llama(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
+    # frequencies that depend on the length seen so far: cos/sin are asked of the model at every step, not tabulated
+    "llama-rope-dynamic": lambda: _llama(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 500.0},
+                                         max_position_embeddings=8),
     "qwen2": _qwen2,
 }
 
@@ -55,12 +58,14 @@ def _matmul_path(path, monkeypatch) -> list:
     Returns the list of weight shapes the C loop multiplied."""
     if path == "kernel" and not cpukernel.available():
         pytest.skip(f"no CPU kernel here: {cpukernel.why_unavailable()}")
-    if path != "f.linear":
-        monkeypatch.setattr(fastdecode, "_SMALL_WEIGHT", 0)
-    if path == "transposed":
+    if path == "kernel":
+        monkeypatch.setattr(fastdecode, "_KERNEL_MIN_WORK", 0)
+    else:
         monkeypatch.setattr(fastdecode, "_KERNEL_ROWS", 0)
+    if path == "transposed":
+        monkeypatch.setattr(fastdecode, "_SMALL_WEIGHT", 0)
     seen, linear = [], cpukernel.linear
-    monkeypatch.setattr(cpukernel, "linear", lambda x, w, b: seen.append(tuple(w.shape)) or linear(x, w, b))
+    monkeypatch.setattr(cpukernel, "linear", lambda x, w, *rest: seen.append(tuple(w.shape)) or linear(x, w, *rest))
     return seen
 
 
@@ -134,23 +139,44 @@ def test_weights_are_read_live_after_an_update():
 
 @pytest.mark.parametrize("matmul", ["f.linear", "transposed", "kernel"])
 def test_linear_equals_f_linear_on_every_path(matmul, monkeypatch):
-    """`_linear` is F.linear: by the C loop (up to _KERNEL_ROWS rows) or as (w @ x^T)^T (up to _FEW_ROWS) for a
-    large weight, by F.linear otherwise; bias, 3-d input."""
-    if matmul == "kernel" and not cpukernel.available():
-        pytest.skip(f"no CPU kernel here: {cpukernel.why_unavailable()}")
-    if matmul == "transposed":
-        monkeypatch.setattr(fastdecode, "_KERNEL_ROWS", 0)
+    """`_linear` is F.linear (+ residual): by the C loop (up to _KERNEL_ROWS rows), as (w @ x^T)^T (up to _FEW_ROWS
+    rows of a large weight), by F.linear otherwise; bias, 3-d input, a residual added last."""
+    seen = _matmul_path(matmul, monkeypatch)
     torch.manual_seed(0)
     w, b = torch.randn(600, 256), torch.randn(600)  # 153,600 elements: above _SMALL_WEIGHT
     shapes = {"kernel": [(8, 1, 256), (3, 256), (16, 256)], "transposed": [(8, 1, 256), (3, 256), (40, 256)],
               "f.linear": [(100, 256), (65, 1, 256)]}[matmul]  # a prefill over _FEW_ROWS rows takes F.linear
+    calls = 0
     for shape in shapes:
         x = torch.randn(shape)
+        res = torch.randn(*shape[:-1], 600)
         for bias in (None, b):
-            out = fastdecode._linear(x, w, bias)
-            assert out.shape == (*shape[:-1], 600)
-            # outputs ~16 in size, sums of 256 fp32 products in another order: agree to ~1e-5 absolute
-            torch.testing.assert_close(out, F.linear(x, w, bias), atol=5e-5, rtol=1e-5)
+            for residual in (None, res):
+                out = fastdecode._linear(x, w, bias, residual=residual)
+                assert out.shape == (*shape[:-1], 600)
+                # outputs ~16 in size, sums of 256 fp32 products in another order: agree to ~1e-5 absolute
+                want = F.linear(x, w, bias) + (0 if residual is None else residual)
+                torch.testing.assert_close(out, want, atol=5e-5, rtol=1e-5)
+                calls += 1
+    assert len(seen) == (calls if matmul == "kernel" else 0)
+
+
+def test_norm_and_rope_table_are_the_models_own_bit_for_bit():
+    """The fp32 norm (F.rms_norm) equals transformers' LlamaRMSNorm, and the per-call cos/sin table equals the
+    model's rotary_emb asked position by position, bit for bit."""
+    model = _llama(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0})
+    fast = fastdecode.for_model(model)
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        layer.input_layernorm.weight.normal_()
+        x = torch.randn(5, 3, 32) * 4
+        assert torch.equal(fast._norm(x, layer.input_layernorm.weight), layer.input_layernorm(x))
+        cos, sin = fast._rope_table(20, torch.float32, "cpu")
+        pos = torch.tensor([[0, 3, 19], [7, 7, 1]])
+        c, s_ = model.model.rotary_emb(x, pos)
+        assert torch.equal(cos[pos], c) and torch.equal(sin[pos], s_)
+    dynamic = fastdecode.for_model(MODELS["llama-rope-dynamic"]())
+    assert dynamic._rope_table(20, torch.float32, "cpu") is None
 
 
 def test_falls_back_where_it_does_not_apply(monkeypatch):

@@ -1,4 +1,5 @@
-/* y = x @ w^T + b for the few rows of a decode step, fp32, on an x86-64 CPU with AVX2 and FMA.
+/* y = x @ w^T + b (+ r) for the few rows of a decode step, fp32, on an x86-64 CPU with AVX2 and FMA. r is an
+ * optional (rows, N) term added last: the residual stream, so a decoder layer's h + o_proj(a) is one call.
  *
  * Why this exists (docs/benchmarks.md, session 6): at 8 rows MKL's sgemm reads a decode step's weights at 5-8 GB/s
  * and reaches ~27-45 GFLOP/s, where this loop reaches ~90 GFLOP/s on 2 cores. A decode step's matmuls were
@@ -27,7 +28,7 @@ static inline __m256 lane_sums(const __m256 a[8]) {
 
 /* Rows [0, rows) of x (rows <= 8) times weight rows [n0, n1). Slots past `rows` re-read row 0 and are not stored,
  * so the inner loop has no branches. */
-static void tile(const float *x, long rows, const float *w, const float *bias, float *y,
+static void tile(const float *x, long rows, const float *w, const float *bias, const float *add, float *y,
                  long n0, long n1, long N, long K) {
     const float *xr[8];
     for (int b = 0; b < 8; b++) xr[b] = x + (b < rows ? b : 0) * K;
@@ -45,14 +46,16 @@ static void tile(const float *x, long rows, const float *w, const float *bias, f
         for (long b = 0; b < rows; b++) {
             float s = sums[b];
             for (long k = K8; k < K; k++) s += wn[k] * xr[b][k];
-            y[b * N + n] = bias ? s + bias[n] : s;
+            if (bias) s += bias[n];
+            if (add) s += add[b * N + n];
+            y[b * N + n] = s;
         }
     }
 }
 
-/* x (rows, K), w (N, K), bias (N) or NULL, y (rows, N); all contiguous. */
-void rlhfkit_linear_few_rows(const float *x, long rows, const float *w, const float *bias, float *y,
-                             long N, long K, int threads) {
+/* x (rows, K), w (N, K), bias (N) or NULL, add (rows, N) or NULL, y (rows, N); all contiguous. */
+void rlhfkit_linear_few_rows(const float *x, long rows, const float *w, const float *bias, const float *add,
+                             float *y, long N, long K, int threads) {
     #pragma omp parallel num_threads(threads)
     {
         const long T = omp_get_num_threads(), t = omp_get_thread_num();
@@ -62,7 +65,8 @@ void rlhfkit_linear_few_rows(const float *x, long rows, const float *w, const fl
         for (long nb = n0; nb < n1; nb += NB) {
             const long ne = nb + NB < n1 ? nb + NB : n1;
             for (long r = 0; r < rows; r += 8)
-                tile(x + r * K, rows - r < 8 ? rows - r : 8, w, bias, y + r * N, nb, ne, N, K);
+                tile(x + r * K, rows - r < 8 ? rows - r : 8, w, bias, add ? add + r * N : 0, y + r * N, nb, ne,
+                     N, K);
         }
     }
 }
