@@ -4,9 +4,9 @@ Why: decoding a small model is bound by per-step overhead, not arithmetic. The t
 cache objects and output dataclasses at every token step: ~10 ms per step for the 4-layer benchmark model at
 batch 8, where its matmuls take well under 1 ms (docs/benchmarks.md). This module does the same arithmetic with a
 preallocated KV cache and fused projections (q|k|v and gate|up concatenated once per call), so a step is ~25
-tensor ops per layer. On a CPU, a step's matmuls with a large weight go through a small C loop (`cpukernel`, up to 16
-rows, about 2x MKL's speed there) or are computed as (w @ x^T)^T, which MKL runs 1.2-1.6x faster than x @ w^T
-when x has few rows (`_linear`).
+tensor ops per layer. On a CPU, a step's matmuls with a weight over 512 KiB go through a small C loop (`cpukernel`, up
+to 16 rows, about 2x MKL's speed there) or are computed as (w @ x^T)^T, which MKL runs 1.2-1.6x faster than
+x @ w^T when x has few rows (`_linear`).
 
 It is exactly the model's computation, not an approximation: RMSNorm, rotary embedding (through the model's own
 `rotary_emb`, so every rope type transformers supports), grouped-query attention, SiLU-gated MLP, biases where the
@@ -196,27 +196,27 @@ class LlamaDecoder:
 
 
 _FEW_ROWS = 64  # w @ x^T measured faster up to 64 rows; at 128 F.linear is as fast or faster
-_SMALL_WEIGHT = 1 << 17  # elements (512 KiB in fp32): up to this size F.linear is as fast as w @ x^T
+_SMALL_WEIGHT = 1 << 17  # elements (512 KiB in fp32): up to this size F.linear is about as fast as the others
 _KERNEL_ROWS = 16  # the C loop is faster up to 16 rows, level with w @ x^T at 32
-_KERNEL_MIN_WORK = 1 << 18  # rows x weight elements: below this (one row of a small weight) F.linear is faster
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
             residual: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, w, b) (+ residual), computed another way for a decode step on a CPU.
 
-    Why: MKL's fp32 GEMM is slow when the activation side has few rows. For the benchmark model (hidden 256) the 17
-    matmuls of a batch-8 step took 3.6-4.8 ms as F.linear, 2.6-3.6 ms as w @ x^T and 1.4-1.6 ms by `cpukernel` (the
-    C loop, which also adds the residual); at hidden 128 and 8 rows, 0.7 ms as F.linear and 0.5 ms by the C loop.
-    At 32-64 rows and a weight over 512 KiB w @ x^T took 1.2-1.6x less time than F.linear, and was no faster for
-    smaller weights (docs/benchmarks.md, sessions 5 and 6). Same products, summed in another order.
+    Why: MKL's fp32 GEMM is slow when the activation side has few rows and the weight does not sit in the core's
+    cache. For the benchmark model (hidden 256) the 17 matmuls of a batch-8 step took 3.6-4.8 ms as F.linear,
+    2.6-3.6 ms as w @ x^T and 1.4-1.6 ms by `cpukernel` (the C loop, which also adds the residual); at 32-64 rows
+    w @ x^T took 1.2-1.6x less time than F.linear. For weights up to 512 KiB (all of the demo's hidden-128 model,
+    the benchmark model's o_proj) neither beat F.linear by a measurable margin in a whole rollout, so those keep
+    F.linear and the demo samples exactly as before (docs/benchmarks.md, sessions 5 and 6). Same products, summed
+    in another order.
     """
     rows = x.numel() // x.shape[-1]
-    if (rows <= _KERNEL_ROWS and rows * w.numel() >= _KERNEL_MIN_WORK and x.device.type == "cpu"
-            and cpukernel.usable(x, w, b, residual)):
-        return cpukernel.linear(x, w, b, residual)
-    if rows > _FEW_ROWS or w.numel() <= _SMALL_WEIGHT or x.device.type != "cpu":
+    if w.numel() <= _SMALL_WEIGHT or rows > _FEW_ROWS or x.device.type != "cpu":
         out = F.linear(x, w, b)
+    elif rows <= _KERNEL_ROWS and cpukernel.usable(x, w, b, residual):
+        return cpukernel.linear(x, w, b, residual)
     else:
         out = torch.mm(w, x.reshape(rows, x.shape[-1]).t()).t()
         if b is not None:

@@ -58,12 +58,10 @@ def _matmul_path(path, monkeypatch) -> list:
     Returns the list of weight shapes the C loop multiplied."""
     if path == "kernel" and not cpukernel.available():
         pytest.skip(f"no CPU kernel here: {cpukernel.why_unavailable()}")
-    if path == "kernel":
-        monkeypatch.setattr(fastdecode, "_KERNEL_MIN_WORK", 0)
-    else:
-        monkeypatch.setattr(fastdecode, "_KERNEL_ROWS", 0)
-    if path == "transposed":
+    if path != "f.linear":
         monkeypatch.setattr(fastdecode, "_SMALL_WEIGHT", 0)
+    if path == "transposed":
+        monkeypatch.setattr(fastdecode, "_KERNEL_ROWS", 0)
     seen, linear = [], cpukernel.linear
     monkeypatch.setattr(cpukernel, "linear", lambda x, w, *rest: seen.append(tuple(w.shape)) or linear(x, w, *rest))
     return seen
