@@ -96,6 +96,9 @@ def _self_test() -> str | None:
         b = torch.randn(n, generator=g) if bias else None
         if not torch.allclose(linear(x, w, b, r), F.linear(x, w, b) + r, rtol=1e-5, atol=1e-5):
             return f"self-test mismatch against F.linear at rows={rows}, n={n}, k={k}"
+        if not torch.allclose(linear(x, w, b, norm_eps=1e-5), F.linear(F.rms_norm(x, (k,), None, 1e-5), w, b),
+                              rtol=1e-5, atol=1e-5):
+            return f"self-test mismatch against F.rms_norm + F.linear at rows={rows}, n={n}, k={k}"
     return None
 
 
@@ -130,7 +133,7 @@ def _load() -> None:
     fn = lib.rlhfkit_linear_few_rows
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_int]
+                   ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_float, ctypes.c_int]
     _fn = fn
     _why = _self_test()
     if _why:
@@ -163,13 +166,16 @@ def usable(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, add: torch.
             and available())
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, add: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, w, b) + add by the C loop (call `usable` first), the additions in that order. Each output row
-    depends only on its own input row."""
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, add: torch.Tensor | None = None,
+           norm_eps: float | None = None) -> torch.Tensor:
+    """F.linear(x, w, b) + add by the C loop (call `usable` first), the additions in that order. With `norm_eps`,
+    x's rows are RMS-normalised first (F.rms_norm(x, (K,), None, norm_eps); a norm weight belongs folded into w).
+    Each output row depends only on its own input row."""
     K, N = x.shape[-1], w.shape[0]
     x2 = x.reshape(-1, K).contiguous()
     add2 = None if add is None else add.reshape(-1, N).contiguous()
     y = torch.empty(x2.shape[0], N, dtype=x.dtype)
     _fn(x2.data_ptr(), x2.shape[0], w.data_ptr(), None if b is None else b.data_ptr(),
-        None if add2 is None else add2.data_ptr(), y.data_ptr(), N, K, torch.get_num_threads())
+        None if add2 is None else add2.data_ptr(), y.data_ptr(), N, K, -1.0 if norm_eps is None else norm_eps,
+        torch.get_num_threads())
     return y.view(*x.shape[:-1], N)

@@ -93,17 +93,28 @@ class LlamaDecoder:
 
     def _weights(self):
         """Fused projections for this call (the concatenation takes ~3 ms for the 5 M-parameter benchmark model,
-        about 1% of a 32-token rollout)."""
+        about 1% of a 32-token rollout).
+
+        Where the C loop will run the decode steps (an fp32 model on a CPU with weights over _SMALL_WEIGHT), each
+        RMSNorm's weight is folded into the projection after it, W (g * x_hat) = (W g) x_hat, and the loop
+        normalises its input rows itself: a layer's norm and its q|k|v (or gate|up, or the LM head) are one call.
+        """
+        lm = self.model.lm_head.weight
+        self.fold = (lm.dtype == torch.float32 and lm.device.type == "cpu" and cpukernel.available()
+                     and lm.numel() > _SMALL_WEIGHT)
         self.layers = []
         for layer in self.body.layers:
             a, m = layer.self_attn, layer.mlp
+            ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+            wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0)
+            wgu = torch.cat([m.gate_proj.weight, m.up_proj.weight], 0)
+            if self.fold:
+                wqkv, wgu = wqkv.mul_(ln1), wgu.mul_(ln2)
             self.layers.append(dict(
-                ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight,
-                wqkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0),
-                bqkv=_cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
-                wo=a.o_proj.weight, bo=a.o_proj.bias,
-                wgu=torch.cat([m.gate_proj.weight, m.up_proj.weight], 0), bgu=_cat(m.gate_proj.bias, m.up_proj.bias),
+                ln1=ln1, ln2=ln2, wqkv=wqkv, bqkv=_cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
+                wo=a.o_proj.weight, bo=a.o_proj.bias, wgu=wgu, bgu=_cat(m.gate_proj.bias, m.up_proj.bias),
                 wd=m.down_proj.weight, bd=m.down_proj.bias))
+        self.lm = lm * self.body.norm.weight if self.fold else lm
 
     def _norm(self, x, w):
         # transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale (the cast order matters in bf16). In
@@ -179,8 +190,7 @@ class LlamaDecoder:
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): broadcast over heads
         t0, t1 = self.t, self.t + T
         for i, w in enumerate(self.layers):
-            x = self._norm(h, w["ln1"])
-            qkv = _linear(x, w["wqkv"], w["bqkv"]).view(B, T, nh + 2 * nkv, d).transpose(1, 2)
+            qkv = self._norm_linear(h, w["ln1"], w["wqkv"], w["bqkv"]).view(B, T, nh + 2 * nkv, d).transpose(1, 2)
             qk = qkv[:, : nh + nkv]
             qk = qk * cos + _rotate_half(qk) * sin  # rotary on queries and keys in one pass
             self.k[i][:, :, t0:t1] = qk[:, nh:]
@@ -188,11 +198,16 @@ class LlamaDecoder:
             a = F.scaled_dot_product_attention(qk[:, :nh], self.k[i][:, :, :t1], self.v[i][:, :, :t1], attn_mask=bias,
                                                enable_gqa=nkv != nh)
             h = _linear(a.transpose(1, 2).reshape(B, T, nh * d), w["wo"], w["bo"], residual=h)
-            g, u = _linear(self._norm(h, w["ln2"]), w["wgu"], w["bgu"]).chunk(2, -1)
+            g, u = self._norm_linear(h, w["ln2"], w["wgu"], w["bgu"]).chunk(2, -1)
             h = _linear(F.silu(g) * u, w["wd"], w["bd"], residual=h)
         self.t = t1
-        h = self._norm(h[:, -1], self.body.norm.weight)
-        return _linear(h, self.model.lm_head.weight, self.model.lm_head.bias)
+        return self._norm_linear(h[:, -1], self.body.norm.weight, self.lm, self.model.lm_head.bias)
+
+    def _norm_linear(self, x, g, w, b):
+        """The projection w of RMSNorm(x) with weight g; with `fold`, g is already inside w."""
+        if not self.fold:
+            return _linear(self._norm(x, g), w, b)
+        return _linear(x, w, b, norm_eps=self.eps)
 
 
 _FEW_ROWS = 64  # w @ x^T measured faster up to 64 rows; at 128 F.linear is as fast or faster
@@ -201,8 +216,9 @@ _KERNEL_ROWS = 16  # the C loop is faster up to 16 rows, level with w @ x^T at 3
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-            residual: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, w, b) (+ residual), computed another way for a decode step on a CPU.
+            residual: torch.Tensor | None = None, norm_eps: float | None = None) -> torch.Tensor:
+    """F.linear(x, w, b) (+ residual), computed another way for a decode step on a CPU. With `norm_eps`, the
+    rows of x are RMS-normalised first (no weight: the caller folded it into w).
 
     Why: MKL's fp32 GEMM is slow when the activation side has few rows and the weight does not sit in the core's
     cache. For the benchmark model (hidden 256) the 17 matmuls of a batch-8 step took 3.6-4.8 ms as F.linear,
@@ -213,10 +229,12 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
     in another order.
     """
     rows = x.numel() // x.shape[-1]
+    if rows <= _KERNEL_ROWS and w.numel() > _SMALL_WEIGHT and cpukernel.usable(x, w, b, residual):
+        return cpukernel.linear(x, w, b, residual, norm_eps)
+    if norm_eps is not None:
+        x = F.rms_norm(x, (x.shape[-1],), None, norm_eps)
     if w.numel() <= _SMALL_WEIGHT or rows > _FEW_ROWS or x.device.type != "cpu":
         out = F.linear(x, w, b)
-    elif rows <= _KERNEL_ROWS and cpukernel.usable(x, w, b, residual):
-        return cpukernel.linear(x, w, b, residual)
     else:
         out = torch.mm(w, x.reshape(rows, x.shape[-1]).t()).t()
         if b is not None:

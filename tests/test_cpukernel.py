@@ -94,3 +94,19 @@ def test_built_once_into_the_cache_and_falls_back_without_a_compiler(tmp_path):
     assert built[0].stat().st_mtime_ns == mtime and len(list((tmp_path / "rlhfkit").iterdir())) == 1
     missing = _probe({"XDG_CACHE_HOME": str(tmp_path / "other"), "CC": str(tmp_path / "no-such-cc")})
     assert missing.startswith("False | could not build or load decode_matmul.c")
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 8, 13, 70])  # 70: the row scales no longer fit the loop's stack buffer
+def test_normalised_rows_equal_rms_norm_then_linear(rows):
+    """norm_eps: each row divided by sqrt(mean(x^2) + eps) before the product (RMSNorm without its weight), then
+    bias and the added term. At scale 1e-3, mean(x^2) ~ 1e-6 is the size of eps, so eps's place counts too."""
+    g = torch.Generator().manual_seed(rows)
+    for k in (29, 256):
+        x, w = torch.randn(rows, k, generator=g), torch.randn(40, k, generator=g)
+        b, r = torch.randn(40, generator=g), torch.randn(rows, 40, generator=g)
+        for scale in (1.0, 100.0, 1e-3):
+            xs = x * scale
+            want = F.linear(F.rms_norm(xs.double(), (k,), None, 1e-6), w.double(), b.double()) + r.double()
+            y = cpukernel.linear(xs, w, b, r, norm_eps=1e-6)
+            torch.testing.assert_close(y.double(), want, atol=5e-5, rtol=1e-5)

@@ -1,5 +1,7 @@
 /* y = x @ w^T + b (+ r) for the few rows of a decode step, fp32, on an x86-64 CPU with AVX2 and FMA. r is an
  * optional (rows, N) term added last: the residual stream, so a decoder layer's h + o_proj(a) is one call.
+ * With `norm_eps` >= 0 each row of x is first RMS-normalised, x / sqrt(mean(x^2) + eps) (the RMSNorm's own weight
+ * folded into w by the caller), so a layer's norm and the projection after it are one call too.
  *
  * Why this exists (docs/benchmarks.md, session 6): at 8 rows MKL's sgemm reads a decode step's weights at 5-8 GB/s
  * and reaches ~27-45 GFLOP/s, where this loop reaches ~90 GFLOP/s on 2 cores. A decode step's matmuls were
@@ -14,6 +16,8 @@
  * OpenMP runtime is the one torch uses (rlhfkit/cpukernel.py checks), so `threads` is torch.get_num_threads().
  */
 #include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
 #include <omp.h>
 
 /* The lane sums of 8 accumulators as one vector: out[b] = sum of the 8 lanes of a[b] (three rounds of pairwise adds
@@ -29,7 +33,7 @@ static inline __m256 lane_sums(const __m256 a[8]) {
 /* Rows [0, rows) of x (rows <= 8) times weight rows [n0, n1). Slots past `rows` re-read row 0 and are not stored,
  * so the inner loop has no branches. */
 static void tile(const float *x, long rows, const float *w, const float *bias, const float *add, float *y,
-                 long n0, long n1, long N, long K) {
+                 long n0, long n1, long N, long K, const float *scale) {
     const float *xr[8];
     for (int b = 0; b < 8; b++) xr[b] = x + (b < rows ? b : 0) * K;
     const long K8 = K & ~7L;
@@ -46,6 +50,7 @@ static void tile(const float *x, long rows, const float *w, const float *bias, c
         for (long b = 0; b < rows; b++) {
             float s = sums[b];
             for (long k = K8; k < K; k++) s += wn[k] * xr[b][k];
+            if (scale) s *= scale[b];  /* RMSNorm: (x * c) . w = c * (x . w) */
             if (bias) s += bias[n];
             if (add) s += add[b * N + n];
             y[b * N + n] = s;
@@ -53,9 +58,31 @@ static void tile(const float *x, long rows, const float *w, const float *bias, c
     }
 }
 
-/* x (rows, K), w (N, K), bias (N) or NULL, add (rows, N) or NULL, y (rows, N); all contiguous. */
+/* 1 / sqrt(mean(x^2) + eps): RMSNorm's scale of one row of x. */
+static float rms_scale(const float *x, long K, float eps) {
+    const long K8 = K & ~7L;
+    __m256 sq = _mm256_setzero_ps();
+    for (long k = 0; k < K8; k += 8) {
+        const __m256 v = _mm256_loadu_ps(x + k);
+        sq = _mm256_fmadd_ps(v, v, sq);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sq);
+    float sum = lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+    for (long k = K8; k < K; k++) sum += x[k] * x[k];
+    return 1.0f / sqrtf(sum / (float)K + eps);
+}
+
+/* x (rows, K), w (N, K), bias (N) or NULL, add (rows, N) or NULL, y (rows, N); all contiguous. norm_eps < 0: no
+ * normalisation. */
 void rlhfkit_linear_few_rows(const float *x, long rows, const float *w, const float *bias, const float *add,
-                             float *y, long N, long K, int threads) {
+                             float *y, long N, long K, float norm_eps, int threads) {
+    float small[64], *scale = 0;
+    if (norm_eps >= 0) {
+        scale = rows <= 64 ? small : malloc(rows * sizeof(float));
+        if (!scale) return;
+        for (long r = 0; r < rows; r++) scale[r] = rms_scale(x + r * K, K, norm_eps);
+    }
     #pragma omp parallel num_threads(threads)
     {
         const long T = omp_get_num_threads(), t = omp_get_thread_num();
@@ -66,7 +93,8 @@ void rlhfkit_linear_few_rows(const float *x, long rows, const float *w, const fl
             const long ne = nb + NB < n1 ? nb + NB : n1;
             for (long r = 0; r < rows; r += 8)
                 tile(x + r * K, rows - r < 8 ? rows - r : 8, w, bias, add ? add + r * N : 0, y + r * N, nb, ne,
-                     N, K);
+                     N, K, scale ? scale + r : 0);
         }
     }
+    if (scale && scale != small) free(scale);
 }
