@@ -290,30 +290,41 @@ def stage_dpo(ctx: Context) -> dict:
     return {"path": ctx.path("dpo")}
 
 
-def stage_bon(ctx: Context) -> dict:
-    """Best-of-n from the SFT policy with the proxy reward model, for every n at once: 16 samples per held-out
-    prompt, and best-of-n picks the best among the first n (so the n's are nested, like one sampler run longer).
-    Its KL to SFT is analytic: log n - (n-1)/n."""
+def bon_candidates(ctx: Context) -> dict:
+    """The best-of-n pool: max(bon_n) SFT samples per held-out prompt (prompt-major: row i*n_max + j is sample j of
+    prompt i) with their lengths and proxy scores (P, n_max). Seeded, so `scripts/bon_unbiased.py` redraws the same
+    pool from a finished run."""
     import torch
 
     from . import data as data_lib
     from . import models
-    from .bon import analytic_kl
-    from .evaluate import evaluate_texts, response_lengths, sample_responses
+    from .evaluate import response_lengths, sample_responses
     from .rewards import load_reward
 
-    s = ctx.s
     n_max = max(ctx.cfg.bon_n)
     tok = models.load_tokenizer(ctx.path("sft"))
     sft_model = models.load_causal_lm(ctx.path("sft"), tok).to(models.inference_device())
     prompts = data_lib.read_jsonl(ctx.path("world", "heldout_prompts.jsonl"))
-    rows = [r for r in prompts for _ in range(n_max)]  # prompt-major: row i*n_max + j is sample j of prompt i
+    rows = [r for r in prompts for _ in range(n_max)]
     torch.manual_seed(ctx.cfg.seed)
-    _, r_ids, _, texts = sample_responses(sft_model, tok, [r["prompt"] for r in rows], s["max_new_tokens"], 1.0,
+    _, r_ids, _, texts = sample_responses(sft_model, tok, [r["prompt"] for r in rows], ctx.s["max_new_tokens"], 1.0,
                                           ctx.cfg.seed + 7, 64)
-    lengths = response_lengths(r_ids, tok.eos_token_id)
     proxy = load_reward(ctx.path("rm"))
     scores = proxy([r["prompt"] for r in rows], texts)["score"].view(len(prompts), n_max)
+    return {"prompts": prompts, "texts": texts, "lengths": response_lengths(r_ids, tok.eos_token_id),
+            "scores": scores, "proxy": proxy}
+
+
+def stage_bon(ctx: Context) -> dict:
+    """Best-of-n from the SFT policy with the proxy reward model, for every n at once: 16 samples per held-out
+    prompt, and best-of-n picks the best among the first n (so the n's are nested, like one sampler run longer).
+    Its KL to SFT is analytic: log n - (n-1)/n."""
+    from .bon import analytic_kl
+    from .evaluate import evaluate_texts
+
+    pool = bon_candidates(ctx)
+    prompts, texts, lengths, scores, proxy = (pool[k] for k in ("prompts", "texts", "lengths", "scores", "proxy"))
+    n_max = scores.shape[1]
     sft_eval = json.loads((ctx.root / "eval" / "sft.json").read_text())
     out = {}
     for n in ctx.cfg.bon_n:
