@@ -90,6 +90,22 @@ def best_of(scores: torch.Tensor, n: int) -> torch.Tensor:
     return scores.view(-1, n).argmax(dim=1)
 
 
+def expected_best_of_n(selector: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """Per prompt, the expected value of best-of-n's choice when its n samples are drawn without replacement from
+    the N in hand: (P, N) selector scores and (P, N) values -> (P,) float64.
+
+    Sorted by the selector (best first), the i-th sample (0-based) is chosen exactly when it is drawn and none of
+    the i better ones is, with probability C(N-1-i, n-1) / C(N, n) (Nakano et al. 2021, WebGPT appendix; Gao et
+    al. 2022). This averages over all C(N, n) subsets, so it uses every sample and has less variance than one draw
+    of n; at n = N it is the value of the selector's best. Ties in the selector go to the earlier sample."""
+    P, N = selector.shape
+    if not 1 <= n <= N:
+        raise ValueError(f"n must be in [1, {N}], got {n}")
+    order = torch.sort(selector, dim=1, descending=True, stable=True).indices
+    chance = torch.tensor([math.comb(N - 1 - i, n - 1) for i in range(N)], dtype=torch.float64) / math.comb(N, n)
+    return values.gather(1, order).double() @ chance
+
+
 def run(cfg: Config) -> Path:
     cfg.validate()
     torch.manual_seed(cfg.seed)

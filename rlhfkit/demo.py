@@ -334,7 +334,34 @@ def stage_bon(ctx: Context) -> dict:
                              judges={"proxy": proxy}, world=True, reference={"sft": sft_eval}, seed=ctx.cfg.seed)
         res["kl_to_sft"] = analytic_kl(n)
         out[f"bon_{n}"] = _policy_summary(res)
-    return {"policies": out}
+    return {"policies": out, "bon_selectors": bon_selectors(prompts, texts, scores, [1] + list(ctx.cfg.bon_n),
+                                                            ctx.cfg.annotator_verbosity)}
+
+
+def bon_selectors(prompts: list[dict], texts: list[str], scores, ns: list[int], verbosity: float) -> dict:
+    """Best-of-n on the same pool picked three ways: by the reward model, by the annotators' mean expected utility
+    (gold plus their biases: what a reward model that learnt the labelling process perfectly would score) and by
+    gold. Each value is the expected gold of the pick over every n-subset of a prompt's samples
+    (`bon.expected_best_of_n`), averaged over prompts. If the annotators' pick keeps improving with n while the
+    reward model's falls, the fall is the reward model's error, not the annotators' bias (docs/benchmarks.md,
+    session 7: on seeds 0 and 3 it does). World only: it needs the gold judge."""
+    import torch
+
+    from . import data as data_lib
+    from .bon import analytic_kl, expected_best_of_n
+    from .world import gold
+    from .world.annotators import default_annotators, utility
+
+    P, N = scores.shape
+    ptexts = [data_lib.prompt_text(r["prompt"]) for r in prompts for _ in range(N)]
+    anns = default_annotators(verbosity)
+    g = torch.tensor([gold(p, t)["total"] for p, t in zip(ptexts, texts)], dtype=torch.float64).view(P, N)
+    u = torch.tensor([sum(utility(a, p, t) for a in anns) / len(anns) for p, t in zip(ptexts, texts)],
+                     dtype=torch.float64).view(P, N)
+    ns = [n for n in ns if n <= N]
+    pickers = {"reward_model": scores, "annotators": u, "gold": g}
+    return {"n": ns, "kl": [analytic_kl(n) for n in ns]} | {
+        name: [expected_best_of_n(sel, g, n).mean().item() for n in ns] for name, sel in pickers.items()}
 
 
 def stage_eval_sft(ctx: Context) -> dict:
@@ -403,6 +430,8 @@ def _summary_from_results(ctx: Context) -> dict:
             out["policies"].update(res["policies"])
         if "rm" in res:
             out["rm"] = res["rm"]
+        if "bon_selectors" in res:
+            out["bon_selectors"] = res["bon_selectors"]
     prefs = ctx.results.get("prefs", {}).get("train")
     if prefs:
         out["labels"] = {"n": prefs.get("pairs"), "ties_dropped": prefs.get("ties_dropped"),

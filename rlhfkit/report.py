@@ -466,7 +466,43 @@ def section_frontier(summary: dict, plots: Plots) -> str:
     rows = [[esc(n), fmt(_num(f.get("kl_to_sft"))), fmt(_num(f.get("gold"))), fmt(_num(f.get("proxy")))]
             for n, f in pts.items()]
     out.append(table(["policy", "KL to SFT", "gold", "proxy"], rows))
+    out.append(bon_selectors_part(summary.get("bon_selectors"), plots))
     out.append("</section>")
+    return "\n".join(out)
+
+
+SELECTORS = [("reward_model", "the reward model (what best-of-n uses)", "#9467bd"),
+             ("annotators", "the annotators' own expected utility (a perfect reward model of these labels)", "#ff7f0e"),
+             ("gold", "the gold judge (the best this pool allows)", "#7f7f7f")]
+
+
+def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
+    """Best-of-n with three choosers on the same samples (the world's demo only): whether a fall of best-of-n's gold
+    with n is the reward model's error or the annotators' bias."""
+    if not isinstance(sel, dict) or not sel.get("n"):
+        return ""
+    ns = sel["n"]
+    out = ["<h3>Who picks the best of n?</h3>",
+           "<p>The same SFT samples, with the best of n picked three ways. Each value is the expected gold over "
+           "every way of drawing n of the samples per prompt (not one draw), so the curves are smooth. The "
+           "annotators' utility includes their biases (they like longer answers): if best-of-n by it keeps "
+           "improving while the reward model's choice gets worse, the loss is the reward model's error, what it "
+           "failed to learn from the labels, and not the labels' bias.</p>"]
+    if plots.ok:
+        fig, (ax,) = plots.figure(1, 7.0, 3.6)
+        for key, label, color in SELECTORS:
+            ys = [_num(v) for v in sel.get(key) or []]
+            if len(ys) == len(ns) and all(y is not None for y in ys):
+                ax.plot(ns, ys, "o-", color=color, label=label, ms=5, lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("n (samples per prompt)")
+        ax.set_ylabel("expected gold of the pick")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        out.append(plots.img(fig, "best-of-n gold against n, picked by the reward model, the annotators and gold"))
+    rows = [[esc(label)] + [fmt(_num(v)) for v in sel.get(key) or []] for key, label, _ in SELECTORS]
+    out.append(table(["picked by"] + [f"n = {n}" for n in ns], rows))
     return "\n".join(out)
 
 

@@ -1,51 +1,102 @@
-"""Best-of-n gold on a finished demo run, two ways, from the pool of samples the demo's bon stage draws
-(`demo.bon_candidates`: max(bon_n) = 16 per held-out prompt, seeded, so the same samples):
+"""Best-of-n gold on a finished demo run, from the pool of samples the demo's bon stage draws
+(`demo.bon_candidates`: max(bon_n) = 16 per held-out prompt, seeded, so the same samples).
 
+Two estimators of the gold of the proxy's choice:
 - first-n: gold of the proxy's choice among the first n samples (what `rlhfkit demo` reports as bon_n);
-- unbiased: the expected gold of the proxy's choice among n samples drawn without replacement from the N in the
-  pool, over all C(N, n) subsets: sorted by proxy, the i-th best (0-based) is the choice with probability
+- unbiased: the expected gold of the choice among n samples drawn without replacement from the N in the pool, over
+  all C(N, n) subsets: sorted by the selector, the i-th best (0-based) is the choice with probability
   C(N-1-i, n-1) / C(N, n) (Nakano et al. 2021, WebGPT appendix; Gao et al. 2022). Lower variance for n < N;
   identical at n = N.
 
-Usage: python scripts/bon_unbiased.py RUN_DIR   (prints one JSON line, appends it to exp/bon_unbiased.jsonl)
-Session 6 used it on runs/s4-demo-0 and runs/s4-demo-3 (docs/benchmarks.md, the demo section).
+Besides the run's reward model ("proxy"), the same unbiased curve for other selectors on the same samples:
+- "annotators": the demo annotators' mean *expected* utility (gold + their biases, `world.annotators.utility`),
+  i.e. what a reward model that learnt the labelling process perfectly would score. If best-of-n by this selector
+  keeps rising while the proxy's falls, the fall is the reward model's error, not the annotators' bias itself.
+- "gold": the gold judge itself (the ceiling of best-of-n on this pool);
+- "reward:DIR": any other reward-model directory given with --reward (e.g. one trained on more labels).
+The within-prompt correlation of each selector with every gold component (best-of-n only ever compares responses
+to the same prompt), over all prompts and, with `helpful` and `total`, per prompt kind.
+
+Usage: python scripts/bon_unbiased.py RUN_DIR [--reward DIR ...]
+(prints one JSON line, appends it to exp/bon_unbiased.jsonl)
 """
 
+import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 
 from rlhfkit import data as data_lib
 from rlhfkit import demo
+from rlhfkit.bon import expected_best_of_n
+from rlhfkit.rewards import load_reward
 from rlhfkit.world import gold
+from rlhfkit.world.annotators import default_annotators, utility
 
 
-def main(run: Path) -> dict:
+def unbiased_curve(selector: torch.Tensor, g: torch.Tensor) -> tuple[dict, dict]:
+    """Expected gold (and its standard error over prompts) of best-of-n by `selector`, for n = 1..N; both (P, N)."""
+    mean, se = {}, {}
+    for n in range(1, g.shape[1] + 1):
+        per_prompt = expected_best_of_n(selector, g, n)
+        mean[n], se[n] = per_prompt.mean().item(), (per_prompt.std() / math.sqrt(len(per_prompt))).item()
+    return mean, se
+
+
+def within_prompt_corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Correlation of a and b after removing each prompt's mean (rows are prompts)."""
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+
+
+def main(run: Path, rewards: list[str]) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     cfg = demo.Config(out=str(run), seed=summary["seed"], scale=summary["config"]["scale"],
                       bon_n=summary["config"]["bon_n"])
     pool = demo.bon_candidates(demo.Context(cfg))
-    scores = pool["scores"]
+    scores = pool["scores"].double()
     P, N = scores.shape
-    ptexts = [data_lib.prompt_text(r["prompt"]) for r in pool["prompts"] for _ in range(N)]
-    g = torch.tensor([gold(pt, t)["total"] for pt, t in zip(ptexts, pool["texts"])], dtype=torch.float64).view(P, N)
-    by_proxy = g.gather(1, scores.argsort(1, descending=True))  # gold, the proxy's best first
-    out = {"run": str(run), "pool": N, "first_n": {}, "unbiased": {}, "unbiased_se": {}}
+    prompts = [r["prompt"] for r in pool["prompts"] for _ in range(N)]
+    ptexts = [data_lib.prompt_text(p) for p in prompts]
+    judged = [gold(pt, t) for pt, t in zip(ptexts, pool["texts"])]
+    comps = {c: torch.tensor([j[c] for j in judged], dtype=torch.float64).view(P, N)
+             for c in ("helpful", "harmless", "honest", "concise", "total")}
+    g, helpful = comps["total"], comps["helpful"]
+    anns = default_annotators(summary["config"].get("annotator_verbosity", 1.0))
+    util = torch.tensor([sum(utility(a, pt, t) for a in anns) / len(anns) for pt, t in zip(ptexts, pool["texts"])],
+                        dtype=torch.float64).view(P, N)
+    selectors = {"proxy": scores, "annotators": util, "gold": g}
+    for d in rewards:
+        selectors[f"reward:{d}"] = load_reward(d)(prompts, pool["texts"])["score"].double().view(P, N)
+
+    out = {"run": str(run), "pool": N, "first_n": {}, "unbiased": {}, "unbiased_se": {}, "by_kind": {}}
     for n in range(1, N + 1):
         out["first_n"][n] = g[torch.arange(P), scores[:, :n].argmax(1)].mean().item()
-        chance = torch.tensor([math.comb(N - 1 - i, n - 1) / math.comb(N, n) for i in range(N)], dtype=torch.float64)
-        per_prompt = by_proxy @ chance
-        out["unbiased"][n] = per_prompt.mean().item()
-        out["unbiased_se"][n] = (per_prompt.std() / math.sqrt(P)).item()
+    out["unbiased"], out["unbiased_se"] = unbiased_curve(scores, g)  # keys kept from session 6's lines
+    out["selectors"] = {name: unbiased_curve(sel, g)[0] for name, sel in selectors.items()}
+    out["components"] = {name: {c: within_prompt_corr(sel, v) for c, v in comps.items()}
+                         for name, sel in selectors.items() if name != "gold"}
+    kinds = [r["kind"] for r in pool["prompts"]]
+    for kind in sorted(set(kinds)):
+        rows = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
+        out["by_kind"][kind] = {"prompts": len(rows)} | {
+            name: {"corr_helpful": within_prompt_corr(sel[rows], helpful[rows]),
+                   "corr_gold": within_prompt_corr(sel[rows], g[rows]),
+                   "bo8": unbiased_curve(sel[rows], g[rows])[0][min(8, N)],
+                   "bo16": unbiased_curve(sel[rows], g[rows])[0][N]}
+            for name, sel in selectors.items() if name != "gold"}
     return out
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--reward", action="append", default=[], help="another reward-model directory to select with")
+    args = ap.parse_args()
     torch.set_num_threads(2)
-    line = main(Path(sys.argv[1]))
+    line = main(args.run, args.reward)
     print(json.dumps(line))
     Path("exp").mkdir(exist_ok=True)
     with open("exp/bon_unbiased.jsonl", "a") as f:
