@@ -33,15 +33,16 @@ def main(run: Path, out: Path, n_prompts: int, name: str, overrides: dict) -> di
             os.symlink((run / stage).resolve(), out / stage)
     train = out / "prefs" / f"train-{n_prompts}.jsonl"
     if not train.exists():
-        n_demo = len(data_lib.read_jsonl(str(run / "world" / "train_prompts.jsonl")))
-        extra = train_prompts(WorldConfig(seed=seed, n_train_prompts=n_prompts))[n_demo:]  # the demo's come first
-        data_lib.write_jsonl(extra, ctx.path("world", "extra_prompts.jsonl"))
-        cand = demo._candidates(ctx, ctx.path("world", "extra_prompts.jsonl"), "extra", 5)
-        label.run(label.Config(candidates=cand, out=ctx.path("prefs", "extra.jsonl"), mode="ranking", seed=seed + 5,
-                               verbosity_scale=verbosity))
         rows = data_lib.read_jsonl(str(run / "prefs" / "train.jsonl"))
-        first = max(r["group"] for r in rows) + 1  # label.run numbers groups from 0 in each file: keep them apart
-        rows += [r | {"group": r["group"] + first} for r in data_lib.read_jsonl(ctx.path("prefs", "extra.jsonl"))]
+        n_demo = len(data_lib.read_jsonl(str(run / "world" / "train_prompts.jsonl")))
+        if n_prompts > n_demo:  # N_PROMPTS <= 512: the demo's labels alone (to try reward-model settings)
+            extra = train_prompts(WorldConfig(seed=seed, n_train_prompts=n_prompts))[n_demo:]  # the demo's first
+            data_lib.write_jsonl(extra, ctx.path("world", "extra_prompts.jsonl"))
+            cand = demo._candidates(ctx, ctx.path("world", "extra_prompts.jsonl"), "extra", 5)
+            label.run(label.Config(candidates=cand, out=ctx.path("prefs", "extra.jsonl"), mode="ranking",
+                                   seed=seed + 5, verbosity_scale=verbosity))
+            first = max(r["group"] for r in rows) + 1  # label.run numbers groups from 0 in each file: keep apart
+            rows += [r | {"group": r["group"] + first} for r in data_lib.read_jsonl(ctx.path("prefs", "extra.jsonl"))]
         data_lib.write_jsonl(rows, train)
 
     s = ctx.s
