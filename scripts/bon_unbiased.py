@@ -13,11 +13,14 @@ Besides the run's reward model ("proxy"), the same unbiased curve for other sele
   i.e. what a reward model that learnt the labelling process perfectly would score. If best-of-n by this selector
   keeps rising while the proxy's falls, the fall is the reward model's error, not the annotators' bias itself.
 - "gold": the gold judge itself (the ceiling of best-of-n on this pool);
-- "reward:DIR": any other reward-model directory given with --reward (e.g. one trained on more labels).
+- "reward:DIR": any other reward-model directory given with --reward (e.g. one trained on more labels);
+- "sft_logprob" (with --sft-likelihood): the SFT model's own log-probability of the response, summed over its
+  tokens (the text re-tokenised, EOS appended): whether the backbone the reward model starts from ranks correct
+  answers higher at all.
 The within-prompt correlation of each selector with every gold component (best-of-n only ever compares responses
 to the same prompt), over all prompts and, with `helpful` and `total`, per prompt kind.
 
-Usage: python scripts/bon_unbiased.py RUN_DIR [--reward DIR ...]
+Usage: python scripts/bon_unbiased.py RUN_DIR [--reward DIR ...] [--sft-likelihood]
 (prints one JSON line, appends it to exp/bon_unbiased.jsonl)
 """
 
@@ -51,7 +54,7 @@ def within_prompt_corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
 
 
-def main(run: Path, rewards: list[str]) -> dict:
+def main(run: Path, rewards: list[str], sft_likelihood: bool = False) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     cfg = demo.Config(out=str(run), seed=summary["seed"], scale=summary["config"]["scale"],
                       bon_n=summary["config"]["bon_n"])
@@ -70,6 +73,15 @@ def main(run: Path, rewards: list[str]) -> dict:
     selectors = {"proxy": scores, "annotators": util, "gold": g}
     for d in rewards:
         selectors[f"reward:{d}"] = load_reward(d)(prompts, pool["texts"])["score"].double().view(P, N)
+    if sft_likelihood:
+        from rlhfkit import models
+        from rlhfkit.evaluate import sequence_logps
+
+        tok = models.load_tokenizer(str(run / "sft"))
+        sft = models.load_causal_lm(str(run / "sft"), tok)
+        p_ids = [data_lib.encode_prompt(tok, p) for p in prompts]
+        r_ids = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in pool["texts"]]
+        selectors["sft_logprob"] = sequence_logps(sft, p_ids, r_ids, tok.pad_token_id).view(P, N)
 
     out = {"run": str(run), "pool": N, "first_n": {}, "unbiased": {}, "unbiased_se": {}, "by_kind": {}}
     for n in range(1, N + 1):
@@ -94,9 +106,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--reward", action="append", default=[], help="another reward-model directory to select with")
+    ap.add_argument("--sft-likelihood", action="store_true", help="also select by the SFT model's log-probability")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    line = main(args.run, args.reward)
+    line = main(args.run, args.reward, args.sft_likelihood)
     print(json.dumps(line))
     Path("exp").mkdir(exist_ok=True)
     with open("exp/bon_unbiased.jsonl", "a") as f:
