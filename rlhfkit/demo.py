@@ -338,28 +338,40 @@ def stage_bon(ctx: Context) -> dict:
                                                             ctx.cfg.annotator_verbosity)}
 
 
-def bon_selectors(prompts: list[dict], texts: list[str], scores, ns: list[int], verbosity: float) -> dict:
-    """Best-of-n on the same pool picked three ways: by the reward model, by the annotators' mean expected utility
-    (gold plus their biases: what a reward model that learnt the labelling process perfectly would score) and by
-    gold. Each value is the expected gold of the pick over every n-subset of a prompt's samples
-    (`bon.expected_best_of_n`), averaged over prompts. If the annotators' pick keeps improving with n while the
-    reward model's falls, the fall is the reward model's error, not the annotators' bias (docs/benchmarks.md,
-    session 7: on seeds 0 and 3 it does). World only: it needs the gold judge."""
+def judge_pool(prompts: list[dict], texts: list[str], verbosity: float) -> tuple[dict, "torch.Tensor"]:
+    """Every sample of a best-of-n pool (N per prompt, prompt-major) judged by the world: the gold components
+    {helpful, harmless, honest, concise, total}, each (P, N), and the demo annotators' mean expected utility (P, N)
+    (gold plus their biases, `world.annotators.utility`)."""
     import torch
 
     from . import data as data_lib
-    from .bon import analytic_kl, expected_best_of_n
     from .world import gold
     from .world.annotators import default_annotators, utility
 
-    P, N = scores.shape
-    ptexts = [data_lib.prompt_text(r["prompt"]) for r in prompts for _ in range(N)]
+    P = len(prompts)
+    ptexts = [data_lib.prompt_text(r["prompt"]) for r in prompts for _ in range(len(texts) // P)]
+    judged = [gold(p, t) for p, t in zip(ptexts, texts)]
+    comps = {c: torch.tensor([j[c] for j in judged], dtype=torch.float64).view(P, -1)
+             for c in ("helpful", "harmless", "honest", "concise", "total")}
     anns = default_annotators(verbosity)
-    g = torch.tensor([gold(p, t)["total"] for p, t in zip(ptexts, texts)], dtype=torch.float64).view(P, N)
-    u = torch.tensor([sum(utility(a, p, t) for a in anns) / len(anns) for p, t in zip(ptexts, texts)],
-                     dtype=torch.float64).view(P, N)
-    ns = [n for n in ns if n <= N]
-    pickers = {"reward_model": scores, "annotators": u, "gold": g}
+    util = torch.tensor([sum(utility(a, p, t) for a in anns) / len(anns) for p, t in zip(ptexts, texts)],
+                        dtype=torch.float64).view(P, -1)
+    return comps, util
+
+
+def bon_selectors(prompts: list[dict], texts: list[str], scores, ns: list[int], verbosity: float) -> dict:
+    """Best-of-n on the same pool picked three ways: by the reward model, by the annotators' mean expected utility
+    (what a reward model that learnt the labelling process perfectly would score) and by gold. Each value is the
+    expected gold of the pick over every n-subset of a prompt's samples (`bon.expected_best_of_n`), averaged over
+    prompts. If the annotators' pick keeps improving with n while the reward model's falls, the fall is the reward
+    model's error, not the annotators' bias (docs/benchmarks.md, session 7: on seeds 0 and 3 it does). World only:
+    it needs the gold judge."""
+    from .bon import analytic_kl, expected_best_of_n
+
+    comps, util = judge_pool(prompts, texts, verbosity)
+    g = comps["total"]
+    ns = [n for n in ns if n <= g.shape[1]]
+    pickers = {"reward_model": scores, "annotators": util, "gold": g}
     return {"n": ns, "kl": [analytic_kl(n) for n in ns]} | {
         name: [expected_best_of_n(sel, g, n).mean().item() for n in ns] for name, sel in pickers.items()}
 

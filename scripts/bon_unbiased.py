@@ -35,8 +35,6 @@ from rlhfkit import data as data_lib
 from rlhfkit import demo
 from rlhfkit.bon import expected_best_of_n
 from rlhfkit.rewards import load_reward
-from rlhfkit.world import gold
-from rlhfkit.world.annotators import default_annotators, utility
 
 
 def unbiased_curve(selector: torch.Tensor, g: torch.Tensor) -> tuple[dict, dict]:
@@ -62,14 +60,8 @@ def main(run: Path, rewards: list[str], sft_likelihood: bool = False) -> dict:
     scores = pool["scores"].double()
     P, N = scores.shape
     prompts = [r["prompt"] for r in pool["prompts"] for _ in range(N)]
-    ptexts = [data_lib.prompt_text(p) for p in prompts]
-    judged = [gold(pt, t) for pt, t in zip(ptexts, pool["texts"])]
-    comps = {c: torch.tensor([j[c] for j in judged], dtype=torch.float64).view(P, N)
-             for c in ("helpful", "harmless", "honest", "concise", "total")}
+    comps, util = demo.judge_pool(pool["prompts"], pool["texts"], summary["config"].get("annotator_verbosity", 1.0))
     g, helpful = comps["total"], comps["helpful"]
-    anns = default_annotators(summary["config"].get("annotator_verbosity", 1.0))
-    util = torch.tensor([sum(utility(a, pt, t) for a in anns) / len(anns) for pt, t in zip(ptexts, pool["texts"])],
-                        dtype=torch.float64).view(P, N)
     selectors = {"proxy": scores, "annotators": util, "gold": g}
     for d in rewards:
         selectors[f"reward:{d}"] = load_reward(d)(prompts, pool["texts"])["score"].double().view(P, N)
