@@ -3,10 +3,8 @@
 
 Two estimators of the gold of the proxy's choice:
 - first-n: gold of the proxy's choice among the first n samples (what `rlhfkit demo` reports as bon_n);
-- unbiased: the expected gold of the choice among n samples drawn without replacement from the N in the pool, over
-  all C(N, n) subsets: sorted by the selector, the i-th best (0-based) is the choice with probability
-  C(N-1-i, n-1) / C(N, n) (Nakano et al. 2021, WebGPT appendix; Gao et al. 2022). Lower variance for n < N;
-  identical at n = N.
+- unbiased: the expected gold of the choice over all n-subsets of the N samples (`bon.expected_best_of_n`; lower
+  variance for n < N, identical at n = N).
 
 Besides the run's reward model ("proxy"), the same unbiased curve for other selectors on the same samples:
 - "annotators": the demo annotators' mean *expected* utility (gold + their biases, `world.annotators.utility`),
@@ -88,8 +86,8 @@ def main(run: Path, rewards: list[str], sft_likelihood: bool = False) -> dict:
         out["by_kind"][kind] = {"prompts": len(rows)} | {
             name: {"corr_helpful": within_prompt_corr(sel[rows], helpful[rows]),
                    "corr_gold": within_prompt_corr(sel[rows], g[rows]),
-                   "bo8": unbiased_curve(sel[rows], g[rows])[0][min(8, N)],
-                   "bo16": unbiased_curve(sel[rows], g[rows])[0][N]}
+                   "bo8": expected_best_of_n(sel[rows], g[rows], min(8, N)).mean().item(),
+                   "bo16": expected_best_of_n(sel[rows], g[rows], N).mean().item()}
             for name, sel in selectors.items() if name != "gold"}
     return out
 
