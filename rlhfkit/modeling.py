@@ -4,10 +4,16 @@ The language-model head is applied only where a log-prob is needed (completion t
 for a small model with a 2k vocabulary the head is a quarter of the FLOPs, and prompts are often half the tokens.
 Position ids are always derived from the attention mask, so left-padded (generation) and right-padded
 (training) batches give a token the same position and therefore the same log-prob (PITFALLS PPO #6).
+
+Prefix-shared layouts (`build_layout`) run padding-free on the model families in `UNPADDED_MODEL_TYPES`: the rows
+are concatenated without the padding at their ends into one sequence, so the linear layers see only real tokens,
+and each row attends within itself under its own block mask (`_rows_attention`, registered with transformers'
+`AttentionInterface`; the model's own forward runs unchanged).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +28,46 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 def backbone(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer body of a *ForCausalLM / *ForSequenceClassification model (model.model for Llama)."""
     return getattr(model, model.base_model_prefix)
+
+
+# Families whose decoder passes the forward's keyword arguments down to the attention function (so `_rows_attention`
+# receives `rlhfkit_rows`); checked against the padded path in tests/test_modeling.py. Others use padded rows.
+UNPADDED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+ROWS_ATTENTION = "rlhfkit_sdpa"
+
+
+def _rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None, **kwargs):
+    """transformers' SDPA attention, except in a padding-free layout forward (`rlhfkit_rows` given): there the
+    (1, heads, T, d) inputs are the layout's rows concatenated without their padding, and row (start, end, mask)
+    attends only within itself under its (1, 1, n, n) block mask. Returns (1, T, heads, d), as SDPA's does."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if rlhfkit_rows is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    out = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], m, **kwargs)[0]
+           for a, b, m in rlhfkit_rows]
+    return torch.cat(out, 1), None
+
+
+@functools.cache
+def _register_rows_attention() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(ROWS_ATTENTION, _rows_attention)
+    AttentionMaskInterface.register(ROWS_ATTENTION, sdpa_mask)  # every other forward: exactly SDPA's masks
+
+
+def padding_free(body: torch.nn.Module) -> bool:
+    """Whether layout forwards of this transformer body run padding-free. Switches an SDPA model to the same SDPA
+    attention with row support (identical outside layout forwards; the name is not saved with the model)."""
+    cfg = body.config
+    if getattr(cfg, "model_type", None) not in UNPADDED_MODEL_TYPES:
+        return False
+    if cfg._attn_implementation == "sdpa":
+        _register_rows_attention()
+        cfg._attn_implementation = ROWS_ATTENTION
+    return cfg._attn_implementation == ROWS_ATTENTION
 
 
 def hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -90,7 +136,7 @@ class Layout:
     pair's chosen = [:n], rejected = [n:])."""
 
     input_ids: torch.Tensor  # (R, L)
-    position_ids: torch.Tensor  # (R, L)
+    position_ids: torch.Tensor  # (R, L); -1 at padding
     mask: torch.Tensor  # (R, 1, L, L) bool, True = may attend
     src: torch.Tensor  # (N,) flat index into (R*L) of the hidden state that predicts each completion token
     labels: torch.Tensor  # (N,) the completion token ids
@@ -135,7 +181,7 @@ def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, pa
         room[r] -= sizes[i]
     R, L = len(rows), cap
     input_ids = torch.full((R, L), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((R, L), dtype=torch.long)
+    position_ids = torch.full((R, L), -1, dtype=torch.long)  # -1 marks padding (layout_hidden_states drops it)
     mask = torch.eye(L, dtype=torch.bool).repeat(R, 1, 1, 1)  # (R, 1, L, L); padding attends to itself only
     src, labels, seq = [], [], []
     lengths = torch.zeros(n_seqs, dtype=torch.long)
@@ -169,10 +215,27 @@ def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, pa
 
 def layout_hidden_states(model: torch.nn.Module, lay_input_ids: torch.Tensor, position_ids: torch.Tensor,
                          mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states (R*L, H) of a `build_layout` micro-batch, flattened so `src` / `last` index them."""
-    h = backbone(model)(input_ids=lay_input_ids, attention_mask=mask, position_ids=position_ids,
-                        use_cache=False).last_hidden_state  # (R, L, H)
-    return h.reshape(-1, h.shape[-1])
+    """Last hidden states (R*L, H) of a `build_layout` micro-batch, flattened so `src` / `last` index them.
+
+    Padding-free where the model allows (`padding_free`): the rows' real tokens (position >= 0; padding is only at
+    row ends) go through the model as one sequence, row r attending within itself under mask[r]; padding rows get
+    zeros. Otherwise the padded rows go through with the 4-D mask (padding attends to itself; outputs unused)."""
+    body = backbone(model)
+    R, L = lay_input_ids.shape
+    if not padding_free(body):
+        h = body(input_ids=lay_input_ids, attention_mask=mask, position_ids=position_ids.clamp(min=0),
+                 use_cache=False).last_hidden_state  # (R, L, H)
+        return h.reshape(-1, h.shape[-1])
+    real = position_ids >= 0
+    keep = real.reshape(-1).nonzero().squeeze(1)
+    rows, start = [], 0
+    for r, n in enumerate(real.sum(1).tolist()):
+        rows.append((start, start + n, mask[r:r + 1, :, :n, :n]))
+        start += n
+    # a 4-D attention_mask is passed through untouched, so transformers builds no (T, T) mask we would not use
+    h = body(input_ids=lay_input_ids.reshape(-1)[keep][None], position_ids=position_ids.reshape(-1)[keep][None],
+             attention_mask=mask[:1, :, :1, :1], use_cache=False, rlhfkit_rows=rows).last_hidden_state[0]
+    return h.new_zeros(R * L, h.shape[-1]).index_copy(0, keep, h)
 
 
 def shared_prompt_layout(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> Layout:

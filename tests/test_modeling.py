@@ -1,0 +1,93 @@
+"""Padding-free layout forwards (modeling.layout_hidden_states): the same hidden states and gradients as the padded
+rows, for every model family that takes that path, and untouched behaviour everywhere else."""
+
+import copy
+
+import pytest
+import torch
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+
+from rlhfkit import modeling
+
+V = 50
+DIMS = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64)
+
+
+def _models():
+    yield "llama", LlamaForCausalLM(LlamaConfig(**DIMS))
+    yield "mistral", MistralForCausalLM(MistralConfig(**DIMS, sliding_window=None))
+    yield "qwen2", Qwen2ForCausalLM(Qwen2Config(**DIMS))
+    yield "qwen3", Qwen3ForCausalLM(Qwen3Config(**DIMS, head_dim=8))
+
+
+def _items(seed: int = 0):
+    """Prompts with one to three completions of uneven lengths, so packed rows hold several blocks and end in
+    padding of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+
+    def toks(n):
+        return torch.randint(1, V, (n,), generator=g).tolist()
+
+    return [(toks(5), [toks(3), toks(7)]), (toks(1), [toks(1), toks(4)]), (toks(9), [toks(2), toks(2)]),
+            (toks(3), [toks(6), toks(1)])]
+
+
+@pytest.mark.parametrize("name,model", list(_models()), ids=lambda x: x if isinstance(x, str) else "")
+def test_padding_free_equals_padded_rows(name, model):
+    """Hidden states at every real position, and the gradients of a loss on them, match the padded rows' forward
+    with the 4-D mask (SDPA) on the same weights, in float64."""
+    model = model.double().eval()
+    padded = copy.deepcopy(model)
+    for packing in (True, False):
+        lay = modeling.build_layout(_items(), pad_id=0, packing=packing)
+        assert (lay.position_ids < 0).any(), "the test needs rows that end in padding"
+        outs = []
+        for m in (model, padded):
+            m.zero_grad()
+            if m is model:
+                h = modeling.layout_hidden_states(m, lay.input_ids, lay.position_ids, lay.mask)
+            else:
+                h = modeling.backbone(m)(input_ids=lay.input_ids, attention_mask=lay.mask,
+                                         position_ids=lay.position_ids.clamp(min=0)).last_hidden_state.flatten(0, 1)
+            (h[lay.src] ** 2).sum().backward()
+            outs.append((h, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        assert model.config._attn_implementation == modeling.ROWS_ATTENTION
+        assert padded.config._attn_implementation == "sdpa"
+        real = (lay.position_ids >= 0).reshape(-1)
+        torch.testing.assert_close(outs[0][0][real], outs[1][0][real], rtol=1e-10, atol=1e-10)
+        assert (outs[0][0][~real] == 0).all()  # padding positions: zeros, never read
+        assert outs[0][1].keys() == outs[1][1].keys() and len(outs[0][1]) > 10
+        for n in outs[0][1]:
+            torch.testing.assert_close(outs[0][1][n], outs[1][1][n], rtol=1e-9, atol=1e-10, msg=n)
+
+
+def test_other_forwards_are_plain_sdpa():
+    """Once switched, a model's ordinary padded forward (generation, scoring) is exactly SDPA's."""
+    model = LlamaForCausalLM(LlamaConfig(**DIMS)).double().eval()
+    ref = copy.deepcopy(model)
+    lay = modeling.build_layout(_items(), pad_id=0)
+    modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask)
+    assert model.config._attn_implementation == modeling.ROWS_ATTENTION
+    assert ref.config._attn_implementation == "sdpa"
+    ids = torch.randint(1, V, (3, 8))
+    att = torch.ones(3, 8, dtype=torch.long)
+    att[0, :3] = 0  # left padding, as in generation
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=att).logits,
+                                   ref(input_ids=ids, attention_mask=att).logits, rtol=0, atol=0)
+
+
+def test_unlisted_family_uses_padded_rows():
+    """GPT-2 is not in UNPADDED_MODEL_TYPES: its layout forward stays padded (learned absolute positions never see
+    the -1 that marks padding) and equals the separate-rows forward."""
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)).double().eval()
+    prompt, comps = [3, 4, 5], [[6, 7], [8]]
+    lay = modeling.build_layout([(prompt, comps), ([9], [[10, 11, 12], [13]])], pad_id=0)
+    with torch.no_grad():
+        h = modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask)
+        alone = model.transformer(input_ids=torch.tensor([prompt + comps[1]])).last_hidden_state[0]
+    assert model.config._attn_implementation != modeling.ROWS_ATTENTION
+    # sequence 2 = completion 1 of item 0; its last token's hidden state equals the separate row's
+    torch.testing.assert_close(h[lay.last[2]], alone[-1], rtol=1e-10, atol=1e-10)
