@@ -23,14 +23,17 @@ def main(run: Path, out: Path, overrides: dict) -> dict:
     unknown = set(overrides) - set(demo.SCALES["default"])
     if unknown:
         sys.exit(f"unknown scale settings: {sorted(unknown)}")
-    redo_base = any(k.startswith("pretrain_") or k in ("hidden", "layers", "heads", "block") for k in overrides)
+    redo_world = any(k in ("n_pretrain", "n_sft", "vocab") for k in overrides)
+    redo_base = redo_world or any(k.startswith("pretrain_") or k in ("hidden", "layers", "heads", "block")
+                                  for k in overrides)
     out.mkdir(parents=True, exist_ok=True)
-    for stage in ("world", "tokenizer") + (() if redo_base else ("base",)):
+    for stage in (() if redo_world else ("world", "tokenizer")) + (() if redo_base else ("base",)):
         if not (out / stage).exists():
             os.symlink((run / stage).resolve(), out / stage)
     ctx = demo.Context(demo.Config(out=str(out), seed=summary["seed"]))
     ctx.s = dict(ctx.s, **overrides)
-    stages = ([("base", demo.stage_base)] if redo_base else []) + [
+    stages = ([("world", demo.stage_world), ("tokenizer", demo.stage_tokenizer)] if redo_world else []) + (
+        [("base", demo.stage_base)] if redo_base else []) + [
         ("sft", demo.stage_sft), ("prefs", demo.stage_prefs), ("rm", demo.stage_rm)]
     result = {"run": str(run), "out": str(out), "overrides": overrides, "seconds": {}}
     for name, fn in stages:
