@@ -89,12 +89,13 @@ def is_complete(path: Path, verify: bool = False) -> bool:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    for name, meta in manifest["files"].items():
-        p = path / name
-        if not p.exists() or p.stat().st_size != meta["bytes"]:
-            return False
-        if verify and sha256(p) != meta["sha256"]:
-            return False
+    try:  # another process may prune this checkpoint while we read it: a vanished file means "not complete"
+        for name, meta in manifest["files"].items():
+            p = path / name
+            if p.stat().st_size != meta["bytes"] or verify and sha256(p) != meta["sha256"]:
+                return False
+    except OSError:
+        return False
     return True
 
 

@@ -150,3 +150,22 @@ def test_two_processes_equal_one_process_with_accumulation(toy_dir, tmp_path):
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for s in one:
         assert abs(one[s] - two[s]) <= 1e-5 * max(1.0, abs(one[s])), (s, one[s], two[s])
+
+
+def test_checkpoint_pruned_while_read_counts_as_incomplete(tmp_path, monkeypatch):
+    """A reader (a monitor, the kill-9 test's poll) can list a checkpoint that the trainer prunes before the reader
+    stats its files: that checkpoint is simply not complete, never an exception."""
+    from rlhfkit import checkpoint
+
+    path = checkpoint.save(tmp_path, 10, torch.nn.Linear(2, 2), {"step": 10})
+    assert checkpoint.complete_checkpoints(tmp_path) == [path]
+    real_stat = Path.stat
+
+    def vanished(self, *a, **k):  # the file disappears between the manifest read and its stat
+        if self.name == "model.safetensors":
+            raise FileNotFoundError(self)
+        return real_stat(self, *a, **k)
+
+    monkeypatch.setattr(Path, "stat", vanished)
+    assert checkpoint.complete_checkpoints(tmp_path) == []
+    assert checkpoint.latest(tmp_path) is None
