@@ -50,7 +50,7 @@ def main(root: Path) -> dict:
         trl["tokens"] += sum(seqs)
         trl["padded_tokens"] += len(seqs) * T
         trl["linear"] += 2 * lin * len(seqs) * T
-        trl["head"] += 2 * H * V * sum(len(c) for i in idx for c in examples[i].completions)
+        trl["head"] += 2 * H * V * len(lay.labels)  # the same completion tokens as rlhfkit's head
         trl["attention"] += n_layers * len(seqs) * 4 * T * T * H
     res = {}
     for name, d in (("rlhfkit", ours), ("trl", trl)):
