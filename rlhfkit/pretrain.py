@@ -42,6 +42,12 @@ class Config(TrainConfig):
     """Attention heads of a new model."""
     intermediate_size: int = 0
     """MLP width of a new model (0: 4 x hidden_size)."""
+    tie_word_embeddings: bool = False
+    """Share the input embedding with the LM head in a new model. Off by default: with it on, the built-in
+    world's 1 M-parameter model collapsed the embeddings of tokens that are unpredictable where they first
+    appear (object names, colours, digits: mean pairwise cosine 0.87-0.92 after pretraining), because the
+    tied output layer pushes them towards one vector to spread probability evenly. The input then cannot tell
+    them apart, so nothing can be copied from the prompt (docs/benchmarks.md, session 9)."""
     learning_rate: float = 1e-3
     """Peak AdamW learning rate."""
     warmup_steps: int = 20
@@ -63,7 +69,7 @@ def train(cfg: Config) -> Path:
     else:
         model = models.build_llama(tokenizer, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
                                    cfg.intermediate_size, max_position_embeddings=max(512, cfg.block_size),
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, tie_word_embeddings=cfg.tie_word_embeddings)
     rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid, expect=[data_lib.DataType.LM])
     blocks = data_lib.pack((data_lib.lm_example(tokenizer, r) for r in rows), cfg.block_size)
     if not blocks:

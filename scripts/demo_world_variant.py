@@ -5,6 +5,7 @@ pickers of `demo.bon_selectors` on the new SFT policy's 16 samples per held-out 
 
     python scripts/demo_world_variant.py runs/s6-demo-0 exp/pt600 '{"pretrain_steps": 600}'
     python scripts/demo_world_variant.py runs/s6-demo-0 exp/sft4 '{"sft_epochs": 4}'
+    python scripts/demo_world_variant.py runs/s8-demo-0 exp/untied '{"tie_embeddings": false}'
 
 Session 7's numbers: docs/benchmarks.md (the best-of-16 section).
 """
@@ -24,7 +25,7 @@ def main(run: Path, out: Path, overrides: dict) -> dict:
     if unknown:
         sys.exit(f"unknown scale settings: {sorted(unknown)}")
     redo_world = any(k in ("n_pretrain", "n_sft", "vocab") for k in overrides)
-    redo_base = redo_world or any(k.startswith("pretrain_") or k in ("hidden", "layers", "heads", "block")
+    redo_base = redo_world or any(k.startswith("pretrain_") or k in ("hidden", "layers", "heads", "block", "tie_embeddings")
                                   for k in overrides)
     out.mkdir(parents=True, exist_ok=True)
     for stage in (() if redo_world else ("world", "tokenizer")) + (() if redo_base else ("base",)):

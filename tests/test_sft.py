@@ -49,7 +49,23 @@ def test_pretrain_packs_and_learns(toy_dir, tmp_path):
     assert all(r["train/tokens"] == 8 * 32 * r["step"] for r in log)  # packed: no padding at all
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(out)  # plain transformers reloads it
+    model = AutoModelForCausalLM.from_pretrained(out)  # plain transformers reloads it
+    # untied by default (pretrain.Config.tie_word_embeddings: tied ones collapsed the world's object names)
+    assert not model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    assert not torch.equal(model.lm_head.weight, model.get_input_embeddings().weight)
+
+
+def test_pretrain_can_tie_embeddings(toy_dir, tmp_path):
+    out = pretrain.train(pretrain.Config(data=str(toy_dir / "lm.jsonl"), tokenizer=str(toy_dir / "tok"),
+                                         output_dir=str(tmp_path / "base"), max_steps=2, block_size=32,
+                                         micro_batch_size=8, hidden_size=32, num_layers=1, num_heads=2,
+                                         warmup_steps=1, progress=False, tie_word_embeddings=True))
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
 def test_packed_batches_give_the_padded_loss(toy_dir):
