@@ -1,8 +1,9 @@
 """Can a world model read the prompt? Teacher-forced look-up skill and embedding collapse (an experiment, not a stage).
 
 For the first 150 held-out `lookup` prompts of WORLD (a demo run's world directory), and each model directory:
-- object copy: after "<|assistant|>The", is the asked object the likeliest of the 12 object names? (chance ~1/12)
-- colour copy: after "<|assistant|>The <object> is", is its colour from the prompt the likeliest of the 10? (chance 1/10)
+- object copy: after the chat template's assistant turn and "The", is the asked object the likeliest of the 12
+  object names? (chance ~1/12)
+- colour copy: after "The <object> is" there, is its colour from the prompt the likeliest of the 10? (chance 1/10)
 - the mean pairwise cosine of the input embeddings of the object names and of the colours (near 1: collapsed, the
   input cannot tell them apart).
 
@@ -39,8 +40,8 @@ def probe(prompts: list[str], model_dir: str) -> dict:
         for p in prompts:
             task = tasks.parse_prompt(p)
             o = task.fields["o"]
-            # the demo's chat template, written out so that any world model's tokenizer gives the same text
-            text = "<|user|>" + p + "<|end|><|assistant|>The"
+            text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                           add_generation_prompt=True) + "The"
             obj_ok += tasks.OBJECTS[int(next_logits(text)[obj_ids].argmax())] == o
             col_ok += tasks.COLORS[int(next_logits(f"{text} {o} is")[col_ids].argmax())] == task.answer
     emb = model.get_input_embeddings().weight.detach()
