@@ -45,7 +45,7 @@ class Config(TrainConfig):
     tie_word_embeddings: bool = False
     """Share the input embedding with the LM head in a new model. Off by default: with it on, the built-in
     world's 1 M-parameter model collapsed the embeddings of tokens that are unpredictable where they first
-    appear (object names, colours, digits: mean pairwise cosine 0.87-0.92 after pretraining), because the
+    appear (object names and colours: mean pairwise cosine 0.87-0.92 after pretraining), because the
     tied output layer pushes them towards one vector to spread probability evenly. The input then cannot tell
     them apart, so nothing can be copied from the prompt (docs/benchmarks.md, session 9)."""
     learning_rate: float = 1e-3

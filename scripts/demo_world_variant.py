@@ -25,8 +25,8 @@ def main(run: Path, out: Path, overrides: dict) -> dict:
     if unknown:
         sys.exit(f"unknown scale settings: {sorted(unknown)}")
     redo_world = any(k in ("n_pretrain", "n_sft", "vocab") for k in overrides)
-    redo_base = redo_world or any(k.startswith("pretrain_") or k in ("hidden", "layers", "heads", "block", "tie_embeddings")
-                                  for k in overrides)
+    base_keys = ("hidden", "layers", "heads", "block", "tie_embeddings")
+    redo_base = redo_world or any(k.startswith("pretrain_") or k in base_keys for k in overrides)
     out.mkdir(parents=True, exist_ok=True)
     for stage in (() if redo_world else ("world", "tokenizer")) + (() if redo_base else ("base",)):
         if not (out / stage).exists():
