@@ -22,6 +22,8 @@ never branches on names. The math lives in losses.py; this file turns data into 
 KTO (Ethayarajh et al. 2024) trains on unpaired rows (prompt, completion, label); paired rows are unpaired (each
 pair -> one desirable + one undesirable example, as TRL's unpair_preference_dataset). Its reference point z0 is
 estimated on mismatched (prompt, completion) pairs under no_grad over the whole global batch (see docs/dpo.md).
+When a step is one micro-batch, that pass continues the gradient forward's prompts from the keys and values it
+saved (`modeling.continuation_hidden_states`), so each prompt is forwarded once per step by the policy, not twice.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from . import models, refcache
 from .engine import (Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, seed_everything, setup_distributed,
                      total_steps)
 from .losses import LossType, kto_reference_point, preference_loss
-from .modeling import Layout, build_layout, layout_hidden_states
+from .modeling import (Layout, backbone, build_layout, continuation_hidden_states, layout_hidden_states,
+                       padding_free)
 
 
 @dataclass
@@ -210,16 +213,38 @@ class SequenceLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, mask, src, labels, seq, n_seqs: int):
-        h = layout_hidden_states(self.model, input_ids, position_ids, mask)[src]  # (N, H)
-        logits = self.model.get_output_embeddings()(h).float()  # (N, V)
-        token_logps = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
-        return torch.zeros(n_seqs, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
+    def forward(self, input_ids, position_ids, mask, src, labels, seq, n_seqs: int, save_kv: dict | None = None):
+        h = layout_hidden_states(self.model, input_ids, position_ids, mask, save_kv)[src]  # (N, H)
+        return summed_logps(self.model, h, labels, seq, n_seqs)
 
 
-def run_layout(module: torch.nn.Module, lay: Layout, device) -> torch.Tensor:
+def summed_logps(model: torch.nn.Module, h: torch.Tensor, labels: torch.Tensor, seq: torch.Tensor,
+                 n_seqs: int) -> torch.Tensor:
+    """(n_seqs,) sums of log p(labels[t]) from the hidden states h[t] (N, H) that predict them, by sequence seq[t]."""
+    logits = model.get_output_embeddings()(h).float()  # (N, V)
+    token_logps = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
+    return torch.zeros(n_seqs, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
+
+
+def run_layout(module: torch.nn.Module, lay: Layout, device, save_kv: dict | None = None) -> torch.Tensor:
     return module(lay.input_ids.to(device), lay.position_ids.to(device), lay.mask.to(device), lay.src.to(device),
-                  lay.labels.to(device), lay.seq.to(device), lay.n_seqs)
+                  lay.labels.to(device), lay.seq.to(device), lay.n_seqs, save_kv=save_kv)
+
+
+def continuation_logps(model: torch.nn.Module, saved_kv: dict, lay: Layout, prompts: list[list[int]],
+                       completions: list[list[int]]) -> torch.Tensor:
+    """(n,) summed log-probs of completions[i] after prompts[i], where prompts[i] is item i of `lay`, a layout
+    forward that saved its keys and values. Only each prompt's last token (its hidden state predicts the first
+    completion token) and the completion but its last token are forwarded; the rest of the prompt is read back."""
+    dev = next(model.parameters()).device
+    runs, labels, seq = [], [], []
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        start = int(lay.prompt_at[i])
+        runs.append((torch.arange(start, start + len(p) - 1), [p[-1]] + c[:-1], len(p) - 1))
+        labels += c
+        seq += [i] * len(c)
+    h = continuation_hidden_states(model, saved_kv, runs)
+    return summed_logps(model, h, torch.tensor(labels, device=dev), torch.tensor(seq, device=dev), len(prompts))
 
 
 def padded_logps(model: torch.nn.Module, items: list[tuple[list[int], list[list[int]]]], pad_id: int) -> torch.Tensor:
@@ -342,6 +367,27 @@ def train(cfg: Config) -> Path:
         return None
 
     has_ref = cfg.needs_reference
+    # KTO's z0 pass may read the gradient forward's prompt keys and values back (the step must be one micro-batch:
+    # z0 is needed before the first micro-batch's loss) on a padding-free model family.
+    reuse_prompt_kv = cfg.unpaired and padding_free(backbone(model))
+
+    def mismatched(m: list[int]) -> tuple[list[list[int]], list[list[int]]]:
+        return [examples[i].prompt for i in m], [examples[i].completions[1] for i in m]
+
+    def mismatched_logps(m: list[int]) -> torch.Tensor:  # a forward of its own: prompts and mismatched completions
+        lay = build_layout([(p, [c]) for p, c in zip(*mismatched(m))], pad, cfg.packing)
+        with torch.no_grad(), engine.autocast():
+            out = run_layout(engine.module, lay, dev)
+        engine.count(tokens=lay.tokens)
+        return out
+
+    def kto_z0(policy_logps: list[torch.Tensor], refs: list[torch.Tensor]) -> torch.Tensor:
+        kl_sum = torch.zeros(2)
+        for pol, r in zip(policy_logps, refs):
+            kl_sum += torch.tensor([(pol.float().cpu() - r[1]).sum().item(), len(pol)])
+        kl_sum = all_reduce_sum(kl_sum)
+        return kto_reference_point(kl_sum[0:1] / kl_sum[1], torch.zeros(1))
+
     t0 = time.perf_counter()
     for step in engine.remaining_steps():
         idx = sampler.indices(step)
@@ -350,18 +396,14 @@ def train(cfg: Config) -> Path:
 
         # 2. KTO's reference point z0 = max(0, E[log pi/pi_ref]) on mismatched (prompt, completion) pairs
         #    (Ethayarajh et al. 2024, sec. 4.1), under no_grad and over the WHOLE global batch, so gradient
-        #    accumulation and process count do not change it (TRL estimates it per micro-batch).
-        z0 = None
+        #    accumulation and process count do not change it (TRL estimates it per micro-batch). With one
+        #    micro-batch it is computed after the gradient forward, from the keys and values that forward saved.
+        z0, saved_kv = None, None
         if cfg.unpaired:
-            kl_sum = torch.zeros(2)
-            for m, r in zip(micros, refs):
-                lay = build_layout([(examples[i].prompt, [examples[i].completions[1]]) for i in m], pad, cfg.packing)
-                with torch.no_grad(), engine.autocast():
-                    pol_kl = run_layout(engine.module, lay, dev).float().cpu()
-                kl_sum += torch.tensor([(pol_kl - r[1]).sum().item(), len(m)])
-                engine.count(tokens=lay.tokens)
-            kl_sum = all_reduce_sum(kl_sum)
-            z0 = kto_reference_point(kl_sum[0:1] / kl_sum[1], torch.zeros(1))
+            if reuse_prompt_kv and len(micros) == 1:
+                saved_kv = {}
+            else:
+                z0 = kto_z0([mismatched_logps(m) for m in micros], refs)
 
         # 3. forward/backward per micro-batch; the loss is a sum over examples divided by the global batch size
         acc_sums = dict.fromkeys(("loss", "n", "r_c", "r_c#", "r_r", "r_r#", "acc", "acc#", "lp_c", "lp_c#", "lp_r",
@@ -373,7 +415,13 @@ def train(cfg: Config) -> Path:
             else:
                 lay = build_layout([(examples[i].prompt, list(examples[i].completions)) for i in m], pad, cfg.packing)
             with engine.autocast():
-                logps = run_layout(engine.model, lay, dev).float()  # (n_seqs,)
+                logps = run_layout(engine.model, lay, dev, save_kv=saved_kv).float()  # (n_seqs,)
+            if saved_kv is not None:
+                prompts, comps = mismatched(m)
+                with torch.no_grad(), engine.autocast():
+                    z0 = kto_z0([continuation_logps(engine.module.model, saved_kv, lay, prompts, comps)], refs)
+                engine.count(tokens=sum(len(p) + len(c) for p, c in zip(prompts, comps)))
+                saved_kv.clear()
             lengths = lay.lengths.to(dev).float()
             if cfg.unpaired:
                 lab = torch.tensor([examples[i].label for i in m], device=dev)

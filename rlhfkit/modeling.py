@@ -36,16 +36,29 @@ UNPADDED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ROWS_ATTENTION = "rlhfkit_sdpa"
 
 
-def _rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None, **kwargs):
+def _rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None, rlhfkit_save_kv=None,
+                    rlhfkit_prefix_kv=None, **kwargs):
     """transformers' SDPA attention, except in a padding-free layout forward (`rlhfkit_rows` given): there the
-    (1, heads, T, d) inputs are the layout's rows concatenated without their padding, and row (start, end, mask)
-    attends only within itself under its (1, 1, n, n) block mask. Returns (1, T, heads, d), as SDPA's does."""
+    (1, heads, T, d) inputs are the layout's rows concatenated without their padding, and row (start, end, mask,
+    prefix) attends only within itself under its (1, 1, n, n) block mask. Returns (1, T, heads, d), as SDPA's does.
+
+    A forward given a dict `rlhfkit_save_kv` leaves each layer's keys and values there (detached, by layer index).
+    A later forward given that dict as `rlhfkit_prefix_kv` may continue from them: a row whose `prefix` holds indices
+    into the saved sequence attends to those keys first, then to its own (mask (1, 1, n, len(prefix) + n)), as a
+    decoder continues from a KV cache, several tokens at a time."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if rlhfkit_rows is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    out = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], m, **kwargs)[0]
-           for a, b, m in rlhfkit_rows]
+    if rlhfkit_save_kv is not None:
+        rlhfkit_save_kv[module.layer_idx] = (key.detach(), value.detach())
+    out = []
+    for a, b, m, prefix in rlhfkit_rows:
+        k, v = key[:, :, a:b], value[:, :, a:b]
+        if prefix is not None:
+            saved_k, saved_v = rlhfkit_prefix_kv[module.layer_idx]
+            k, v = torch.cat([saved_k[:, :, prefix], k], 2), torch.cat([saved_v[:, :, prefix], v], 2)
+        out.append(sdpa_attention_forward(module, query[:, :, a:b], k, v, m, **kwargs)[0])
     return torch.cat(out, 1), None
 
 
@@ -145,6 +158,7 @@ class Layout:
     lengths: torch.Tensor  # (n_seqs,) completion tokens per sequence
     tokens: int  # non-pad tokens in the rows (what the model really processes)
     last: torch.Tensor  # (n_seqs,) flat index into (R*L) of each sequence's final token (a scalar head reads it)
+    prompt_at: torch.Tensor  # (n_items,) item i's first prompt token among the real tokens (row-major, no padding)
 
 
 def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, packing: bool = True,
@@ -186,11 +200,14 @@ def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, pa
     src, labels, seq = [], [], []
     lengths = torch.zeros(n_seqs, dtype=torch.long)
     last = torch.zeros(n_seqs, dtype=torch.long)
+    prompt_at = torch.zeros(n, dtype=torch.long)
+    real_before = 0  # real tokens in the rows before this one
     for r, members in enumerate(rows):
         o = 0
         for i in members:
             prompt, comps = items[i]
             P = len(prompt)
+            prompt_at[i] = real_before + o
             input_ids[r, o:o + P] = torch.tensor(prompt)
             position_ids[r, o:o + P] = torch.arange(P)
             mask[r, 0, o:o + P, o:o + P] = torch.ones(P, P, dtype=torch.bool).tril()
@@ -209,20 +226,25 @@ def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, pa
                 last[s] = base + c0 + C - 1
                 c0 += C
             o = c0
+        real_before += o
     return Layout(input_ids, position_ids, mask, torch.tensor(src), torch.tensor(labels), torch.tensor(seq), n_seqs,
-                  lengths, sum(sizes), last)
+                  lengths, sum(sizes), last, prompt_at)
 
 
 def layout_hidden_states(model: torch.nn.Module, lay_input_ids: torch.Tensor, position_ids: torch.Tensor,
-                         mask: torch.Tensor) -> torch.Tensor:
+                         mask: torch.Tensor, save_kv: dict | None = None) -> torch.Tensor:
     """Last hidden states (R*L, H) of a `build_layout` micro-batch, flattened so `src` / `last` index them.
 
     Padding-free where the model allows (`padding_free`): the rows' real tokens (position >= 0; padding is only at
     row ends) go through the model as one sequence, row r attending within itself under mask[r]; padding rows get
-    zeros. Otherwise the padded rows go through with the 4-D mask (padding attends to itself; outputs unused)."""
+    zeros. Otherwise the padded rows go through with the 4-D mask (padding attends to itself; outputs unused).
+    `save_kv` (padding-free only): a dict that receives every layer's keys and values, indexed by real token (the
+    layout's non-padding tokens in row-major order), for `continuation_hidden_states`."""
     body = backbone(model)
     R, L = lay_input_ids.shape
     if not padding_free(body):
+        if save_kv is not None:
+            raise ValueError(f"save_kv needs a padding-free model family {UNPADDED_MODEL_TYPES}")
         h = body(input_ids=lay_input_ids, attention_mask=mask, position_ids=position_ids.clamp(min=0),
                  use_cache=False).last_hidden_state  # (R, L, H)
         return h.reshape(-1, h.shape[-1])
@@ -230,12 +252,37 @@ def layout_hidden_states(model: torch.nn.Module, lay_input_ids: torch.Tensor, po
     keep = real.reshape(-1).nonzero().squeeze(1)
     rows, start = [], 0
     for r, n in enumerate(real.sum(1).tolist()):
-        rows.append((start, start + n, mask[r:r + 1, :, :n, :n]))
+        rows.append((start, start + n, mask[r:r + 1, :, :n, :n], None))
         start += n
     # a 4-D attention_mask is passed through untouched, so transformers builds no (T, T) mask we would not use
     h = body(input_ids=lay_input_ids.reshape(-1)[keep][None], position_ids=position_ids.reshape(-1)[keep][None],
-             attention_mask=mask[:1, :, :1, :1], use_cache=False, rlhfkit_rows=rows).last_hidden_state[0]
+             attention_mask=mask[:1, :, :1, :1], use_cache=False, rlhfkit_rows=rows,
+             rlhfkit_save_kv=save_kv).last_hidden_state[0]
     return h.new_zeros(R * L, h.shape[-1]).index_copy(0, keep, h)
+
+
+def continuation_hidden_states(model: torch.nn.Module, saved_kv: dict,
+                               runs: list[tuple[torch.Tensor, list[int], int]]) -> torch.Tensor:
+    """Last hidden states (T, H) of token runs that continue prefixes of an earlier padding-free layout forward,
+    from the keys and values it saved (`layout_hidden_states(..., save_kv=saved_kv)`) instead of recomputing them.
+
+    runs: (prefix, tokens, position): `prefix` indexes the earlier forward's real tokens (a run's context, in order),
+    `tokens` continue it from `position` on. Each run attends to its whole prefix and causally to itself; the
+    outputs are the runs' tokens concatenated. Exact, as decoding from a KV cache is: same model, same weights."""
+    body = backbone(model)
+    dev = next(body.parameters()).device
+    ids, pos, rows, start = [], [], [], 0
+    for prefix, tokens, p0 in runs:
+        n, k = len(tokens), len(prefix)
+        m = torch.ones(1, 1, n, k + n, dtype=torch.bool)
+        m[..., k:] = torch.ones(n, n, dtype=torch.bool).tril()
+        rows.append((start, start + n, m.to(dev), prefix.to(dev)))
+        ids += tokens
+        pos += range(p0, p0 + n)
+        start += n
+    return body(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
+                attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=dev), use_cache=False,
+                rlhfkit_rows=rows, rlhfkit_prefix_kv=saved_kv).last_hidden_state[0]
 
 
 def shared_prompt_layout(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> Layout:

@@ -1,6 +1,7 @@
 """Where a KTO benchmark step's forwards go: times each layout forward of `rlhfkit kto` on the benchmark workload
-(bench-data/, 20 steps, batch 8, reference on the fly) by kind: reference, policy z0 pass, policy gradient forward.
-The backward and the update are the rest of the step.
+(bench-data/, 20 steps, batch 8, reference on the fly) by kind: reference, policy z0 pass (since session 11 a
+continuation from the gradient forward's saved prompt keys and values, when the step is one micro-batch), policy
+gradient forward. The backward and the update are the rest of the step.
 
 Usage: python scripts/kto_step_split.py   (needs bench-data/ from ../shared/bench/make_tiny.py)
 """
@@ -15,17 +16,24 @@ from rlhfkit import dpo
 if __name__ == "__main__":
     torch.set_num_threads(2)
     times = collections.defaultdict(list)  # kind -> [(seconds, tokens)]
-    run_layout = dpo.run_layout
+    run_layout, continuation_logps = dpo.run_layout, dpo.continuation_logps
 
-    def timed(module, lay, device):
+    def timed(module, lay, device, **kw):
         kind = ("reference (inference_mode)" if torch.is_inference_mode_enabled() else
                 "policy gradient forward" if torch.is_grad_enabled() else "policy z0 pass (no_grad)")
         t = time.perf_counter()
-        out = run_layout(module, lay, device)
+        out = run_layout(module, lay, device, **kw)
         times[kind].append((time.perf_counter() - t, lay.tokens))
         return out
 
-    dpo.run_layout = timed
+    def timed_continuation(model, saved_kv, lay, prompts, completions):
+        t = time.perf_counter()
+        out = continuation_logps(model, saved_kv, lay, prompts, completions)
+        tokens = sum(len(c) for c in completions)  # the prompt's last token and the completion but its last
+        times["policy z0 pass, continued"].append((time.perf_counter() - t, tokens))
+        return out
+
+    dpo.run_layout, dpo.continuation_logps = timed, timed_continuation
     cfg = dpo.Config(model="bench-data/small", data="bench-data/preference.jsonl", output_dir="/tmp/kto-split",
                      max_steps=20, seed=42, threads=2, micro_batch_size=8, max_length=256, loss=["kto"],
                      progress=False)

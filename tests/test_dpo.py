@@ -93,6 +93,23 @@ def test_packed_shared_prompt_layout_equals_padded_rows(toy_dir, pref):
                                dpo.padded_logps(model, short, tok.pad_token_id), rtol=0, atol=1e-5)
 
 
+def test_kto_mismatched_logps_from_saved_prompt_keys_and_values(toy_dir, pref):
+    """KTO's z0 pass from the gradient forward's saved prompt keys and values (`continuation_logps`) gives the log-probs
+    of a forward of its own over the same (prompt, mismatched completion) pairs (float64)."""
+    tok, items = _items(toy_dir, pref)
+    model = models.load_causal_lm(str(toy_dir / "model"), tok).double().eval()
+    prompts = [p for p, _ in items]
+    mismatched = [items[(i + 1) % len(items)][1][1] for i in range(len(items))]
+    want = dpo.run_layout(dpo.SequenceLogprobs(model), dpo.build_layout(
+        [(p, [c]) for p, c in zip(prompts, mismatched)], tok.pad_token_id, True), torch.device("cpu"))
+    for packing in (False, True):
+        lay = dpo.build_layout([(p, [cs[0]]) for p, cs in items], tok.pad_token_id, packing)
+        saved: dict = {}
+        dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu"), save_kv=saved)
+        got = dpo.continuation_logps(model, saved, lay, prompts, mismatched)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
 def test_dpo_learns_and_changes_every_parameter(toy_dir, pref, tmp_path):
     start = {k: v.clone() for k, v in models.load_causal_lm(str(toy_dir / "model")).state_dict().items()}
     small = write_jsonl(tmp_path / "small.jsonl", pref_rows(16))  # a few pairs, seen repeatedly
@@ -177,11 +194,15 @@ def test_reference_free_variants_never_load_a_reference(toy_dir, pref, tmp_path,
 
 @pytest.mark.parametrize("loss", [["sigmoid"], ["kto"]])
 def test_batch_8_equals_batch_4_times_accumulation_2(toy_dir, pref, tmp_path, loss):
-    a = dpo.train(cfg(toy_dir, pref, tmp_path / "a", loss=loss, max_steps=3, micro_batch_size=8))
+    lr = 1e-2 if loss == ["kto"] else 1e-3  # kto: moves the policy far enough for z0 to leave 0 by step 1
+    a = dpo.train(cfg(toy_dir, pref, tmp_path / "a", loss=loss, max_steps=3, micro_batch_size=8, learning_rate=lr))
     b = dpo.train(cfg(toy_dir, pref, tmp_path / "b", loss=loss, max_steps=3, micro_batch_size=4,
-                      gradient_accumulation_steps=2))
-    for key in ("train/loss", "rewards/margin"):
+                      gradient_accumulation_steps=2, learning_rate=lr))
+    # (kto: batch 8 is one micro-batch, whose z0 pass reads the prompts' saved keys and values; 4 x 2 forwards them)
+    for key in ("train/loss", "rewards/margin") + (("kl/z0",) if loss == ["kto"] else ()):
         torch.testing.assert_close(torch.tensor(losses_of(a, key)), torch.tensor(losses_of(b, key)), rtol=0, atol=1e-5)
+    if loss == ["kto"]:
+        assert max(losses_of(a, "kl/z0")) > 0  # z0 is not clamped to 0 at every step: the comparison means something
 
 
 def test_resume_gives_identical_losses(toy_dir, pref, tmp_path):

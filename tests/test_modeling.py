@@ -63,6 +63,33 @@ def test_padding_free_equals_padded_rows(name, model):
             torch.testing.assert_close(outs[0][1][n], outs[1][1][n], rtol=1e-9, atol=1e-10, msg=n)
 
 
+@pytest.mark.parametrize("name,model", list(_models()), ids=lambda x: x if isinstance(x, str) else "")
+def test_continuation_from_saved_keys_and_values_equals_a_full_forward(name, model):
+    """Runs that continue each item's prompt from the keys and values a layout forward saved give the hidden states
+    a layout forward of prompt + run computes from scratch (float64), for every item and both packings, including
+    a one-token prompt (an empty prefix)."""
+    model = model.double().eval()
+    items = _items()
+    g = torch.Generator().manual_seed(1)
+    conts = [torch.randint(1, V, (n,), generator=g).tolist() for n in (4, 1, 6, 3)]
+    for packing in (True, False):
+        lay = modeling.build_layout(items, pad_id=0, packing=packing)
+        saved: dict = {}
+        with torch.no_grad():
+            modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask, save_kv=saved)
+            assert sorted(saved) == list(range(model.config.num_hidden_layers))
+            runs = [(torch.arange(int(lay.prompt_at[i]), int(lay.prompt_at[i]) + len(p) - 1), [p[-1]] + c, len(p) - 1)
+                    for i, ((p, _), c) in enumerate(zip(items, conts))]
+            got = modeling.continuation_hidden_states(model, saved, runs)
+            full = modeling.build_layout([(p, [c]) for (p, _), c in zip(items, conts)], pad_id=0, packing=packing)
+            h = modeling.layout_hidden_states(model, full.input_ids, full.position_ids, full.mask)
+        # the hidden states that predict each continuation token: the prompt's last, then the run's own but its last
+        want = h[full.src[torch.argsort(full.seq, stable=True)]]  # src runs in row order; sort by item
+        keep = torch.cat([torch.arange(len(c)) + sum(len(x) + 1 for x in conts[:i]) for i, c in enumerate(conts)])
+        assert got.shape[0] == sum(len(c) + 1 for c in conts)
+        torch.testing.assert_close(got[keep], want, rtol=1e-10, atol=1e-10)
+
+
 def test_other_forwards_are_plain_sdpa():
     """Once switched, a model's ordinary padded forward (generation, scoring) is exactly SDPA's."""
     model = LlamaForCausalLM(LlamaConfig(**DIMS)).double().eval()
