@@ -11,7 +11,9 @@ Besides the run's reward model ("proxy"), the same unbiased curve for other sele
   i.e. what a reward model that learnt the labelling process perfectly would score. If best-of-n by this selector
   keeps rising while the proxy's falls, the fall is the reward model's error, not the annotators' bias itself.
 - "gold": the gold judge itself (the ceiling of best-of-n on this pool);
-- "reward:DIR": any other reward-model directory given with --reward (e.g. one trained on more labels);
+- "reward:DIR": any other reward-model directory given with --reward (e.g. one trained on more labels); for an
+  ensemble also "reward-wco:DIR" (the members' minimum) and "reward-uwoL:DIR" (mean - L * variance across members,
+  L = 0.5, 1, 2), the conservative aggregates of Coste et al. 2023;
 - "sft_logprob" (with --sft-likelihood): the SFT model's own log-probability of the response, summed over its
   tokens (the text re-tokenised, EOS appended): whether the backbone the reward model starts from ranks correct
   answers higher at all.
@@ -62,7 +64,18 @@ def main(run: Path, rewards: list[str], sft_likelihood: bool = False) -> dict:
     g, helpful = comps["total"], comps["helpful"]
     selectors = {"proxy": scores, "annotators": util, "gold": g}
     for d in rewards:
-        selectors[f"reward:{d}"] = load_reward(d)(prompts, pool["texts"])["score"].double().view(P, N)
+        rm = load_reward(d)
+        if not getattr(rm, "is_ensemble", False):
+            selectors[f"reward:{d}"] = rm(prompts, pool["texts"])["score"].double().view(P, N)
+            continue
+        # an ensemble (Coste et al. 2023): its mean, worst case (WCO: min over members) and uncertainty-weighted
+        # score (UWO: mean - lambda * variance across members), each member normalised as the demo's proxy is
+        members = rm.member_scores(prompts, pool["texts"]).double()  # (M, P*N)
+        mean, var = members.mean(0), members.var(0, unbiased=False)
+        selectors[f"reward:{d}"] = mean.view(P, N)
+        selectors[f"reward-wco:{d}"] = members.min(0).values.view(P, N)
+        for lam in (0.5, 1.0, 2.0):
+            selectors[f"reward-uwo{lam}:{d}"] = (mean - lam * var).view(P, N)
     if sft_likelihood:
         from rlhfkit import models
         from rlhfkit.evaluate import sequence_logps
