@@ -5,7 +5,10 @@ invariance and resume."""
 from __future__ import annotations
 
 import math
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -228,3 +231,25 @@ def test_config_is_checked():
     with pytest.raises(ValueError, match="length_alpha"):
         dpo.Config(model="m", data="d", length_alpha=-0.1).validate()
     dpo.Config(model="m", data="d", loss=["sigmoid", "sft"], length_alpha=0.05).validate()
+
+
+def test_kto_two_processes_equal_one_process(toy_dir, pref, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo), micro 4 each: every rank continues its own prompts' saved keys and values
+    for z0 and all-reduces the estimate; one process with micro 8 does the same in one piece. Same losses and z0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(out, micro):
+        return ["-m", "rlhfkit.cli", "dpo", "--model", str(toy_dir / "model"), "--data", str(pref), "--loss", "kto",
+                "--output-dir", str(out), "--max-steps", "3", "--micro-batch-size", str(micro), "--max-length", "48",
+                "--learning-rate", "1e-2", "--seed", "0", "--threads", "1", "--no-progress",
+                "--ref-cache-dir", str(out) + "-cache"]
+
+    subprocess.run([sys.executable, *cmd(tmp_path / "one", 8)], check=True, env=env, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(29700 + os.getpid() % 1000), *cmd(tmp_path / "two", 4)], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for key in ("train/loss", "rewards/margin", "kl/z0"):
+        torch.testing.assert_close(torch.tensor(losses_of(tmp_path / "two", key)),
+                                   torch.tensor(losses_of(tmp_path / "one", key)), rtol=0, atol=1e-5)
+    assert max(losses_of(tmp_path / "one", "kl/z0")) > 0
