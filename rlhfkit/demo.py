@@ -41,7 +41,7 @@ class Config:
     out: str = "runs/demo"
     """Output directory: summary.json, report.html and one subdirectory per stage."""
     seed: int = 0
-    """World and training seed: the same seed gives the same summary."""
+    """World and training seed: the same seed gives the same summary on the same kind of machine (`versions`)."""
     force: bool = False
     """Redo every stage even if a finished one is on disk."""
     scale: str = "default"
@@ -433,13 +433,18 @@ def _fingerprint(cfg: Config) -> str:
 
 
 def versions() -> dict[str, str]:
+    """What a run's numbers depend on besides its config and seed. The CPU's vector capability is among them: the
+    same seed reproduces a run bit for bit on the same kind of machine, but an AVX-512 CPU rounds matrix products
+    differently from an AVX2 one, pretraining drifts apart within its first steps, and every later number is then a
+    different (equally valid) sample (docs/benchmarks.md, session 11)."""
     import torch
     import transformers
 
-    from . import __version__
+    from . import __version__, models
 
     return {"rlhfkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": models.inference_device("auto").type}
 
 
 def _summary_from_results(ctx: Context) -> dict:

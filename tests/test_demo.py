@@ -17,7 +17,8 @@ def toy_demo(tmp_path_factory):
 
 def test_summary_has_the_contract_keys(toy_demo):
     s = json.loads((toy_demo / "summary.json").read_text())
-    assert s["seed"] == 0 and "torch" in s["versions"] and s["config"]["scale"] == "toy"
+    assert s["seed"] == 0 and s["config"]["scale"] == "toy"
+    assert "torch" in s["versions"] and s["versions"]["cpu_capability"]  # results differ across CPU kinds
     for p in ("base", "sft"):
         pol = s["policies"][p]
         assert isinstance(pol["gold"], float)
