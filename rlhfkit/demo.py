@@ -434,9 +434,9 @@ def _fingerprint(cfg: Config) -> str:
 
 def versions() -> dict[str, str]:
     """What a run's numbers depend on besides its config and seed. The CPU's vector capability is among them: the
-    same seed reproduces a run bit for bit on the same kind of machine, but an AVX-512 CPU rounds matrix products
-    differently from an AVX2 one, pretraining drifts apart within its first steps, and every later number is then a
-    different (equally valid) sample (docs/benchmarks.md, session 11)."""
+    same seed reproduces a run bit for bit on the same kind of machine, but on an AVX-512 CPU torch and MKL take
+    code paths that round differently from their AVX2 ones, pretraining drifts apart within its first steps, and
+    every later number is then a different (equally valid) sample (docs/benchmarks.md, session 11)."""
     import torch
     import transformers
 
