@@ -420,6 +420,7 @@ def train(cfg: Config) -> Path:
                 prompts, comps = mismatched(m)
                 with torch.no_grad(), engine.autocast():
                     z0 = kto_z0([continuation_logps(engine.module.model, saved_kv, lay, prompts, comps)], refs)
+                # counted as the separate pass counts them (prompt + completion), so tokens/s stays comparable
                 engine.count(tokens=sum(len(p) + len(c) for p, c in zip(prompts, comps)))
                 saved_kv.clear()
             lengths = lay.lengths.to(dev).float()
