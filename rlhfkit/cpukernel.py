@@ -1,18 +1,20 @@
-"""The one compiled loop rlhfkit carries: a decode step's fp32 matmul with few rows, on x86-64 CPUs (csrc/).
+"""The compiled loops rlhfkit carries, for fp32 on x86-64 CPUs (csrc/):
+- `linear`: a decode step's matmul with few rows. At a decode step's 1-8 rows, MKL's sgemm reads the weights at
+  5-8 GB/s; `csrc/decode_matmul.c` streams each weight row once per 8 input rows with the accumulators in
+  registers. On the 2-core benchmark machine the 17 matmuls of a batch-8 step of the 5 M-parameter benchmark model
+  took 1.4 ms, against 3.2-3.6 ms for the best torch form (docs/benchmarks.md, session 6).
+- `swiglu_*`, `rmsnorm_*`: a training step's SwiGLU and RMSNorm, forward and backward, one pass each
+  (`csrc/train_elementwise.c`; wrapped for autograd in `rlhfkit/fusedops.py`; session 12).
 
-Why: at a decode step's 1-8 rows, MKL's sgemm reads the weights at 5-8 GB/s. `csrc/decode_matmul.c` streams each
-weight row once per 8 input rows with the accumulators in registers. On the 2-core benchmark machine the
-17 matmuls of a batch-8 step of the 5 M-parameter benchmark model took 1.4 ms, against 3.2-3.6 ms for the best
-torch form (docs/benchmarks.md, session 6).
-
-The C file is compiled on first use with the system's C compiler (`$CC`, else `cc` or `gcc`) into
-`$XDG_CACHE_HOME/rlhfkit/` (default `~/.cache/rlhfkit/`), named by a hash of the source, the flags and the compiler,
-and loaded with ctypes; nothing is compiled at install time. It is used only where all of these hold, and
-otherwise `available()` is False, `why_unavailable()` says why, and callers use torch:
+The C files are compiled together on first use with the system's C compiler (`$CC`, else `cc` or `gcc`) into
+`$XDG_CACHE_HOME/rlhfkit/` (default `~/.cache/rlhfkit/`), named by a hash of the sources, the flags and the
+compiler, and loaded with ctypes; nothing is compiled at install time. They are used only where all of these hold,
+and otherwise `available()` is False, `why_unavailable()` says why, and callers use torch:
 - Linux on x86-64 with AVX2 and FMA;
 - torch's CPU parallel backend is OpenMP, and the kernel's OpenMP runtime is torch's own (the kernel's threads are
   then torch's threads, so `torch.set_num_threads` governs both and the two never compete for cores);
-- a C compiler with OpenMP builds it, and its output matches `F.linear` on a random problem at load;
+- a C compiler with OpenMP (and glibc's vector maths, libmvec) builds it, and its outputs match torch's on random
+  problems at load;
 - `RLHFKIT_CPU_KERNEL` is not set to 0.
 """
 
@@ -32,11 +34,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SOURCE = Path(__file__).with_name("csrc") / "decode_matmul.c"
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("decode_matmul.c", "train_elementwise.c")]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]  # no FMA contraction: a
+# loop's vector body and scalar tail then round alike
+LIBS = ["-lmvec"]  # glibc's vector expf, for the SwiGLU loops
 log = logging.getLogger(__name__)
 
-_fn = None  # the loaded C function, once loaded
+_fn = None  # the loaded C library's functions, once loaded (_fn: the decode matmul; _lib: all of them)
+_lib = None
 _why: str | None = None  # why it is not available, once decided
 
 
@@ -70,8 +75,9 @@ def _compiler() -> str | None:
 
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, version]).encode()).hexdigest()[:16]
-    out = cache_dir() / f"decode_matmul-{key}.so"
+    text = b"".join(src.read_bytes() for src in SOURCES)
+    key = hashlib.sha256(text + " ".join([compiler, *FLAGS, *LIBS, version]).encode()).hexdigest()[:16]
+    out = cache_dir() / f"cpukernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,9 +85,10 @@ def _build(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        res = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        res = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", tmp, *LIBS], capture_output=True, text=True,
+                             timeout=300)
         if res.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {SOURCE}: {res.stderr.strip()[-500:]}")
+            raise RuntimeError(f"{compiler} failed on {', '.join(map(str, SOURCES))}: {res.stderr.strip()[-500:]}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -99,11 +106,26 @@ def _self_test() -> str | None:
         if not torch.allclose(linear(x, w, b, norm_eps=1e-5), F.linear(F.rms_norm(x, (k,), None, 1e-5), w, b),
                               rtol=1e-5, atol=1e-5):
             return f"self-test mismatch against F.rms_norm + F.linear at rows={rows}, n={n}, k={k}"
+    for rows, width in ((5, 37), (64, 1000)):  # odd sizes: the loops' vector tails
+        a, u, d = (torch.randn(rows, width, generator=g) * 4 for _ in range(3))
+        sig = torch.sigmoid(a)
+        if not (torch.allclose(swiglu_forward(a, u), F.silu(a) * u, rtol=1e-5, atol=1e-5) and all(
+                torch.allclose(got, want, rtol=1e-4, atol=1e-4) for got, want in
+                zip(swiglu_backward(a, u, d), (d * u * sig * (1 + a * (1 - sig)), d * F.silu(a))))):
+            return f"self-test mismatch against torch's SwiGLU at {rows} x {width}"
+        x, w = a.requires_grad_(), (1 + 0.1 * u[0]).requires_grad_()
+        want = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+        want.backward(d)
+        y, rstd = rmsnorm_forward(x.detach(), w.detach(), 1e-6)
+        dx, dw = rmsnorm_backward(x.detach(), w.detach(), rstd, d)
+        if not (torch.allclose(y, want, rtol=1e-5, atol=1e-5) and torch.allclose(dx, x.grad, rtol=1e-4, atol=1e-4)
+                and torch.allclose(dw, w.grad, rtol=1e-4, atol=1e-3)):
+            return f"self-test mismatch against transformers' RMSNorm at {rows} x {width}"
     return None
 
 
 def _load() -> None:
-    global _fn, _why
+    global _fn, _lib, _why
     if os.environ.get("RLHFKIT_CPU_KERNEL", "1").lower() in ("0", "off", "false", "no"):
         _why = "RLHFKIT_CPU_KERNEL=0"
         return
@@ -124,7 +146,7 @@ def _load() -> None:
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        _why = f"could not build or load {SOURCE.name}: {e}"
+        _why = f"could not build or load {', '.join(src.name for src in SOURCES)}: {e}"
         return
     if len(_openmp_libraries()) > max(1, len(before)):
         # The kernel brought its own OpenMP runtime: its threads would compete with torch's for the cores.
@@ -134,10 +156,17 @@ def _load() -> None:
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_float, ctypes.c_int]
-    _fn = fn
+    p, n_, i_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    for name, args, res in (("rlhfkit_swiglu_forward", [p, p, p, n_, i_], None),
+                            ("rlhfkit_swiglu_backward", [p, p, p, p, p, n_, i_], None),
+                            ("rlhfkit_rmsnorm_forward", [p, p, p, p, n_, n_, ctypes.c_float, i_], None),
+                            ("rlhfkit_rmsnorm_backward", [p, p, p, p, p, p, n_, n_, i_], ctypes.c_int)):
+        f = getattr(lib, name)
+        f.argtypes, f.restype = args, res
+    _fn, _lib = fn, lib
     _why = _self_test()
     if _why:
-        _fn = None
+        _fn = _lib = None
 
 
 def available() -> bool:
@@ -179,3 +208,45 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, add: torch.
         None if add2 is None else add2.data_ptr(), y.data_ptr(), N, K, -1.0 if norm_eps is None else norm_eps,
         torch.get_num_threads())
     return y.view(*x.shape[:-1], N)
+
+
+# ----------------------------------------------------------------------------------------------- training kernels
+# Thin calls into csrc/train_elementwise.c for fp32 CPU tensors (call `available()` first); each returns new
+# tensors and never records autograd (rlhfkit/fusedops.py wraps them in autograd Functions).
+def swiglu_forward(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """silu(g) * u."""
+    g, u = g.contiguous(), u.contiguous()
+    out = torch.empty_like(g)
+    _lib.rlhfkit_swiglu_forward(g.data_ptr(), u.data_ptr(), out.data_ptr(), g.numel(), torch.get_num_threads())
+    return out
+
+
+def swiglu_backward(g: torch.Tensor, u: torch.Tensor, dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d/dg, d/du) of silu(g) * u, given the output's gradient."""
+    g, u, dout = g.contiguous(), u.contiguous(), dout.contiguous()
+    dg, du = torch.empty_like(g), torch.empty_like(u)
+    _lib.rlhfkit_swiglu_backward(g.data_ptr(), u.data_ptr(), dout.data_ptr(), dg.data_ptr(), du.data_ptr(),
+                                 g.numel(), torch.get_num_threads())
+    return dg, du
+
+
+def rmsnorm_forward(x: torch.Tensor, w: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w * x / sqrt(mean(x^2, -1) + eps), the per-row 1 / sqrt(...)) over x's last dimension."""
+    x, w = x.contiguous(), w.contiguous()
+    H = x.shape[-1]
+    y, rstd = torch.empty_like(x), torch.empty(x.numel() // H, dtype=torch.float32)
+    _lib.rlhfkit_rmsnorm_forward(x.data_ptr(), w.data_ptr(), y.data_ptr(), rstd.data_ptr(), x.numel() // H, H, eps,
+                                 torch.get_num_threads())
+    return y, rstd
+
+
+def rmsnorm_backward(x: torch.Tensor, w: torch.Tensor, rstd: torch.Tensor,
+                     dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dw) of `rmsnorm_forward`, given the output's gradient and the saved rstd."""
+    x, w, dy = x.contiguous(), w.contiguous(), dy.contiguous()
+    H = x.shape[-1]
+    dx, dw = torch.empty_like(x), torch.empty_like(w)
+    if _lib.rlhfkit_rmsnorm_backward(x.data_ptr(), w.data_ptr(), rstd.data_ptr(), dy.data_ptr(), dx.data_ptr(),
+                                     dw.data_ptr(), x.numel() // H, H, torch.get_num_threads()) != 0:
+        raise MemoryError("rlhfkit_rmsnorm_backward could not allocate its per-thread sums")
+    return dx, dw

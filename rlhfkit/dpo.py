@@ -41,6 +41,7 @@ from . import data as data_lib
 from . import models, refcache
 from .engine import (Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, seed_everything, setup_distributed,
                      total_steps)
+from .logprobs import linear_logprobs
 from .losses import LossType, kto_reference_point, preference_loss
 from .modeling import (Layout, backbone, build_layout, continuation_hidden_states, layout_hidden_states,
                        padding_free)
@@ -221,8 +222,12 @@ class SequenceLogprobs(torch.nn.Module):
 def summed_logps(model: torch.nn.Module, h: torch.Tensor, labels: torch.Tensor, seq: torch.Tensor,
                  n_seqs: int) -> torch.Tensor:
     """(n_seqs,) sums of log p(labels[t]) from the hidden states h[t] (N, H) that predict them, by sequence seq[t]."""
-    logits = model.get_output_embeddings()(h).float()  # (N, V)
-    token_logps = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is None and type(head) is torch.nn.Linear:
+        token_logps = linear_logprobs(h, head.weight, labels).float()  # (N,), with a memory-lean backward
+    else:
+        logits = head(h).float()  # (N, V)
+        token_logps = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
     return torch.zeros(n_seqs, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
 
 

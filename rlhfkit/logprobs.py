@@ -123,3 +123,39 @@ def sequence_logprobs(token_logps: torch.Tensor, mask: torch.Tensor, average: bo
     """Per-sequence log-prob: (B, T) token log-probs -> (B,) sum over masked tokens, or their mean if `average`
     (the length-normalised log-prob of SimPO / ORPO). An empty row gives 0."""
     return masked_mean(token_logps, mask, dim=-1) if average else masked_sum(token_logps, mask, dim=-1)
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    """log softmax(h @ weight^T)[labels] with a lean backward: the (N, V) logits are the only (N, V) buffer kept,
+    and the backward turns them into their own gradient in place, softmax - onehot(labels), scaled per row."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = torch.nn.functional.linear(h, weight).to(_compute_dtype(h.dtype))  # (N, V)
+        logz = torch.logsumexp(logits, dim=-1)  # (N,)
+        ctx.save_for_backward(h, weight, labels, logz)
+        ctx.logits = logits  # not saved through autograd: the backward overwrites it
+        return logits.gather(-1, labels[:, None]).squeeze(-1) - logz
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, weight, labels, logz = ctx.saved_tensors
+        logits, ctx.logits = ctx.logits, None
+        if logits is None:
+            raise RuntimeError("linear_logprobs: backward through the same graph twice is not supported")
+        # d logp_i / d z_ij = onehot_ij - softmax_ij (the usual log-softmax gradient)
+        grad_logits = logits.sub_(logz[:, None]).exp_().mul_(-grad[:, None])
+        grad_logits[torch.arange(len(labels), device=labels.device), labels] += grad
+        grad_logits = grad_logits.to(h.dtype)
+        return grad_logits @ weight.to(h.dtype), (grad_logits.t() @ h).to(weight.dtype), None
+
+
+def linear_logprobs(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N,) log softmax(h @ weight^T)[labels] for hidden states h (N, H), an LM head's weight (V, H) and labels (N,),
+    computed in at least float32. Equal to `token_logprobs(F.linear(h, weight), labels)`, but its backward needs
+    no (N, V) buffer beyond the logits themselves (autograd's keeps three: the logits, exp(z - logZ) and the gather's
+    zero-filled gradient), which cuts a DPO step of the benchmark model by ~7 ms of ~340 (docs/benchmarks.md,
+    session 12). Labels must be valid token ids (no -100)."""
+    if h.dim() != 2 or labels.shape != h.shape[:1]:
+        raise ValueError(f"h {tuple(h.shape)} must be (N, H) and labels {tuple(labels.shape)} (N,)")
+    return _LinearLogprobs.apply(h, weight, labels)

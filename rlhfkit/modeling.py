@@ -52,13 +52,16 @@ def _rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if rlhfkit_save_kv is not None:
         rlhfkit_save_kv[module.layer_idx] = (key.detach(), value.detach())
+    # The rows tile the sequence in order, so one split per tensor cuts them (its backward is one cat; slicing
+    # each row instead would zero-fill a full-size gradient per row and add them up).
+    sizes = [b - a for a, b, _, _ in rlhfkit_rows]
     out = []
-    for a, b, m, prefix in rlhfkit_rows:
-        k, v = key[:, :, a:b], value[:, :, a:b]
+    for q, k, v, (_, _, m, prefix) in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2),
+                                          rlhfkit_rows):
         if prefix is not None:
             saved_k, saved_v = rlhfkit_prefix_kv[module.layer_idx]
             k, v = torch.cat([saved_k[:, :, prefix], k], 2), torch.cat([saved_v[:, :, prefix], v], 2)
-        out.append(sdpa_attention_forward(module, query[:, :, a:b], k, v, m, **kwargs)[0])
+        out.append(sdpa_attention_forward(module, q, k, v, m, **kwargs)[0])
     return torch.cat(out, 1), None
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from . import fusedops
+
 PAD_TOKEN = "<|pad|>"
 
 
@@ -116,6 +118,7 @@ def load_causal_lm(
             name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=_dtype(dtype)
         )
     _fit_vocab(model, tokenizer)
+    fusedops.fuse(model)
     return model if keep_dropout else disable_dropout(model)
 
 
@@ -131,6 +134,7 @@ def load_sequence_classifier(name_or_path: str, tokenizer=None, trust_remote_cod
     _fit_vocab(model, tokenizer)
     if tokenizer is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    fusedops.fuse(model)
     return disable_dropout(model)
 
 
@@ -171,6 +175,7 @@ def build_llama(tokenizer, hidden_size: int = 128, num_layers: int = 4, num_head
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    fusedops.fuse(model)
     return model
 
 

@@ -87,13 +87,13 @@ def test_switched_off_by_environment():
 @needs_kernel
 def test_built_once_into_the_cache_and_falls_back_without_a_compiler(tmp_path):
     assert _probe({"XDG_CACHE_HOME": str(tmp_path)}) == "True | None"
-    built = list((tmp_path / "rlhfkit").glob("decode_matmul-*.so"))
+    built = list((tmp_path / "rlhfkit").glob("cpukernels-*.so"))
     assert len(built) == 1
     mtime = built[0].stat().st_mtime_ns
     assert _probe({"XDG_CACHE_HOME": str(tmp_path)}) == "True | None"
     assert built[0].stat().st_mtime_ns == mtime and len(list((tmp_path / "rlhfkit").iterdir())) == 1
     missing = _probe({"XDG_CACHE_HOME": str(tmp_path / "other"), "CC": str(tmp_path / "no-such-cc")})
-    assert missing.startswith("False | could not build or load decode_matmul.c")
+    assert missing.startswith("False | could not build or load decode_matmul.c, train_elementwise.c")
 
 
 @needs_kernel

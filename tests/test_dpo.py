@@ -151,8 +151,10 @@ def test_kto_on_unpaired_data(toy_dir, pref, tmp_path):
     unpaired = write_jsonl(tmp_path / "unpaired.jsonl", rows)
     out = dpo.train(cfg(toy_dir, unpaired, tmp_path / "kto", loss=["kto"], max_steps=6, micro_batch_size=8))
     m = read_metrics(out)
-    # step 0: policy == reference, so z0 = 0 and every example's loss is lambda * (1 - sigmoid(0)) = 0.5
-    assert abs(m[0]["train/loss"] - 0.5) < 1e-6 and m[0]["kl/z0"] == 0
+    # step 0: policy == reference, so z0 = 0 and every example's loss is lambda * (1 - sigmoid(0)) = 0.5. Only up to
+    # fp32 rounding: the policy's and the reference's log-probs of a completion come from forwards over different
+    # batches (matmuls may round a row differently with the batch's size), ~1 ulp of a sum of ~30.
+    assert abs(m[0]["train/loss"] - 0.5) < 1e-6 and 0 <= m[0]["kl/z0"] < 1e-5
     assert all(math.isfinite(x["train/loss"]) for x in m)
     # paired data with loss kto is unpaired into the same examples: 2 per pair
     tok = models.load_tokenizer(str(toy_dir / "model"))

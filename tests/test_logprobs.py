@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from rlhfkit.logprobs import (entropy_from_logits, masked_mean, masked_sum, masked_var, masked_whiten,
-                              sequence_logprobs, token_logprobs)
+from rlhfkit.logprobs import (entropy_from_logits, linear_logprobs, masked_mean, masked_sum, masked_var,
+                              masked_whiten, sequence_logprobs, token_logprobs)
 
 
 def _naive(logits, labels, temperature=1.0):
@@ -138,3 +138,41 @@ def test_pure_math_modules_import_only_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])  # the repo root, importable without install
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_linear_logprobs_hand_worked():
+    """h = (1, 0), an LM head with rows (1, 0), (0, 1), (0, 0): logits (1, 0, 0), log Z = log(e + 2) = 1.5514448;
+    log p(token 0) = 1 - 1.5514448 = -0.5514448, log p(token 2) = -1.5514448. The gradient of log p(token 0) in the
+    logits is onehot - softmax = (1 - 0.5761169, -0.2119416, -0.2119416)."""
+    h = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    got = linear_logprobs(h, w, torch.tensor([0, 2]))
+    torch.testing.assert_close(got, torch.tensor([-0.5514448, -1.5514448], dtype=torch.float64), rtol=0, atol=1e-7)
+    got[0].backward()
+    # d/dW = (onehot - softmax)^T h: only W's first column (h's non-zero coordinate) moves
+    torch.testing.assert_close(w.grad[:, 0], torch.tensor([0.4238831, -0.2119416, -0.2119416], dtype=torch.float64),
+                               rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_logprobs_equal_autograd_of_the_plain_formula(dtype):
+    g = torch.Generator().manual_seed(0)
+    h0, w0 = torch.randn(9, 5, generator=g, dtype=dtype), torch.randn(13, 5, generator=g, dtype=dtype)
+    labels, weights = torch.randint(0, 13, (9,), generator=g), torch.randn(9, generator=g, dtype=dtype)
+    results = []
+    for fused in (True, False):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        out = linear_logprobs(h, w, labels) if fused else token_logprobs(torch.nn.functional.linear(h, w), labels)
+        (out * weights).sum().backward()
+        results.append((out.detach(), h.grad, w.grad))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_linear_logprobs_refuse_a_second_backward():
+    h, w = torch.randn(2, 3, requires_grad=True), torch.randn(4, 3)
+    out = linear_logprobs(h, w, torch.tensor([1, 3])).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        out.backward()

@@ -1,0 +1,105 @@
+"""Fused forward + backward for the elementwise parts of a Llama-family decoder on CPU: SwiGLU and RMSNorm.
+
+`fuse(model)` gives the MLP and RMSNorm modules of the families in `FAMILIES` a forward that runs their elementwise
+math as one C pass forward and one backward (`cpukernel.swiglu_*`, `cpukernel.rmsnorm_*`), as autograd Functions.
+The linear layers are still the model's own modules (so LoRA, hooks and DDP see them). Everything else, and every
+call whose tensors are not fp32 on the CPU (a GPU, autocast to bf16), runs the module's own transformers forward.
+Without the compiled kernels (`cpukernel.available()` False, e.g. `RLHFKIT_CPU_KERNEL=0`) nothing is changed.
+
+Why (docs/benchmarks.md, session 12): eager torch runs silu(g) * u as two ops forward and three backward, and
+transformers' RMSNorm as six forward and more backward, each a pass over a (tokens, width) tensor. In a DPO step of
+the benchmark model these passes cost ~11 ms of ~335 (paired timings); the fused versions remove most of it. The
+results equal transformers' to fp32 rounding (tests/test_fusedops.py, per family).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from . import cpukernel
+
+
+class SwiGLU(torch.autograd.Function):
+    """silu(g) * u (Shazeer 2020), fp32 CPU tensors of one shape."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g, u)
+        return cpukernel.swiglu_forward(g, u)
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        g, u = ctx.saved_tensors
+        return cpukernel.swiglu_backward(g, u, dout)
+
+
+class RMSNorm(torch.autograd.Function):
+    """w * x / sqrt(mean(x^2, -1) + eps) (Zhang and Sennrich 2019), fp32 CPU tensors; w of x's last dimension."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        y, rstd = cpukernel.rmsnorm_forward(x, w, eps)
+        ctx.save_for_backward(x, w, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, w, rstd = ctx.saved_tensors
+        dx, dw = cpukernel.rmsnorm_backward(x, w, rstd, dy)
+        return dx, dw, None
+
+
+def _fp32_cpu(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """LlamaMLP.forward: down_proj(act(gate_proj(x)) * up_proj(x)), the product fused when act is SiLU."""
+    g, u = self.gate_proj(x), self.up_proj(x)
+    h = SwiGLU.apply(g, u) if _fp32_cpu(g, u) else self.act_fn(g) * u
+    return self.down_proj(h)
+
+
+def _norm_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm.forward, fused for fp32 CPU input and weight; otherwise the class's own forward."""
+    if _fp32_cpu(x, self.weight):
+        return RMSNorm.apply(x, self.weight, self.variance_epsilon)
+    return type(self).forward(self, x)
+
+
+def _family_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(MLP classes, RMSNorm classes) of the families whose modules compute exactly the math above."""
+    from transformers.models.llama import modeling_llama
+    from transformers.models.mistral import modeling_mistral
+    from transformers.models.qwen2 import modeling_qwen2
+    from transformers.models.qwen3 import modeling_qwen3
+
+    mods = (modeling_llama, modeling_mistral, modeling_qwen2, modeling_qwen3)
+    prefixes = ("Llama", "Mistral", "Qwen2", "Qwen3")
+    return (tuple(getattr(m, p + "MLP") for m, p in zip(mods, prefixes)),
+            tuple(getattr(m, p + "RMSNorm") for m, p in zip(mods, prefixes)))
+
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def fuse(model: torch.nn.Module) -> int:
+    """Switch the model's SwiGLU MLPs and RMSNorms to the fused forward (see the module docstring); returns how many
+    modules were switched (0 without the compiled kernels or for other families). Idempotent; weights, state dicts
+    and saved checkpoints are unchanged."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in FAMILIES or not cpukernel.available():
+        return 0
+    from transformers.activations import SiLUActivation
+
+    mlps, norms = _family_classes()
+    n = 0
+    for module in model.modules():
+        if type(module) in mlps and isinstance(module.act_fn, (SiLUActivation, torch.nn.SiLU)):
+            module.forward = types.MethodType(_mlp_forward, module)
+            n += 1
+        elif type(module) in norms:
+            module.forward = types.MethodType(_norm_forward, module)
+            n += 1
+    return n
