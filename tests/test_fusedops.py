@@ -62,6 +62,13 @@ def test_copies_keep_their_own_fused_forward():
     assert mlp.forward.__self__ is mlp and mlp.forward.__func__ is fusedops._mlp_forward
 
 
+@needs_kernel
+def test_a_non_silu_mlp_keeps_its_forward():
+    model = LlamaForCausalLM(LlamaConfig(**DIMS, hidden_act="gelu"))
+    assert fusedops.fuse(model) == 2 * DIMS["num_hidden_layers"] + 1  # the norms only
+    assert "forward" not in model.model.layers[0].mlp.__dict__
+
+
 def test_other_families_and_no_kernel_are_left_alone(monkeypatch):
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=2, n_positions=32))
     assert fusedops.fuse(gpt2) == 0
