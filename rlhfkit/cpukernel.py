@@ -5,6 +5,9 @@
   took 1.4 ms, against 3.2-3.6 ms for the best torch form (docs/benchmarks.md, session 6).
 - `swiglu_*`, `rmsnorm_*`: a training step's SwiGLU and RMSNorm, forward and backward, one pass each
   (`csrc/train_elementwise.c`; wrapped for autograd in `rlhfkit/fusedops.py`; session 12).
+- `block_attention_*`: attention under a padding-free layout's block masks, forward and backward, computing only
+  the 16 x 16 score tiles the mask lets through (`csrc/block_attention.c`; wrapped in `rlhfkit/fusedops.py`;
+  session 13).
 
 The C files are compiled together on first use with the system's C compiler (`$CC`, else `cc` or `gcc`) into
 `$XDG_CACHE_HOME/rlhfkit/` (default `~/.cache/rlhfkit/`), named by a hash of the sources, the flags and the
@@ -34,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("decode_matmul.c", "train_elementwise.c")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("decode_matmul.c", "train_elementwise.c", "block_attention.c")]
 FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]  # no FMA contraction: a
 # loop's vector body and scalar tail then round alike
 LIBS = ["-lmvec"]  # glibc's vector expf, for the SwiGLU loops
@@ -121,6 +124,30 @@ def _self_test() -> str | None:
         if not (torch.allclose(y, want, rtol=1e-5, atol=1e-5) and torch.allclose(dx, x.grad, rtol=1e-4, atol=1e-4)
                 and torch.allclose(dw, w.grad, rtol=1e-4, atol=1e-3)):
             return f"self-test mismatch against transformers' RMSNorm at {rows} x {width}"
+    return _block_attention_self_test(g)
+
+
+def _block_attention_self_test(g: torch.Generator) -> str | None:
+    """Two rows (odd sizes: partial tiles) under random masks that keep the diagonal, GQA with 2 groups, against
+    SDPA row by row: outputs and the three gradients."""
+    heads, kv_heads, d, lens = 4, 2, 32, (37, 21)
+    T = sum(lens)
+    q = torch.randn(1, T, heads, d, generator=g).transpose(1, 2)
+    k, v = (torch.randn(1, kv_heads, T, d, generator=g) for _ in range(2))
+    masks = [(torch.rand(n, n, generator=g) < 0.3) | torch.eye(n, dtype=torch.bool) for n in lens]
+    rows = [(0, lens[0], masks[0]), (lens[0], T, masks[1])]
+    dout = torch.randn(1, T, heads, d, generator=g)
+    out, P = block_attention_forward(q, k, v, rows, 0.3, need_p=True)
+    grads = block_attention_backward(q, k, v, rows, 0.3, out, P, dout)
+    qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    want = torch.cat([F.scaled_dot_product_attention(qr[:, :, a:b], kr[:, :, a:b].repeat_interleave(2, 1),
+                                                     vr[:, :, a:b].repeat_interleave(2, 1), attn_mask=m, scale=0.3)
+                      for a, b, m in rows], 2).transpose(1, 2)
+    want.backward(dout)
+    if not torch.allclose(out, want, rtol=1e-4, atol=1e-5):
+        return "self-test mismatch against SDPA in the block attention forward"
+    if not all(torch.allclose(got, ref.grad, rtol=1e-4, atol=1e-4) for got, ref in zip(grads, (qr, kr, vr))):
+        return "self-test mismatch against SDPA in the block attention backward"
     return None
 
 
@@ -160,7 +187,13 @@ def _load() -> None:
     for name, args, res in (("rlhfkit_swiglu_forward", [p, p, p, n_, i_], None),
                             ("rlhfkit_swiglu_backward", [p, p, p, p, p, n_, i_], None),
                             ("rlhfkit_rmsnorm_forward", [p, p, p, p, n_, n_, ctypes.c_float, i_], None),
-                            ("rlhfkit_rmsnorm_backward", [p, p, p, p, p, p, n_, n_, i_], ctypes.c_int)):
+                            ("rlhfkit_rmsnorm_backward", [p, p, p, p, p, p, n_, n_, i_], ctypes.c_int),
+                            ("rlhfkit_block_attention_forward",
+                             [p, n_, n_, p, n_, n_, p, n_, n_, n_, n_, n_, ctypes.c_float, n_, p, p, p, p, p, p, i_],
+                             ctypes.c_int),
+                            ("rlhfkit_block_attention_backward",
+                             [p, n_, n_, p, n_, n_, p, n_, n_, n_, n_, n_, ctypes.c_float, n_, p, p, p, p, p, p, p, p,
+                              p, p, i_], ctypes.c_int)):
         f = getattr(lib, name)
         f.argtypes, f.restype = args, res
     _fn, _lib = fn, lib
@@ -250,3 +283,59 @@ def rmsnorm_backward(x: torch.Tensor, w: torch.Tensor, rstd: torch.Tensor,
                                      dw.data_ptr(), x.numel() // H, H, torch.get_num_threads()) != 0:
         raise MemoryError("rlhfkit_rmsnorm_backward could not allocate its per-thread sums")
     return dx, dw
+
+
+# ----------------------------------------------------------------------------------------------- block attention
+# rows: (start, end, mask) per row of a padding-free layout forward: tokens [start, end) of the sequence attend within
+# themselves where the (end - start, end - start) bool mask is True (any strides with a contiguous last dimension).
+def _row_args(rows: list[tuple[int, int, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    for _, _, m in rows:
+        if m.dtype != torch.bool or m.stride(-1) != 1:
+            raise ValueError("block attention masks must be bool with a contiguous last dimension")
+    return (torch.tensor([a for a, _, _ in rows]), torch.tensor([b - a for a, b, _ in rows]),
+            torch.tensor([m.data_ptr() for _, _, m in rows]), torch.tensor([m.stride(-2) for _, _, m in rows]))
+
+
+def _qkv_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list:
+    """(pointer, token stride, head stride) of each (1, heads, T, d) tensor, whose channels must be contiguous."""
+    out = []
+    for t in (q, k, v):
+        if t.dtype != torch.float32 or t.stride(-1) != 1:
+            raise ValueError("block attention needs fp32 q, k, v with contiguous channels")
+        out += [t.data_ptr(), t.stride(2), t.stride(1)]
+    return out
+
+
+def block_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: list, scale: float,
+                            need_p: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(scale * q k^T under each row's mask) v for (1, heads, T, d) q and (1, kv_heads, T, d) k, v (d a
+    multiple of 16, heads a multiple of kv_heads); returns the output (1, T, heads, d) and, with `need_p`, the
+    attention probabilities that `block_attention_backward` needs."""
+    _, H, T, d = q.shape
+    starts, lens, ptrs, strides = _row_args(rows)
+    npad = (lens + 15) // 16 * 16
+    P = torch.empty(int(H * (lens * npad).sum()), dtype=torch.float32)
+    out = torch.zeros(1, T, H, d, dtype=torch.float32)
+    if _lib.rlhfkit_block_attention_forward(*_qkv_args(q, k, v), H, k.shape[1], d, scale, len(rows),
+                                            starts.data_ptr(), lens.data_ptr(), ptrs.data_ptr(), strides.data_ptr(),
+                                            out.data_ptr(), P.data_ptr(), torch.get_num_threads()) != 0:
+        raise MemoryError("rlhfkit_block_attention_forward could not allocate its scratch memory")
+    return out, (P if need_p else None)
+
+
+def block_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: list, scale: float,
+                             out: torch.Tensor, P: torch.Tensor,
+                             dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv), shaped as q, k, v, of `block_attention_forward`'s output, given its gradient."""
+    _, H, T, d = q.shape
+    Hkv = k.shape[1]
+    starts, lens, ptrs, strides = _row_args(rows)
+    dout = dout.contiguous()
+    dq = torch.zeros(1, T, H, d, dtype=torch.float32)
+    dk, dv = torch.zeros(1, T, Hkv, d, dtype=torch.float32), torch.zeros(1, T, Hkv, d, dtype=torch.float32)
+    if _lib.rlhfkit_block_attention_backward(*_qkv_args(q, k, v), H, Hkv, d, scale, len(rows), starts.data_ptr(),
+                                             lens.data_ptr(), ptrs.data_ptr(), strides.data_ptr(), out.data_ptr(),
+                                             P.data_ptr(), dout.data_ptr(), dq.data_ptr(), dk.data_ptr(),
+                                             dv.data_ptr(), torch.get_num_threads()) != 0:
+        raise MemoryError("rlhfkit_block_attention_backward could not allocate its scratch memory")
+    return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)

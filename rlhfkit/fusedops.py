@@ -1,4 +1,5 @@
-"""Fused forward + backward for the elementwise parts of a Llama-family decoder on CPU: SwiGLU and RMSNorm.
+"""Fused forward + backward on CPU for the elementwise parts of a Llama-family decoder (SwiGLU, RMSNorm) and for
+the padding-free layout forwards' block-masked attention (`BlockAttention`, used by `modeling._rows_attention`).
 
 `fuse(model)` gives the MLP and RMSNorm modules of the families in `FAMILIES` a forward that runs their elementwise
 math as one C pass forward and one backward (`cpukernel.swiglu_*`, `cpukernel.rmsnorm_*`), as autograd Functions.
@@ -10,6 +11,10 @@ Why (docs/benchmarks.md, session 12): eager torch runs silu(g) * u as two ops fo
 transformers' RMSNorm as six forward and more backward, each a pass over a (tokens, width) tensor. In a DPO step of
 the benchmark model, swapping in the fused versions saved ~11 ms of ~335 (paired timings). The
 results equal transformers' to fp32 rounding (tests/test_fusedops.py, per family).
+
+`BlockAttention` (session 13): a layout row's mask lets through ~36% of its scores on the DPO benchmark; SDPA under
+a mask computes all of them. The C kernel computes only the 16 x 16 tiles with an allowed entry: a layer's attention
+forward + backward took ~19 ms instead of ~40 ms for the benchmark's batches (paired timings, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -51,6 +56,34 @@ class RMSNorm(torch.autograd.Function):
         x, w, rstd = ctx.saved_tensors
         dx, dw = cpukernel.rmsnorm_backward(x, w, rstd, dy)
         return dx, dw, None
+
+
+class BlockAttention(torch.autograd.Function):
+    """Attention of (1, heads, T, d) q and (1, kv_heads, T, d) k, v, where each row (start, end, mask) of the
+    sequence attends within itself under its (n, n) bool mask; returns (1, T, heads, d), as transformers' SDPA
+    attention does. See `cpukernel.block_attention_forward` for what the inputs must be (`block_attention_usable`)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: list, scale: float) -> torch.Tensor:
+        need_grad = any(ctx.needs_input_grad[:3])
+        out, P = cpukernel.block_attention_forward(q, k, v, rows, scale, need_p=need_grad)
+        if need_grad:
+            ctx.save_for_backward(q, k, v, out, P)
+            ctx.rows, ctx.scale = rows, scale  # the masks stay referenced until the backward
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout: torch.Tensor):
+        q, k, v, out, P = ctx.saved_tensors
+        return (*cpukernel.block_attention_backward(q, k, v, ctx.rows, ctx.scale, out, P, dout), None, None)
+
+
+def block_attention_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> bool:
+    """Whether `BlockAttention` can run these inputs: fp32 CPU tensors with contiguous channels, a head dim that is a
+    multiple of 16, whole groups of query heads per key/value head, no dropout, and the compiled kernels loaded."""
+    return (_fp32_cpu(q, k, v) and q.shape[-1] % 16 == 0 and all(t.stride(-1) == 1 for t in (q, k, v))
+            and q.shape[1] % k.shape[1] == 0 and k.shape == v.shape and not dropout and cpukernel.available())
 
 
 def _fp32_cpu(*tensors: torch.Tensor) -> bool:

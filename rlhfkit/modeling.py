@@ -8,7 +8,8 @@ Position ids are always derived from the attention mask, so left-padded (generat
 Prefix-shared layouts (`build_layout`) run padding-free on the model families in `UNPADDED_MODEL_TYPES`: the rows
 are concatenated without the padding at their ends into one sequence, so the linear layers see only real tokens,
 and each row attends within itself under its own block mask (`_rows_attention`, registered with transformers'
-`AttentionInterface`; the model's own forward runs unchanged).
+`AttentionInterface`; the model's own forward runs unchanged). On fp32 CPU tensors that attention is one C call per
+layer that skips the score tiles the masks exclude (`fusedops.BlockAttention`); otherwise SDPA per row.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from . import fusedops
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -52,6 +55,12 @@ def _rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if rlhfkit_save_kv is not None:
         rlhfkit_save_kv[module.layer_idx] = (key.detach(), value.detach())
+    if all(prefix is None for *_, prefix in rlhfkit_rows) and \
+            fusedops.block_attention_usable(query, key, value, kwargs.get("dropout", 0.0)):
+        # fp32 on the CPU: one C call for all rows, computing only the score tiles the masks let through
+        scale = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        return fusedops.BlockAttention.apply(query, key, value, [(a, b, m[0, 0]) for a, b, m, _ in rlhfkit_rows],
+                                             scale), None
     # The rows tile the sequence in order, so one split per tensor cuts them (its backward is one cat; slicing
     # each row instead would zero-fill a full-size gradient per row and add them up).
     sizes = [b - a for a, b, _, _ in rlhfkit_rows]

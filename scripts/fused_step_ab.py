@@ -1,13 +1,16 @@
-"""Session 12's fused training ops, on and off, in one process: paired step times on the DPO bench workload.
+"""Fused training ops, on and off, in one process: paired step times on the DPO bench workload.
 
 The machine's noise moves a whole `rlhfkit bench` run by 10-20% between runs, which hides a 5% change. Here every
 micro-batch is timed twice back to back, once with each setting (the order alternating), and the median of the
-paired differences is reported. "Off" is the code before session 12: transformers' own MLP and RMSNorm forwards,
-the LM head's log-probs through autograd (gather minus logsumexp), and per-row slices in the padding-free attention.
-"On" is the shipped code. A step is the policy's forward + backward + fused AdamW, plus with --reference a
-no-grad forward of a frozen copy (DPO with the reference on the fly).
+paired differences is reported. "On" is the shipped code. "Off" is, with `--ops session12` (the default), the code
+before session 12: transformers' own MLP and RMSNorm forwards, the LM head's log-probs through autograd (gather
+minus logsumexp), and per-row slices in the padding-free attention; with `--ops attention`, the code before session
+13: SDPA per row in the padding-free attention instead of the C block attention (`fusedops.BlockAttention`).
+A step is the policy's forward + backward + fused AdamW, plus with --reference a no-grad forward of a frozen copy
+(DPO with the reference on the fly).
 
-Usage: python scripts/fused_step_ab.py [--reference] [--rounds 3]   (needs bench-data/ from make_tiny.py)
+Usage: python scripts/fused_step_ab.py [--ops session12|attention] [--reference] [--rounds 3]
+(needs bench-data/ from make_tiny.py)
 """
 
 import argparse
@@ -20,7 +23,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from rlhfkit import data as data_lib
-from rlhfkit import dpo, modeling, models
+from rlhfkit import dpo, fusedops, modeling, models
 
 
 def sliced_rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None, **kwargs):
@@ -43,6 +46,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", action="store_true", help="add a reference model's no-grad forward to each step")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ops", choices=["session12", "attention"], default="session12",
+                    help="which change to toggle (see the module docstring)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     cfg = dpo.Config(model="bench-data/small", data="bench-data/preference.jsonl", output_dir="/tmp/fused-ab",
@@ -58,11 +63,15 @@ def main() -> None:
     modeling.padding_free(modeling.backbone(model))
     fused = [m for net in (model, ref) if net is not None for m in net.modules() if "forward" in m.__dict__]
     fused_forward = {m: m.__dict__["forward"] for m in fused}
-    shipped_summed = dpo.summed_logps
+    shipped_summed, shipped_usable = dpo.summed_logps, fusedops.block_attention_usable
     if not fused:
         raise SystemExit("no fused modules: the CPU kernels are unavailable here")
 
     def use(on: bool) -> None:
+        if args.ops == "attention":
+            fusedops.block_attention_usable = shipped_usable if on else (lambda *a: False)
+            return
+        fusedops.block_attention_usable = lambda *a: False  # session 12's attention either way
         AttentionInterface.register(modeling.ROWS_ATTENTION,
                                     modeling._rows_attention if on else sliced_rows_attention)
         dpo.summed_logps = shipped_summed if on else autograd_summed_logps

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
@@ -124,3 +125,95 @@ def test_a_row_gets_the_same_bits_in_any_batch(width):
     y, rstd = cpukernel.rmsnorm_forward(x, w, 1e-6)
     dx = cpukernel.rmsnorm_backward(x, w, rstd, d)[0]
     assert torch.equal(dx[3:7], cpukernel.rmsnorm_backward(x[3:7], w, rstd[3:7], d[3:7])[0])
+
+
+# ------------------------------------------------------------------------------------------------- block attention
+def _block_problem(lens, heads=4, kv_heads=2, d=32, density=0.3, seed=0):
+    """Rows of the given lengths (partial 16-tiles) under random masks that keep the diagonal; q as the transposed
+    (1, T, heads, d) view transformers passes; k, v with fewer heads (GQA)."""
+    g = torch.Generator().manual_seed(seed)
+    T = sum(lens)
+    q = torch.randn(1, T, heads, d, generator=g).transpose(1, 2)
+    k, v = (torch.randn(1, kv_heads, T, d, generator=g) for _ in range(2))
+    rows, start = [], 0
+    for n in lens:
+        rows.append((start, start + n, (torch.rand(n, n, generator=g) < density) | torch.eye(n, dtype=torch.bool)))
+        start += n
+    return q, k, v, rows
+
+
+def _sdpa_rows(q, k, v, rows, scale):
+    groups = q.shape[1] // k.shape[1]
+    return torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b].repeat_interleave(groups, 1),
+                                                     v[:, :, a:b].repeat_interleave(groups, 1), attn_mask=m,
+                                                     scale=scale) for a, b, m in rows], 2).transpose(1, 2)
+
+
+@needs_kernel
+def test_block_attention_hand_worked():
+    """One row of two tokens, one head, d = 16, mask [[1, 0], [1, 1]], q = 0 so every score is 0 (uniform softmax).
+    v_0 = 2, v_1 = 4 (every channel): out_0 = v_0 = 2, out_1 = (2 + 4) / 2 = 3.
+    dout = 1: D_i = dout_i . out_i = 32, 48; dP_ij = dout_i . v_j = 32, 64;
+    dS_00 = 1 * (32 - 32) = 0; dS_10 = 1/2 * (32 - 48) = -8, dS_11 = 1/2 * (64 - 48) = 8.
+    dq_1 = scale * (dS_10 k_0 + dS_11 k_1) = 0.25 * (-8 * 1 + 8 * 3) = 4 (k_0 = 1, k_1 = 3); dq_0 = 0.
+    dk = scale * dS^T q = 0. dv_0 = P_00 + P_10 = 1.5, dv_1 = P_11 = 0.5."""
+    q = torch.zeros(1, 1, 2, 16, requires_grad=True)
+    k = torch.stack([torch.ones(16), 3 * torch.ones(16)])[None, None].requires_grad_()
+    v = torch.stack([2 * torch.ones(16), 4 * torch.ones(16)])[None, None].requires_grad_()
+    mask = torch.tensor([[True, False], [True, True]])
+    out = fusedops.BlockAttention.apply(q, k, v, [(0, 2, mask)], 0.25)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(out[0, :, 0], torch.tensor([[2.0] * 16, [3.0] * 16]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(q.grad[0, 0], torch.tensor([[0.0] * 16, [4.0] * 16]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(k.grad, torch.zeros_like(k), rtol=0, atol=0)
+    torch.testing.assert_close(v.grad[0, 0], torch.tensor([[1.5] * 16, [0.5] * 16]), rtol=0, atol=1e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("lens,heads,kv_heads,d", [((37, 21, 16, 1), 4, 2, 32), ((70,), 2, 2, 16), ((5, 48), 3, 1, 64)])
+def test_block_attention_equals_sdpa_in_float64(lens, heads, kv_heads, d):
+    """Outputs and the gradients of q, k and v against SDPA row by row in float64, to fp32 rounding."""
+    q, k, v, rows = _block_problem(lens, heads, kv_heads, d)
+    qs, ks, vs = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    dout = torch.randn(1, sum(lens), heads, d, generator=torch.Generator().manual_seed(1))
+    got = fusedops.BlockAttention.apply(qs, ks, vs, rows, 0.2)
+    got.backward(dout)
+    want = _sdpa_rows(q64, k64, v64, rows, 0.2)
+    want.backward(dout.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    for a, b in ((qs, q64), (ks, k64), (vs, v64)):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+def test_block_attention_never_reads_what_the_mask_excludes():
+    """Changing a key's value and key vectors leaves bit for bit unchanged the outputs of every query that may not
+    attend to it, and a row's results do not depend on the other rows in the call."""
+    q, k, v, rows = _block_problem((40, 33), heads=2, kv_heads=2, d=16)
+    out = fusedops.BlockAttention.apply(q, k, v, rows, 0.25)
+    j = 10  # a key of the first row
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, j] += 100.0
+    v2[:, :, j] = 1e6
+    out2 = fusedops.BlockAttention.apply(q, k2, v2, rows, 0.25)
+    blind = ~rows[0][2][:, j]
+    assert blind.sum() > 20
+    assert torch.equal(out[0, :40][blind], out2[0, :40][blind])
+    assert not torch.equal(out[0, :40][~blind], out2[0, :40][~blind])
+    assert torch.equal(out[0, 40:], out2[0, 40:])
+    alone = fusedops.BlockAttention.apply(q[:, :, 40:], k[:, :, 40:], v[:, :, 40:], [(0, 33, rows[1][2])], 0.25)
+    assert torch.equal(alone, out[:, 40:])
+
+
+def test_block_attention_usable_only_where_the_kernel_applies(monkeypatch):
+    q = torch.zeros(1, 4, 5, 16)
+    kv = torch.zeros(1, 2, 5, 16)
+    if cpukernel.available():
+        assert fusedops.block_attention_usable(q, kv, kv, 0.0)
+    assert not fusedops.block_attention_usable(q, kv, kv, 0.1)  # dropout
+    assert not fusedops.block_attention_usable(q.double(), kv.double(), kv.double(), 0.0)
+    assert not fusedops.block_attention_usable(q[..., :8], kv[..., :8], kv[..., :8], 0.0)  # head dim 8
+    assert not fusedops.block_attention_usable(torch.zeros(1, 3, 5, 16), kv, kv, 0.0)  # 3 heads over 2
+    monkeypatch.setattr(cpukernel, "available", lambda: False)
+    assert not fusedops.block_attention_usable(q, kv, kv, 0.0)

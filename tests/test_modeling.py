@@ -8,18 +8,20 @@ import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
-from rlhfkit import modeling
+from rlhfkit import cpukernel, fusedops, modeling
 
 V = 50
 DIMS = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)
 
 
-def _models():
-    yield "llama", LlamaForCausalLM(LlamaConfig(**DIMS))
-    yield "mistral", MistralForCausalLM(MistralConfig(**DIMS, sliding_window=None))
-    yield "qwen2", Qwen2ForCausalLM(Qwen2Config(**DIMS))
-    yield "qwen3", Qwen3ForCausalLM(Qwen3Config(**DIMS, head_dim=8))
+def _models(head_dim: int = 8):
+    """The padding-free families; a head dim of 16 lets fp32 forwards use the C block attention."""
+    dims = dict(DIMS, head_dim=head_dim)
+    yield "llama", LlamaForCausalLM(LlamaConfig(**dims))
+    yield "mistral", MistralForCausalLM(MistralConfig(**dims, sliding_window=None))
+    yield "qwen2", Qwen2ForCausalLM(Qwen2Config(**dims))
+    yield "qwen3", Qwen3ForCausalLM(Qwen3Config(**dims))
 
 
 def _items(seed: int = 0):
@@ -88,6 +90,32 @@ def test_continuation_from_saved_keys_and_values_equals_a_full_forward(name, mod
         keep = torch.cat([torch.arange(len(c)) + sum(len(x) + 1 for x in conts[:i]) for i, c in enumerate(conts)])
         assert got.shape[0] == sum(len(c) + 1 for c in conts)
         torch.testing.assert_close(got[keep], want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not cpukernel.available(), reason=f"no CPU kernel here: {cpukernel.why_unavailable()}")
+@pytest.mark.parametrize("name,model", list(_models(head_dim=16)), ids=lambda x: x if isinstance(x, str) else "")
+def test_fp32_layout_forward_uses_the_block_attention_kernel(name, model, monkeypatch):
+    """In fp32 on the CPU (head dim 16) the padding-free forward runs fusedops.BlockAttention, once per layer, and
+    its hidden states and gradients equal the padded rows' float64 forward to fp32 rounding."""
+    model = model.eval()
+    ref = copy.deepcopy(model).double()
+    calls = []
+    monkeypatch.setattr(fusedops.BlockAttention, "apply",
+                        lambda *a, _apply=fusedops.BlockAttention.apply: calls.append(1) or _apply(*a))
+    lay = modeling.build_layout(_items(), pad_id=0)
+    outs = []
+    for m in (model, ref):
+        if m is model:
+            h = modeling.layout_hidden_states(m, lay.input_ids, lay.position_ids, lay.mask)
+        else:
+            h = modeling.backbone(m)(input_ids=lay.input_ids, attention_mask=lay.mask,
+                                     position_ids=lay.position_ids.clamp(min=0)).last_hidden_state.flatten(0, 1)
+        (h[lay.src] ** 2).sum().backward()
+        outs.append((h[lay.src].double(), {n: p.grad.double() for n, p in m.named_parameters() if p.grad is not None}))
+    assert len(calls) == DIMS["num_hidden_layers"]
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    for n in outs[1][1]:
+        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], rtol=1e-4, atol=1e-4, msg=n)
 
 
 def test_other_forwards_are_plain_sdpa():
