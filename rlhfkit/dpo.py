@@ -215,7 +215,7 @@ class SequenceLogprobs(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, position_ids, mask, src, labels, seq, n_seqs: int, save_kv: dict | None = None):
-        h = layout_hidden_states(self.model, input_ids, position_ids, mask, save_kv)[src]  # (N, H)
+        h = layout_hidden_states(self.model, input_ids, position_ids, mask, save_kv, needed=src)  # (N, H)
         return summed_logps(self.model, h, labels, seq, n_seqs)
 
 

@@ -100,7 +100,7 @@ def layout_scores(model: torch.nn.Module, input_ids: torch.Tensor, position_ids:
     final token (`last`, flat indices). Same values as `forward_scores` on the sequences as padded rows."""
     from .modeling import layout_hidden_states
 
-    return model.score(layout_hidden_states(model, input_ids, position_ids, mask)[last]).squeeze(-1).float()
+    return model.score(layout_hidden_states(model, input_ids, position_ids, mask, needed=last)).squeeze(-1).float()
 
 
 # ----------------------------------------------------------------------------------------------- reward models

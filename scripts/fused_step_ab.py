@@ -5,11 +5,13 @@ micro-batch is timed twice back to back, once with each setting (the order alter
 paired differences is reported. "On" is the shipped code. "Off" is, with `--ops session12` (the default), the code
 before session 12: transformers' own MLP and RMSNorm forwards, the LM head's log-probs through autograd (gather
 minus logsumexp), and per-row slices in the padding-free attention; with `--ops attention`, the code before session
-13: SDPA per row in the padding-free attention instead of the C block attention (`fusedops.BlockAttention`).
+13: SDPA per row in the padding-free attention instead of the C block attention (`fusedops.BlockAttention`); with
+`--ops keep`, the last decoder layer's MLP on every token instead of only on those whose hidden state is read
+(`modeling.layout_hidden_states(..., needed=...)`, session 13).
 A step is the policy's forward + backward + fused AdamW, plus with --reference a no-grad forward of a frozen copy
 (DPO with the reference on the fly).
 
-Usage: python scripts/fused_step_ab.py [--ops session12|attention] [--reference] [--rounds 3]
+Usage: python scripts/fused_step_ab.py [--ops session12|attention|keep] [--reference] [--rounds 3]
 (needs bench-data/ from make_tiny.py)
 """
 
@@ -46,7 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", action="store_true", help="add a reference model's no-grad forward to each step")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--ops", choices=["session12", "attention"], default="session12",
+    ap.add_argument("--ops", choices=["session12", "attention", "keep"], default="session12",
                     help="which change to toggle (see the module docstring)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -64,10 +66,17 @@ def main() -> None:
     fused = [m for net in (model, ref) if net is not None for m in net.modules() if "forward" in m.__dict__]
     fused_forward = {m: m.__dict__["forward"] for m in fused}
     shipped_summed, shipped_usable = dpo.summed_logps, fusedops.block_attention_usable
+    shipped_hidden = dpo.layout_hidden_states
+
+    def every_token_hidden(model, ids, pos, mask, save_kv=None, needed=None):
+        return shipped_hidden(model, ids, pos, mask, save_kv)[needed]
     if not fused:
         raise SystemExit("no fused modules: the CPU kernels are unavailable here")
 
     def use(on: bool) -> None:
+        if args.ops == "keep":
+            dpo.layout_hidden_states = shipped_hidden if on else every_token_hidden
+            return
         if args.ops == "attention":
             fusedops.block_attention_usable = shipped_usable if on else (lambda *a: False)
             return

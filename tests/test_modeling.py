@@ -114,8 +114,35 @@ def test_fp32_layout_forward_uses_the_block_attention_kernel(name, model, monkey
         outs.append((h[lay.src].double(), {n: p.grad.double() for n, p in m.named_parameters() if p.grad is not None}))
     assert len(calls) == DIMS["num_hidden_layers"]
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
-    for n in outs[1][1]:
-        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], rtol=1e-4, atol=1e-4, msg=n)
+    for n in outs[1][1]:  # fp32 SDPA is as far from float64: up to ~1.2e-4 on gradients of size ~2
+        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], rtol=1e-4, atol=5e-4, msg=n)
+
+
+@pytest.mark.parametrize("name,model", list(_models()), ids=lambda x: x if isinstance(x, str) else "")
+def test_needed_tokens_only_equal_the_full_forward(name, model):
+    """layout_hidden_states(..., needed=src) gives the full forward's h[src] (src repeats each prompt's last token,
+    once per completion), with the same gradients, in float64, and the last layer's MLP sees only the distinct
+    needed tokens."""
+    model = model.double()
+    lay = modeling.build_layout(_items(), pad_id=0)
+    seen = []
+    body = modeling.backbone(model)
+    hook = body.layers[-1].mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    outs = []
+    for needed in (None, lay.src):
+        model.zero_grad()
+        h = modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask, needed=needed)
+        h = h[lay.src] if needed is None else h
+        (h ** 2 * torch.linspace(0, 1, h.shape[-1])).sum().backward()
+        outs.append((h.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    hook.remove()
+    assert seen == [lay.tokens, len(set(lay.src.tolist()))] and seen[1] < seen[0]
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-12, atol=1e-12)
+    for n in outs[0][1]:
+        torch.testing.assert_close(outs[1][1][n], outs[0][1][n], rtol=1e-10, atol=1e-12, msg=n)
+    with pytest.raises(ValueError, match="padding"):
+        pad = (lay.position_ids.reshape(-1) < 0).nonzero()[0]
+        modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask, needed=pad)
 
 
 def test_other_forwards_are_plain_sdpa():
