@@ -37,7 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("decode_matmul.c", "train_elementwise.c", "block_attention.c")]
+SOURCES = [Path(__file__).with_name("csrc") / name
+           for name in ("decode_matmul.c", "train_elementwise.c", "block_attention.c")]
+HEADERS = [Path(__file__).with_name("csrc") / "vexp.h"]  # part of the build's cache key
 FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]  # no FMA contraction: a
 # loop's vector body and scalar tail then round alike
 LIBS = ["-lmvec"]  # glibc's vector expf, for the SwiGLU loops
@@ -78,7 +80,7 @@ def _compiler() -> str | None:
 
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    text = b"".join(src.read_bytes() for src in SOURCES)
+    text = b"".join(src.read_bytes() for src in SOURCES + HEADERS)
     key = hashlib.sha256(text + " ".join([compiler, *FLAGS, *LIBS, version]).encode()).hexdigest()[:16]
     out = cache_dir() / f"cpukernels-{key}.so"
     if out.exists():

@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-__m256 _ZGVdN8v_expf(__m256 x);
+#include "vexp.h"
 
 #define TILE 16
 #define MR 6 /* rows per micro-kernel call: 6 x 16 accumulators = 12 of the 16 ymm registers */
@@ -126,11 +126,10 @@ static inline long run_end(const unsigned char *a, long st, long nt, long t) {
 
 /* out[c][j] = x[j * s + c] for j < n, 0 for n <= j < npad: a d x npad transpose of one head's keys or values */
 static void transpose_pad(const float *x, long s, long n, long npad, long d, float *out) {
-    for (long c = 0; c < d; c++) {
-        float *o = out + c * npad;
-        for (long j = 0; j < n; j++) o[j] = x[j * s + c];
-        for (long j = n; j < npad; j++) o[j] = 0.0f;
-    }
+    for (long j = 0; j < n; j++) /* rows of x are read contiguously; the d output rows stay in L1 */
+        for (long c = 0; c < d; c++) out[c * npad + j] = x[j * s + c];
+    for (long c = 0; c < d; c++)
+        for (long j = n; j < npad; j++) out[c * npad + j] = 0.0f;
 }
 
 static inline float hmax8(__m256 v) {
@@ -182,7 +181,7 @@ static void softmax_row(float *p, const unsigned char *m, const unsigned char *a
     for (long t = 0; t < nt; t++) {
         if (!act_row[t]) continue;
         for (long j = t * TILE; j < t * TILE + TILE; j += 8) {
-            const __m256 e = _ZGVdN8v_expf(_mm256_sub_ps(_mm256_loadu_ps(p + j), vm)); /* exp(-inf) = 0 */
+            const __m256 e = rlhfkit_exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), vm)); /* exp(-inf) = 0 */
             _mm256_storeu_ps(p + j, e);
             vsum = _mm256_add_ps(vsum, e);
         }
