@@ -191,11 +191,12 @@ def _load() -> None:
                             ("rlhfkit_rmsnorm_forward", [p, p, p, p, n_, n_, ctypes.c_float, i_], None),
                             ("rlhfkit_rmsnorm_backward", [p, p, p, p, p, p, n_, n_, i_], ctypes.c_int),
                             ("rlhfkit_block_attention_forward",
-                             [p, n_, n_, p, n_, n_, p, n_, n_, n_, n_, n_, ctypes.c_float, n_, p, p, p, p, p, p, i_],
+                             [p, n_, n_, p, n_, n_, p, n_, n_, n_, n_, n_, ctypes.c_float, n_, p, p, p, p, p, p, p, p,
+                              i_],
                              ctypes.c_int),
                             ("rlhfkit_block_attention_backward",
                              [p, n_, n_, p, n_, n_, p, n_, n_, n_, n_, n_, ctypes.c_float, n_, p, p, p, p, p, p, p, p,
-                              p, p, i_], ctypes.c_int)):
+                              p, p, p, p, i_], ctypes.c_int)):
         f = getattr(lib, name)
         f.argtypes, f.restype = args, res
     _fn, _lib = fn, lib
@@ -308,36 +309,52 @@ def _qkv_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list:
     return out
 
 
+def _rope_args(rope: tuple[torch.Tensor, torch.Tensor] | None, T: int, d: int) -> tuple:
+    """Pointers to cos and sin as (T, d) contiguous fp32, or (None, None) without RoPE; and the tensors to keep."""
+    if rope is None:
+        return (None, None), ()
+    cos, sin = (t.reshape(T, d).to(torch.float32).contiguous() for t in rope)
+    return (cos.data_ptr(), sin.data_ptr()), (cos, sin)
+
+
 def block_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: list, scale: float,
-                            need_p: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            need_p: bool, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """softmax(scale * q k^T under each row's mask) v for (1, heads, T, d) q and (1, kv_heads, T, d) k, v (d a
     multiple of 16, heads a multiple of kv_heads); returns the output (1, T, heads, d) and, with `need_p`, the
-    attention probabilities that `block_attention_backward` needs."""
+    attention probabilities that `block_attention_backward` needs. With `rope` = (cos, sin), each (1, T, d), q and k
+    are rotated first, exactly as transformers' apply_rotary_pos_emb does."""
     _, H, T, d = q.shape
     starts, lens, ptrs, strides = _row_args(rows)
+    (cos_p, sin_p), keep = _rope_args(rope, T, d)
     npad = (lens + 15) // 16 * 16
     P = torch.empty(int(H * (lens * npad).sum()), dtype=torch.float32)
     out = torch.zeros(1, T, H, d, dtype=torch.float32)
     if _lib.rlhfkit_block_attention_forward(*_qkv_args(q, k, v), H, k.shape[1], d, scale, len(rows),
                                             starts.data_ptr(), lens.data_ptr(), ptrs.data_ptr(), strides.data_ptr(),
-                                            out.data_ptr(), P.data_ptr(), torch.get_num_threads()) != 0:
+                                            out.data_ptr(), P.data_ptr(), cos_p, sin_p, torch.get_num_threads()) != 0:
         raise MemoryError("rlhfkit_block_attention_forward could not allocate its scratch memory")
+    del keep
     return out, (P if need_p else None)
 
 
 def block_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: list, scale: float,
-                             out: torch.Tensor, P: torch.Tensor,
-                             dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq, dk, dv), shaped as q, k, v, of `block_attention_forward`'s output, given its gradient."""
+                             out: torch.Tensor, P: torch.Tensor, dout: torch.Tensor,
+                             rope: tuple[torch.Tensor, torch.Tensor] | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv), shaped as q, k, v, of `block_attention_forward`'s output, given its gradient (with
+    `rope`, the gradients of the q and k before their rotation)."""
     _, H, T, d = q.shape
     Hkv = k.shape[1]
     starts, lens, ptrs, strides = _row_args(rows)
+    (cos_p, sin_p), keep = _rope_args(rope, T, d)
     dout = dout.contiguous()
     dq = torch.zeros(1, T, H, d, dtype=torch.float32)
     dk, dv = torch.zeros(1, T, Hkv, d, dtype=torch.float32), torch.zeros(1, T, Hkv, d, dtype=torch.float32)
     if _lib.rlhfkit_block_attention_backward(*_qkv_args(q, k, v), H, Hkv, d, scale, len(rows), starts.data_ptr(),
                                              lens.data_ptr(), ptrs.data_ptr(), strides.data_ptr(), out.data_ptr(),
                                              P.data_ptr(), dout.data_ptr(), dq.data_ptr(), dk.data_ptr(),
-                                             dv.data_ptr(), torch.get_num_threads()) != 0:
+                                             dv.data_ptr(), cos_p, sin_p, torch.get_num_threads()) != 0:
         raise MemoryError("rlhfkit_block_attention_backward could not allocate its scratch memory")
+    del keep
     return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)

@@ -61,22 +61,27 @@ class RMSNorm(torch.autograd.Function):
 class BlockAttention(torch.autograd.Function):
     """Attention of (1, heads, T, d) q and (1, kv_heads, T, d) k, v, where each row (start, end, mask) of the
     sequence attends within itself under its (n, n) bool mask; returns (1, T, heads, d), as transformers' SDPA
-    attention does. See `cpukernel.block_attention_forward` for what the inputs must be (`block_attention_usable`)."""
+    attention does. Given cos and sin ((1, T, d) each), q and k are the projections before the rotary embedding and
+    the kernel applies it (as transformers' apply_rotary_pos_emb does, to the same values). See
+    `cpukernel.block_attention_forward` for what the inputs must be (`block_attention_usable`)."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: list, scale: float) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: list, scale: float,
+                cos: torch.Tensor | None = None, sin: torch.Tensor | None = None) -> torch.Tensor:
+        rope = None if cos is None else (cos.detach(), sin.detach())
         need_grad = any(ctx.needs_input_grad[:3])
-        out, P = cpukernel.block_attention_forward(q, k, v, rows, scale, need_p=need_grad)
+        out, P = cpukernel.block_attention_forward(q, k, v, rows, scale, need_p=need_grad, rope=rope)
         if need_grad:
             ctx.save_for_backward(q, k, v, out, P)
-            ctx.rows, ctx.scale = rows, scale  # the masks stay referenced until the backward
+            ctx.rows, ctx.scale, ctx.rope = rows, scale, rope  # the masks stay referenced until the backward
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout: torch.Tensor):
         q, k, v, out, P = ctx.saved_tensors
-        return (*cpukernel.block_attention_backward(q, k, v, ctx.rows, ctx.scale, out, P, dout), None, None)
+        grads = cpukernel.block_attention_backward(q, k, v, ctx.rows, ctx.scale, out, P, dout, rope=ctx.rope)
+        return (*grads, None, None, None, None)
 
 
 def block_attention_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> bool:

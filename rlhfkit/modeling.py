@@ -15,6 +15,7 @@ layer that skips the score tiles the masks exclude (`fusedops.BlockAttention`); 
 from __future__ import annotations
 
 import functools
+import importlib
 import types
 from dataclasses import dataclass
 
@@ -98,10 +99,44 @@ def _keep_forward(self, hidden_states: torch.Tensor, *args, rlhfkit_keep: torch.
     return h + self.mlp(self.post_attention_layernorm(h))
 
 
+def _layout_attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
+                              past_key_values=None, **kwargs):
+    """The attention module's forward (the same in every family of UNPADDED_MODEL_TYPES, Qwen3 adding q_norm and
+    k_norm), except in a padding-free layout forward (`rlhfkit_rows` given). There, on fp32 CPU tensors that the C
+    kernel takes, q and k go to `fusedops.BlockAttention` before their rotary embedding, which the kernel applies as
+    it reads them: transformers' apply_rotary_pos_emb is ~10 elementwise passes forward and backward (~5% of a DPO
+    step on the benchmark model). Otherwise they are rotated by the family's own function and go to
+    `_rows_attention`, as in transformers' forward."""
+    rows = kwargs.get("rlhfkit_rows")
+    if rows is None or past_key_values is not None or position_embeddings is None:
+        return type(self).forward(self, hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs)
+    shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+    q, k, v = self.q_proj(hidden_states).view(shape), self.k_proj(hidden_states).view(shape), \
+        self.v_proj(hidden_states).view(shape)
+    if hasattr(self, "q_norm"):  # Qwen3: RMSNorm over each head's query and key
+        q, k = self.q_norm(q), self.k_norm(k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    cos, sin = position_embeddings
+    family = importlib.import_module(type(self).__module__)
+    dropout = self.attention_dropout if self.training else 0.0
+    save_kv = kwargs.get("rlhfkit_save_kv")
+    if (all(prefix is None for *_, prefix in rows) and cos.shape == (1, q.shape[2], q.shape[3])
+            and fusedops.block_attention_usable(q, k, v, dropout)):
+        if save_kv is not None:  # continuations need the rotated keys, as transformers' forward would save them
+            with torch.no_grad():
+                save_kv[self.layer_idx] = (family.apply_rotary_pos_emb(k, k, cos, sin)[1], v.detach())
+        out = fusedops.BlockAttention.apply(q, k, v, [(a, b, m[0, 0]) for a, b, m, _ in rows], self.scaling, cos, sin)
+    else:
+        q, k = family.apply_rotary_pos_emb(q, k, cos, sin)
+        out, _ = _rows_attention(self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs)
+    return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1)), None
+
+
 def padding_free(body: torch.nn.Module) -> bool:
     """Whether layout forwards of this transformer body run padding-free. Switches an SDPA model to the same SDPA
     attention with row support (identical outside layout forwards; the name is not saved with the model), and gives
-    its last decoder layer `_keep_forward` (identical unless a layout forward asks for some tokens only)."""
+    its last decoder layer `_keep_forward` (identical unless a layout forward asks for some tokens only) and its
+    attention modules `_layout_attention_forward` (identical outside layout forwards)."""
     cfg = body.config
     if getattr(cfg, "model_type", None) not in UNPADDED_MODEL_TYPES:
         return False
@@ -113,6 +148,8 @@ def padding_free(body: torch.nn.Module) -> bool:
     last = body.layers[cfg.num_hidden_layers - 1]
     if "forward" not in last.__dict__:
         last.forward = types.MethodType(_keep_forward, last)
+        for layer in body.layers:
+            layer.self_attn.forward = types.MethodType(_layout_attention_forward, layer.self_attn)
     return True
 
 

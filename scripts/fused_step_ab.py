@@ -7,11 +7,13 @@ before session 12: transformers' own MLP and RMSNorm forwards, the LM head's log
 minus logsumexp), and per-row slices in the padding-free attention; with `--ops attention`, the code before session
 13: SDPA per row in the padding-free attention instead of the C block attention (`fusedops.BlockAttention`); with
 `--ops keep`, the last decoder layer's MLP on every token instead of only on those whose hidden state is read
-(`modeling.layout_hidden_states(..., needed=...)`, session 13).
+(`modeling.layout_hidden_states(..., needed=...)`, session 13); with `--ops rope`, transformers' attention forward
+(rotary embedding by apply_rotary_pos_emb, then the C block attention) instead of `modeling._layout_attention_forward`
+(the C block attention applies the rotary embedding itself, session 13).
 A step is the policy's forward + backward + fused AdamW, plus with --reference a no-grad forward of a frozen copy
 (DPO with the reference on the fly).
 
-Usage: python scripts/fused_step_ab.py [--ops session12|attention|keep] [--reference] [--rounds 3]
+Usage: python scripts/fused_step_ab.py [--ops session12|attention|keep|rope] [--reference] [--rounds 3]
 (needs bench-data/ from make_tiny.py)
 """
 
@@ -48,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", action="store_true", help="add a reference model's no-grad forward to each step")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--ops", choices=["session12", "attention", "keep"], default="session12",
+    ap.add_argument("--ops", choices=["session12", "attention", "keep", "rope"], default="session12",
                     help="which change to toggle (see the module docstring)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -67,6 +69,7 @@ def main() -> None:
     fused_forward = {m: m.__dict__["forward"] for m in fused}
     shipped_summed, shipped_usable = dpo.summed_logps, fusedops.block_attention_usable
     shipped_hidden = dpo.layout_hidden_states
+    layer_attention = {layer: layer.self_attn.forward for layer in modeling.backbone(model).layers}
 
     def every_token_hidden(model, ids, pos, mask, save_kv=None, needed=None):
         return shipped_hidden(model, ids, pos, mask, save_kv)[needed]
@@ -74,6 +77,13 @@ def main() -> None:
         raise SystemExit("no fused modules: the CPU kernels are unavailable here")
 
     def use(on: bool) -> None:
+        if args.ops == "rope":
+            for layer in modeling.backbone(model).layers:
+                if on:
+                    layer.self_attn.forward = layer_attention[layer]
+                else:
+                    layer.self_attn.__dict__.pop("forward", None)
+            return
         if args.ops == "keep":
             dpo.layout_hidden_states = shipped_hidden if on else every_token_hidden
             return

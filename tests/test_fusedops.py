@@ -169,17 +169,31 @@ def test_block_attention_hand_worked():
     torch.testing.assert_close(v.grad[0, 0], torch.tensor([[1.5] * 16, [0.5] * 16]), rtol=0, atol=1e-6)
 
 
+def _rope(T, d, seed=2):
+    """cos and sin (1, T, d) as transformers' Llama rotary embedding builds them, at shuffled positions."""
+    pos = torch.randperm(3 * T, generator=torch.Generator().manual_seed(seed))[:T].float()
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+    emb = torch.cat([pos[:, None] * inv, pos[:, None] * inv], -1)[None]
+    return emb.cos(), emb.sin()
+
+
 @needs_kernel
+@pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("lens,heads,kv_heads,d", [((37, 21, 16, 1), 4, 2, 32), ((70,), 2, 2, 16), ((5, 48), 3, 1, 64)])
-def test_block_attention_equals_sdpa_in_float64(lens, heads, kv_heads, d):
-    """Outputs and the gradients of q, k and v against SDPA row by row in float64, to fp32 rounding."""
+def test_block_attention_equals_sdpa_in_float64(lens, heads, kv_heads, d, rope):
+    """Outputs and the gradients of q, k and v against SDPA row by row in float64, to fp32 rounding; with `rope`, the
+    kernel rotates q and k itself, against transformers' apply_rotary_pos_emb then SDPA."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
     q, k, v, rows = _block_problem(lens, heads, kv_heads, d)
+    cos, sin = _rope(sum(lens), d) if rope else (None, None)
     qs, ks, vs = (t.detach().clone().requires_grad_() for t in (q, k, v))
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     dout = torch.randn(1, sum(lens), heads, d, generator=torch.Generator().manual_seed(1))
-    got = fusedops.BlockAttention.apply(qs, ks, vs, rows, 0.2)
+    got = fusedops.BlockAttention.apply(qs, ks, vs, rows, 0.2, cos, sin)
     got.backward(dout)
-    want = _sdpa_rows(q64, k64, v64, rows, 0.2)
+    qr, kr = apply_rotary_pos_emb(q64, k64, cos.double(), sin.double()) if rope else (q64, k64)
+    want = _sdpa_rows(qr, kr, v64, rows, 0.2)
     want.backward(dout.double())
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     for a, b in ((qs, q64), (ks, k64), (vs, v64)):
@@ -217,3 +231,16 @@ def test_block_attention_usable_only_where_the_kernel_applies(monkeypatch):
     assert not fusedops.block_attention_usable(torch.zeros(1, 3, 5, 16), kv, kv, 0.0)  # 3 heads over 2
     monkeypatch.setattr(cpukernel, "available", lambda: False)
     assert not fusedops.block_attention_usable(q, kv, kv, 0.0)
+
+
+@needs_kernel
+def test_block_attention_rotates_exactly_as_transformers():
+    """The kernel's own rotary embedding gives q and k the same bits as transformers' apply_rotary_pos_emb in fp32:
+    the output with (cos, sin) equals, bit for bit, the output on the pre-rotated q and k."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    q, k, v, rows = _block_problem((37, 21), heads=4, kv_heads=2, d=32)
+    cos, sin = _rope(58, 32)
+    qr, kr = apply_rotary_pos_emb(q, k, cos, sin)
+    assert torch.equal(fusedops.BlockAttention.apply(q, k, v, rows, 0.2, cos, sin),
+                       fusedops.BlockAttention.apply(qr, kr, v, rows, 0.2))

@@ -65,12 +65,16 @@ def test_padding_free_equals_padded_rows(name, model):
             torch.testing.assert_close(outs[0][1][n], outs[1][1][n], rtol=1e-9, atol=1e-10, msg=n)
 
 
-@pytest.mark.parametrize("name,model", list(_models()), ids=lambda x: x if isinstance(x, str) else "")
-def test_continuation_from_saved_keys_and_values_equals_a_full_forward(name, model):
+@pytest.mark.parametrize("name,model,dtype,tol",
+                         [(n, m, torch.float64, 1e-10) for n, m in _models()]
+                         + [(n, m, torch.float32, 1e-5) for n, m in _models(head_dim=16)],
+                         ids=lambda x: x if isinstance(x, str) else "")
+def test_continuation_from_saved_keys_and_values_equals_a_full_forward(name, model, dtype, tol):
     """Runs that continue each item's prompt from the keys and values a layout forward saved give the hidden states
-    a layout forward of prompt + run computes from scratch (float64), for every item and both packings, including
-    a one-token prompt (an empty prefix)."""
-    model = model.double().eval()
+    a layout forward of prompt + run computes from scratch, for every item and both packings, including a one-token
+    prompt (an empty prefix): in float64, and in fp32 with head dim 16, where the saving forward runs the C block
+    attention with its own rotary embedding and saves keys rotated by transformers' function."""
+    model = model.to(dtype).eval()
     items = _items()
     g = torch.Generator().manual_seed(1)
     conts = [torch.randint(1, V, (n,), generator=g).tolist() for n in (4, 1, 6, 3)]
@@ -89,7 +93,7 @@ def test_continuation_from_saved_keys_and_values_equals_a_full_forward(name, mod
         want = h[full.src[torch.argsort(full.seq, stable=True)]]  # src runs in row order; sort by item
         keep = torch.cat([torch.arange(len(c)) + sum(len(x) + 1 for x in conts[:i]) for i, c in enumerate(conts)])
         assert got.shape[0] == sum(len(c) + 1 for c in conts)
-        torch.testing.assert_close(got[keep], want, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(got[keep], want, rtol=tol, atol=tol)
 
 
 @pytest.mark.skipif(not cpukernel.available(), reason=f"no CPU kernel here: {cpukernel.why_unavailable()}")

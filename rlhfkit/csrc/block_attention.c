@@ -20,6 +20,10 @@
  * P: for row r and query head h, an n_r x npad_r block (npad_r = n_r rounded up to 16) at
  *   P_off(r) + h * n_r * npad_r, where P_off(r) = heads * sum over earlier rows of n * npad.
  *
+ * RoPE: given cos and sin (T x d, contiguous), q and k are the projections before the rotary embedding, which the
+ * kernel applies as it packs them (`rope_rows`), and their gradients are rotated back; this saves the ~10 elementwise
+ * passes of transformers' apply_rotary_pos_emb and their backward (modeling's attention forward for layout rows).
+ *
  * Threads split (row, key/value head) pairs; the OpenMP runtime is torch's (rlhfkit/cpukernel.py checks). A row's
  * result depends only on that row, not on the other rows or the thread count.
  */
@@ -132,6 +136,41 @@ static void transpose_pad(const float *x, long s, long n, long npad, long d, flo
         for (long j = n; j < npad; j++) out[c * npad + j] = 0.0f;
 }
 
+/* RoPE (Su et al. 2021) as transformers applies it, rows j < n of x (row stride s) into out (row stride ld):
+ * out[c] = x[c] cos[c] - x[c + d/2] sin[c], out[c + d/2] = x[c + d/2] cos[c + d/2] + x[c] sin[c + d/2], with the
+ * row's own cos and sin (row stride d). The same products and sums in the same order as transformers'
+ * q * cos + rotate_half(q) * sin, so the rotated values are identical. */
+static void rope_rows(const float *x, long s, long n, const float *cs, const float *sn, long d, float *out, long ld) {
+    const long half = d / 2; /* a multiple of 8: d is a multiple of 16 */
+    for (long j = 0; j < n; j++) {
+        const float *xr = x + j * s, *c = cs + j * d, *si = sn + j * d;
+        float *o = out + j * ld;
+        for (long i = 0; i < half; i += 8) {
+            const __m256 x1 = _mm256_loadu_ps(xr + i), x2 = _mm256_loadu_ps(xr + i + half);
+            _mm256_storeu_ps(o + i, _mm256_sub_ps(_mm256_mul_ps(x1, _mm256_loadu_ps(c + i)),
+                                                  _mm256_mul_ps(x2, _mm256_loadu_ps(si + i))));
+            _mm256_storeu_ps(o + i + half, _mm256_add_ps(_mm256_mul_ps(x2, _mm256_loadu_ps(c + i + half)),
+                                                         _mm256_mul_ps(x1, _mm256_loadu_ps(si + i + half))));
+        }
+    }
+}
+
+/* The gradient through `rope_rows`, in place: g (the rotated rows' gradient) becomes the input rows' gradient. */
+static void rope_rows_back(float *g, long s, long n, const float *cs, const float *sn, long d) {
+    const long half = d / 2;
+    for (long j = 0; j < n; j++) {
+        float *gr = g + j * s;
+        const float *c = cs + j * d, *si = sn + j * d;
+        for (long i = 0; i < half; i += 8) {
+            const __m256 a = _mm256_loadu_ps(gr + i), b = _mm256_loadu_ps(gr + i + half);
+            _mm256_storeu_ps(gr + i, _mm256_add_ps(_mm256_mul_ps(a, _mm256_loadu_ps(c + i)),
+                                                   _mm256_mul_ps(b, _mm256_loadu_ps(si + i + half))));
+            _mm256_storeu_ps(gr + i + half, _mm256_sub_ps(_mm256_mul_ps(b, _mm256_loadu_ps(c + i + half)),
+                                                          _mm256_mul_ps(a, _mm256_loadu_ps(si + i))));
+        }
+    }
+}
+
 static inline float hmax8(__m256 v) {
     float l[8];
     _mm256_storeu_ps(l, v);
@@ -198,7 +237,7 @@ int rlhfkit_block_attention_forward(const float *q, long q_st, long q_sh, const 
                                     const float *v, long v_st, long v_sh, long heads, long kv_heads, long d,
                                     float scale, long n_rows, const long *starts, const long *lens,
                                     const long *mask_ptrs, const long *mask_strides, float *o, float *P,
-                                    int threads) {
+                                    const float *rope_cos, const float *rope_sin, int threads) {
     long max_npad = 0, act_size = 0;
     for (long r = 0; r < n_rows; r++) {
         const long nt = (lens[r] + TILE - 1) / TILE;
@@ -217,7 +256,7 @@ int rlhfkit_block_attention_forward(const float *q, long q_st, long q_sh, const 
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *kt = malloc((size_t)(d * max_npad) * sizeof(float));
+        float *kt = malloc((size_t)(2 * d * max_npad) * sizeof(float)); /* K^T (d x npad), rotated rows (n x d) */
         if (kt == NULL) {
 #pragma omp atomic write
             failed = 1;
@@ -228,15 +267,28 @@ int rlhfkit_block_attention_forward(const float *q, long q_st, long q_sh, const 
             const Row *w = rows + task / kv_heads;
             const long g = task % kv_heads, n = w->n, nt = w->nt, npad = w->npad;
             const float *kg = k + w->start * k_st + g * k_sh, *vg = v + w->start * v_st + g * v_sh;
-            transpose_pad(kg, k_st, n, npad, d, kt);
+            float *rot = kt + d * max_npad;
+            const float *cs = rope_cos ? rope_cos + w->start * d : NULL, *sn = rope_sin ? rope_sin + w->start * d : NULL;
+            if (cs) {
+                rope_rows(kg, k_st, n, cs, sn, d, rot, d);
+                transpose_pad(rot, d, n, npad, d, kt);
+            } else {
+                transpose_pad(kg, k_st, n, npad, d, kt);
+            }
             for (long h = g * groups; h < (g + 1) * groups; h++) {
                 const float *qh = q + w->start * q_st + h * q_sh;
+                long qs = q_st;
+                if (cs) {
+                    rope_rows(qh, q_st, n, cs, sn, d, rot, d);
+                    qh = rot;
+                    qs = d;
+                }
                 float *ph = P + w->p_off + h * n * npad, *oh = o + w->start * o_st + h * d;
                 for (long qt = 0; qt < nt; qt++) {
                     const long i0 = qt * TILE, m = n - i0 < TILE ? n - i0 : TILE;
                     const unsigned char *arow = w->act + qt * nt;
                     for (long t = 0; t < nt; t++) /* S = Q K^T on the active tiles */
-                        if (arow[t]) gemm(m, TILE, d, qh + i0 * q_st, q_st, 1, kt + t * TILE, npad, ph + i0 * npad + t * TILE, npad, 0);
+                        if (arow[t]) gemm(m, TILE, d, qh + i0 * qs, qs, 1, kt + t * TILE, npad, ph + i0 * npad + t * TILE, npad, 0);
                     for (long i = i0; i < i0 + m; i++) softmax_row(ph + i * npad, w->mask + i * w->mstride, arow, nt, n, scale);
                     for (long t = 0; t < nt;) { /* O = P V over each run of active key tiles */
                         if (!arow[t]) { t++; continue; }
@@ -260,7 +312,8 @@ int rlhfkit_block_attention_backward(const float *q, long q_st, long q_sh, const
                                      const float *v, long v_st, long v_sh, long heads, long kv_heads, long d,
                                      float scale, long n_rows, const long *starts, const long *lens,
                                      const long *mask_ptrs, const long *mask_strides, const float *o, const float *P,
-                                     const float *dout, float *dq, float *dk, float *dv, int threads) {
+                                     const float *dout, float *dq, float *dk, float *dv, const float *rope_cos,
+                                     const float *rope_sin, int threads) {
     long max_npad = 0, act_size = 0;
     for (long r = 0; r < n_rows; r++) {
         const long nt = (lens[r] + TILE - 1) / TILE;
@@ -279,8 +332,8 @@ int rlhfkit_block_attention_backward(const float *q, long q_st, long q_sh, const
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        /* per thread: V^T (d x npad), dS (npad x npad), D (npad) */
-        float *vt = malloc((size_t)(d * max_npad + max_npad * max_npad + max_npad) * sizeof(float));
+        /* per thread: V^T (d x npad), dS (npad x npad), D (npad), rotated K and Q rows (npad x d each) */
+        float *vt = malloc((size_t)(3 * d * max_npad + max_npad * max_npad + max_npad) * sizeof(float));
         if (vt == NULL) {
 #pragma omp atomic write
             failed = 1;
@@ -290,12 +343,24 @@ int rlhfkit_block_attention_backward(const float *q, long q_st, long q_sh, const
             if (vt == NULL) continue;
             const Row *w = rows + task / kv_heads;
             const long g = task % kv_heads, n = w->n, nt = w->nt, npad = w->npad;
-            float *ds = vt + d * max_npad, *D = ds + max_npad * max_npad;
+            float *ds = vt + d * max_npad, *D = ds + max_npad * max_npad, *krot = D + max_npad, *qrot = krot + d * max_npad;
             const float *kg = k + w->start * k_st + g * k_sh, *vg = v + w->start * v_st + g * v_sh;
             float *dkg = dk + w->start * kv_st + g * d, *dvg = dv + w->start * kv_st + g * d;
+            const float *cs = rope_cos ? rope_cos + w->start * d : NULL, *sn = rope_sin ? rope_sin + w->start * d : NULL;
+            long ks = k_st, qs = q_st;
+            if (cs) { /* the scores used the rotated q and k: so do their gradients, which are rotated back below */
+                rope_rows(kg, k_st, n, cs, sn, d, krot, d);
+                kg = krot;
+                ks = d;
+                qs = d;
+            }
             transpose_pad(vg, v_st, n, npad, d, vt);
             for (long h = g * groups; h < (g + 1) * groups; h++) {
                 const float *qh = q + w->start * q_st + h * q_sh, *ph = P + w->p_off + h * n * npad;
+                if (cs) {
+                    rope_rows(qh, q_st, n, cs, sn, d, qrot, d);
+                    qh = qrot;
+                }
                 const float *oh = o + w->start * o_st + h * d, *doh = dout + w->start * o_st + h * d;
                 float *dqh = dq + w->start * o_st + h * d;
                 for (long i = 0; i < n; i++) { /* D_i = dO_i . O_i */
@@ -323,7 +388,7 @@ int rlhfkit_block_attention_backward(const float *q, long q_st, long q_sh, const
                     for (long t = 0; t < nt;) { /* dQ = dS K over each run of active key tiles */
                         if (!arow[t]) { t++; continue; }
                         const long e = run_end(arow, 1, nt, t), lo = t * TILE, hi = e * TILE < n ? e * TILE : n;
-                        gemm(m, d, hi - lo, ds + i0 * npad + lo, npad, 1, kg + lo * k_st, k_st, dqh + i0 * o_st, o_st, 1);
+                        gemm(m, d, hi - lo, ds + i0 * npad + lo, npad, 1, kg + lo * ks, ks, dqh + i0 * o_st, o_st, 1);
                         t = e;
                     }
                 }
@@ -333,12 +398,14 @@ int rlhfkit_block_attention_backward(const float *q, long q_st, long q_sh, const
                     for (long t = 0; t < nt;) {
                         if (!acol[t * nt]) { t++; continue; }
                         const long e = run_end(acol, nt, nt, t), lo = t * TILE, hi = e * TILE < n ? e * TILE : n;
-                        gemm(m, d, hi - lo, ds + lo * npad + j0, 1, npad, qh + lo * q_st, q_st, dkg + j0 * kv_st, kv_st, 1);
+                        gemm(m, d, hi - lo, ds + lo * npad + j0, 1, npad, qh + lo * qs, qs, dkg + j0 * kv_st, kv_st, 1);
                         gemm(m, d, hi - lo, ph + lo * npad + j0, 1, npad, doh + lo * o_st, o_st, dvg + j0 * kv_st, kv_st, 1);
                         t = e;
                     }
                 }
+                if (cs) rope_rows_back(dqh, o_st, n, cs, sn, d);
             }
+            if (cs) rope_rows_back(dkg, kv_st, n, cs, sn, d); /* after every query head of the group added to it */
         }
         free(vt);
     }
