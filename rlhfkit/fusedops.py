@@ -84,9 +84,18 @@ class BlockAttention(torch.autograd.Function):
         return (*grads, None, None, None, None)
 
 
-def block_attention_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> bool:
+# The kernel keeps each layer's attention probabilities for the backward (heads x sum over rows of n x n floats);
+# beyond this per layer call, SDPA (which keeps O(n) per row) is used instead. The benchmark's batches need ~5 MiB.
+P_LIMIT_BYTES = 64 << 20
+
+
+def block_attention_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float,
+                           rows: list | None = None) -> bool:
     """Whether `BlockAttention` can run these inputs: fp32 CPU tensors with contiguous channels, a head dim that is a
-    multiple of 16, whole groups of query heads per key/value head, no dropout, and the compiled kernels loaded."""
+    multiple of 16, whole groups of query heads per key/value head, no dropout, the compiled kernels loaded, and
+    (given the rows, (start, end, ...)) probabilities that fit in P_LIMIT_BYTES."""
+    if rows is not None and 4 * q.shape[1] * sum((b - a) * -(-(b - a) // 16) * 16 for a, b, *_ in rows) > P_LIMIT_BYTES:
+        return False
     return (_fp32_cpu(q, k, v) and q.shape[-1] % 16 == 0 and all(t.stride(-1) == 1 for t in (q, k, v))
             and q.shape[1] % k.shape[1] == 0 and k.shape == v.shape and not dropout and cpukernel.available())
 

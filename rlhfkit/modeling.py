@@ -58,7 +58,7 @@ def _rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None
     if rlhfkit_save_kv is not None:
         rlhfkit_save_kv[module.layer_idx] = (key.detach(), value.detach())
     if all(prefix is None for *_, prefix in rlhfkit_rows) and \
-            fusedops.block_attention_usable(query, key, value, kwargs.get("dropout", 0.0)):
+            fusedops.block_attention_usable(query, key, value, kwargs.get("dropout", 0.0), rlhfkit_rows):
         # fp32 on the CPU: one C call for all rows, computing only the score tiles the masks let through
         scale = kwargs.get("scaling") or query.shape[-1] ** -0.5
         return fusedops.BlockAttention.apply(query, key, value, [(a, b, m[0, 0]) for a, b, m, _ in rlhfkit_rows],
@@ -121,7 +121,7 @@ def _layout_attention_forward(self, hidden_states: torch.Tensor, position_embedd
     dropout = self.attention_dropout if self.training else 0.0
     save_kv = kwargs.get("rlhfkit_save_kv")
     if (all(prefix is None for *_, prefix in rows) and cos.shape == (1, q.shape[2], q.shape[3])
-            and fusedops.block_attention_usable(q, k, v, dropout)):
+            and fusedops.block_attention_usable(q, k, v, dropout, rows)):
         if save_kv is not None:  # continuations need the rotated keys, as transformers' forward would save them
             with torch.no_grad():
                 save_kv[self.layer_idx] = (family.apply_rotary_pos_emb(k, k, cos, sin)[1], v.detach())

@@ -229,6 +229,11 @@ def test_block_attention_usable_only_where_the_kernel_applies(monkeypatch):
     assert not fusedops.block_attention_usable(q.double(), kv.double(), kv.double(), 0.0)
     assert not fusedops.block_attention_usable(q[..., :8], kv[..., :8], kv[..., :8], 0.0)  # head dim 8
     assert not fusedops.block_attention_usable(torch.zeros(1, 3, 5, 16), kv, kv, 0.0)  # 3 heads over 2
+    # probabilities over the limit: 4 heads x 16 x 16 floats per 16-token row, 4 KiB each
+    monkeypatch.setattr(fusedops, "P_LIMIT_BYTES", 4 * 4096)
+    assert fusedops.block_attention_usable(q, kv, kv, 0.0, [(0, 16), (16, 32), (32, 40), (40, 56)]) == \
+        cpukernel.available()
+    assert not fusedops.block_attention_usable(q, kv, kv, 0.0, [(0, 16), (16, 32), (32, 40), (40, 57)])
     monkeypatch.setattr(cpukernel, "available", lambda: False)
     assert not fusedops.block_attention_usable(q, kv, kv, 0.0)
 
