@@ -5,6 +5,8 @@
   took 1.4 ms, against 3.2-3.6 ms for the best torch form (docs/benchmarks.md, session 6).
 - `swiglu_*`, `rmsnorm_*`: a training step's SwiGLU and RMSNorm, forward and backward, one pass each
   (`csrc/train_elementwise.c`; wrapped for autograd in `rlhfkit/fusedops.py`; session 12).
+- `logsumexp_rows`, `logsoftmax_grad_rows_`: an LM head's log-softmax forward and backward passes over the logits
+  (`csrc/train_elementwise.c`; used by `logprobs.linear_logprobs`; session 13).
 - `block_attention_*`: attention under a padding-free layout's block masks, forward and backward, computing only
   the 16 x 16 score tiles the mask lets through (`csrc/block_attention.c`; wrapped in `rlhfkit/fusedops.py`;
   session 13).
@@ -126,6 +128,16 @@ def _self_test() -> str | None:
         if not (torch.allclose(y, want, rtol=1e-5, atol=1e-5) and torch.allclose(dx, x.grad, rtol=1e-4, atol=1e-4)
                 and torch.allclose(dw, w.grad, rtol=1e-4, atol=1e-3)):
             return f"self-test mismatch against transformers' RMSNorm at {rows} x {width}"
+    for rows, V in ((3, 37), (16, 2048)):
+        z = torch.randn(rows, V, generator=g) * 5
+        labels = torch.randint(0, V, (rows,), generator=g)
+        gr = torch.randn(rows, generator=g)
+        logz = logsumexp_rows(z)
+        want = torch.softmax(z, -1) * -gr[:, None]
+        want[torch.arange(rows), labels] += gr
+        if not (torch.allclose(logz, torch.logsumexp(z, -1), rtol=1e-5, atol=1e-5)
+                and torch.allclose(logsoftmax_grad_rows_(z.clone(), logz, gr, labels), want, rtol=1e-5, atol=1e-6)):
+            return f"self-test mismatch against torch's log-softmax at {rows} x {V}"
     return _block_attention_self_test(g)
 
 
@@ -190,6 +202,8 @@ def _load() -> None:
                             ("rlhfkit_swiglu_backward", [p, p, p, p, p, n_, i_], None),
                             ("rlhfkit_rmsnorm_forward", [p, p, p, p, n_, n_, ctypes.c_float, i_], None),
                             ("rlhfkit_rmsnorm_backward", [p, p, p, p, p, p, n_, n_, i_], ctypes.c_int),
+                            ("rlhfkit_logsumexp_rows", [p, p, n_, n_, i_], None),
+                            ("rlhfkit_logsoftmax_grad_rows", [p, p, p, p, n_, n_, i_], None),
                             ("rlhfkit_block_attention_forward",
                              [p, n_, n_, p, n_, n_, p, n_, n_, n_, n_, n_, ctypes.c_float, n_, p, p, p, p, p, p, p, p,
                               i_],
@@ -200,7 +214,10 @@ def _load() -> None:
         f = getattr(lib, name)
         f.argtypes, f.restype = args, res
     _fn, _lib = fn, lib
-    _why = _self_test()
+    # The first use may come under no_grad, inference_mode or inside an autograd Function's forward; the self-test
+    # needs autograd for its reference gradients.
+    with torch.inference_mode(False), torch.enable_grad():
+        _why = _self_test()
     if _why:
         _fn = _lib = None
 
@@ -286,6 +303,25 @@ def rmsnorm_backward(x: torch.Tensor, w: torch.Tensor, rstd: torch.Tensor,
                                      dw.data_ptr(), x.numel() // H, H, torch.get_num_threads()) != 0:
         raise MemoryError("rlhfkit_rmsnorm_backward could not allocate its per-thread sums")
     return dx, dw
+
+
+def logsumexp_rows(z: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp(z, -1) of a contiguous fp32 (rows, V) tensor, in two reads of z and no (rows, V) temporary."""
+    z = z.contiguous()
+    out = torch.empty(z.shape[0], dtype=torch.float32)
+    _lib.rlhfkit_logsumexp_rows(z.data_ptr(), out.data_ptr(), z.shape[0], z.shape[1], torch.get_num_threads())
+    return out
+
+
+def logsoftmax_grad_rows_(z: torch.Tensor, logz: torch.Tensor, g: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """In place on contiguous fp32 logits z (rows, V), and returned: the gradient of sum_r g[r] *
+    log_softmax(z[r])[labels[r]], i.e. g[r] * (onehot(labels[r]) - softmax(z[r])), in one pass."""
+    if not z.is_contiguous():
+        raise ValueError("logsoftmax_grad_rows_ needs contiguous logits (it writes them in place)")
+    logz, g, labels = logz.float().contiguous(), g.float().contiguous(), labels.long().contiguous()
+    _lib.rlhfkit_logsoftmax_grad_rows(z.data_ptr(), logz.data_ptr(), g.data_ptr(), labels.data_ptr(), z.shape[0],
+                                      z.shape[1], torch.get_num_threads())
+    return z
 
 
 # ----------------------------------------------------------------------------------------------- block attention

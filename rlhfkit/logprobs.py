@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from . import cpukernel
+
 # Rows of (B*T, V) logits processed at once. Bounds the float32 temporaries (the tempered copy, exp(x - max)) at
 # CHUNK_ROWS * V floats instead of B * T * V: with V = 150k that is ~600 MB per 1024 rows instead of gigabytes.
 CHUNK_ROWS = 1024
@@ -125,6 +127,11 @@ def sequence_logprobs(token_logps: torch.Tensor, mask: torch.Tensor, average: bo
     return masked_mean(token_logps, mask, dim=-1) if average else masked_sum(token_logps, mask, dim=-1)
 
 
+def _fast_rows(logits: torch.Tensor) -> bool:
+    return (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
+            and logits.is_contiguous() and cpukernel.available())
+
+
 class _LinearLogprobs(torch.autograd.Function):
     """log softmax(h @ weight^T)[labels] with a lean backward: the (N, V) logits are the only (N, V) buffer kept,
     and the backward turns them into their own gradient in place, softmax - onehot(labels), scaled per row."""
@@ -132,7 +139,9 @@ class _LinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = torch.nn.functional.linear(h, weight).to(_compute_dtype(h.dtype))  # (N, V)
-        logz = torch.logsumexp(logits, dim=-1)  # (N,)
+        # fp32 on the CPU: the C passes (two reads, no (N, V) temporary; docs/benchmarks.md, session 13)
+        ctx.fast = _fast_rows(logits)
+        logz = cpukernel.logsumexp_rows(logits) if ctx.fast else torch.logsumexp(logits, dim=-1)  # (N,)
         ctx.save_for_backward(h, weight, labels, logz)
         ctx.logits = logits  # not saved through autograd: the backward overwrites it
         return logits.gather(-1, labels[:, None]).squeeze(-1) - logz
@@ -144,8 +153,11 @@ class _LinearLogprobs(torch.autograd.Function):
         if logits is None:
             raise RuntimeError("linear_logprobs: backward through the same graph twice is not supported")
         # d logp_i / d z_ij = onehot_ij - softmax_ij (the usual log-softmax gradient)
-        grad_logits = logits.sub_(logz[:, None]).exp_().mul_(-grad[:, None])
-        grad_logits[torch.arange(len(labels), device=labels.device), labels] += grad
+        if ctx.fast:
+            grad_logits = cpukernel.logsoftmax_grad_rows_(logits, logz, grad, labels)
+        else:
+            grad_logits = logits.sub_(logz[:, None]).exp_().mul_(-grad[:, None])
+            grad_logits[torch.arange(len(labels), device=labels.device), labels] += grad
         grad_logits = grad_logits.to(h.dtype)
         return grad_logits @ weight.to(h.dtype), (grad_logits.t() @ h).to(weight.dtype), None
 

@@ -95,7 +95,8 @@ def _keep_forward(self, hidden_states: torch.Tensor, *args, rlhfkit_keep: torch.
     if args:  # transformers passes everything but the hidden states by keyword
         raise TypeError("rlhfkit_keep needs the decoder layer's other arguments by keyword")
     attn, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
-    h = hidden_states[:, rlhfkit_keep] + attn[:, rlhfkit_keep]
+    # index_select, not h[:, keep]: its backward is an index_add, ~4x faster here than advanced indexing's index_put
+    h = hidden_states.index_select(1, rlhfkit_keep) + attn.index_select(1, rlhfkit_keep)
     return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -322,7 +323,7 @@ def layout_hidden_states(model: torch.nn.Module, lay_input_ids: torch.Tensor, po
         h = body(input_ids=lay_input_ids, attention_mask=mask, position_ids=position_ids.clamp(min=0),
                  use_cache=False).last_hidden_state  # (R, L, H)
         h = h.reshape(-1, h.shape[-1])
-        return h if needed is None else h[needed]
+        return h if needed is None else h.index_select(0, needed)
     real = position_ids >= 0
     keep = real.reshape(-1).nonzero().squeeze(1)
     rows, start = [], 0
@@ -341,7 +342,7 @@ def layout_hidden_states(model: torch.nn.Module, lay_input_ids: torch.Tensor, po
              attention_mask=mask[:1, :, :1, :1], use_cache=False, rlhfkit_rows=rows,
              rlhfkit_save_kv=save_kv, rlhfkit_keep=kept).last_hidden_state[0]
     if needed is not None:
-        return h[inverse]
+        return h.index_select(0, inverse)  # (see _keep_forward on index_select)
     return h.new_zeros(R * L, h.shape[-1]).index_copy(0, keep, h)
 
 

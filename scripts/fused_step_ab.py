@@ -9,11 +9,12 @@ minus logsumexp), and per-row slices in the padding-free attention; with `--ops 
 `--ops keep`, the last decoder layer's MLP on every token instead of only on those whose hidden state is read
 (`modeling.layout_hidden_states(..., needed=...)`, session 13); with `--ops rope`, transformers' attention forward
 (rotary embedding by apply_rotary_pos_emb, then the C block attention) instead of `modeling._layout_attention_forward`
-(the C block attention applies the rotary embedding itself, session 13).
+(the C block attention applies the rotary embedding itself, session 13); with `--ops lse`, torch's logsumexp and
+in-place softmax - onehot in the LM head's log-probs instead of the C row passes (session 13).
 A step is the policy's forward + backward + fused AdamW, plus with --reference a no-grad forward of a frozen copy
 (DPO with the reference on the fly).
 
-Usage: python scripts/fused_step_ab.py [--ops session12|attention|keep|rope] [--reference] [--rounds 3]
+Usage: python scripts/fused_step_ab.py [--ops session12|attention|keep|rope|lse] [--reference] [--rounds 3]
 (needs bench-data/ from make_tiny.py)
 """
 
@@ -27,7 +28,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from rlhfkit import data as data_lib
-from rlhfkit import dpo, fusedops, modeling, models
+from rlhfkit import dpo, fusedops, logprobs, modeling, models
 
 
 def sliced_rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None, **kwargs):
@@ -50,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", action="store_true", help="add a reference model's no-grad forward to each step")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--ops", choices=["session12", "attention", "keep", "rope"], default="session12",
+    ap.add_argument("--ops", choices=["session12", "attention", "keep", "rope", "lse"], default="session12",
                     help="which change to toggle (see the module docstring)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -69,6 +70,7 @@ def main() -> None:
     fused_forward = {m: m.__dict__["forward"] for m in fused}
     shipped_summed, shipped_usable = dpo.summed_logps, fusedops.block_attention_usable
     shipped_hidden = dpo.layout_hidden_states
+    shipped_fast_rows = logprobs._fast_rows
     layer_attention = {layer: layer.self_attn.forward for layer in modeling.backbone(model).layers}
 
     def every_token_hidden(model, ids, pos, mask, save_kv=None, needed=None):
@@ -77,6 +79,9 @@ def main() -> None:
         raise SystemExit("no fused modules: the CPU kernels are unavailable here")
 
     def use(on: bool) -> None:
+        if args.ops == "lse":
+            logprobs._fast_rows = shipped_fast_rows if on else (lambda logits: False)
+            return
         if args.ops == "rope":
             for layer in modeling.backbone(model).layers:
                 if on:

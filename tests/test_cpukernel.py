@@ -110,3 +110,14 @@ def test_normalised_rows_equal_rms_norm_then_linear(rows):
             want = F.linear(F.rms_norm(xs.double(), (k,), None, 1e-6), w.double(), b.double()) + r.double()
             y = cpukernel.linear(xs, w, b, r, norm_eps=1e-6)
             torch.testing.assert_close(y.double(), want, atol=5e-5, rtol=1e-5)
+
+
+def test_first_use_under_inference_mode_loads_the_kernels():
+    """The kernels may first be asked for inside inference_mode (a reference forward) or an autograd Function's
+    forward; their load-time self-test (run at every load, cached build or not) computes reference gradients and
+    must still run. A fresh process, so this is the first use. (Session 12's code raised here.)"""
+    code = ("import torch\nfrom rlhfkit import cpukernel\nwith torch.inference_mode():\n"
+            "    ok = cpukernel.available()\nprint(ok, cpukernel.why_unavailable())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "self-test" not in proc.stdout and "Traceback" not in proc.stderr

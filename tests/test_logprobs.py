@@ -170,6 +170,43 @@ def test_linear_logprobs_equal_autograd_of_the_plain_formula(dtype):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("vocab", [13, 2051])  # 2051: rows longer than the C passes' 8-lane body, with a tail
+def test_linear_logprobs_fp32_takes_the_c_passes_and_matches_float64(vocab, monkeypatch):
+    """In fp32 on the CPU the log-softmax runs in the C row passes (when they are built); values and gradients
+    match the float64 formula to fp32 rounding."""
+    from rlhfkit import cpukernel, logprobs
+
+    taken = []
+    monkeypatch.setattr(logprobs, "_fast_rows", lambda z, f=logprobs._fast_rows: taken.append(f(z)) or taken[-1])
+    g = torch.Generator().manual_seed(1)
+    h0, w0 = torch.randn(37, 16, generator=g) * 2, torch.randn(vocab, 16, generator=g)
+    labels, weights = torch.randint(0, vocab, (37,), generator=g), torch.randn(37, generator=g)
+    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    out = linear_logprobs(h, w, labels)
+    (out * weights).sum().backward()
+    assert taken == [cpukernel.available()]
+    h64, w64 = h0.double().requires_grad_(), w0.double().requires_grad_()
+    want = token_logprobs(torch.nn.functional.linear(h64, w64), labels)
+    (want * weights.double()).sum().backward()
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h.grad.double(), h64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_c_log_softmax_passes_hand_worked():
+    """z = (0, log 3): log Z = log(1 + 3) = 1.3862944. With g = 2 and label 0 the gradient of 2 log p(0) is
+    2 (onehot - softmax) = 2 ((1, 0) - (1/4, 3/4)) = (1.5, -1.5). A row of -inf has log Z = -inf."""
+    from rlhfkit import cpukernel
+
+    if not cpukernel.available():
+        pytest.skip(f"no CPU kernel here: {cpukernel.why_unavailable()}")
+    z = torch.tensor([[0.0, math.log(3.0)], [-math.inf, -math.inf]])
+    logz = cpukernel.logsumexp_rows(z)
+    assert logz[0].item() == pytest.approx(math.log(4.0), abs=1e-6) and logz[1].item() == -math.inf
+    grad = cpukernel.logsoftmax_grad_rows_(z[:1].clone(), logz[:1], torch.tensor([2.0]), torch.tensor([0]))
+    torch.testing.assert_close(grad, torch.tensor([[1.5, -1.5]]), rtol=0, atol=1e-6)
+
+
 def test_linear_logprobs_refuse_a_second_backward():
     h, w = torch.randn(2, 3, requires_grad=True), torch.randn(4, 3)
     out = linear_logprobs(h, w, torch.tensor([1, 3])).sum()

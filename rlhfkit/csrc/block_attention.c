@@ -11,7 +11,8 @@
  * 2022, eqs. in its appendix B): with S = scale * Q K^T masked to -inf, P = softmax(S) row-wise, O = P V:
  *   dV = P^T dO,  dP = dO V^T,  D_i = sum_c dO_ic O_ic,  dS = P * (dP - D),  dQ = scale * dS K,  dK = scale * dS^T Q.
  * Unlike FlashAttention the forward keeps P (only its active tiles are written) for the backward instead of
- * recomputing it: at these sizes the memory is small (rows x heads x n x n floats) and the time is not.
+ * recomputing it: at these sizes the memory is small (heads x n x n floats per row; above 64 MiB per layer call
+ * rlhfkit uses SDPA instead, fusedops.P_LIMIT_BYTES) and the time is not.
  *
  * Layouts. q, k, v: element (token t, head h, channel c) at t * s_t + h * s_h + c (the (1, heads, T, d) tensors
  * transformers passes, transposed or not). Rows: row r is tokens [start_r, start_r + n_r) of the sequence; its mask

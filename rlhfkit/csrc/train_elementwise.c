@@ -17,7 +17,10 @@
 #include <immintrin.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
+
+#include "vexp.h"
 
 /* glibc's vector expf (libmvec, x86-64 AVX2 variant): the same function for every element. */
 __m256 _ZGVdN8v_expf(__m256 x);
@@ -133,4 +136,60 @@ int rlhfkit_rmsnorm_backward(const float *x, const float *w, const float *rstd, 
     }
     free(part);
     return 0;
+}
+
+/* An LM head's log-softmax over rows of logits z (rows x V), the two passes `logprobs.linear_logprobs` needs
+ * (docs/benchmarks.md, session 13): torch's logsumexp writes z - max as a new (rows, V) tensor and the backward's
+ * softmax - onehot took three more passes; these read z twice and write it once. */
+
+/* logz[r] = m + log(sum_j exp(z[r][j] - m)), m the row's maximum (a row of -inf gives -inf) */
+void rlhfkit_logsumexp_rows(const float *z, float *logz, long rows, long V, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const float *zr = z + r * V;
+        __m256 vm = _mm256_set1_ps(-INFINITY);
+        long j = 0;
+        for (; j + 8 <= V; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(zr + j));
+        float lanes[8], m;
+        _mm256_storeu_ps(lanes, vm);
+        m = lanes[0];
+        for (int i = 1; i < 8; i++) m = lanes[i] > m ? lanes[i] : m;
+        for (; j < V; j++) m = zr[j] > m ? zr[j] : m;
+        if (m == -INFINITY) {
+            logz[r] = -INFINITY;
+            continue;
+        }
+        const __m256 vmax = _mm256_set1_ps(m);
+        __m256 acc = _mm256_setzero_ps();
+        for (j = 0; j + 8 <= V; j += 8) acc = _mm256_add_ps(acc, rlhfkit_exp8(_mm256_sub_ps(_mm256_loadu_ps(zr + j), vmax)));
+        float tail[8] = {0};
+        for (long t = 0; j + t < V; t++) tail[t] = zr[j + t] - m;
+        __m256 te = rlhfkit_exp8(_mm256_loadu_ps(tail));
+        const __m256 live = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps((float)(V - j)), _CMP_LT_OQ);
+        acc = _mm256_add_ps(acc, _mm256_and_ps(te, live));
+        _mm256_storeu_ps(lanes, acc);
+        const float s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        logz[r] = m + logf(s);
+    }
+}
+
+/* In place, the gradient of sum_r g[r] * log_softmax(z[r])[labels[r]] with respect to z:
+ * z[r][j] = -g[r] * exp(z[r][j] - logz[r]), plus g[r] at j = labels[r]. */
+void rlhfkit_logsoftmax_grad_rows(float *z, const float *logz, const float *g, const long *labels, long rows, long V,
+                                  int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        float *zr = z + r * V;
+        const __m256 vl = _mm256_set1_ps(logz[r]), vg = _mm256_set1_ps(-g[r]);
+        long j = 0;
+        for (; j + 8 <= V; j += 8)
+            _mm256_storeu_ps(zr + j, _mm256_mul_ps(vg, rlhfkit_exp8(_mm256_sub_ps(_mm256_loadu_ps(zr + j), vl))));
+        if (j < V) {
+            float tail[8] = {0};
+            memcpy(tail, zr + j, (V - j) * sizeof(float));
+            _mm256_storeu_ps(tail, _mm256_mul_ps(vg, rlhfkit_exp8(_mm256_sub_ps(_mm256_loadu_ps(tail), vl))));
+            memcpy(zr + j, tail, (V - j) * sizeof(float));
+        }
+        zr[labels[r]] += g[r];
+    }
 }
