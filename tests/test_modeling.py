@@ -36,6 +36,19 @@ def _items(seed: int = 0):
             (toks(3), [toks(6), toks(1)])]
 
 
+def _hidden_and_grads(m, lay, layout: bool):
+    """Hidden states (R*L, H) of a layout through `layout_hidden_states` (layout) or as padded rows with the 4-D
+    mask (the reference), and the parameters' gradients of sum(h[src]^2)."""
+    m.zero_grad()
+    if layout:
+        h = modeling.layout_hidden_states(m, lay.input_ids, lay.position_ids, lay.mask)
+    else:
+        h = modeling.backbone(m)(input_ids=lay.input_ids, attention_mask=lay.mask,
+                                 position_ids=lay.position_ids.clamp(min=0)).last_hidden_state.flatten(0, 1)
+    (h[lay.src] ** 2).sum().backward()
+    return h, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
 @pytest.mark.parametrize("name,model", list(_models()), ids=lambda x: x if isinstance(x, str) else "")
 def test_padding_free_equals_padded_rows(name, model):
     """Hidden states at every real position, and the gradients of a loss on them, match the padded rows' forward
@@ -45,16 +58,7 @@ def test_padding_free_equals_padded_rows(name, model):
     for packing in (True, False):
         lay = modeling.build_layout(_items(), pad_id=0, packing=packing)
         assert (lay.position_ids < 0).any(), "the test needs rows that end in padding"
-        outs = []
-        for m in (model, padded):
-            m.zero_grad()
-            if m is model:
-                h = modeling.layout_hidden_states(m, lay.input_ids, lay.position_ids, lay.mask)
-            else:
-                h = modeling.backbone(m)(input_ids=lay.input_ids, attention_mask=lay.mask,
-                                         position_ids=lay.position_ids.clamp(min=0)).last_hidden_state.flatten(0, 1)
-            (h[lay.src] ** 2).sum().backward()
-            outs.append((h, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        outs = [_hidden_and_grads(model, lay, layout=True), _hidden_and_grads(padded, lay, layout=False)]
         assert model.config._attn_implementation == modeling.ROWS_ATTENTION
         assert padded.config._attn_implementation == "sdpa"
         real = (lay.position_ids >= 0).reshape(-1)
@@ -107,15 +111,8 @@ def test_fp32_layout_forward_uses_the_block_attention_kernel(name, model, monkey
     monkeypatch.setattr(fusedops.BlockAttention, "apply",
                         lambda *a, _apply=fusedops.BlockAttention.apply: calls.append(1) or _apply(*a))
     lay = modeling.build_layout(_items(), pad_id=0)
-    outs = []
-    for m in (model, ref):
-        if m is model:
-            h = modeling.layout_hidden_states(m, lay.input_ids, lay.position_ids, lay.mask)
-        else:
-            h = modeling.backbone(m)(input_ids=lay.input_ids, attention_mask=lay.mask,
-                                     position_ids=lay.position_ids.clamp(min=0)).last_hidden_state.flatten(0, 1)
-        (h[lay.src] ** 2).sum().backward()
-        outs.append((h[lay.src].double(), {n: p.grad.double() for n, p in m.named_parameters() if p.grad is not None}))
+    outs = [(h[lay.src].double(), {n: g.double() for n, g in grads.items()})
+            for h, grads in (_hidden_and_grads(model, lay, layout=True), _hidden_and_grads(ref, lay, layout=False))]
     assert len(calls) == DIMS["num_hidden_layers"]
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
     for n in outs[1][1]:  # fp32 SDPA is as far from float64: up to ~1.2e-4 on gradients of size ~2

@@ -87,9 +87,20 @@ typedef struct {
     unsigned char *act; /* nt x nt: tile (query tile, key tile) has an allowed entry */
 } Row;
 
-/* Rows from the caller's arrays, each row's tile map filled (act: one buffer of sum nt^2 bytes). */
-static void plan_rows(Row *rows, long n_rows, const long *starts, const long *lens, const long *mask_ptrs,
-                      const long *mask_strides, long heads, unsigned char *act, int threads) {
+/* The rows from the caller's arrays, each with its tile map, in one allocation (free() it), or NULL if out of
+ * memory; *max_npad receives the largest npad. */
+static Row *plan_rows(long n_rows, const long *starts, const long *lens, const long *mask_ptrs,
+                      const long *mask_strides, long heads, long *max_npad, int threads) {
+    long act_size = 0;
+    *max_npad = 0;
+    for (long r = 0; r < n_rows; r++) {
+        const long nt = (lens[r] + TILE - 1) / TILE;
+        *max_npad = nt * TILE > *max_npad ? nt * TILE : *max_npad;
+        act_size += nt * nt;
+    }
+    Row *rows = malloc(n_rows * sizeof(Row) + act_size + 1);
+    if (rows == NULL) return NULL;
+    unsigned char *act = (unsigned char *)(rows + n_rows);
     long p_off = 0, a_off = 0;
     for (long r = 0; r < n_rows; r++) {
         Row *w = rows + r;
@@ -121,6 +132,7 @@ static void plan_rows(Row *rows, long n_rows, const long *starts, const long *le
             for (long j = t * TILE; j < w->n; j++) ai[t] |= mi[j] != 0;
         }
     }
+    return rows;
 }
 
 /* Longest run of active tiles in row `a` of a tile map (stride `st`, length nt) from tile t on; returns its end. */
@@ -239,20 +251,9 @@ int rlhfkit_block_attention_forward(const float *q, long q_st, long q_sh, const 
                                     float scale, long n_rows, const long *starts, const long *lens,
                                     const long *mask_ptrs, const long *mask_strides, float *o, float *P,
                                     const float *rope_cos, const float *rope_sin, int threads) {
-    long max_npad = 0, act_size = 0;
-    for (long r = 0; r < n_rows; r++) {
-        const long nt = (lens[r] + TILE - 1) / TILE;
-        max_npad = nt * TILE > max_npad ? nt * TILE : max_npad;
-        act_size += nt * nt;
-    }
-    Row *rows = malloc(n_rows * sizeof(Row));
-    unsigned char *act = malloc(act_size > 0 ? act_size : 1);
-    if (rows == NULL || act == NULL) {
-        free(rows);
-        free(act);
-        return -1;
-    }
-    plan_rows(rows, n_rows, starts, lens, mask_ptrs, mask_strides, heads, act, threads);
+    long max_npad;
+    Row *rows = plan_rows(n_rows, starts, lens, mask_ptrs, mask_strides, heads, &max_npad, threads);
+    if (rows == NULL) return -1;
     const long groups = heads / kv_heads, o_st = heads * d;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
@@ -303,7 +304,6 @@ int rlhfkit_block_attention_forward(const float *q, long q_st, long q_sh, const 
         free(kt);
     }
     free(rows);
-    free(act);
     return failed ? -1 : 0;
 }
 
@@ -315,20 +315,9 @@ int rlhfkit_block_attention_backward(const float *q, long q_st, long q_sh, const
                                      const long *mask_ptrs, const long *mask_strides, const float *o, const float *P,
                                      const float *dout, float *dq, float *dk, float *dv, const float *rope_cos,
                                      const float *rope_sin, int threads) {
-    long max_npad = 0, act_size = 0;
-    for (long r = 0; r < n_rows; r++) {
-        const long nt = (lens[r] + TILE - 1) / TILE;
-        max_npad = nt * TILE > max_npad ? nt * TILE : max_npad;
-        act_size += nt * nt;
-    }
-    Row *rows = malloc(n_rows * sizeof(Row));
-    unsigned char *act = malloc(act_size > 0 ? act_size : 1);
-    if (rows == NULL || act == NULL) {
-        free(rows);
-        free(act);
-        return -1;
-    }
-    plan_rows(rows, n_rows, starts, lens, mask_ptrs, mask_strides, heads, act, threads);
+    long max_npad;
+    Row *rows = plan_rows(n_rows, starts, lens, mask_ptrs, mask_strides, heads, &max_npad, threads);
+    if (rows == NULL) return -1;
     const long groups = heads / kv_heads, o_st = heads * d, kv_st = kv_heads * d;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
@@ -411,6 +400,5 @@ int rlhfkit_block_attention_backward(const float *q, long q_st, long q_sh, const
         free(vt);
     }
     free(rows);
-    free(act);
     return failed ? -1 : 0;
 }
