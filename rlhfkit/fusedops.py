@@ -1,5 +1,5 @@
 """Fused forward + backward on CPU for the elementwise parts of a Llama-family decoder (SwiGLU, RMSNorm) and for
-the padding-free layout forwards' block-masked attention (`BlockAttention`, used by `modeling._rows_attention`).
+the padding-free layout forwards' block-masked attention (`BlockAttention`, used by `modeling`'s layout attention).
 
 `fuse(model)` gives the MLP and RMSNorm modules of the families in `FAMILIES` a forward that runs their elementwise
 math as one C pass forward and one backward (`cpukernel.swiglu_*`, `cpukernel.rmsnorm_*`), as autograd Functions.
@@ -13,8 +13,8 @@ the benchmark model, swapping in the fused versions saved ~11 ms of ~335 (paired
 results equal transformers' to fp32 rounding (tests/test_fusedops.py, per family).
 
 `BlockAttention` (session 13): a layout row's mask lets through ~36% of its scores on the DPO benchmark; SDPA under
-a mask computes all of them. The C kernel computes only the 16 x 16 tiles with an allowed entry: a layer's attention
-forward + backward took ~19 ms instead of ~40 ms for the benchmark's batches (paired timings, docs/benchmarks.md).
+a mask computes all of them. The C kernel computes only the 16 x 16 tiles with an allowed entry: a benchmark batch's
+attention over its 4 layers, forward + backward, took ~19 ms instead of ~44 ms (paired timings, docs/benchmarks.md).
 """
 
 from __future__ import annotations

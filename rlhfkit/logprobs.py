@@ -5,7 +5,8 @@ Conventions (docs/DESIGN.md):
     log p(labels[b, t] | tokens <= t), aligned with the label token. Masks are sliced the same way.
   * Masks are bool, True = the position counts. A reduction over an all-False mask returns 0, never NaN.
 
-Imports only torch.
+Imports only torch, and rlhfkit's compiled loops (`cpukernel`), which `linear_logprobs` uses for its log-softmax on
+fp32 CPU logits.
 """
 from __future__ import annotations
 
