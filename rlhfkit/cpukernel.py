@@ -143,7 +143,7 @@ def _self_test() -> str | None:
 
 def _block_attention_self_test(g: torch.Generator) -> str | None:
     """Two rows (odd sizes: partial tiles) under random masks that keep the diagonal, GQA with 2 groups, against
-    SDPA row by row: outputs and the three gradients."""
+    SDPA row by row: outputs and the three gradients, without and with the kernel's own rotary embedding."""
     heads, kv_heads, d, lens = 4, 2, 32, (37, 21)
     T = sum(lens)
     q = torch.randn(1, T, heads, d, generator=g).transpose(1, 2)
@@ -151,17 +151,25 @@ def _block_attention_self_test(g: torch.Generator) -> str | None:
     masks = [(torch.rand(n, n, generator=g) < 0.3) | torch.eye(n, dtype=torch.bool) for n in lens]
     rows = [(0, lens[0], masks[0]), (lens[0], T, masks[1])]
     dout = torch.randn(1, T, heads, d, generator=g)
-    out, P = block_attention_forward(q, k, v, rows, 0.3, need_p=True)
-    grads = block_attention_backward(q, k, v, rows, 0.3, out, P, dout)
-    qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    want = torch.cat([F.scaled_dot_product_attention(qr[:, :, a:b], kr[:, :, a:b].repeat_interleave(2, 1),
-                                                     vr[:, :, a:b].repeat_interleave(2, 1), attn_mask=m, scale=0.3)
-                      for a, b, m in rows], 2).transpose(1, 2)
-    want.backward(dout)
-    if not torch.allclose(out, want, rtol=1e-4, atol=1e-5):
-        return "self-test mismatch against SDPA in the block attention forward"
-    if not all(torch.allclose(got, ref.grad, rtol=1e-4, atol=1e-4) for got, ref in zip(grads, (qr, kr, vr))):
-        return "self-test mismatch against SDPA in the block attention backward"
+    angle = torch.rand(1, T, d // 2, generator=g) * 6.3
+    cos, sin = torch.cat([angle, angle], -1).cos(), torch.cat([angle, angle], -1).sin()
+    for rope in (None, (cos, sin)):
+        out, P = block_attention_forward(q, k, v, rows, 0.3, need_p=True, rope=rope)
+        grads = block_attention_backward(q, k, v, rows, 0.3, out, P, dout, rope=rope)
+        qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        qx, kx = qr, kr
+        if rope is not None:  # q cos + rotate_half(q) sin, as transformers applies it
+            qx, kx = ((x * cos[:, None]) + torch.cat([-x[..., d // 2:], x[..., :d // 2]], -1) * sin[:, None]
+                      for x in (qr, kr))
+        want = torch.cat([F.scaled_dot_product_attention(qx[:, :, a:b], kx[:, :, a:b].repeat_interleave(2, 1),
+                                                         vr[:, :, a:b].repeat_interleave(2, 1), attn_mask=m, scale=0.3)
+                          for a, b, m in rows], 2).transpose(1, 2)
+        want.backward(dout)
+        what = "with" if rope else "without"
+        if not torch.allclose(out, want, rtol=1e-4, atol=1e-5):
+            return f"self-test mismatch against SDPA in the block attention forward ({what} RoPE)"
+        if not all(torch.allclose(got, ref.grad, rtol=1e-4, atol=1e-4) for got, ref in zip(grads, (qr, kr, vr))):
+            return f"self-test mismatch against SDPA in the block attention backward ({what} RoPE)"
     return None
 
 
