@@ -124,8 +124,9 @@ def _layout_attention_forward(self, hidden_states: torch.Tensor, position_embedd
     if (all(prefix is None for *_, prefix in rows) and cos.shape == (1, q.shape[2], q.shape[3])
             and fusedops.block_attention_usable(q, k, v, dropout, rows)):
         if save_kv is not None:  # continuations need the rotated keys, as transformers' forward would save them
-            with torch.no_grad():
-                save_kv[self.layer_idx] = (family.apply_rotary_pos_emb(k, k, cos, sin)[1], v.detach())
+            with torch.no_grad():  # apply_rotary_pos_emb's formula, for k alone
+                k_rot = (k * cos.unsqueeze(1)) + (family.rotate_half(k) * sin.unsqueeze(1))
+            save_kv[self.layer_idx] = (k_rot, v.detach())
         out = fusedops.BlockAttention.apply(q, k, v, [(a, b, m[0, 0]) for a, b, m, _ in rows], self.scaling, cos, sin)
     else:
         q, k = family.apply_rotary_pos_emb(q, k, cos, sin)
