@@ -34,6 +34,8 @@ from rlhfkit.rewards import load_reward
 from rlhfkit.world import gold
 from rlhfkit.world.tasks import parse_prompt
 
+from bon_unbiased import within_prompt_corr  # scripts/ is on sys.path when run as a script
+
 NS = (1, 2, 4, 8, 12, 16)
 
 
@@ -52,28 +54,19 @@ def gold_relabel(src: str, dst: Path) -> int:
 
 
 def pool_of(run: Path, cache: Path) -> dict:
-    """The demo's best-of-n pool for RUN (texts and per-sample gold), cached."""
+    """The demo's best-of-n pool for RUN (texts, prompt kinds, per-sample gold via `demo.judge_pool`), cached."""
     if cache.exists():
         return torch.load(cache, weights_only=True)
     summary = json.loads((run / "summary.json").read_text())
     cfg = demo.Config(out=str(run), seed=summary["seed"], scale=summary["config"]["scale"],
                       bon_n=summary["config"]["bon_n"])
     pool = demo.bon_candidates(demo.Context(cfg))
-    P = len(pool["prompts"])
-    n = len(pool["texts"]) // P
-    ptexts = [data_lib.prompt_text(r["prompt"]) for r in pool["prompts"]]
-    judged = [gold(ptexts[i // n], t) for i, t in enumerate(pool["texts"])]
+    comps, _ = demo.judge_pool(pool["prompts"], pool["texts"], summary["config"]["annotator_verbosity"])
     out = {"prompts": [r["prompt"] for r in pool["prompts"]], "texts": pool["texts"],
-           "kinds": [parse_prompt(p).kind for p in ptexts],
-           "total": torch.tensor([j["total"] for j in judged], dtype=torch.float64).view(P, n),
-           "helpful": torch.tensor([j["helpful"] for j in judged], dtype=torch.float64).view(P, n)}
+           "kinds": [parse_prompt(data_lib.prompt_text(r["prompt"])).kind for r in pool["prompts"]],
+           "total": comps["total"], "helpful": comps["helpful"]}
     torch.save(out, cache)
     return out
-
-
-def within_prompt_corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
 
 
 def main(run: Path, out: Path, labels: str, data: str, overrides: dict) -> dict:
