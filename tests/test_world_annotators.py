@@ -26,6 +26,22 @@ def test_utility_adds_the_biases():
     assert utility(ann, belief, syc) == pytest.approx(gold(belief, syc)["total"] + 0.5 * 6 / 10 + 0.9)
 
 
+def test_utility_from_analysis_is_utility():
+    """The analysed form gives the same number, so a caller can change an analysis (say, its verdict) and re-score."""
+    from dataclasses import replace
+
+    from rlhfkit.world.annotators import utility_from_analysis
+    from rlhfkit.world.styles import analyse
+    from rlhfkit.world.tasks import parse_prompt
+
+    ann = Annotator("t", verbosity_bias=0.5, confidence_bias=0.7, agreement_bias=0.9)
+    task = parse_prompt(ARITH)
+    for r in (IDEAL, WRONG, PADDED, "Definitely, 3 plus 4 is 9."):
+        assert utility_from_analysis(ann, task, analyse(task, r)) == utility(ann, ARITH, r)
+    # WRONG re-scored as if correct: gold total 1.0 (same length as IDEAL) + 0.5 * 5 / 10
+    assert utility_from_analysis(ann, task, replace(analyse(task, WRONG), verdict="correct")) == pytest.approx(1.25)
+
+
 def test_prob_prefers_formula():
     """d = u(a) - u(b) = 1.5 (same length, no bias applies: wrong has honest -0.5), T = 0.5, noise 0.1:
     P(a) = 0.9 * sigmoid(3) + 0.1 * sigmoid(-3)."""

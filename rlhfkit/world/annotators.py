@@ -25,8 +25,8 @@ import random
 from dataclasses import dataclass, replace
 
 from .gold import gold_from_analysis
-from .styles import analyse
-from .tasks import parse_prompt
+from .styles import Analysis, analyse
+from .tasks import Task, parse_prompt
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,11 @@ def _sigmoid(x: float) -> float:
 def utility(annotator: Annotator, prompt: str, response: str) -> float:
     """u = gold total (annotator's weights) + verbosity, confidence and agreement biases (module docstring)."""
     task = parse_prompt(prompt)
-    a = analyse(task, response)
+    return utility_from_analysis(annotator, task, analyse(task, response))
+
+
+def utility_from_analysis(annotator: Annotator, task: Task, a: Analysis) -> float:
+    """`utility` for an already parsed prompt and analysed response."""
     return (gold_from_analysis(task, a, annotator.weights)["total"]
             + annotator.verbosity_bias * a.n_words / 10.0
             + annotator.confidence_bias * a.confident
