@@ -368,18 +368,27 @@ def judge_pool(prompts: list[dict], texts: list[str], verbosity: float) -> tuple
 
 
 def bon_selectors(prompts: list[dict], texts: list[str], scores, ns: list[int], verbosity: float) -> dict:
-    """Best-of-n on the same pool picked three ways: by the reward model, by the annotators' mean expected utility
-    (what a reward model that learnt the labelling process perfectly would score) and by gold. Each value is the
-    expected gold of the pick over every n-subset of a prompt's samples (`bon.expected_best_of_n`), averaged over
-    prompts. If the annotators' pick keeps improving with n while the reward model's falls, the fall is the reward
-    model's error, not the annotators' bias (docs/benchmarks.md, session 7: on seeds 0 and 3 it does). World only:
-    it needs the gold judge."""
+    """Best-of-n on the same pool picked four ways: by the reward model; by the annotators' mean expected utility
+    with correctness hidden (`world.annotators.correctness_blind_utilities`: the best a reward model that cannot
+    check answers could do); by their full expected utility (what a reward model that learnt the labelling process
+    perfectly would score); and by gold. Each value is the expected gold of the pick over every n-subset of a
+    prompt's samples (`bon.expected_best_of_n`), averaged over prompts. If the annotators' pick keeps improving
+    with n while the reward model's falls, the fall is the reward model's error, not the annotators' bias
+    (docs/benchmarks.md, session 7); if the blind pick barely improves either, the error is that it cannot check
+    answers (session 14). World only: it needs the gold judge."""
+    import torch
+
+    from . import data as data_lib
     from .bon import analytic_kl, expected_best_of_n
+    from .world.annotators import correctness_blind_utilities, default_annotators
 
     comps, util = judge_pool(prompts, texts, verbosity)
     g = comps["total"]
+    ptexts = [data_lib.prompt_text(r["prompt"]) for r in prompts for _ in range(g.shape[1])]
+    blind = torch.tensor(correctness_blind_utilities(ptexts, texts, default_annotators(verbosity)),
+                         dtype=torch.float64).view(g.shape)
     ns = [n for n in ns if n <= g.shape[1]]
-    pickers = {"reward_model": scores, "annotators": util, "gold": g}
+    pickers = {"reward_model": scores, "annotators_blind": blind, "annotators": util, "gold": g}
     return {"n": ns, "kl": [analytic_kl(n) for n in ns]} | {
         name: [expected_best_of_n(sel, g, n).mean().item() for n in ns] for name, sel in pickers.items()}
 

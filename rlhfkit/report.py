@@ -472,6 +472,8 @@ def section_frontier(summary: dict, plots: Plots) -> str:
 
 
 SELECTORS = [("reward_model", "the reward model (what best-of-n uses)", "#9467bd"),
+             ("annotators_blind", "the annotators' utility with correctness hidden (a perfect reward model of these "
+              "labels that cannot check answers)", "#2ca02c"),
              ("annotators", "the annotators' own expected utility (a perfect reward model of these labels)", "#ff7f0e"),
              ("gold", "the gold judge (the best this pool allows)", "#7f7f7f")]
 
@@ -482,15 +484,21 @@ def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
     if not isinstance(sel, dict) or not sel.get("n"):
         return ""
     ns = sel["n"]
+    pickers = [p for p in SELECTORS if isinstance(sel.get(p[0]), list)]  # summaries before session 14 have three
     out = ["<h3>Who picks the best of n?</h3>",
-           "<p>The same SFT samples, with the best of n picked three ways. Each value is the expected gold over "
-           "every way of drawing n of the samples per prompt (not one draw), so the curves are smooth. The "
+           f"<p>The same SFT samples, with the best of n picked {len(pickers)} ways. Each value is the expected gold "
+           "over every way of drawing n of the samples per prompt (not one draw), so the curves are smooth. The "
            "annotators' utility includes their biases (they like longer answers): if best-of-n by it keeps "
            "improving while the reward model's choice gets worse, the loss is the reward model's error, what it "
            "failed to learn from the labels, and not the labels' bias.</p>"]
+    if any(p[0] == "annotators_blind" for p in pickers):
+        out.append("<p>The same utility with correctness hidden (each answer scored as right with the rate at which "
+                   "these samples are right) is what a reward model could reach if it learnt everything in the labels "
+                   "except checking whether an answer is true. If that curve also flattens, more samples can only "
+                   "find longer answers, not better ones: the reward model would need to check answers.</p>")
     if plots.ok:
         fig, (ax,) = plots.figure(1, 7.0, 3.6)
-        for key, label, color in SELECTORS:
+        for key, label, color in pickers:
             ys = [_num(v) for v in sel.get(key) or []]
             if len(ys) == len(ns) and all(y is not None for y in ys):
                 ax.plot(ns, ys, "o-", color=color, label=label, ms=5, lw=1)
@@ -501,7 +509,7 @@ def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         out.append(plots.img(fig, "best-of-n gold against n, picked by the reward model, the annotators and gold"))
-    rows = [[esc(label)] + [fmt(_num(v)) for v in sel.get(key) or []] for key, label, _ in SELECTORS]
+    rows = [[esc(label)] + [fmt(_num(v)) for v in sel[key]] for key, label, _ in pickers]
     out.append(table(["picked by"] + [f"n = {n}" for n in ns], rows))
     return "\n".join(out)
 

@@ -1,10 +1,10 @@
 """The best any reward model that cannot check answers could do at best-of-n on a demo run's pool (an experiment).
 
-The picker is the demo annotators' mean *expected* utility (gold plus their verbosity, confidence and agreement
-biases, `world.annotators.utility`) with correctness hidden. For a response that claims an answer (a `verdict` on
-`lookup`, `arith`, `list` and `wrong_belief` prompts, agreement with the user excepted), its utility is the mix over
-"correct" and "wrong" with the kind's base rate of correct claims in the pool. Everything else a reward model could
-read from the text stays: length, fillers, refusals, "I don't know", a confident tone, agreeing with the user.
+The picker is the demo annotators' mean *expected* utility with correctness hidden
+(`world.annotators.correctness_blind_utilities`, also the demo's `bon_selectors.annotators_blind`). For a response
+that claims an answer, its utility is the mix over "correct" and "wrong" with the kind's base rate of correct claims
+in the pool. Everything else a reward model could read from the text stays: length, fillers, refusals, "I don't
+know", a confident tone, agreeing with the user.
 
 A reward model that learnt these labels perfectly *except* for checking answers would pick like this. If this
 picker's gold barely rises from n = 8 to n = 16, a real reward model's dip there is within its own error, and no
@@ -18,7 +18,6 @@ Session 14's numbers: docs/benchmarks.md ("Session 14").
 """
 
 import argparse
-import collections
 import dataclasses
 import itertools
 import json
@@ -28,63 +27,37 @@ import torch
 
 from rlhfkit import data as data_lib
 from rlhfkit.bon import expected_best_of_n
-from rlhfkit.world.annotators import default_annotators, utility_from_analysis
-from rlhfkit.world.gold import GOLD_WEIGHTS, gold_from_analysis
-from rlhfkit.world.styles import analyse
-from rlhfkit.world.tasks import parse_prompt
+from rlhfkit.world import gold
+from rlhfkit.world.annotators import correctness_blind_utilities, default_annotators, utility
+from rlhfkit.world.gold import GOLD_WEIGHTS
 
 from rm_label_probe import pool_of  # scripts/ is on sys.path when run as a script
 
 NS = (1, 2, 4, 8, 12, 16)
-CHECKED_KINDS = ("lookup", "arith", "list", "wrong_belief")
 
 
-def hides_correctness(task, a) -> bool:
-    """Whether the response's gold turns on a claim only a checker can judge (not on agreeing with the user)."""
-    return a.verdict != "none" and not (task.kind == "wrong_belief" and a.agrees)
-
-
-def curves(rows: list, shape: tuple[int, int], rates: dict, verbosity: float, concise: float) -> dict:
+def curves(prompts: list[str], texts: list[str], shape: tuple, verbosity: float, concise: float) -> dict:
+    """Best-of-n gold (gold re-weighted too) picked by the annotators' expected utility, full and blind."""
     weights = dict(GOLD_WEIGHTS, concise=concise)
     anns = [dataclasses.replace(x, weights=weights) for x in default_annotators(verbosity)]
-
-    def mean_utility(task, a) -> float:
-        return sum(utility_from_analysis(x, task, a) for x in anns) / len(anns)
-
-    def blind(task, a) -> float:
-        if not hides_correctness(task, a):
-            return mean_utility(task, a)
-        q = rates[task.kind]
-        return (q * mean_utility(task, dataclasses.replace(a, verdict="correct"))
-                + (1 - q) * mean_utility(task, dataclasses.replace(a, verdict="wrong")))
-
-    g = torch.tensor([gold_from_analysis(t, a, weights)["total"] for t, a in rows], dtype=torch.float64).view(shape)
-    out = {}
-    for name, fn in (("annotators", mean_utility), ("blind", blind)):
-        sel = torch.tensor([fn(t, a) for t, a in rows], dtype=torch.float64).view(shape)
-        out[name] = [round(expected_best_of_n(sel, g, n).mean().item(), 4) for n in NS]
-    return out
+    g = torch.tensor([gold(p, t, weights)["total"] for p, t in zip(prompts, texts)], dtype=torch.float64).view(shape)
+    full = [sum(utility(x, p, t) for x in anns) / len(anns) for p, t in zip(prompts, texts)]
+    blind = correctness_blind_utilities(prompts, texts, anns)
+    return {name: [round(expected_best_of_n(torch.tensor(u, dtype=torch.float64).view(shape), g, n).mean().item(), 4)
+                   for n in NS] for name, u in (("annotators", full), ("blind", blind))}
 
 
 def main(run: Path, grid: bool) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     pool = pool_of(run, run / "bon_pool.pt")
     shape = tuple(pool["total"].shape)
-    rows, counts = [], collections.Counter()
-    for i, prompt in enumerate(pool["prompts"]):
-        task = parse_prompt(data_lib.prompt_text(prompt))
-        for j in range(shape[1]):
-            a = analyse(task, pool["texts"][i * shape[1] + j])
-            rows.append((task, a))
-            if hides_correctness(task, a):
-                counts[task.kind, a.verdict] += 1
-    rates = {k: counts[k, "correct"] / max(1, counts[k, "correct"] + counts[k, "wrong"]) for k in CHECKED_KINDS}
-    demo_verbosity = summary["config"]["annotator_verbosity"]
-    settings = [(demo_verbosity, GOLD_WEIGHTS["concise"])]
+    prompts = [data_lib.prompt_text(p) for p in pool["prompts"] for _ in range(shape[1])]
+    settings = [(summary["config"]["annotator_verbosity"], GOLD_WEIGHTS["concise"])]
     if grid:
         settings += [s for s in itertools.product((0.3, 0.4, 0.5), (0.25, 0.5)) if s != settings[0]]
-    line = {"run": str(run), "n": list(NS), "correct_rate": {k: round(v, 3) for k, v in rates.items()},
-            "curves": [{"verbosity": v, "concise_weight": c} | curves(rows, shape, rates, v, c) for v, c in settings]}
+    line = {"run": str(run), "n": list(NS),
+            "curves": [{"verbosity": v, "concise_weight": c} | curves(prompts, pool["texts"], shape, v, c)
+                       for v, c in settings]}
     Path("exp").mkdir(exist_ok=True)
     with open("exp/bon_blind_picker.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")

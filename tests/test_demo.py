@@ -34,9 +34,9 @@ def test_summary_has_the_contract_keys(toy_demo):
     assert all(st["seconds"] >= 0 for st in s["stages"].values()) and "sft" in s["stages"]
     sel = s["bon_selectors"]  # best-of-n picked by the reward model, the annotators' utility and gold
     assert sel["n"] == [1] + s["config"]["bon_n"] and len(sel["kl"]) == len(sel["n"])
-    for k in ("reward_model", "annotators", "gold"):
+    for k in ("reward_model", "annotators_blind", "annotators", "gold"):
         assert len(sel[k]) == len(sel["n"]) and sel[k][0] == pytest.approx(sel["gold"][0])  # n = 1: the sample mean
-    assert sel["gold"][-1] >= max(sel["reward_model"][-1], sel["annotators"][-1])  # gold picks best
+    assert sel["gold"][-1] >= max(sel["reward_model"][-1], sel["annotators"][-1], sel["annotators_blind"][-1])
     assert (toy_demo / "report.html").exists()
 
 

@@ -65,7 +65,8 @@ def make_demo_dir(root: Path) -> Path:
     summary = {"policies": policies, "frontier": frontier,
                "rm": {"accuracy": 0.71, "ceiling": 0.76, "ece": 0.03, "length_correlation": 0.42},
                "bon_selectors": {"n": [1, 4, 16], "kl": [0.0, math.log(4) - 3 / 4, math.log(16) - 15 / 16],
-                                 "reward_model": [0.40, 0.52, 0.471], "annotators": [0.40, 0.61, 0.74],
+                                 "reward_model": [0.40, 0.52, 0.471], "annotators_blind": [0.40, 0.50, 0.512],
+                                 "annotators": [0.40, 0.61, 0.74],
                                  "gold": [0.40, 0.83, 0.97]},
                "alarms": [{"policy": "ppo_small", "kind": "proxy_up_gold_down", "step": 8},
                           {"policy": "ppo_small", "kind": "length_drift", "step": 10}],
@@ -108,7 +109,8 @@ def test_demo_report_has_every_section(tmp_path):
         assert f'<section id="{sid}">' in html, sid
     _check_inert(html)
     assert html.count("<img ") >= 9  # rm, 4 curves, over-optimisation, frontier, best-of-n pickers, length
-    assert "Who picks the best of n?" in html and "0.471" in html and "0.740" in html  # the three pickers' table
+    assert "Who picks the best of n?" in html and "0.471" in html and "0.740" in html  # the pickers' table
+    assert "0.512" in html and "cannot check answers" in html  # with the correctness-blind picker
     assert "0.710" in html and "0.760" in html  # reward-model accuracy beside its ceiling
     assert "ppo_small (beta 0.01)" in html  # curves are labelled with their KL coefficient
     assert "0.62 [0.56, 0.68]" in html or "0.68 [0.62, 0.74]" in html  # a win rate with its interval

@@ -42,6 +42,27 @@ def test_utility_from_analysis_is_utility():
     assert utility_from_analysis(ann, task, replace(analyse(task, WRONG), verdict="correct")) == pytest.approx(1.25)
 
 
+def test_correctness_blind_utilities_hand_computed():
+    """Three arith claims, one right: q = 1/3. With verbosity 0.5 per 10 words, a 5-word claim scores 1.0 + 0.25 =
+    1.25 if right and -0.5 (honest) + 0.25 = -0.25 if wrong, so blind = 1.25 / 3 - 0.25 * 2 / 3 = 0.25 for the right
+    AND the wrong answer alike. "I don't know." makes no claim: its utility as is, 0 + 0.5 * 3 / 10 = 0.15. Agreeing
+    with a wrong belief stays visible: its utility as is."""
+    from rlhfkit.world.annotators import correctness_blind_utilities
+
+    ann = Annotator("t", verbosity_bias=0.5, confidence_bias=0.7, agreement_bias=0.9)
+    belief, syc = "I think 3 plus 4 is 8, right?", "Yes, 3 plus 4 is 8."
+    prompts = [ARITH] * 4 + [belief]
+    responses = [IDEAL, WRONG, "I don't know.", "3 plus 4 is 8.", syc]
+    got = correctness_blind_utilities(prompts, responses, [ann])
+    assert got[:4] == pytest.approx([0.25, 0.25, 0.15, 0.25], abs=1e-12)
+    assert got[4] == utility(ann, belief, syc)
+    # two annotators: the mean of their blind utilities
+    ann2 = Annotator("u", verbosity_bias=0.0)
+    two = correctness_blind_utilities(prompts, responses, [ann, ann2])
+    one2 = correctness_blind_utilities(prompts, responses, [ann2])
+    assert two == pytest.approx([(a + b) / 2 for a, b in zip(got, one2)], abs=1e-12)
+
+
 def test_prob_prefers_formula():
     """d = u(a) - u(b) = 1.5 (same length, no bias applies: wrong has honest -0.5), T = 0.5, noise 0.1:
     P(a) = 0.9 * sigmoid(3) + 0.1 * sigmoid(-3)."""

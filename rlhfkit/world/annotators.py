@@ -94,6 +94,43 @@ def utility_from_analysis(annotator: Annotator, task: Task, a: Analysis) -> floa
             + annotator.agreement_bias * (task.kind == "wrong_belief" and a.agrees))
 
 
+def correctness_blind_utilities(prompts: list[str], responses: list[str],
+                                annotators: list[Annotator]) -> list[float]:
+    """The annotators' mean expected utility of each response with correctness hidden: what a reward model that
+    learnt these labels perfectly, except for checking answers, would score.
+
+    A response whose gold turns on an answer claim (a `verdict` on lookup / arith / list / wrong_belief prompts;
+    agreeing with the user's belief stays visible) gets the mix ``q u(correct) + (1 - q) u(wrong)``, with q the
+    share of correct claims among these responses of the same prompt kind. Everything else (length, fillers,
+    refusals, admitting not knowing, a confident tone, agreement) is scored as it is. Best-of-n by this utility
+    bounds what a reward model that cannot check answers can gain from more samples (docs/benchmarks.md,
+    session 14)."""
+    parsed = []
+    for p, r in zip(prompts, responses, strict=True):
+        task = parse_prompt(p)
+        parsed.append((task, analyse(task, r)))
+    hidden = [a.verdict != "none" and not (t.kind == "wrong_belief" and a.agrees) for t, a in parsed]
+    correct: dict[str, list[int]] = {}  # kind -> [correct claims, all claims]
+    for (t, a), h in zip(parsed, hidden):
+        if h:
+            c = correct.setdefault(t.kind, [0, 0])
+            c[0] += a.verdict == "correct"
+            c[1] += 1
+
+    def mean_utility(t: Task, a: Analysis) -> float:
+        return sum(utility_from_analysis(x, t, a) for x in annotators) / len(annotators)
+
+    out = []
+    for (t, a), h in zip(parsed, hidden):
+        if not h:
+            out.append(mean_utility(t, a))
+            continue
+        q = correct[t.kind][0] / correct[t.kind][1]
+        out.append(q * mean_utility(t, replace(a, verdict="correct"))
+                   + (1 - q) * mean_utility(t, replace(a, verdict="wrong")))
+    return out
+
+
 def _probs_from_utilities(ann: Annotator, ua: float, ub: float) -> dict[str, float]:
     d = ua - ub
     if abs(d) < ann.tie_margin:
