@@ -472,8 +472,8 @@ def section_frontier(summary: dict, plots: Plots) -> str:
 
 
 SELECTORS = [("reward_model", "the reward model (what best-of-n uses)", "#9467bd"),
-             ("annotators_blind", "the annotators' utility with correctness hidden (a perfect reward model of these "
-              "labels that cannot check answers)", "#2ca02c"),
+             ("annotators_blind", "the annotators' utility, correctness hidden (a perfect reward model that cannot "
+              "check answers)", "#2ca02c"),
              ("annotators", "the annotators' own expected utility (a perfect reward model of these labels)", "#ff7f0e"),
              ("gold", "the gold judge (the best this pool allows)", "#7f7f7f")]
 
@@ -497,7 +497,7 @@ def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
                    "except checking whether an answer is true. If that curve also flattens, more samples can only "
                    "find longer answers, not better ones: the reward model would need to check answers.</p>")
     if plots.ok:
-        fig, (ax,) = plots.figure(1, 7.0, 3.6)
+        fig, (ax,) = plots.figure(1, 7.0, 3.6 + 0.2 * len(pickers))
         for key, label, color in pickers:
             ys = [_num(v) for v in sel.get(key) or []]
             if len(ys) == len(ns) and all(y is not None for y in ys):
@@ -507,8 +507,9 @@ def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
         ax.set_xlabel("n (samples per prompt)")
         ax.set_ylabel("expected gold of the pick")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        out.append(plots.img(fig, "best-of-n gold against n, picked by the reward model, the annotators and gold"))
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.2))  # below the plot: the curves fill it
+        out.append(plots.img(fig, "best-of-n gold against n, picked by the reward model, by the annotators "
+                                  "(with and without correctness) and by gold"))
     rows = [[esc(label)] + [fmt(_num(v)) for v in sel[key]] for key, label, _ in pickers]
     out.append(table(["picked by"] + [f"n = {n}" for n in ns], rows))
     return "\n".join(out)
