@@ -31,7 +31,7 @@ from rlhfkit.world import gold
 from rlhfkit.world.annotators import correctness_blind_utilities, default_annotators, utility
 from rlhfkit.world.gold import GOLD_WEIGHTS
 
-from rm_label_probe import pool_of  # scripts/ is on sys.path when run as a script
+from rm_label_probe import append_line, pool_of  # scripts/ is on sys.path when run as a script
 
 NS = (1, 2, 4, 8, 12, 16)
 
@@ -58,10 +58,7 @@ def main(run: Path, grid: bool) -> dict:
     line = {"run": str(run), "n": list(NS),
             "curves": [{"verbosity": v, "concise_weight": c} | curves(prompts, pool["texts"], shape, v, c)
                        for v, c in settings]}
-    Path("exp").mkdir(exist_ok=True)
-    with open("exp/bon_blind_picker.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
-    return line
+    return append_line("exp/bon_blind_picker.jsonl", line)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,13 @@ def main(run: Path, out: Path, labels: str, data: str, overrides: dict) -> dict:
             "ratio": res["accuracy"] / res["ceiling"], "length_correlation": res["length_correlation"],
             "bon_n": list(NS), "bon": [round(expected_best_of_n(score, g, k).mean().item(), 4) for k in NS],
             "by_kind": by_kind}
-    Path("exp").mkdir(exist_ok=True)
-    with open("exp/rm_label_probe.jsonl", "a") as f:
+    return append_line("exp/rm_label_probe.jsonl", line)
+
+
+def append_line(path: str, line: dict) -> dict:
+    """Append one JSON line to an experiment log (created with its folder) and return it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
     return line
 
