@@ -186,13 +186,18 @@ def stage_prefs(ctx: Context) -> dict:
     return out
 
 
+def rm_settings(s: dict) -> dict:
+    """The reward-model stage's training settings for a scale's sizes `s` (also used by the experiment scripts that
+    retrain it, so they stay the demo's)."""
+    return dict(num_epochs=s["rm_epochs"], micro_batch_size=s["rm_batch"], learning_rate=s["rm_lr"], max_length=128,
+                group_by_prompt=False, normalize=True)
+
+
 def stage_rm(ctx: Context) -> dict:
     from . import eval_rm, rm
 
-    s = ctx.s
     rm.train(rm.Config(**ctx.common("rm"), model=ctx.path("sft"), data=ctx.path("prefs", "train.jsonl"),
-                       num_epochs=s["rm_epochs"], micro_batch_size=s["rm_batch"], learning_rate=s["rm_lr"],
-                       max_length=128, group_by_prompt=False, normalize=True))
+                       **rm_settings(ctx.s)))
     res = eval_rm.run(eval_rm.Config(reward=ctx.path("rm"), data=ctx.path("prefs", "heldout.jsonl"),
                                      output=ctx.path("rm", "eval.json"), world=True,
                                      verbosity_scale=ctx.cfg.annotator_verbosity))

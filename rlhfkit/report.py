@@ -499,7 +499,7 @@ def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
     if plots.ok:
         fig, (ax,) = plots.figure(1, 7.0, 3.6 + 0.2 * len(pickers))
         for key, label, color in pickers:
-            ys = [_num(v) for v in sel.get(key) or []]
+            ys = [_num(v) for v in sel[key]]
             if len(ys) == len(ns) and all(y is not None for y in ys):
                 ax.plot(ns, ys, "o-", color=color, label=label, ms=5, lw=1)
         ax.set_xscale("log", base=2)

@@ -78,10 +78,8 @@ def main(run: Path, out: Path, labels: str, data: str, overrides: dict) -> dict:
     if labels == "gold":
         n_pairs = gold_relabel(data, out / "gold_train.jsonl")
         data = str(out / "gold_train.jsonl")
-    s = demo.SCALES[summary["config"]["scale"]]
     settings = dict(output_dir=str(out / "rm"), seed=summary["seed"], threads=2, progress=False,
-                    model=str(run / "sft"), data=data, num_epochs=s["rm_epochs"], micro_batch_size=s["rm_batch"],
-                    learning_rate=s["rm_lr"], max_length=128, group_by_prompt=False, normalize=True)
+                    model=str(run / "sft"), data=data, **demo.rm_settings(demo.SCALES[summary["config"]["scale"]]))
     rm.train(rm.Config(**(settings | overrides)))
     res = eval_rm.run(eval_rm.Config(reward=str(out / "rm"), data=str(run / "prefs" / "heldout.jsonl"),
                                      output=str(out / "eval.json"), world=True, verbosity_scale=verbosity))

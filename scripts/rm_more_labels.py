@@ -45,10 +45,7 @@ def main(run: Path, out: Path, n_prompts: int, name: str, overrides: dict) -> di
             rows += [r | {"group": r["group"] + first} for r in data_lib.read_jsonl(ctx.path("prefs", "extra.jsonl"))]
         data_lib.write_jsonl(rows, train)
 
-    s = ctx.s
-    settings = dict(ctx.common(name), model=str(run / "sft"), data=str(train), num_epochs=s["rm_epochs"],
-                    micro_batch_size=s["rm_batch"], learning_rate=s["rm_lr"], max_length=128,
-                    group_by_prompt=False, normalize=True)
+    settings = dict(ctx.common(name), model=str(run / "sft"), data=str(train), **demo.rm_settings(ctx.s))
     rm.train(rm.Config(**(settings | overrides)))
     res = eval_rm.run(eval_rm.Config(reward=ctx.path(name), data=str(run / "prefs" / "heldout.jsonl"),
                                      output=ctx.path(name, "eval.json"), world=True, verbosity_scale=verbosity))

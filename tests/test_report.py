@@ -175,3 +175,12 @@ def test_report_in_headless_chromium(tmp_path, kind):
     assert shot.exists() and shot.stat().st_size > 10_000, log[-2000:]
     assert "Uncaught" not in log and "ERROR:CONSOLE" not in log and ":CONSOLE(" not in log, log[-2000:]
     shutil.copy(out, art / f"report-{kind}.html")
+
+
+def test_bon_pickers_of_an_older_summary():
+    """Summaries written before the correctness-blind picker have three pickers: three rows, no empty one."""
+    sel = {"n": [1, 4], "kl": [0.0, math.log(4) - 3 / 4], "reward_model": [0.4, 0.45],
+           "annotators": [0.4, 0.6], "gold": [0.4, 0.8]}
+    html = R.bon_selectors_part(sel, R.Plots())
+    assert "picked 3 ways" in html and "cannot check answers" not in html
+    assert html.count("<tr>") == 4  # header + three pickers
