@@ -19,8 +19,10 @@ Stages run in order, each through the same commands a user runs on a Hugging Fac
     eval       every policy on held-out prompts with the gold judge the policies never saw
     report     report.html
 
-A finished stage is reused when the demo is re-run with the same settings (`--force` redoes everything); when a
-stage is redone, every stage after it is redone too, so results never mix settings.
+A finished stage is reused when the demo is re-run with the settings it depends on unchanged (`--force` redoes
+everything); when a stage is redone, every stage that reads it is redone too, so results never mix settings. A new
+KL coefficient (`--ppo-betas`) reruns its PPO stage, the evaluation, best-of-n and the report; other `--bon-n`
+values rerun only the last two.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from . import config as config_lib
 
@@ -63,7 +65,7 @@ class Config:
     def validate(self) -> None:
         if self.scale not in SCALES:
             raise ValueError(f"scale: {self.scale!r} is not one of {sorted(SCALES)}")
-        names = [s for s, _ in stages(self)]
+        names = [st.name for st in stages(self)]
         if self.stop_after and self.stop_after not in names:
             raise ValueError(f"stop_after: {self.stop_after!r} is not one of {names}")
 
@@ -258,6 +260,16 @@ def _beta_name(beta: float) -> str:
     return f"ppo_beta_{beta:g}"
 
 
+def ppo_iterations(cfg: Config, beta: float) -> int:
+    """PPO iterations at KL coefficient `beta`. The smallest coefficient runs longer: over-optimisation shows late
+    on some seeds. On seed 2 (session 3 defaults) the policy first settled on short hedged answers and only
+    lengthened them after ~45 PPO iterations (docs/benchmarks.md); the moderate coefficient keeps the shorter
+    budget, where it beats SFT."""
+    s = SCALES[cfg.scale]
+    smallest = beta == min(cfg.ppo_betas) and len(cfg.ppo_betas) > 1
+    return s["ppo_steps_small_beta"] if smallest else s["ppo_steps"]
+
+
 def ppo_stage(beta: float) -> Callable[[Context], dict]:
     """PPO against the proxy reward model at one KL coefficient, with the over-optimisation monitor watching
     proxy and gold reward on held-out probe prompts (gold is never part of the training signal)."""
@@ -267,11 +279,7 @@ def ppo_stage(beta: float) -> Callable[[Context], dict]:
 
         s = ctx.s
         name = _beta_name(beta)
-        # The smallest coefficient runs longer: over-optimisation shows late on some seeds. On seed 2 (session 3
-        # defaults) the policy first settled on short hedged answers and only lengthened them after ~45 PPO
-        # iterations (docs/benchmarks.md); the moderate coefficient keeps the shorter budget, where it beats SFT.
-        iterations = s["ppo_steps_small_beta"] if beta == min(ctx.cfg.ppo_betas) and len(ctx.cfg.ppo_betas) > 1 \
-            else s["ppo_steps"]
+        iterations = ppo_iterations(ctx.cfg, beta)
         ppo.train(ppo.Config(
             **ctx.common(name), model=ctx.path("sft"), reward_model=[ctx.path("rm")], value_model=ctx.path("rm"),
             data=ctx.path("world", "train_prompts.jsonl"), kl_coef=beta, max_new_tokens=s["max_new_tokens"],
@@ -419,33 +427,51 @@ def stage_report(ctx: Context) -> dict:
     return {"path": str(out)}
 
 
-def stages(cfg: Config) -> list[tuple[str, Callable[[Context], dict]]]:
-    """The pipeline, in order: (stage name, function)."""
+class Stage(NamedTuple):
+    """One step of the pipeline: what it runs, which earlier stages it reads, and the config values it reads itself
+    (besides the seed, the thread count and the scale's sizes, which every stage reads)."""
+
+    name: str
+    fn: Callable[[Context], dict]
+    after: tuple[str, ...]
+    settings: dict[str, Any]
+
+
+def stages(cfg: Config) -> list[Stage]:
+    """The pipeline, in order. A stage is redone when its own settings or a stage it reads changed, so a new KL
+    coefficient reruns one PPO stage, the evaluation, best-of-n and the report, not the pretraining."""
+    betas = [_beta_name(b) for b in cfg.ppo_betas]
+    verbosity = {"annotator_verbosity": cfg.annotator_verbosity}
     return [
-        ("world", stage_world),
-        ("tokenizer", stage_tokenizer),
-        ("base", stage_base),
-        ("sft", stage_sft),
-        ("eval_sft", stage_eval_sft),
-        ("prefs", stage_prefs),
-        ("rm", stage_rm),
+        Stage("world", stage_world, (), {}),
+        Stage("tokenizer", stage_tokenizer, ("world",), {}),
+        Stage("base", stage_base, ("world", "tokenizer"), {}),
+        Stage("sft", stage_sft, ("world", "base"), {}),
+        Stage("eval_sft", stage_eval_sft, ("world", "sft"), {}),
+        Stage("prefs", stage_prefs, ("world", "sft"), verbosity),
+        Stage("rm", stage_rm, ("sft", "prefs"), verbosity),
         # one stage per KL coefficient, so each is reused on its own
-        *[(_beta_name(b), ppo_stage(b)) for b in cfg.ppo_betas],
-        ("dpo", stage_dpo),
-        ("eval", stage_eval),
-        ("bon", stage_bon),
-        ("report", stage_report),
+        *[Stage(_beta_name(b), ppo_stage(b), ("world", "sft", "rm"),
+                {"kl_coef": b, "iterations": ppo_iterations(cfg, b)}) for b in cfg.ppo_betas],
+        Stage("dpo", stage_dpo, ("sft", "prefs"), {}),
+        Stage("eval", stage_eval, ("world", "sft", "rm", *betas, "dpo"), {"ppo_betas": list(cfg.ppo_betas)}),
+        # reads eval/sft.json, SFT's held-out answers, as its win-rate reference
+        Stage("bon", stage_bon, ("world", "sft", "rm", "eval"), {"bon_n": list(cfg.bon_n), **verbosity}),
+        Stage("report", stage_report, ("eval_sft", "eval", "bon", *betas), {}),
     ]
 
 
 # ----------------------------------------------------------------------------------------------- orchestration
-def _fingerprint(cfg: Config) -> str:
-    """Settings that change results (not `force` / `stop_after`): a finished stage is reused only if they match."""
-    d = config_lib.to_dict(cfg)
-    for k in ("force", "stop_after", "out"):
-        d.pop(k)
-    d["scale_settings"] = SCALES[cfg.scale]  # a changed budget (a new rlhfkit version, say) must not reuse old stages
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+def fingerprints(cfg: Config) -> dict[str, str]:
+    """Per stage, a hash of everything its results depend on: its own settings, the seed, the thread count, the
+    scale's sizes (a release that changes a SCALES value never reuses stages trained under the old one) and the
+    fingerprints of the stages it reads. A finished stage is reused only while its fingerprint is unchanged."""
+    common = {"seed": cfg.seed, "threads": cfg.threads, "scale": cfg.scale, "scale_settings": SCALES[cfg.scale]}
+    out: dict[str, str] = {}
+    for st in stages(cfg):
+        d = {**common, "stage": st.name, "settings": st.settings, "after": [out[a] for a in st.after]}
+        out[st.name] = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return out
 
 
 def versions() -> dict[str, str]:
@@ -501,21 +527,23 @@ def run(cfg: Config) -> Path:
     ctx = Context(cfg)
     ctx.root.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, ctx.root / "config.yaml")
-    fp = _fingerprint(cfg)
-    redo = cfg.force
+    fps = fingerprints(cfg)
+    redone: set[str] = set()
     t_all = time.perf_counter()
     pipeline = stages(cfg)
-    for i, (name, fn) in enumerate(pipeline):
+    for i, (name, fn, after, _) in enumerate(pipeline):
         record = ctx.root / "stages" / f"{name}.json"
         done = json.loads(record.read_text()) if record.exists() else None
-        if done and not redo and done.get("fingerprint") == fp:
+        # a stage that reads a redone one is redone too, even under the same fingerprint (its record was deleted,
+        # or --force): it must not mix old and new outputs
+        if done and not cfg.force and done.get("fingerprint") == fps[name] and not redone.intersection(after):
             console.print(f"[dim]stage {i + 1}/{len(pipeline)} {name}: reused ({done['seconds']:.1f}s earlier)[/dim]")
         else:
-            redo = True  # everything downstream of a redone stage is redone
+            redone.add(name)
             console.rule(f"[bold]stage {i + 1}/{len(pipeline)}: {name}")
             t0 = time.perf_counter()
             result = fn(ctx)
-            done = {"name": name, "fingerprint": fp, "seconds": time.perf_counter() - t0, "result": result}
+            done = {"name": name, "fingerprint": fps[name], "seconds": time.perf_counter() - t0, "result": result}
             record.parent.mkdir(parents=True, exist_ok=True)
             tmp = record.with_suffix(".tmp")
             tmp.write_text(json.dumps(done, indent=1, default=str))

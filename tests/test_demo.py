@@ -2,6 +2,7 @@
 keys, a re-run reuses finished stages, and the same seed gives the same numbers."""
 
 import json
+import shutil
 
 import pytest
 
@@ -61,12 +62,40 @@ def test_force_redoes_stages(toy_demo):
     assert record.stat().st_mtime_ns != before  # redone, not reused
 
 
-def test_fingerprint_covers_config_and_scale_budget(monkeypatch):
-    """A finished stage is reused only under the same settings: the config (not out/force/stop_after) and the
-    scale's budget, so a release that changes a SCALES value never reuses stages trained under the old one."""
-    cfg = demo.Config(scale="toy")
-    fp = demo._fingerprint(cfg)
-    assert demo._fingerprint(demo.Config(scale="toy", out="elsewhere", force=True, stop_after="sft")) == fp
-    assert demo._fingerprint(demo.Config(scale="toy", annotator_verbosity=1.0)) != fp
+def _changed(**kw) -> set[str]:
+    """The stages whose fingerprint differs from the toy defaults' when the config gets `kw`."""
+    a, b = demo.fingerprints(demo.Config(scale="toy")), demo.fingerprints(demo.Config(scale="toy", **kw))
+    return {name for name in set(a) | set(b) if a.get(name) != b.get(name)}
+
+
+def test_fingerprints_follow_what_each_stage_reads(monkeypatch):
+    """A finished stage is reused only under the settings it depends on (its own, and those of every stage it
+    reads); out / force / stop_after change nothing; a release that changes a SCALES value redoes everything."""
+    every = {st.name for st in demo.stages(demo.Config(scale="toy"))}
+    assert _changed(out="elsewhere", force=True, stop_after="sft") == set()
+    assert _changed(seed=1) == every and _changed(threads=1) == every
+    assert _changed(bon_n=[2, 4]) == {"bon", "report"}
+    later = {"prefs", "rm", "ppo_beta_0.01", "ppo_beta_0.1", "ppo_beta_0.5", "dpo", "eval", "bon", "report"}
+    assert _changed(annotator_verbosity=1.0) == later
+    # a new KL coefficient (not the smallest): its own PPO stage, and what reads every PPO run
+    assert _changed(ppo_betas=[0.01, 0.1, 0.5, 0.05]) == {"ppo_beta_0.05", "eval", "bon", "report"}
+    # a new smallest coefficient: the old smallest now runs the shorter budget, so it is redone too
+    assert _changed(ppo_betas=[0.001, 0.01, 0.1, 0.5]) == {"ppo_beta_0.001", "ppo_beta_0.01", "eval", "bon",
+                                                            "report"}
+    before = demo.fingerprints(demo.Config(scale="toy"))
     monkeypatch.setitem(demo.SCALES, "toy", {**demo.SCALES["toy"], "rm_lr": 1.0})
-    assert demo._fingerprint(cfg) != fp
+    after = demo.fingerprints(demo.Config(scale="toy"))
+    assert all(after[n] != before[n] for n in every)
+
+
+def test_other_bon_n_reruns_only_best_of_n_and_the_report(toy_demo, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(toy_demo, run)
+    capsys.readouterr()
+    demo.run(demo.Config(out=str(run), scale="toy", threads=1, bon_n=[2, 3]))
+    printed = capsys.readouterr().out
+    reused = {line.split()[2].rstrip(":") for line in printed.splitlines() if line.endswith("earlier)")}
+    assert reused == {st.name for st in demo.stages(demo.Config(scale="toy"))} - {"bon", "report"}
+    s = json.loads((run / "summary.json").read_text())
+    assert s["bon_selectors"]["n"] == [1, 2, 3] and {"bon_2", "bon_3"} <= set(s["policies"])
+    assert "bon_4" not in s["policies"]
