@@ -228,7 +228,7 @@ STEPS = [
      "A model learns to predict the annotators' choices. It becomes the proxy that RL optimises, and it inherits "
      "their biases."),
     ("Policy optimisation", ("ppo", "dpo", "bon", "best", "grpo", "rloo"),
-     "PPO maximises the reward model with a KL penalty to SFT (three KL coefficients), DPO learns from the pairs "
+     "PPO maximises the reward model with a KL penalty to SFT (one run per KL coefficient), DPO learns from the pairs "
      "directly, best-of-n picks the highest-reward of n samples."),
     ("Evaluation and report", ("eval", "report", "gold"),
      "Every policy is judged on held-out prompts by the gold judge the policies never saw."),
