@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -469,7 +470,7 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()
         self.step_count += 1
         now = time.perf_counter()
