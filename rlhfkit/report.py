@@ -448,6 +448,8 @@ def section_frontier(summary: dict, plots: Plots) -> str:
     if not plots.ok:
         out.append(plots.missing())
     else:
+        import numpy as np
+
         fig, (ax,) = plots.figure(1, 7.0, 4.2)
         by_method: dict[str, list[tuple[float, float, str]]] = {}
         for n, f in pts.items():
@@ -455,10 +457,17 @@ def section_frontier(summary: dict, plots: Plots) -> str:
         for m, ps in sorted(by_method.items()):
             ps.sort()
             ax.plot([p[0] for p in ps], [p[1] for p in ps], "o-" if len(ps) > 1 else "o", color=COLORS.get(m),
-                    label=m.upper() if m != "bon" else "best-of-n", ms=6, lw=1)
+                    label=m.upper() if m != "bon" else "best-of-n", ms=6, lw=1, clip_on=False)
             for x, y, n in ps:
                 ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("KL to SFT (nats per response)")
+        # spaced by sqrt(KL), as in section 5 (Gao et al. 2022): on a linear axis the small-KL policies (DPO,
+        # best-of-n, the large coefficient) crowd into one corner next to the small coefficient's KL of 10-30
+        ax.set_xscale("function", functions=(lambda k: np.sqrt(np.maximum(k, 0)), np.square))
+        kl_max = max([1.0] + [f["kl_to_sft"] for f in pts.values()])
+        ax.set_xlim(0, kl_max * 1.1)
+        ticks = [t for t in (0, 0.25, 1, 2.5, 5, 10, 20, 40, 80) if t <= kl_max * 1.1]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("KL to SFT (nats per response; axis spaced by its square root)")
         ax.set_ylabel("gold reward (held-out)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

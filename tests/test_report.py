@@ -184,3 +184,19 @@ def test_bon_pickers_of_an_older_summary():
     html = R.bon_selectors_part(sel, R.Plots())
     assert "picked 3 ways" in html and "cannot check answers" not in html
     assert html.count("<tr>") == 4  # header + three pickers
+
+
+@pytest.mark.parametrize("frontier", [
+    {"sft": {"kl_to_sft": 0.0, "gold": -0.2, "proxy": 0.0}},  # nothing but the reference: a zero-width KL range
+    {"sft": {"kl_to_sft": 0.0, "gold": -0.2, "proxy": 0.0},  # a Monte-Carlo KL estimate a little below zero
+     "dpo": {"kl_to_sft": -0.01, "gold": -0.1, "proxy": 0.1}},
+])
+def test_frontier_plot_on_its_square_root_axis_takes_edge_cases(frontier):
+    """The frontier's KL axis is spaced by sqrt(KL); a run with only KL 0, or a slightly negative estimate, still
+    draws (no warning, no NaN axis)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        html = R.section_frontier({"frontier": frontier}, R.Plots())
+    assert "<img" in html and all(f"<td>{name}</td>" in html for name in frontier)
