@@ -391,11 +391,14 @@ def bon_selectors(prompts: list[dict], texts: list[str], scores, ns: list[int], 
     prompt's samples (`bon.expected_best_of_n`), averaged over prompts. If the annotators' pick keeps improving
     with n while the reward model's falls, the fall is the reward model's error, not the annotators' bias
     (docs/benchmarks.md, session 7); if the blind pick barely improves either, the error is that it cannot check
-    answers (session 14). World only: it needs the gold judge."""
+    answers (session 14). `reward_model_steps`: for each step n -> next n of the reward model's curve, the mean
+    per-prompt change in gold with a 95% paired bootstrap interval over prompts (`metrics.paired_bootstrap`), so a
+    fall at the largest n can be told from noise. World only: it needs the gold judge."""
     import torch
 
     from . import data as data_lib
     from .bon import analytic_kl, expected_best_of_n
+    from .metrics import paired_bootstrap
     from .world.annotators import correctness_blind_utilities, default_annotators
 
     comps, util = judge_pool(prompts, texts, verbosity)
@@ -405,8 +408,12 @@ def bon_selectors(prompts: list[dict], texts: list[str], scores, ns: list[int], 
                          dtype=torch.float64).view(g.shape)
     ns = [n for n in ns if n <= g.shape[1]]
     pickers = {"reward_model": scores, "annotators_blind": blind, "annotators": util, "gold": g}
+    per_prompt = {name: [expected_best_of_n(sel, g, n) for n in ns] for name, sel in pickers.items()}
+    # is each step of the reward model's curve (n -> the next n) larger than the noise of 1,024 prompts?
+    steps = [{"from": a, "to": b} | paired_bootstrap(per_prompt["reward_model"][i], per_prompt["reward_model"][i + 1])
+             for i, (a, b) in enumerate(zip(ns, ns[1:]))]
     return {"n": ns, "kl": [analytic_kl(n) for n in ns]} | {
-        name: [expected_best_of_n(sel, g, n).mean().item() for n in ns] for name, sel in pickers.items()}
+        name: [v.mean().item() for v in vals] for name, vals in per_prompt.items()} | {"reward_model_steps": steps}
 
 
 def stage_eval_sft(ctx: Context) -> dict:

@@ -12,6 +12,8 @@ Used by `rlhfkit eval`, the over-optimisation monitor and the report. Every func
 - `mc_sequence_kl`   Monte-Carlo KL(pi || ref) from samples of pi: k1 = log pi(y) - log ref(y) summed over tokens,
                      and the non-negative k3 = (r - 1) - log r with r = ref(y)/pi(y) (Schulman 2020), each with a
                      standard error.
+- `paired_bootstrap` mean of paired differences with a 95% percentile bootstrap interval (Efron & Tibshirani 1993),
+                     resampling the pairs: is best-of-16's change from best-of-8 larger than the noise?
 - `pearson`, `spearman`
 - alarms over a logged series (`proxy_up_gold_down`, `length_drift`, `disagreement_rising`,
   `diversity_collapse`): each returns the first step where it fires as {"kind", "step", "message"}, or None.
@@ -204,6 +206,22 @@ def mc_sequence_kl(policy_logps_sum, ref_logps_sum) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------- correlation
+def paired_bootstrap(a, b, resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean of b - a over paired items (e.g. per-prompt gold under two policies), with a percentile bootstrap
+    interval: resample the items with replacement `resamples` times, take the (1 - level)/2 and (1 + level)/2
+    quantiles of the resampled means. Deterministic in `seed`."""
+    import torch
+
+    d = torch.as_tensor(b, dtype=torch.float64) - torch.as_tensor(a, dtype=torch.float64)
+    if d.numel() == 0:
+        raise ValueError("paired_bootstrap needs at least one pair")
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.stack([d[torch.randint(len(d), (len(d),), generator=gen)].mean() for _ in range(resamples)])
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = torch.quantile(means, q).tolist()
+    return {"mean": d.mean().item(), "low": low, "high": high}
+
+
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     """Pearson correlation; 0.0 when either series is constant or shorter than 2."""
     n = len(x)

@@ -520,8 +520,37 @@ def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
         out.append(plots.img(fig, "best-of-n gold against n, picked by the reward model, by the annotators "
                                   "(with and without correctness) and by gold"))
     rows = [[esc(label)] + [fmt(_num(v)) for v in sel[key]] for key, label, _ in pickers]
+    steps = [st for st in sel.get("reward_model_steps") or [] if isinstance(st, dict)]  # summaries since session 15
+    if steps:
+        by_to = {st.get("to"): st for st in steps}
+        rows.insert(1, ["the reward model: change from the previous n [95% interval]"] + [
+            f"{_signed(by_to[n]['mean'])} [{_signed(by_to[n]['low'])}, {_signed(by_to[n]['high'])}]"
+            if n in by_to else "" for n in ns])
     out.append(table(["picked by"] + [f"n = {n}" for n in ns], rows))
+    if steps:
+        out.append(f"<p>{esc(_step_verdict(steps[-1]))}</p>")
     return "\n".join(out)
+
+
+def _signed(x) -> str:
+    v = _num(x)
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def _step_verdict(st: dict) -> str:
+    """One sentence on the last step of the reward model's best-of-n curve: a fall, a gain, or noise."""
+    a, b = st.get("from"), st.get("to")
+    mean, low, high = (_num(st.get(k)) for k in ("mean", "low", "high"))
+    if mean is None or low is None or high is None:
+        return ""
+    span = f"{_signed(mean)} in gold (95% interval {_signed(low)} to {_signed(high)}, resampling prompts)"
+    if high < 0:
+        return (f"From best-of-{a} to best-of-{b} the reward model's pick changes by {span}: a fall larger than the "
+                "noise, so at this n the reward model is over-optimised.")
+    if low > 0:
+        return f"From best-of-{a} to best-of-{b} the reward model's pick still gains: {span}."
+    return (f"From best-of-{a} to best-of-{b} the reward model's pick changes by {span}: within the noise, so "
+            "more samples no longer help.")
 
 
 def section_length(summary: dict, runs: list[Run], plots: Plots) -> str:

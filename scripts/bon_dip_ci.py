@@ -4,7 +4,8 @@ For every held-out prompt of a finished demo run, the expected gold of best-of-n
 samples (`bon.expected_best_of_n`) is a number per prompt; the difference between two n's is paired by prompt. The
 bootstrap resamples prompts (each prompt's 16 samples are one draw of the pool, so this covers both the prompt set
 and the sampling) and gives a 95% percentile interval of the mean difference, for the demo's reward model and for
-the correctness-blind ideal picker (`world.annotators.correctness_blind_utilities`).
+the correctness-blind ideal picker (`world.annotators.correctness_blind_utilities`). The demo's summary carries
+the reward model's steps too (`bon_selectors.reward_model_steps`).
 
     python scripts/bon_dip_ci.py runs/demo [--resamples 10000]
 
@@ -19,22 +20,13 @@ import torch
 
 from rlhfkit import data as data_lib
 from rlhfkit.bon import expected_best_of_n
+from rlhfkit.metrics import paired_bootstrap
 from rlhfkit.rewards import load_reward
 from rlhfkit.world.annotators import correctness_blind_utilities, default_annotators
 
 from rm_label_probe import append_line, pool_of  # scripts/ is on sys.path when run as a script
 
 PAIRS = ((4, 8), (8, 16))
-
-
-def paired_ci(a: torch.Tensor, b: torch.Tensor, resamples: int, seed: int = 0) -> dict:
-    """Mean of b - a (paired per prompt) with a 95% percentile bootstrap interval over prompts."""
-    d = (b - a).double()
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(d), (resamples, len(d)), generator=gen)
-    means = d[idx].mean(dim=1)
-    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return {"mean": round(d.mean().item(), 4), "low": round(lo, 4), "high": round(hi, 4)}
 
 
 def main(run: Path, resamples: int) -> dict:
@@ -51,7 +43,8 @@ def main(run: Path, resamples: int) -> dict:
     line = {"run": str(run), "prompts": P, "resamples": resamples}
     for name, sel in pickers.items():
         per_n = {k: expected_best_of_n(sel, g, k) for k in sorted({k for pair in PAIRS for k in pair})}
-        line[name] = {f"{a}->{b}": paired_ci(per_n[a], per_n[b], resamples) for a, b in PAIRS}
+        line[name] = {f"{a}->{b}": {k: round(v, 4) for k, v in paired_bootstrap(per_n[a], per_n[b], resamples).items()}
+                      for a, b in PAIRS}
     return append_line("exp/bon_dip_ci.jsonl", line)
 
 

@@ -38,6 +38,10 @@ def test_summary_has_the_contract_keys(toy_demo):
     for k in ("reward_model", "annotators_blind", "annotators", "gold"):
         assert len(sel[k]) == len(sel["n"]) and sel[k][0] == pytest.approx(sel["gold"][0])  # n = 1: the sample mean
     assert sel["gold"][-1] >= max(sel["reward_model"][-1], sel["annotators"][-1], sel["annotators_blind"][-1])
+    steps = sel["reward_model_steps"]  # each step of the reward model's curve, with its bootstrap interval
+    assert [(st["from"], st["to"]) for st in steps] == list(zip(sel["n"], sel["n"][1:]))
+    for st, lo, hi in zip(steps, sel["reward_model"], sel["reward_model"][1:]):
+        assert st["mean"] == pytest.approx(hi - lo, abs=1e-9) and st["low"] <= st["mean"] <= st["high"]
     assert (toy_demo / "report.html").exists()
 
 

@@ -151,3 +151,31 @@ def test_length_drift_diversity_disagreement():
     d = M.disagreement_rising(STEPS, [0.1, 0.1, 0.1, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], ratio=1.5)
     assert d["kind"] == "disagreement_rising" and d["step"] == 5  # mean(0.1, 0.2, 0.3) = 0.2 > 0.15
     assert M.disagreement_rising(STEPS, [0.1] * 10) is None
+
+
+# ----------------------------------------------------------------------------------------------- paired bootstrap
+def test_paired_bootstrap_by_hand():
+    """Differences b - a of 0 and 1: every resample of two pairs has mean 0 (both draws the first pair, prob. 1/4),
+    0.5 (prob. 1/2) or 1 (prob. 1/4), so the 2.5% and 97.5% quantiles of the resampled means are 0 and 1, and the
+    mean is 0.5. A constant difference c gives the point interval [c, c]."""
+    r = M.paired_bootstrap([0.0, 0.0], [0.0, 1.0])
+    assert r == {"mean": 0.5, "low": 0.0, "high": 1.0}
+    r = M.paired_bootstrap([1.0, 2.0, 3.0], [1.25, 2.25, 3.25])
+    assert r["mean"] == pytest.approx(0.25, abs=1e-12)
+    assert r["low"] == pytest.approx(0.25, abs=1e-12) and r["high"] == pytest.approx(0.25, abs=1e-12)
+    with pytest.raises(ValueError, match="at least one pair"):
+        M.paired_bootstrap([], [])
+
+
+def test_paired_bootstrap_matches_the_normal_interval_for_many_pairs():
+    """For 2,000 pairs the percentile interval is close to mean +- 1.96 sd / sqrt(n) (within 5% of its width), it
+    pairs (a shift shared by a and b cancels), and a seed gives the same interval twice."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(2000, generator=gen, dtype=torch.float64) * 5  # large per-item spread that pairing removes
+    d = 0.1 + torch.randn(2000, generator=gen, dtype=torch.float64)
+    r = M.paired_bootstrap(a, a + d, seed=3)
+    half = 1.959964 * d.std().item() / 2000 ** 0.5
+    assert r["mean"] == pytest.approx(d.mean().item(), abs=1e-12)
+    assert r["high"] - r["low"] == pytest.approx(2 * half, rel=0.05)
+    assert (r["low"] + r["high"]) / 2 == pytest.approx(r["mean"], abs=0.05 * half)
+    assert M.paired_bootstrap(a, a + d, seed=3) == r

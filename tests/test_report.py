@@ -200,3 +200,22 @@ def test_frontier_plot_on_its_square_root_axis_takes_edge_cases(frontier):
         warnings.simplefilter("error")
         html = R.section_frontier({"frontier": frontier}, R.Plots())
     assert "<img" in html and all(f"<td>{name}</td>" in html for name in frontier)
+
+
+@pytest.mark.parametrize("step, verdict", [
+    ({"mean": -0.045, "low": -0.064, "high": -0.026}, "a fall larger than the noise"),
+    ({"mean": 0.029, "low": 0.013, "high": 0.046}, "still gains"),
+    ({"mean": -0.009, "low": -0.025, "high": 0.007}, "within the noise"),
+])
+def test_bon_steps_row_and_verdict(step, verdict):
+    """With `reward_model_steps` (summaries since session 15) the table gains a row of changes with their
+    intervals, and one sentence says whether the last step is a fall, a gain or noise."""
+    sel = {"n": [1, 8, 16], "kl": [0.0, 1.204, 1.835], "reward_model": [-0.2, -0.06, -0.06 + step["mean"]],
+           "annotators": [-0.2, 0.3, 0.5], "gold": [-0.2, 0.4, 0.6],
+           "reward_model_steps": [{"from": 1, "to": 8, "mean": 0.14, "low": 0.12, "high": 0.16},
+                                  {"from": 8, "to": 16, **step}]}
+    html = R.bon_selectors_part(sel, R.Plots())
+    assert html.count("<tr>") == 5  # header + three pickers + the change row
+    assert "+0.140 [+0.120, +0.160]" in html
+    assert f"{step['mean']:+.3f} [{step['low']:+.3f}, {step['high']:+.3f}]" in html
+    assert "From best-of-8 to best-of-16" in html and verdict in html
