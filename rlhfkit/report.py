@@ -527,8 +527,9 @@ def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
             f"{_signed(by_to[n]['mean'])} [{_signed(by_to[n]['low'])}, {_signed(by_to[n]['high'])}]"
             if n in by_to else "" for n in ns])
     out.append(table(["picked by"] + [f"n = {n}" for n in ns], rows))
-    if steps:
-        out.append(f"<p>{esc(_step_verdict(steps[-1]))}</p>")
+    verdict = _step_verdict(steps[-1]) if steps else ""
+    if verdict:
+        out.append(f"<p>{esc(verdict)}</p>")
     return "\n".join(out)
 
 
