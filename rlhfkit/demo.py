@@ -472,9 +472,11 @@ def stages(cfg: Config) -> list[Stage]:
 # ----------------------------------------------------------------------------------------------- orchestration
 def fingerprints(cfg: Config) -> dict[str, str]:
     """Per stage, a hash of everything its results depend on: its own settings, the seed, the thread count, the
-    scale's sizes (a release that changes a SCALES value never reuses stages trained under the old one) and the
-    fingerprints of the stages it reads. A finished stage is reused only while its fingerprint is unchanged."""
-    common = {"seed": cfg.seed, "threads": cfg.threads, "scale": cfg.scale, "scale_settings": SCALES[cfg.scale]}
+    scale's sizes, the software and CPU kind (`versions`: a new release, torch or machine kind never reuses stages
+    made under the old one) and the fingerprints of the stages it reads. A finished stage is reused only while its
+    fingerprint is unchanged."""
+    common = {"seed": cfg.seed, "threads": cfg.threads, "scale": cfg.scale, "scale_settings": SCALES[cfg.scale],
+              "versions": versions()}
     out: dict[str, str] = {}
     for st in stages(cfg):
         d = {**common, "stage": st.name, "settings": st.settings, "after": [out[a] for a in st.after]}

@@ -74,7 +74,8 @@ def _changed(**kw) -> set[str]:
 
 def test_fingerprints_follow_what_each_stage_reads(monkeypatch):
     """A finished stage is reused only under the settings it depends on (its own, and those of every stage it
-    reads); out / force / stop_after change nothing; a release that changes a SCALES value redoes everything."""
+    reads); out / force / stop_after change nothing; a release that changes a SCALES value, or another torch,
+    redoes everything."""
     every = {st.name for st in demo.stages(demo.Config(scale="toy"))}
     assert _changed(out="elsewhere", force=True, stop_after="sft") == set()
     assert _changed(seed=1) == every and _changed(threads=1) == every
@@ -90,6 +91,9 @@ def test_fingerprints_follow_what_each_stage_reads(monkeypatch):
     monkeypatch.setitem(demo.SCALES, "toy", {**demo.SCALES["toy"], "rm_lr": 1.0})
     after = demo.fingerprints(demo.Config(scale="toy"))
     assert all(after[n] != before[n] for n in every)
+    real = demo.versions()  # another torch (or rlhfkit, or CPU kind) rounds differently: nothing is reused
+    monkeypatch.setattr(demo, "versions", lambda: {**real, "torch": "0.0.0"})
+    assert all(demo.fingerprints(demo.Config(scale="toy"))[n] != after[n] for n in every)
 
 
 def test_other_bon_n_reruns_only_best_of_n_and_the_report(toy_demo, tmp_path, capsys):
