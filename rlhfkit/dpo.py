@@ -43,8 +43,8 @@ from .engine import (Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, 
                      total_steps)
 from .logprobs import linear_logprobs
 from .losses import LossType, kto_reference_point, preference_loss
-from .modeling import (Layout, backbone, build_layout, continuation_hidden_states, layout_hidden_states,
-                       padding_free)
+from .modeling import (Layout, backbone, build_layout, build_packed, continuation_hidden_states, layout_hidden_states,
+                       packed_hidden_states, padding_free, to_device, use_packed)
 
 
 @dataclass
@@ -207,15 +207,19 @@ def tokenise(cfg: Config, tokenizer, rows: list[dict], counter: dict) -> list[Ex
 
 
 class SequenceLogprobs(torch.nn.Module):
-    """Wraps a causal LM: forward(layout tensors) -> (n_seqs,) summed completion log-probs. The LM head runs only
-    on the N completion positions. One module so DDP sees one forward."""
+    """Wraps a causal LM: forward(layout tensors, or a `Packed` batch) -> (n_seqs,) summed completion log-probs.
+    The LM head runs only on the N completion positions. One module so DDP sees one forward."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, mask, src, labels, seq, n_seqs: int, save_kv: dict | None = None):
-        h = layout_hidden_states(self.model, input_ids, position_ids, mask, save_kv, needed=src)  # (N, H)
+    def forward(self, input_ids, position_ids, mask, src, labels, seq, n_seqs: int, save_kv: dict | None = None,
+                packed=None):
+        if packed is not None:
+            h = packed_hidden_states(self.model, packed)  # (N, H)
+        else:
+            h = layout_hidden_states(self.model, input_ids, position_ids, mask, save_kv, needed=src)  # (N, H)
         return summed_logps(self.model, h, labels, seq, n_seqs)
 
 
@@ -231,7 +235,16 @@ def summed_logps(model: torch.nn.Module, h: torch.Tensor, labels: torch.Tensor, 
     return torch.zeros(n_seqs, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
 
 
+def make_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, packing: bool, packed: bool) -> Layout:
+    """A micro-batch's layout: packed (every token once, attention by documents; `modeling.use_packed`) or rows
+    under block masks (the CPU's, with `packing` putting several pairs in a row)."""
+    return build_packed(items) if packed else build_layout(items, pad_id, packing)
+
+
 def run_layout(module: torch.nn.Module, lay: Layout, device, save_kv: dict | None = None) -> torch.Tensor:
+    if lay.packed is not None:
+        return module(None, None, None, None, to_device(lay.labels, device), to_device(lay.seq, device), lay.n_seqs,
+                      packed=lay.packed.with_needed(lay.src).to(device))
     return module(lay.input_ids.to(device), lay.position_ids.to(device), lay.mask.to(device), lay.src.to(device),
                   lay.labels.to(device), lay.seq.to(device), lay.n_seqs, save_kv=save_kv)
 
@@ -284,11 +297,13 @@ def load_reference(cfg: Config, tokenizer, policy: torch.nn.Module) -> torch.nn.
 
 def reference_logps(ref: torch.nn.Module, examples: list[Example], indices: list[int], pad_id: int, packing: bool,
                     device, autocast) -> torch.Tensor:
-    """(2, len(indices)) reference log-probs of both completions, under inference_mode with the training layout."""
-    lay = build_layout([(examples[i].prompt, list(examples[i].completions)) for i in indices], pad_id, packing)
+    """(2, len(indices)) reference log-probs of both completions on `device`, under inference_mode with the
+    training layout."""
+    lay = make_layout([(examples[i].prompt, list(examples[i].completions)) for i in indices], pad_id, packing,
+                      use_packed(ref, device))
     with torch.inference_mode(), autocast():
         out = run_layout(SequenceLogprobs(ref), lay, device)
-    return out.float().cpu().view(2, len(indices))
+    return out.float().view(2, len(indices))
 
 
 def precompute_reference(cfg: Config, tokenizer, policy, examples: list[Example], data_stats: dict,
@@ -317,7 +332,7 @@ def precompute_reference(cfg: Config, tokenizer, policy, examples: list[Example]
         for s in range(0, len(examples), step):
             idx = list(range(s, min(s + step, len(examples))))
             out[:, idx] = reference_logps(ref, examples, idx, tokenizer.pad_token_id, cfg.packing, dist.device,
-                                          autocast)
+                                          autocast).cpu()
         policy.train()
         del ref
         path = refcache.save(cfg.ref_cache_dir, key, {"ref_a": out[0], "ref_b": out[1]}, key_fields)
@@ -372,27 +387,34 @@ def train(cfg: Config) -> Path:
         return None
 
     has_ref = cfg.needs_reference
+    packed = use_packed(model, dev)
     # KTO's z0 pass may read the gradient forward's prompt keys and values back (the step must be one micro-batch:
-    # z0 is needed before the first micro-batch's loss) on a padding-free model family.
-    reuse_prompt_kv = cfg.unpaired and padding_free(backbone(model))
+    # z0 is needed before the first micro-batch's loss) on a padding-free model family in the CPU's row layout.
+    reuse_prompt_kv = cfg.unpaired and not packed and padding_free(backbone(model))
+
+    def layout(items: list[tuple[list[int], list[list[int]]]]) -> Layout:
+        return make_layout(items, pad, cfg.packing, packed)
 
     def mismatched(m: list[int]) -> tuple[list[list[int]], list[list[int]]]:
         return [examples[i].prompt for i in m], [examples[i].completions[1] for i in m]
 
     def mismatched_logps(m: list[int]) -> torch.Tensor:  # a forward of its own: prompts and mismatched completions
-        lay = build_layout([(p, [c]) for p, c in zip(*mismatched(m))], pad, cfg.packing)
+        lay = layout([(p, [c]) for p, c in zip(*mismatched(m))])
         with torch.no_grad(), engine.autocast():
             out = run_layout(engine.module, lay, dev)
         engine.count(tokens=lay.tokens)
         return out
 
     def kto_z0(policy_logps: list[torch.Tensor], refs: list[torch.Tensor]) -> torch.Tensor:
-        kl_sum = torch.zeros(2)
+        kl_sum = torch.zeros(2, device=dev)  # on the device: no host sync inside the step
         for pol, r in zip(policy_logps, refs):
-            kl_sum += torch.tensor([(pol.float().cpu() - r[1]).sum().item(), len(pol)])
+            kl_sum[0] += (pol.float() - to_device(r[1], dev)).sum()
+            kl_sum[1] += len(pol)
         kl_sum = all_reduce_sum(kl_sum)
-        return kto_reference_point(kl_sum[0:1] / kl_sum[1], torch.zeros(1))
+        return kto_reference_point(kl_sum[0:1] / kl_sum[1], torch.zeros(1, device=dev))
 
+    # Metric sums over the global batch, kept on the device and read once per step (a read is a host sync).
+    SUMS = ("loss", "r_c", "r_r", "acc", "lp_c", "lp_r", "kl_c", "kl_r")
     t0 = time.perf_counter()
     for step in engine.remaining_steps():
         idx = sampler.indices(step)
@@ -411,14 +433,14 @@ def train(cfg: Config) -> Path:
                 z0 = kto_z0([mismatched_logps(m) for m in micros], refs)
 
         # 3. forward/backward per micro-batch; the loss is a sum over examples divided by the global batch size
-        acc_sums = dict.fromkeys(("loss", "n", "r_c", "r_c#", "r_r", "r_r#", "acc", "acc#", "lp_c", "lp_c#", "lp_r",
-                                  "lp_r#", "kl_c", "kl_r"), 0.0)
+        sums = torch.zeros(len(SUMS), dtype=torch.float64, device=dev)
+        counts = dict.fromkeys(("n", "r_c", "r_r", "acc", "lp_c", "lp_r"), 0)  # known on the host
         for m, r in zip(micros, refs):
             n = len(m)
             if cfg.unpaired:  # only the real completion carries a gradient
-                lay = build_layout([(examples[i].prompt, [examples[i].completions[0]]) for i in m], pad, cfg.packing)
+                lay = layout([(examples[i].prompt, [examples[i].completions[0]]) for i in m])
             else:
-                lay = build_layout([(examples[i].prompt, list(examples[i].completions)) for i in m], pad, cfg.packing)
+                lay = layout([(examples[i].prompt, list(examples[i].completions)) for i in m])
             with engine.autocast():
                 logps = run_layout(engine.model, lay, dev, save_kv=saved_kv).float()  # (n_seqs,)
             if saved_kv is not None:
@@ -428,20 +450,23 @@ def train(cfg: Config) -> Path:
                 # counted as the separate pass counts them (prompt + completion), so tokens/s stays comparable
                 engine.count(tokens=sum(len(p) + len(c) for p, c in zip(prompts, comps)))
                 saved_kv.clear()
-            lengths = lay.lengths.to(dev).float()
+            lengths = to_device(lay.lengths, dev).float()
             if cfg.unpaired:
-                lab = torch.tensor([examples[i].label for i in m], device=dev)
-                rr = r[0].to(dev) if r is not None else None
+                labels = [examples[i].label for i in m]
+                pos = to_device(torch.tensor([k for k, l in enumerate(labels) if l], dtype=torch.long), dev)
+                neg = to_device(torch.tensor([k for k, l in enumerate(labels) if not l], dtype=torch.long), dev)
+                rr = to_device(r[0], dev) if r is not None else None
                 losses, cr, rj = preference_loss(
-                    types, policy_chosen_logps=logps[lab], policy_rejected_logps=logps[~lab],
-                    ref_chosen_logps=rr[lab], ref_rejected_logps=rr[~lab], beta=cfg.beta, kto_kl=z0.to(dev),
+                    types, policy_chosen_logps=logps[pos], policy_rejected_logps=logps[neg],
+                    ref_chosen_logps=rr[pos], ref_rejected_logps=rr[neg], beta=cfg.beta, kto_kl=z0,
                     desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
-                pc, pr = logps[lab].detach(), logps[~lab].detach()
-                lc, lr_ = (rr[lab], rr[~lab])
+                pc, pr = logps[pos].detach(), logps[neg].detach()
+                lc, lr_ = (rr[pos], rr[neg])
                 acc = torch.cat([(cr > 0).float(), (rj < 0).float()])  # reward sign agrees with the label
+                n_c, n_r = len(pos), len(neg)
             else:
                 pc, pr = logps[:n], logps[n:]
-                lc, lr_ = (r[0].to(dev), r[1].to(dev)) if r is not None else (None, None)
+                lc, lr_ = (to_device(r[0], dev), to_device(r[1], dev)) if r is not None else (None, None)
                 losses, cr, rj = preference_loss(
                     types, policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=lc,
                     ref_rejected_logps=lr_, chosen_lengths=lengths[:n], rejected_lengths=lengths[n:], beta=cfg.beta,
@@ -449,25 +474,25 @@ def train(cfg: Config) -> Path:
                     loss_weights=weights)
                 pc, pr = pc.detach(), pr.detach()
                 acc = (cr > rj).float()
+                n_c = n_r = n
             engine.backward(losses.sum() / global_batch)
             engine.count(samples=n, tokens=lay.tokens)
-            with torch.no_grad():  # metric sums over the global batch: (sum, count) pairs reduced below
-                acc_sums["loss"] += losses.detach().sum().item()
-                acc_sums["n"] += n
-                for name, v in (("r_c", cr), ("r_r", rj), ("acc", acc), ("lp_c", pc), ("lp_r", pr)):
-                    acc_sums[name] += v.sum().item()
-                    acc_sums[name + "#"] += len(v)
-                if lc is not None:
-                    acc_sums["kl_c"] += (pc - lc).sum().item()
-                    acc_sums["kl_r"] += (pr - lr_).sum().item()
+            with torch.no_grad():
+                parts = [losses.detach().sum(), cr.sum(), rj.sum(), acc.sum(), pc.sum(), pr.sum()]
+                parts += [(pc - lc).sum(), (pr - lr_).sum()] if lc is not None else [pc.new_zeros(())] * 2
+                sums += torch.stack(parts).double()
+            for key, k in (("n", n), ("r_c", len(cr)), ("r_r", len(rj)), ("acc", len(acc)), ("lp_c", n_c),
+                           ("lp_r", n_r)):
+                counts[key] += k
 
         # 4. update and log (the same keys in every run; NaN where a quantity does not exist, e.g. no reference)
-        tot = dict(zip(acc_sums, all_reduce_sum(torch.tensor(list(acc_sums.values()), dtype=torch.float64)).tolist()))
+        sums = torch.cat([sums, torch.tensor(list(counts.values()), dtype=torch.float64).to(dev)])
+        tot = dict(zip(SUMS + tuple(k + "#" for k in counts), all_reduce_sum(sums).tolist()))
         def mean(key: str, count: str, defined: bool = True) -> float:
             return tot[key] / tot[count] if defined and tot[count] > 0 else float("nan")
 
         metrics = {
-            "train/loss": mean("loss", "n"), "rewards/chosen": mean("r_c", "r_c#"),
+            "train/loss": mean("loss", "n#"), "rewards/chosen": mean("r_c", "r_c#"),
             "rewards/rejected": mean("r_r", "r_r#"), "rewards/margin": mean("r_c", "r_c#") - mean("r_r", "r_r#"),
             "rewards/accuracy": mean("acc", "acc#"), "logps/chosen": mean("lp_c", "lp_c#"),
             "logps/rejected": mean("lp_r", "lp_r#"), "kl/logratio_chosen": mean("kl_c", "lp_c#", has_ref),

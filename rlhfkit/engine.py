@@ -423,8 +423,8 @@ class Engine:
         DDP averages gradients over ranks; multiplying by world_size turns that average back into the sum the
         global normalisation expects. Gradient sync happens only on the last micro-batch of the step.
         """
-        if not torch.isfinite(loss.detach()).all():
-            self._micro_losses_finite = False
+        # kept on the device and read once in step(): reading it here would make the host wait for the forward
+        self._micro_losses_finite = self._micro_losses_finite & torch.isfinite(loss.detach()).all()
         self._micro_index += 1
         if last is None:
             last = self._micro_index >= self.cfg.gradient_accumulation_steps
@@ -446,7 +446,8 @@ class Engine:
         params = [p for p in self.module.parameters() if p.requires_grad]
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        flag = torch.tensor([0.0 if (self._micro_losses_finite and torch.isfinite(grad_norm)) else 1.0])
+        ok = torch.as_tensor(self._micro_losses_finite, device=grad_norm.device) & torch.isfinite(grad_norm)
+        flag = (~ok).float().reshape(1)
         finite = all_reduce_sum(flag).item() == 0  # every rank skips together, or none does
         self._micro_losses_finite = True
         metrics = dict(metrics or {})

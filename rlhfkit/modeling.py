@@ -42,7 +42,7 @@ ROWS_ATTENTION = "rlhfkit_sdpa"
 
 
 def _rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None, rlhfkit_save_kv=None,
-                    rlhfkit_prefix_kv=None, **kwargs):
+                    rlhfkit_prefix_kv=None, rlhfkit_docs=None, **kwargs):
     """transformers' SDPA attention, except in a padding-free layout forward (`rlhfkit_rows` given): there the
     (1, heads, T, d) inputs are the layout's rows concatenated without their padding, and row (start, end, mask,
     prefix) attends only within itself under its (1, 1, n, n) block mask. Returns (1, T, heads, d), as SDPA's does.
@@ -53,6 +53,9 @@ def _rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None
     decoder continues from a KV cache, several tokens at a time."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if rlhfkit_docs is not None:  # a packed forward (`Packed`)
+        return docs_attention(query, key, value, rlhfkit_docs, kwargs.get("scaling") or query.shape[-1] ** -0.5,
+                              kwargs.get("dropout", 0.0)), None
     if rlhfkit_rows is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if rlhfkit_save_kv is not None:
@@ -185,12 +188,15 @@ class TokenLogprobs(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, target_mask, temperature: float = 1.0, with_entropy: bool = False,
                 packed_position_ids=None, layout: dict | None = None):
-        """`layout` (from `rows_layout(input_ids, target_mask, ...)`): forward the same rows prompt-shared instead;
-        the outputs are the same (B, T-1) tensors."""
+        """`layout` (from `rows_layout(input_ids, target_mask, ...)` or `sequences_layout`): forward the same rows
+        prompt-shared or packed instead; the outputs are the same (B, T-1) tensors."""
         mask = target_mask[:, 1:] if target_mask.shape[1] == input_ids.shape[1] else target_mask
         if layout is None:
             h = hidden_states(self.model, input_ids, attention_mask, packed_position_ids)[:, :-1][mask]  # (N, H)
             targets = input_ids[:, 1:][mask]
+        elif "packed" in layout:
+            h = packed_hidden_states(self.model, layout["packed"])
+            targets = layout["labels"]
         else:
             h = layout_hidden_states(self.model, layout["input_ids"], layout["position_ids"], layout["mask"],
                                      needed=layout["src"])
@@ -232,6 +238,7 @@ class Layout:
     tokens: int  # non-pad tokens in the rows (what the model really processes)
     last: torch.Tensor  # (n_seqs,) flat index into (R*L) of each sequence's final token (a scalar head reads it)
     prompt_at: torch.Tensor  # (n_items,) item i's first prompt token among the real tokens (row-major, no padding)
+    packed: "Packed | None" = None  # `build_packed`: the batch packed; input_ids, position_ids and mask are None
 
 
 def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, packing: bool = True,
@@ -371,18 +378,22 @@ def continuation_hidden_states(model: torch.nn.Module, saved_kv: dict,
                 rlhfkit_rows=rows, rlhfkit_prefix_kv=saved_kv).last_hidden_state[0]
 
 
-def shared_prompt_layout(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> Layout:
+def shared_prompt_layout(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                         packed: bool = False) -> Layout:
     """Sequences given as (prompt, completion) token lists, as a prefix-shared layout: sequences with identical
     prompt tokens form one block, so each distinct prompt is forwarded once. Sequence i of the layout is
-    (prompts[i], completions[i])."""
+    (prompts[i], completions[i]). `packed`: as `build_packed` (see `use_packed`)."""
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(tuple(p), []).append(i)
     items = [(list(p), [completions[i] for i in members]) for p, members in groups.items()]
+    if packed:
+        return build_packed(items, slots=list(groups.values()))
     return build_layout(items, pad_id, packing=True, slots=list(groups.values()))
 
 
-def rows_layout(input_ids: torch.Tensor, target_mask: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
+def rows_layout(input_ids: torch.Tensor, target_mask: torch.Tensor, pad_id: int,
+                packed: bool = False) -> dict[str, torch.Tensor]:
     """Right-padded rows (B, T) of prompt + response (the response where `target_mask`, contiguous after the prompt),
     as a prefix-shared layout: rows with identical prompt tokens (the G samples of one prompt) form one block, so
     the prompt is forwarded once. Returns build_layout's tensors plus `dest`, the flat index into (B, T-1) of each
@@ -392,11 +403,229 @@ def rows_layout(input_ids: torch.Tensor, target_mask: torch.Tensor, pad_id: int)
     # prompt length >= 1 per row: its last token predicts the first response token
     starts = [row.index(True) for row in tm]
     lay = shared_prompt_layout([ids[b][:starts[b]] for b in range(B)],
-                               [ids[b][starts[b]:starts[b] + sum(tm[b])] for b in range(B)], pad_id)
+                               [ids[b][starts[b]:starts[b] + sum(tm[b])] for b in range(B)], pad_id, packed)
     n_tok = lay.seq.shape[0]
     first = torch.full((B,), n_tok, dtype=torch.long).scatter_reduce(0, lay.seq, torch.arange(n_tok), "amin")
     t = torch.arange(n_tok) - first[lay.seq]  # index of each token within its response
     dest = lay.seq * (T - 1) + torch.tensor(starts)[lay.seq] - 1 + t
     dev = input_ids.device
+    if packed:
+        return {"packed": lay.packed.with_needed(lay.src).to(dev), "labels": to_device(lay.labels, dev),
+                "dest": to_device(dest, dev)}
     return {"input_ids": lay.input_ids.to(dev), "position_ids": lay.position_ids.to(dev), "mask": lay.mask.to(dev),
             "src": lay.src.to(dev), "labels": lay.labels.to(dev), "dest": dest.to(dev)}
+
+
+# ----------------------------------------------------------------------------------------------- the packed layout (GPU)
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """`t` on `device`. A host tensor bound for CUDA is pinned and copied asynchronously: a copy from pageable
+    memory makes the host wait until the device's queue has drained, once per tensor."""
+    device = torch.device(device)
+    if t.device == device or (device.type == "cuda" and t.is_cuda and device.index is None):
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def use_packed(model: torch.nn.Module, device) -> bool:
+    """The one seam between the two layouts. On a CPU with rlhfkit's compiled kernels, micro-batches run as padded
+    rows under block masks (`build_layout`; the C block attention skips masked tiles). Everywhere else (CUDA, or a
+    CPU without the kernels) they run packed: every real token once in one sequence, attention by documents
+    (`Packed`), so no dense mask is built, no Python loop runs over rows, and on CUDA the attention is one
+    FlashAttention varlen call per layer. Only model families whose decoder passes keyword arguments down to the
+    attention (`UNPADDED_MODEL_TYPES`) can run packed; others keep padded rows."""
+    from . import cpukernel
+
+    if not padding_free(backbone(model)):
+        return False
+    return torch.device(device).type != "cpu" or not cpukernel.available()
+
+
+@dataclass
+class Packed:
+    """Every real token of a micro-batch once, as one sequence (1, T), and how attention sees them: document d is
+    the token run `doc_index[cu[d]:cu[d+1]]` (identity when `doc_index` is None), causal within itself; token t's
+    attention output is row `out_index[t]` of the documents' outputs (identity when None). A prompt shared by k
+    completions is one run of tokens in the linear layers but sits in k documents ([prompt | completion_j]): its
+    keys and values are gathered into each, its own outputs read from the first. That is exactly the attention of k
+    separate rows prompt + completion_j, with the prompt's projections and MLPs computed once.
+
+    `keep` / `inverse` (optional): the sorted distinct tokens whose last hidden state is needed and, for each
+    requested position, its index in `keep` (the last layer's MLP then runs on `keep` alone, `_keep_forward`)."""
+
+    input_ids: torch.Tensor  # (1, T)
+    position_ids: torch.Tensor  # (1, T)
+    cu_seqlens: torch.Tensor  # (D+1,) int32, cumulative document lengths
+    max_len: int
+    pad_index: torch.Tensor  # (T_att,) slot of each document row in a (D, max_len) padding, for non-flash attention
+    doc_index: torch.Tensor | None = None  # (T_att,)
+    out_index: torch.Tensor | None = None  # (T,)
+    keep: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
+
+    def to(self, device) -> "Packed":
+        """A copy on `device` (`to_device`)."""
+        return Packed(**{k: (to_device(v, device) if isinstance(v, torch.Tensor) else v)
+                         for k, v in self.__dict__.items()})
+
+    def with_needed(self, needed: torch.Tensor) -> "Packed":
+        """The same batch, asking for the last hidden states at `needed` (indices into the T tokens)."""
+        keep, inverse = torch.unique(needed, return_inverse=True)
+        return Packed(**{**self.__dict__, "keep": keep, "inverse": inverse})
+
+
+def pack_documents(ids: list[int], pos: list[int], docs: list[list[int]] | None, lengths: list[int],
+                   out_index: list[int] | None) -> Packed:
+    """A `Packed` from token ids and positions, and its documents: `docs` (lists of token indices, or None when the
+    documents are consecutive runs of `lengths` tokens) and `out_index` (None: identity)."""
+    cu = torch.tensor([0] + lengths, dtype=torch.long).cumsum(0)
+    max_len = max(lengths)
+    n_att = int(cu[-1])
+    doc_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths), output_size=n_att)
+    pad_index = doc_of * max_len + torch.arange(n_att) - cu[doc_of]
+    return Packed(torch.tensor([ids]), torch.tensor([pos]), cu.to(torch.int32), max_len, pad_index,
+                  None if docs is None else torch.tensor([t for d in docs for t in d]),
+                  None if out_index is None else torch.tensor(out_index))
+
+
+def docs_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, docs: Packed, scale: float,
+                   dropout: float = 0.0) -> torch.Tensor:
+    """Causal attention within each document of `docs`. query/key/value (1, heads, T, d) as transformers passes
+    them (keys and values may have fewer heads: grouped-query attention); returns (1, T, heads, d)."""
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, d)
+    if docs.doc_index is not None:
+        q, k, v = (x.index_select(0, docs.doc_index) for x in (q, k, v))
+    if k.shape[1] != q.shape[1]:  # transformers' repeat_kv: each key/value head serves consecutive query heads
+        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    if _varlen_usable(q, dropout):
+        out = _varlen(q, k, v, docs.cu_seqlens, docs.max_len, scale)
+    else:
+        out = _padded_docs_attention(q, k, v, docs, scale, dropout)
+    if docs.out_index is not None:
+        out = out.index_select(0, docs.out_index)
+    return out[None]
+
+
+@functools.cache
+def _varlen_fn():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch < 2.10
+        return None
+    import inspect
+
+    params = inspect.signature(varlen_attn).parameters
+    if "scale" not in params:
+        return None
+    # torch 2.10 spells causal `is_causal=True`; later releases as the window (-1, 0) (any key up to the query)
+    causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    return functools.partial(varlen_attn, **causal)
+
+
+def _varlen_usable(q: torch.Tensor, dropout: float) -> bool:
+    return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and not dropout and _varlen_fn() is not None
+
+
+def _varlen(q, k, v, cu: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
+    """FlashAttention over variable-length documents (torch.nn.attention.varlen): no padding, no mask."""
+    return _varlen_fn()(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, scale=scale)
+
+
+def _padded_docs_attention(q, k, v, docs: Packed, scale: float, dropout: float) -> torch.Tensor:
+    """The same attention where FlashAttention's varlen kernel does not apply (a CPU, fp32): documents scattered
+    into (D, heads, max_len, d) zero padding, one causal SDPA call (a document's rows never see the padding after
+    it), read back. No mask tensor and no loop over documents."""
+    D, L = docs.cu_seqlens.numel() - 1, docs.max_len
+
+    def padded(x):  # (T_att, heads, d) -> (D, heads, L, d)
+        return x.new_zeros(D * L, *x.shape[1:]).index_copy(0, docs.pad_index, x).view(D, L, *x.shape[1:]).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), dropout_p=dropout, is_causal=True,
+                                         scale=scale)  # (D, heads, L, d)
+    return out.transpose(1, 2).reshape(D * L, *q.shape[1:]).index_select(0, docs.pad_index)
+
+
+_ONE = {}
+
+
+def packed_hidden_states(model: torch.nn.Module, packed: Packed) -> torch.Tensor:
+    """Last hidden states of a packed micro-batch (already on the model's device): (T, H), or (len(inverse), H) for
+    the requested positions when `packed.keep` is set."""
+    body = backbone(model)
+    if not padding_free(body):
+        raise ValueError(f"packed forwards need a model family in {UNPADDED_MODEL_TYPES}")
+    dev = packed.input_ids.device
+    if dev not in _ONE:
+        _ONE[dev] = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=dev)
+    # a 4-D attention_mask is passed through untouched, so transformers builds no (T, T) mask
+    h = body(input_ids=packed.input_ids, position_ids=packed.position_ids, attention_mask=_ONE[dev], use_cache=False,
+             rlhfkit_docs=packed, rlhfkit_keep=packed.keep).last_hidden_state[0]
+    return h if packed.inverse is None else h.index_select(0, packed.inverse)
+
+
+def build_packed(items: list[tuple[list[int], list[list[int]]]], slots: list[list[int]] | None = None) -> "Layout":
+    """`build_layout`'s micro-batch as a `Packed` (in `Layout.packed`): the same sequence numbering, labels, lengths
+    and prompt offsets; `src` and `last` index the packed tokens. No rows, no masks."""
+    n = len(items)
+    if slots is None:
+        k = len(items[0][1])
+        if any(len(cs) != k for _, cs in items):
+            raise ValueError("build_packed: items with different completion counts need explicit slots")
+        slots = [[j * n + i for j in range(k)] for i in range(n)]
+    n_seqs = sum(len(cs) for _, cs in items)
+    ids: list[int] = []
+    pos: list[int] = []
+    docs: list[list[int]] = []
+    doc_len: list[int] = []
+    out_index: list[int] = []
+    src: list[int] = []
+    labels: list[int] = []
+    seq: list[int] = []
+    lengths = torch.zeros(n_seqs, dtype=torch.long)
+    last = torch.zeros(n_seqs, dtype=torch.long)
+    prompt_at = torch.zeros(n, dtype=torch.long)
+    n_att = 0  # document rows so far
+    for i, (prompt, comps) in enumerate(items):
+        P, p0 = len(prompt), len(ids)
+        prompt_at[i] = p0
+        ids += prompt
+        pos += range(P)
+        out_index += range(n_att, n_att + P)  # the prompt's own outputs: its first document's
+        for j, c in enumerate(comps):
+            C, s, c0 = len(c), slots[i][j], len(ids)
+            ids += c
+            pos += range(P, P + C)
+            docs.append(list(range(p0, p0 + P)) + list(range(c0, c0 + C)))
+            doc_len.append(P + C)
+            out_index += range(n_att + P, n_att + P + C)
+            n_att += P + C
+            src += [p0 + P - 1] + list(range(c0, c0 + C - 1))
+            labels += c
+            seq += [s] * C
+            lengths[s] = C
+            last[s] = c0 + C - 1
+    identity = all(len(cs) <= 1 for _, cs in items)
+    packed = pack_documents(ids, pos, None if identity else docs, doc_len, None if identity else out_index)
+    return Layout(None, None, None, torch.tensor(src), torch.tensor(labels), torch.tensor(seq), n_seqs, lengths,
+                  len(ids), last, prompt_at, packed)
+
+
+def sequences_layout(input_ids: torch.Tensor, attention: torch.Tensor, target_mask: torch.Tensor) -> dict:
+    """Right-padded rows (B, T) as a packed micro-batch with no sharing: each row's real tokens one document. For
+    `TokenLogprobs(..., layout=...)`: `packed` (asking for the positions that predict a target), `labels`, and
+    `dest`, the flat index into (B, T-1) of each target's log-prob. Built on the host, with no device work."""
+    B, T = input_ids.shape
+    n = attention.sum(1)
+    real = attention.reshape(-1).nonzero().squeeze(1)
+    flat_ids = input_ids.reshape(-1)[real]
+    flat_pos = (attention.long().cumsum(1) - 1).reshape(-1)[real]
+    # target (b, t+1) is predicted by (b, t); its packed index is real-index of (b, t)
+    tgt = target_mask[:, 1:] & attention[:, 1:]
+    dest = tgt.reshape(-1).nonzero().squeeze(1)  # flat into (B, T-1)
+    b, t = dest // (T - 1), dest % (T - 1)
+    packed_index = torch.full((B * T,), -1, dtype=torch.long)
+    packed_index[real] = torch.arange(len(real))
+    src = packed_index[b * T + t]
+    packed = pack_documents(flat_ids.tolist(), flat_pos.tolist(), None, n.tolist(), None)
+    return {"packed": packed.with_needed(src), "labels": input_ids[b, t + 1], "dest": dest}

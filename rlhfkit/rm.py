@@ -46,7 +46,7 @@ from . import config as config_lib
 from . import data as data_lib
 from . import losses, models
 from .engine import Engine, StepSampler, TrainConfig, all_reduce_sum, seed_everything, setup_distributed, total_steps
-from .modeling import shared_prompt_layout
+from .modeling import packed_hidden_states, shared_prompt_layout, to_device, use_packed
 from .rewards import encode_scored, encode_scored_parts, forward_scores, is_last_token_model, layout_scores
 
 
@@ -203,23 +203,30 @@ class PairScorer(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                last: torch.Tensor | None = None) -> torch.Tensor:
+                last: torch.Tensor | None = None, packed=None) -> torch.Tensor:
+        if packed is not None:  # `packed` asks for each sequence's final token (modeling.build_packed)
+            return self.model.score(packed_hidden_states(self.model, packed)).squeeze(-1).float()
         if last is None:
             return forward_scores(self.model, input_ids, attention_mask)
         return layout_scores(self.model, input_ids, position_ids, mask, last)
 
 
-def micro_batch_inputs(ps: PairSet, uniq: list[int], pad_id: int, share_prompt: bool) -> tuple[dict, int]:
-    """PairScorer inputs for the unique sequences `uniq` (reward i belongs to uniq[i]), and the tokens processed.
-    `share_prompt`: one block per distinct prompt prefix holding all its responses; else padded rows."""
+def micro_batch_inputs(ps: PairSet, uniq: list[int], pad_id: int, share_prompt: bool, device="cpu",
+                       packed: bool = False) -> tuple[dict, int]:
+    """PairScorer inputs on `device` for the unique sequences `uniq` (reward i belongs to uniq[i]), and the tokens
+    processed. `share_prompt`: one block per distinct prompt prefix holding all its responses, as rows under
+    block masks or `packed` (modeling.use_packed); else padded rows."""
     if not share_prompt:
         ids, attn, _ = data_lib.pad_right([ps.seqs[s] for s in uniq], pad_id)
-        return {"input_ids": ids, "attention_mask": attn}, int(attn.sum())
+        return {"input_ids": to_device(ids, device), "attention_mask": to_device(attn, device)}, int(attn.sum())
     lay = shared_prompt_layout([ps.seqs[s][:ps.prefix_len[s]] for s in uniq],
-                               [ps.seqs[s][ps.prefix_len[s]:] for s in uniq], pad_id)
-    return {"input_ids": lay.input_ids, "position_ids": lay.position_ids, "mask": lay.mask, "last": lay.last}, lay.tokens
+                               [ps.seqs[s][ps.prefix_len[s]:] for s in uniq], pad_id, packed)
+    if packed:
+        return {"packed": lay.packed.with_needed(lay.last).to(device)}, lay.tokens
+    inputs = {"input_ids": lay.input_ids, "position_ids": lay.position_ids, "mask": lay.mask, "last": lay.last}
+    return {k: v.to(device) for k, v in inputs.items()}, lay.tokens
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -260,38 +267,39 @@ def train_one(cfg: Config) -> Path:
     engine = Engine(cfg, PairScorer(model), n_steps, name="rm", dist_info=dist)
     pad, dev = tokenizer.pad_token_id, engine.dist.device
     share = cfg.share_prompt and is_last_token_model(model)
+    packed = share and use_packed(model, dev)
     t0 = time.perf_counter()
     for step in engine.remaining_steps():
         # 2. this step's global batch of units; a unit's pairs weigh 1/len(unit) and the loss is a mean over
         #    the GLOBAL batch's units, so accumulation and process count do not change the gradient
         idx = sampler.indices(step)
-        sums = torch.zeros(7)  # loss, r_c, r_r, correct, n_non_tie, n_pairs, margin
+        sums = torch.zeros(7, device=dev)  # loss, r_c, r_r, correct, n_non_tie, n_pairs, margin (read once a step)
         for micro in engine.my_micro_batches(idx):
             pairs = [p for u in micro for p in ps.units[u]]
-            weight = torch.tensor([1.0 / len(ps.units[u]) for u in micro for _ in ps.units[u]], device=dev)
+            weight = to_device(torch.tensor([1.0 / len(ps.units[u]) for u in micro for _ in ps.units[u]]), dev)
             # 3. one forward pass over the unique sequences of chosen AND rejected (concatenated)
             uniq = sorted({ps.chosen[p] for p in pairs} | {ps.rejected[p] for p in pairs})
             pos = {s: i for i, s in enumerate(uniq)}
-            inputs, n_tokens = micro_batch_inputs(ps, uniq, pad, share)
+            inputs, n_tokens = micro_batch_inputs(ps, uniq, pad, share, dev, packed)
             with engine.autocast():
-                r = engine.model(**{k: v.to(dev) for k, v in inputs.items()}).float()  # (S,)
-            r_c = r[torch.tensor([pos[ps.chosen[p]] for p in pairs], device=dev)]  # (P,)
-            r_r = r[torch.tensor([pos[ps.rejected[p]] for p in pairs], device=dev)]
+                r = engine.model(**inputs).float()  # (S,)
+            r_c = r[to_device(torch.tensor([pos[ps.chosen[p]] for p in pairs]), dev)]  # (P,)
+            r_r = r[to_device(torch.tensor([pos[ps.rejected[p]] for p in pairs]), dev)]
             # 4. Bradley-Terry (ties: soft target 0.5), optional margin and centering
-            tgt = torch.tensor([ps.target[p] for p in pairs], device=dev)
+            tgt = to_device(torch.tensor([ps.target[p] for p in pairs]), dev)
             tie = tgt < 1
-            margin = torch.tensor([ps.margin[p] for p in pairs], device=dev) if cfg.margin else None
+            margin = to_device(torch.tensor([ps.margin[p] for p in pairs]), dev) if cfg.margin else None
             hard, _ = losses.bradley_terry_loss(r_c, r_r, margin, cfg.center_coef)
             per_pair = hard
-            if tie.any():
+            if any(ps.target[p] < 1 for p in pairs):  # asked on the host: no wait for the device
                 soft, _ = losses.bt_soft_loss(r_c, r_r, tgt, cfg.center_coef)
                 per_pair = torch.where(tie, soft, hard)
             loss = (per_pair * weight).sum() / len(idx)
             engine.backward(loss)
             d = (r_c - r_r).detach()
             keep = ~tie
-            sums += torch.tensor([loss.item(), r_c.detach().sum().item(), r_r.detach().sum().item(),
-                                  (d[keep] > 0).sum().item(), keep.sum().item(), len(pairs), d.sum().item()])
+            sums += torch.stack([loss.detach(), r_c.detach().sum(), r_r.detach().sum(), ((d > 0) & keep).sum(),
+                                 keep.sum(), d.new_tensor(0.0) + len(pairs), d.sum()]).float()
             engine.count(samples=len(pairs), tokens=n_tokens)
         # 5. update and log (metrics over the whole global batch)
         s = all_reduce_sum(sums)

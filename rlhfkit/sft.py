@@ -22,7 +22,7 @@ from . import data as data_lib
 from . import models
 from .engine import (Engine, StepSampler, TrainConfig, all_reduce_sum, resolve_batch, seed_everything,
                      setup_distributed, total_steps)
-from .modeling import TokenLogprobs
+from .modeling import TokenLogprobs, sequences_layout, to_device, use_packed
 
 
 @dataclass
@@ -45,7 +45,8 @@ class Config(TrainConfig):
     """Peak AdamW learning rate."""
     packing: bool = False
     """Padding-free batches: pack each micro-batch's examples into rows of at most max_length tokens, with
-    position ids restarting per example so they never attend to each other."""
+    position ids restarting per example so they never attend to each other. (On CUDA every batch is padding-free
+    already: all tokens in one sequence, attention by example.)"""
     trust_remote_code: bool = False
     """Allow model code from the hub (off by default: it runs arbitrary Python)."""
 
@@ -89,19 +90,27 @@ def train_on_examples(cfg: TrainConfig, model, tokenizer, examples: list[data_li
     n_steps = total_steps(cfg, sampler.steps_per_epoch)
     model.train()
     engine = Engine(cfg, TokenLogprobs(model), n_steps, name=name, dist_info=dist)
-    pad = tokenizer.pad_token_id
+    pad, dev = tokenizer.pad_token_id, engine.dist.device
+    packed = use_packed(model, dev)  # the GPU layout (modeling.use_packed): every token once, attention by example
     t0 = time.perf_counter()
     tokens_seen = 0
     for step in engine.remaining_steps():
         # 1. this step's global batch; the denominator counts loss tokens over ALL of it (every rank agrees)
         idx = sampler.indices(step)
         n_loss_tokens = sum(sum(examples[i].loss_mask[1:]) for i in idx)
-        loss_total = torch.zeros(())
+        loss_total = torch.zeros((), device=dev)  # read once per step: a read is a host sync
         # 2. forward/backward over this process's micro-batches
         for micro in engine.my_micro_batches(idx):
             batch = [examples[i] for i in micro]
-            dev = engine.dist.device
-            if packing:
+            if packed:
+                input_ids, attention, loss_mask = data_lib.pad_right([e.input_ids for e in batch], pad,
+                                                                     [e.loss_mask for e in batch])
+                lay = sequences_layout(input_ids, attention, loss_mask)
+                lay = {"packed": lay["packed"].to(dev), "labels": to_device(lay["labels"], dev),
+                       "dest": to_device(lay["dest"], dev)}
+                with engine.autocast():
+                    logprobs = engine.model(input_ids, None, loss_mask, layout=lay)["logprobs"]
+            elif packing:
                 input_ids, loss_mask, pos = data_lib.pack_rows(batch, max_length, pad)
                 with engine.autocast():
                     logprobs = engine.model(input_ids.to(dev), None, loss_mask.to(dev),
@@ -113,7 +122,7 @@ def train_on_examples(cfg: TrainConfig, model, tokenizer, examples: list[data_li
                     logprobs = engine.model(input_ids.to(dev), attention.to(dev), loss_mask.to(dev))["logprobs"]
             loss = -logprobs.sum() / max(1, n_loss_tokens)
             engine.backward(loss)
-            loss_total += loss.detach().cpu()
+            loss_total += loss.detach()
             n_tokens = sum(len(e.input_ids) for e in batch)
             tokens_seen += n_tokens
             engine.count(samples=len(batch), tokens=n_tokens)

@@ -174,3 +174,69 @@ def test_unlisted_family_uses_padded_rows():
     assert model.config._attn_implementation != modeling.ROWS_ATTENTION
     # sequence 2 = completion 1 of item 0; its last token's hidden state equals the separate row's
     torch.testing.assert_close(h[lay.last[2]], alone[-1], rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------- the packed layout
+def _packed_logps_and_grads(m, items, packed: bool):
+    """Summed completion log-probs per sequence (build_layout numbering) and the gradients of their sum: through
+    `build_packed` + `packed_hidden_states` (packed) or the padded rows with the 4-D block mask (the reference)."""
+    m.zero_grad()
+    head = m.get_output_embeddings()
+    if packed:
+        lay = modeling.build_packed(items)
+        h = modeling.packed_hidden_states(m, lay.packed.with_needed(lay.src))
+    else:
+        lay = modeling.build_layout(items, pad_id=0, packing=True)
+        h = modeling.backbone(m)(input_ids=lay.input_ids, attention_mask=lay.mask,
+                                 position_ids=lay.position_ids.clamp(min=0)).last_hidden_state.flatten(0, 1)[lay.src]
+    tok = torch.log_softmax(head(h), -1).gather(-1, lay.labels[:, None]).squeeze(-1)
+    out = torch.zeros(lay.n_seqs, dtype=tok.dtype).index_add(0, lay.seq, tok)
+    out.sum().backward()
+    return out, lay, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name,model", list(_models()), ids=lambda x: x if isinstance(x, str) else "")
+def test_packed_layout_equals_padded_rows(name, model):
+    """The packed layout (every token once; a prompt's keys and values gathered into each of its completions'
+    documents; attention through the padded-documents SDPA that runs where FlashAttention's varlen kernel does not)
+    gives the padded rows' log-probs and gradients, in float64, for prompts with 1-2 completions."""
+    model = model.double().eval()
+    ref = copy.deepcopy(model)
+    for items in (_items(), [(p, cs[:1]) for p, cs in _items(1)]):  # shared prompts; one completion each
+        got, lay, g1 = _packed_logps_and_grads(model, items, packed=True)
+        want, lay_ref, g2 = _packed_logps_and_grads(ref, items, packed=False)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        assert torch.equal(lay.lengths, lay_ref.lengths) and lay.tokens == lay_ref.tokens
+        assert (lay.packed.doc_index is None) == all(len(cs) == 1 for _, cs in items)
+        assert g1.keys() == g2.keys() and len(g1) > 10
+        for n in g1:
+            torch.testing.assert_close(g1[n], g2[n], rtol=1e-9, atol=1e-10, msg=n)
+
+
+def test_sequences_layout_equals_padded_token_logprobs():
+    """`sequences_layout` (right-padded rows packed, each row one document) gives TokenLogprobs' padded (B, T-1)
+    log-probs exactly where the target mask is set, zeros elsewhere."""
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(**DIMS)).double().eval()
+    seqs = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16], [17]]
+    masks = [[False, False, True, True, True], [False, True], [False] * 3 + [True] * 4, [False]]
+    from rlhfkit import data as data_lib
+
+    ids, att, tgt = data_lib.pad_right(seqs, 0, masks)
+    lp = modeling.TokenLogprobs(m)
+    want = lp(ids, att, tgt)["logprobs"]
+    got = lp(ids, att, tgt, layout=modeling.sequences_layout(ids, att, tgt))["logprobs"]
+    assert want.shape == got.shape == (4, 6) and (want != 0).sum() == 3 + 1 + 4 + 0
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_use_packed_is_the_one_seam(monkeypatch):
+    """Packed on any non-CPU device, and on a CPU without the compiled kernels; block rows on a CPU with them;
+    never for a family that cannot take keyword arguments down to its attention."""
+    llama = LlamaForCausalLM(LlamaConfig(**DIMS))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=2))
+    monkeypatch.setattr(cpukernel, "available", lambda: True)
+    assert not modeling.use_packed(llama, "cpu") and modeling.use_packed(llama, "cuda")
+    assert not modeling.use_packed(gpt2, "cuda")
+    monkeypatch.setattr(cpukernel, "available", lambda: False)
+    assert modeling.use_packed(llama, "cpu")

@@ -229,8 +229,11 @@ def test_shared_prompt_layout_equals_padded_rows(toy_dir, tmp_path):
     scorer = rm.PairScorer(model)
     padded, n_pad = rm.micro_batch_inputs(ps, uniq, tok.pad_token_id, share_prompt=False)
     shared, n_shared = rm.micro_batch_inputs(ps, uniq, tok.pad_token_id, share_prompt=True)
+    packed, n_packed = rm.micro_batch_inputs(ps, uniq, tok.pad_token_id, share_prompt=True, packed=True)
     with torch.no_grad():
         torch.testing.assert_close(scorer(**shared), scorer(**padded), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scorer(**packed), scorer(**padded), rtol=1e-5, atol=1e-5)  # the GPU layout
+    assert n_packed == n_shared
     prompts = {tuple(s[:n]) for s, n in zip(ps.seqs, ps.prefix_len)}
     assert len(prompts) == 12 and len(ps.seqs) == 36
     assert n_shared == n_pad - 2 * sum(map(len, prompts))  # 3 responses per prompt: its prompt forwarded once, not 3x
