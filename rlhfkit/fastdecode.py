@@ -102,6 +102,7 @@ class LlamaDecoder:
         lm = self.model.lm_head.weight
         self.fold = (lm.dtype == torch.float32 and lm.device.type == "cpu" and cpukernel.available()
                      and lm.numel() > _SMALL_WEIGHT)
+        cast = (lambda t: t if t is None else t.to(self.dtype)) if self.static else (lambda t: t)
         self.layers = []
         for layer in self.body.layers:
             a, m = layer.self_attn, layer.mlp
@@ -110,11 +111,12 @@ class LlamaDecoder:
             wgu = torch.cat([m.gate_proj.weight, m.up_proj.weight], 0)
             if self.fold:
                 wqkv, wgu = wqkv.mul_(ln1), wgu.mul_(ln2)
-            self.layers.append(dict(
+            self.layers.append({k: cast(v) for k, v in dict(
                 ln1=ln1, ln2=ln2, wqkv=wqkv, bqkv=_cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
                 wo=a.o_proj.weight, bo=a.o_proj.bias, wgu=wgu, bgu=_cat(m.gate_proj.bias, m.up_proj.bias),
-                wd=m.down_proj.weight, bd=m.down_proj.bias))
-        self.lm = lm * self.body.norm.weight if self.fold else lm
+                wd=m.down_proj.weight, bd=m.down_proj.bias).items()})
+        self.lm = cast(lm * self.body.norm.weight if self.fold else lm)
+        self.lm_bias, self.final_norm = cast(self.model.lm_head.bias), cast(self.body.norm.weight)
 
     def _norm(self, x, w):
         # transformers' LlamaRMSNorm: normalise in fp32, cast back, then scale (the cast order matters in bf16). In
@@ -125,7 +127,26 @@ class LlamaDecoder:
         return w * (xf * xf.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()).to(x.dtype)
 
     @torch.inference_mode()
-    def start(self, input_ids: torch.Tensor, attention: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    def start(self, input_ids: torch.Tensor, attention: torch.Tensor, max_new_tokens: int,
+              static: bool | None = None) -> torch.Tensor:
+        """Prefill the prompts; returns the last logits. `static` (default: on CUDA unless RLHFKIT_CUDA_GRAPHS=0):
+        decode with fixed shapes through `step_all`, replaying a CUDA graph on CUDA (eagerly elsewhere, for tests)."""
+        # On CUDA the decode steps replay one CUDA graph (`_capture`): a step of a 16-layer model is ~250 kernels,
+        # whose launches from Python take longer than the memory-bound kernels themselves. Under autocast the
+        # weights are read in its dtype (what the trainer's forwards use), halving the bytes a step moves.
+        if static is None:
+            static = input_ids.is_cuda and os.environ.get("RLHFKIT_CUDA_GRAPHS", "1") != "0"
+        self.static = static
+        self.dtype = (torch.get_autocast_dtype("cuda") if input_ids.is_cuda and torch.is_autocast_enabled("cuda")
+                      else self.model.lm_head.weight.dtype)
+        with torch.autocast(input_ids.device.type, enabled=False):
+            logits = self._start(input_ids, attention, max_new_tokens)
+            self.static = self.static and self.rope is not None  # per-step rope (dynamic scaling): no graph
+            if self.static:
+                self._capture()
+        return logits
+
+    def _start(self, input_ids: torch.Tensor, attention: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         self._weights()
         # Identical prompt rows (GRPO's G samples of a prompt, best-of-n's n) are prefilled once and their cache
         # rows copied: the prefill is compute-bound and was a sixth of a 32-token rollout at G = 4.
@@ -141,7 +162,7 @@ class LlamaDecoder:
     def _prefill(self, input_ids, attention, max_new_tokens):
         B, P = input_ids.shape
         L = P + max_new_tokens
-        dtype, device = self.model.lm_head.weight.dtype, input_ids.device
+        dtype, device = self.dtype, input_ids.device
         shape = (B, self.n_kv, L, self.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
@@ -185,7 +206,7 @@ class LlamaDecoder:
     def _forward(self, ids, pos, bias):
         B, T = ids.shape
         nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
-        h = self.body.embed_tokens(ids)
+        h = self.body.embed_tokens(ids).to(self.dtype)
         cos, sin = (self.rope[0][pos], self.rope[1][pos]) if self.rope else self.body.rotary_emb(h, pos)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): broadcast over heads
         t0, t1 = self.t, self.t + T
@@ -201,7 +222,62 @@ class LlamaDecoder:
             g, u = self._norm_linear(h, w["ln2"], w["wgu"], w["bgu"]).chunk(2, -1)
             h = _linear(F.silu(g) * u, w["wd"], w["bd"], residual=h)
         self.t = t1
-        return self._norm_linear(h[:, -1], self.body.norm.weight, self.lm, self.model.lm_head.bias)
+        return self._norm_linear(h[:, -1], self.final_norm, self.lm, self.lm_bias)
+
+    # -- CUDA: one graph per rollout for every decode step
+    def _capture(self) -> None:
+        """Record one decode step as a CUDA graph over static buffers: the token fed (`ids`), the cache slot it
+        fills (`slot`) and its position (`pos`), all on the device, so a step is one replay and no host work.
+        The step attends to the whole preallocated cache under the additive bias (slots not yet written are -inf);
+        rows are never dropped (`keep` only before capture), so the shapes never change."""
+        B = self.k[0].shape[0]
+        self.ids = torch.zeros(B, dtype=torch.long, device=self.k[0].device)
+        self.slot = torch.full((1,), self.t, dtype=torch.long, device=self.ids.device)
+        self.pos = self.next_pos.clone()
+        self.graph = None
+        if not self.ids.is_cuda:
+            return  # eager static steps (tests on a CPU)
+        state = (self.slot.clone(), self.pos.clone(), self.bias.clone())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph (lazy kernel set-up), then undone
+            self._static_step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.slot.copy_(state[0]), self.pos.copy_(state[1]), self.bias.copy_(state[2])
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._static_step()
+
+    def _static_step(self) -> torch.Tensor:
+        nh, nkv, d = self.n_heads, self.n_kv, self.head_dim
+        B = self.ids.shape[0]
+        self.bias.index_fill_(3, self.slot, 0.0)  # this step's key becomes visible
+        h = self.body.embed_tokens(self.ids[:, None]).to(self.dtype)  # (B, 1, H)
+        cos, sin = self.rope[0][self.pos][:, None], self.rope[1][self.pos][:, None]  # (B, 1, 1, d)
+        for i, w in enumerate(self.layers):
+            qkv = self._norm_linear(h, w["ln1"], w["wqkv"], w["bqkv"]).view(B, 1, nh + 2 * nkv, d).transpose(1, 2)
+            qk = qkv[:, : nh + nkv]
+            qk = qk * cos + _rotate_half(qk) * sin
+            self.k[i].index_copy_(2, self.slot, qk[:, nh:])
+            self.v[i].index_copy_(2, self.slot, qkv[:, nh + nkv:])
+            a = F.scaled_dot_product_attention(qk[:, :nh], self.k[i], self.v[i], attn_mask=self.bias,
+                                               enable_gqa=nkv != nh)
+            h = _linear(a.transpose(1, 2).reshape(B, 1, nh * d), w["wo"], w["bo"], residual=h)
+            g, u = self._norm_linear(h, w["ln2"], w["wgu"], w["bgu"]).chunk(2, -1)
+            h = _linear(F.silu(g) * u, w["wd"], w["bd"], residual=h)
+        self.slot.add_(1)
+        self.pos.add_(1)
+        return self._norm_linear(h[:, -1], self.final_norm, self.lm, self.lm_bias)
+
+    @torch.inference_mode()
+    def step_all(self, ids: torch.Tensor) -> torch.Tensor:
+        """The static path's step: ids (B,) for EVERY row (finished ones included; their outputs are discarded).
+        Returns the next logits (B, V), a buffer the next step overwrites."""
+        self.ids.copy_(ids)
+        if self.graph is None:
+            return self._static_step()
+        self.graph.replay()
+        return self.logits
 
     def _norm_linear(self, x, g, w, b):
         """The projection w of RMSNorm(x) with weight g; with `fold`, g is already inside w."""

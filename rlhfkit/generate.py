@@ -152,6 +152,10 @@ def sample(model, prompt_ids: list[list[int]], eos_id: int, pad_id: int, max_new
     alive = torch.arange(B, device=device)  # rows still generating
     decoder = fastdecode.for_model(model) or _HFDecoder(model)
     logits = decoder.start(input_ids, attention, max_new_tokens)
+    if getattr(decoder, "static", False):
+        responses, has_eos = _sample_static(decoder, logits, eos_id, max_new_tokens, temperature, top_k, top_p,
+                                            generator)
+        max_new_tokens = 0  # done: skip the per-row loop below
     for t in range(max_new_tokens):
         logits = logits.float()  # (b, V)
         if temperature == 0:
@@ -177,6 +181,39 @@ def sample(model, prompt_ids: list[list[int]], eos_id: int, pad_id: int, max_new
     if was_training:
         model.train()
     return Samples(prompt_ids=[list(p) for p in prompt_ids], response_ids=responses, has_eos=has_eos)
+
+
+# Rows finished? is asked every this many steps: each question makes the host wait for the device.
+STOP_CHECK_EVERY = 8
+
+
+def _sample_static(decoder, logits: torch.Tensor, eos_id: int, max_new_tokens: int, temperature: float, top_k: int,
+                   top_p: float, generator) -> tuple[list[list[int]], list[bool]]:
+    """The CUDA-graph decoder's loop (fastdecode `step_all`): every row is fed at every step, tokens stay on the
+    device until the end, and the host checks for finished rows only every STOP_CHECK_EVERY steps. A row's tokens
+    after its first EOS are dropped, as in the per-row loop."""
+    B = logits.shape[0]
+    tokens = torch.empty(B, max_new_tokens, dtype=torch.long, device=logits.device)
+    done = torch.zeros(B, dtype=torch.bool, device=logits.device)
+    n = 0
+    for t in range(max_new_tokens):
+        logits = logits.float()
+        if temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            nxt = draw(_filter_logits(logits / temperature, top_k, top_p).softmax(-1), generator)
+        tokens[:, t] = nxt
+        done |= nxt == eos_id
+        n = t + 1
+        if n == max_new_tokens or (n % STOP_CHECK_EVERY == 0 and bool(done.all())):
+            break
+        logits = decoder.step_all(nxt)
+    responses, has_eos = [], []
+    for row in tokens[:, :n].tolist():
+        cut = row.index(eos_id) + 1 if eos_id in row else len(row)
+        responses.append(row[:cut])
+        has_eos.append(eos_id in row)
+    return responses, has_eos
 
 
 def run(cfg: Config) -> Path:

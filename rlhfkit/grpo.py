@@ -36,7 +36,7 @@ from .engine import Engine, StepSampler, seed_everything, setup_distributed, tot
 from .kl import kl_k1, kl_k3
 from .logprobs import masked_mean
 from .losses import aggregate, ppo_policy_loss
-from .modeling import TokenLogprobs, rows_layout
+from .modeling import TokenLogprobs, rows_layout, use_packed
 from .rollout import (OnlineConfig, as_reward_fn, build_monitor, check_batch, encode_prompts, load_prompts,
                       mean_over_ranks, micro_weight, rollout, rollout_generator)
 
@@ -118,6 +118,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
     sampler = StepSampler(len(prompts), cfg.rollout_batch_size, cfg.seed)
     n_steps = total_steps(cfg, sampler.steps_per_epoch * per_iter)
     engine = Engine(cfg, TokenLogprobs(policy), n_steps, name=estimator, dist_info=dist)
+    packed = use_packed(policy, dist.device)  # the GPU layout for the update's forwards (modeling.use_packed)
     dev = engine.dist.device
     reward = as_reward_fn(reward_fn, cfg.reward_model, cfg.reward_weights or None, dev, cfg.reward_batch_size)
     monitor = build_monitor(cfg, tokenizer, out, reward, ref, dist.is_main)
@@ -140,7 +141,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                          top_p=cfg.top_p, generator=rollout_generator(cfg.seed, it, dist.rank, dev),
                          forward_batch_size=cfg.micro_batch_size, ref_policy=ref, recompute_logprobs=not on_policy,
-                         share_prompt=cfg.share_prompt)
+                         share_prompt=cfg.share_prompt, autocast=engine.autocast)
             engine.count(gen_tokens=int(ro.lengths.sum()), gen_s=ro.gen_s)
             # 2. group-relative advantages (GRPO / Dr. GRPO / RLOO), one per completion
             adv = group_advantages(ro.scores, G, estimator, cfg.scale_rewards)
@@ -169,7 +170,8 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
                                   "policy/entropy", "kl/token", "kl/seq")}
         for micro in rows.split(cfg.micro_batch_size):
             b = ro.rows(micro)
-            lay = rows_layout(b["input_ids"], b["response_mask"], tokenizer.pad_token_id) if cfg.share_prompt else None
+            lay = (rows_layout(b["input_ids"], b["response_mask"], tokenizer.pad_token_id, packed)
+                   if cfg.share_prompt else None)
             with engine.autocast():
                 fwd = engine.model(b["input_ids"], b["attention"], b["response_mask"], cfg.temperature,
                                    with_entropy=True, layout=lay)

@@ -209,7 +209,8 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, decode=decode,
                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                          top_p=cfg.top_p, generator=rollout_generator(cfg.seed, it, dist.rank, dev),
-                         forward_batch_size=cfg.micro_batch_size, ref_policy=ref, value_fn=module.value)
+                         forward_batch_size=cfg.micro_batch_size, ref_policy=ref, value_fn=module.value,
+                         autocast=engine.autocast)
             engine.count(gen_tokens=int(ro.lengths.sum()), gen_s=ro.gen_s)
             # 2-5. KL-shaped rewards, GAE, whitening (with the beta of this iteration)
             beta = ctl.value

@@ -20,8 +20,9 @@ Tensor layout (docs/DESIGN.md): input_ids / attention / response_mask are (B, T)
 
 from __future__ import annotations
 
-import time
+import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,7 +32,7 @@ from . import data as data_lib
 from . import generate
 from .engine import TrainConfig
 from .losses import AGGREGATIONS
-from .modeling import TokenLogprobs, rows_layout
+from .modeling import TokenLogprobs, rows_layout, use_packed
 
 RewardFn = Callable[[list[Any], list[str]], dict[str, torch.Tensor]]
 
@@ -238,7 +239,8 @@ def chunked_logprobs(model: torch.nn.Module, input_ids, attention, response_mask
     with torch.inference_mode():  # cheaper per op than no_grad; the clone below makes the result a normal tensor
         for i in range(0, input_ids.shape[0], chunk):
             ids, att, rm = input_ids[i:i + chunk], attention[i:i + chunk], response_mask[i:i + chunk]
-            lay = rows_layout(ids, rm, share_prompt_pad_id) if share_prompt_pad_id is not None else None
+            lay = (rows_layout(ids, rm, share_prompt_pad_id, use_packed(lp.model, ids.device))
+                   if share_prompt_pad_id is not None else None)
             outs.append(lp(ids, att, rm, temperature, layout=lay)["logprobs"])
         out = torch.cat(outs)
     return out.clone()  # outside inference mode: the loss may save it for backward
@@ -253,7 +255,8 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
             eos_id: int, pad_id: int, decode: Callable[[list[int]], str], max_new_tokens: int,
             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
             forward_batch_size: int = 8, ref_policy: torch.nn.Module | None = None,
-            value_fn: Callable | None = None, recompute_logprobs: bool = True, share_prompt: bool = False) -> Rollout:
+            value_fn: Callable | None = None, recompute_logprobs: bool = True, share_prompt: bool = False,
+            autocast: Callable = contextlib.nullcontext) -> Rollout:
     """Sample one response per prompt (repeat prompts for several generations), score and annotate them.
 
     policy / ref_policy: HF causal LMs (or anything `generate.sample` and `TokenLogprobs` accept);
@@ -261,13 +264,16 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
     recompute_logprobs=False leaves `logprobs` zero: a trainer doing a single on-policy update uses its own
     forward's log-probs detached as the old ones (the ratio is then 1 by construction, and one forward is saved).
     share_prompt: the log-prob forwards share each prompt among its rows (exact; modeling.rows_layout).
+    autocast: the trainer's autocast (Engine.autocast): sampling and the log-prob forwards run in the precision
+    the update's forwards use, so the importance ratio starts at 1 there too.
     """
     if temperature <= 0:
         raise ValueError("online RL needs temperature > 0 (log-probs are divided by it)")
     device = next(policy.parameters()).device
     # 1. sample (left-padded prompts, KV cache, stop at EOS, truncated after it)
     t0 = time.perf_counter()
-    s = generate.sample(policy, prompt_ids, eos_id, pad_id, max_new_tokens, temperature, top_k, top_p, generator)
+    with autocast():
+        s = generate.sample(policy, prompt_ids, eos_id, pad_id, max_new_tokens, temperature, top_k, top_p, generator)
     gen_s = time.perf_counter() - t0
     # 2. right-padded prompt+response, response mask (EOS counts: it is an action)
     seqs = [p + r for p, r in zip(s.prompt_ids, s.response_ids)]
@@ -284,16 +290,17 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
     was_training = policy.training
     policy.eval()
     share_pad = pad_id if share_prompt else None
-    if recompute_logprobs:
-        logprobs = chunked_logprobs(policy, input_ids, attention, response_mask, temperature, forward_batch_size,
-                                    share_pad)
-    else:
-        logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=device)
-    ref = None
-    if ref_policy is not None:
-        ref = chunked_logprobs(ref_policy, input_ids, attention, response_mask, temperature, forward_batch_size,
-                               share_pad)
-    values = chunked(value_fn, input_ids, attention, forward_batch_size) if value_fn is not None else None
+    with autocast():
+        if recompute_logprobs:
+            logprobs = chunked_logprobs(policy, input_ids, attention, response_mask, temperature, forward_batch_size,
+                                        share_pad)
+        else:
+            logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=device)
+        ref = None
+        if ref_policy is not None:
+            ref = chunked_logprobs(ref_policy, input_ids, attention, response_mask, temperature, forward_batch_size,
+                                   share_pad)
+        values = chunked(value_fn, input_ids, attention, forward_batch_size) if value_fn is not None else None
     if was_training:
         policy.train()
     return Rollout(prompts=list(prompts), texts=texts, input_ids=input_ids, attention=attention,

@@ -62,8 +62,10 @@ def _matmul_path(path, monkeypatch) -> list:
         monkeypatch.setattr(fastdecode, "_SMALL_WEIGHT", 0)
     if path == "transposed":
         monkeypatch.setattr(fastdecode, "_KERNEL_ROWS", 0)
+    cpukernel.available()  # load (and self-test) the kernels first: those calls are not the decoder's
     seen, linear = [], cpukernel.linear
-    monkeypatch.setattr(cpukernel, "linear", lambda x, w, *rest: seen.append(tuple(w.shape)) or linear(x, w, *rest))
+    monkeypatch.setattr(cpukernel, "linear", lambda x, w, *rest, **kw: seen.append(tuple(w.shape)) or
+                        linear(x, w, *rest, **kw))
     return seen
 
 
@@ -189,3 +191,40 @@ def test_falls_back_where_it_does_not_apply(monkeypatch):
     # GPT-2 still samples, through transformers
     s = sample(gpt2.eval(), PROMPTS, eos_id=2, pad_id=0, max_new_tokens=3, temperature=0.0)
     assert all(len(r) <= 3 for r in s.response_ids)
+
+
+@pytest.mark.parametrize("name", ["llama", "llama-gqa", "llama-bias", "qwen2"])
+def test_static_steps_equal_transformers_at_every_step(name):
+    """The fixed-shape decode step that CUDA replays as a graph (`step_all`: every row fed, the whole cache attended
+    under the bias, the slot and position advanced on the device), run eagerly here: the transformers forward's
+    logits at every step, for left-padded prompts of different lengths and repeated prompts."""
+    model = MODELS[name]()
+    prompts = PROMPTS + [PROMPTS[1]]
+    ids, att = data_lib.pad_left(prompts, 0)
+    fast, hf = fastdecode.for_model(model), _HFDecoder(model)
+    torch.testing.assert_close(fast.start(ids, att, 5, static=True), hf.start(ids, att, 5), atol=1e-5, rtol=1e-5)
+    assert fast.static and fast.graph is None
+    toks = torch.tensor([3, 4, 5, 6, 7])
+    for t in range(5):
+        torch.testing.assert_close(fast.step_all(toks), hf.step(toks), atol=1e-5, rtol=1e-5)
+        toks = (toks * 7 + t) % 60 + 3
+    assert int(fast.slot) == ids.shape[1] + 5
+
+
+def test_static_sampling_loop_cuts_after_eos(monkeypatch):
+    """`_sample_static` (CUDA's loop: all rows every step, finished rows checked every few steps): greedy samples
+    equal the per-row loop's, each cut after its first EOS."""
+    from rlhfkit import generate
+
+    model = _llama(num_key_value_heads=2)
+    want = sample(model, PROMPTS, eos_id=2, pad_id=0, max_new_tokens=12, temperature=0.0)
+    start = fastdecode.LlamaDecoder.start
+    monkeypatch.setattr(fastdecode.LlamaDecoder, "start", lambda self, *a: start(self, *a, static=True))
+    monkeypatch.setattr(generate, "STOP_CHECK_EVERY", 3)
+    got = sample(model, PROMPTS, eos_id=2, pad_id=0, max_new_tokens=12, temperature=0.0)
+    assert got.response_ids == want.response_ids and got.has_eos == want.has_eos
+    # force EOS as a frequent token to exercise cutting: the eos id set to the first greedy token of row 0
+    eos = want.response_ids[0][0]
+    got = sample(model, PROMPTS, eos_id=eos, pad_id=0, max_new_tokens=12, temperature=0.0)
+    assert got.response_ids[0] == [eos] and got.has_eos[0]
+    assert all(r.count(eos) <= 1 and (r[-1] == eos) == e for r, e in zip(got.response_ids, got.has_eos))
