@@ -36,6 +36,9 @@ TRAINERS: dict[str, tuple[str, str, str, dict]] = {
 }
 
 
+ONLINE = ("ppo", "grpo", "rloo")  # their tokens mix generated and trained ones: no steady training MFU
+
+
 def _extra_options(args: list[str]) -> dict[str, str]:
     """`--key value` / `--flag` / `--no-flag` pairs -> {key: value} for the trainer's Config."""
     out: dict[str, str] = {}
@@ -57,6 +60,25 @@ def _extra_options(args: list[str]) -> dict[str, str]:
             i += 1
         out[key.replace("-", "_")] = val
     return out
+
+
+def matmul_peak_flops(device) -> float:
+    """The device's bf16 matmul rate, measured now (an 8192^3 product, 10 timed after 3 warm-ups): the peak that
+    `mfu` is a fraction of, so it reflects this device's clocks and power cap, not a datasheet."""
+    import torch
+
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 10 * 2 * n**3 / (start.elapsed_time(end) / 1e3)
 
 
 def bench_trainer(trainer: str, model: str, data: str, steps: int = 20, batch: int = 8, max_length: int = 256,
@@ -93,6 +115,20 @@ def bench_trainer(trainer: str, model: str, data: str, steps: int = 20, batch: i
     flops = 6 * n_params * t["tokens"] + 2 * n_params * t["gen_tokens"]
     import transformers
 
+    gpu = {}
+    if torch.cuda.is_available():
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20  # before the matmul probe allocates its own
+        peak = matmul_peak_flops(torch.device("cuda"))
+        # steady: the steps after the first (which pays for lazy kernel set-up and allocator growth)
+        cum, steps = t.get("step_tokens", []), t["step_s"]
+        steady_flops = None
+        if len(cum) > 1 and trainer not in ONLINE:
+            steady_flops = 6 * n_params * (cum[-1] - cum[0]) / sum(steps[1:])
+        gpu = {"peak_gpu_mib": round(peak_mib, 1),
+               "matmul_peak_tflops": round(peak / 1e12, 1), "mfu": round(flops / wall / peak, 4),
+               "mfu_steady": round(steady_flops / peak, 4) if steady_flops else None,
+               "device": torch.cuda.get_device_name()}
+
     return {
         "lib": "rlhfkit", "trainer": trainer, "model": model, "data": data, "n_params": n_params,
         "steps": t["steps_run"], "batch": batch, "max_length": max_length, "seed": seed, "threads": threads,
@@ -106,7 +142,7 @@ def bench_trainer(trainer: str, model: str, data: str, steps: int = 20, batch: i
         "model_flops_per_s": round(flops / wall, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         # on a GPU the model lives in device memory, which RSS does not see
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "peak_gpu_mib": None, **gpu,
         "extra": {k: v for k, v in overrides.items() if k not in ("output_dir", "progress")},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},

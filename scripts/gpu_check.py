@@ -68,6 +68,85 @@ def check_sample(model, prompts) -> None:
         raise SystemExit(f"greedy tokens differ: {out[0]} vs {out[1]}")
 
 
+def check_static(model, prompts, tol: float) -> float:
+    """The CUDA-graph decode steps (`start(static=True)`, `step_all`) against the transformers forward, 6 steps."""
+    dev = next(model.parameters()).device
+    fast, hf = fastdecode.for_model(model), _HFDecoder(model)
+    ids, att = data_lib.pad_left(prompts, 0)
+    ids, att = ids.to(dev), att.to(dev)
+    worst = (fast.start(ids, att, 6, static=True).float() - hf.start(ids, att, 6).float()).abs().max().item()
+    if not fast.static:
+        return float("nan")  # rope asked at every step (dynamic scaling): the eager steps, checked above
+    assert fast.graph is not None or dev.type != "cuda", "no CUDA graph was captured"
+    toks = torch.tensor([3, 4, 5, 6][: ids.shape[0]], device=dev)
+    for t in range(6):
+        a, b = fast.step_all(toks).float(), hf.step(toks).float()
+        worst = max(worst, (a - b).abs().max().item())
+        toks = (toks + 1) % 60 + 3
+    if worst > tol:
+        raise SystemExit(f"static decode logits differ by {worst:.3g} > {tol}")
+    return worst
+
+
+def check_docs_attention(dev: str) -> str:
+    """FlashAttention varlen (bf16, CUDA) against the padded-documents SDPA on the same documents, prompt-shared
+    ones included: outputs and the gradients of q, k, v."""
+    from rlhfkit import modeling
+
+    g = torch.Generator().manual_seed(0)
+    items = [([1] * p, [[2] * c for c in cs]) for p, cs in ((37, [5, 90]), (3, [1, 2]), (120, [64, 7]), (9, [33]))]
+    # build_packed over token runs: only the document structure matters here
+    items = [(list(range(len(p))), [list(range(len(c))) for c in cs]) for p, cs in items[:3]]
+    lay = modeling.build_packed(items)
+    T = lay.tokens
+    q, k, v = (torch.randn(1, 8, T, 64, generator=g).to(dev, torch.bfloat16).requires_grad_() for _ in range(3))
+    docs = lay.packed.to(dev)
+    outs = []
+    for flash in (True, False):
+        for x in (q, k, v):
+            x.grad = None
+        if flash:
+            if not modeling._varlen_usable(q[0].transpose(0, 1), 0.0):
+                return "varlen not usable here: " + str(modeling._varlen_fn())
+            o = modeling.docs_attention(q, k, v, docs, 64 ** -0.5)
+        else:
+            qq, kk, vv = (x[0].transpose(0, 1) for x in (q, k, v))
+            qq, kk, vv = (x.index_select(0, docs.doc_index) for x in (qq, kk, vv))
+            o = modeling._padded_docs_attention(qq, kk, vv, docs, 64 ** -0.5, 0.0).index_select(0, docs.out_index)[None]
+        (o.float() ** 2).sum().backward()
+        outs.append([o.float()] + [x.grad.float() for x in (q, k, v)])
+    worst = max((a - b).abs().max().item() / max(1.0, b.abs().max().item()) for a, b in zip(*outs))
+    if worst > 0.05:
+        raise SystemExit(f"varlen attention differs from padded SDPA by {worst:.3g} (relative)")
+    return f"varlen vs padded SDPA: max relative difference {worst:.2e} (out, dq, dk, dv)"
+
+
+def check_packed_logps(dev: str) -> str:
+    """DPO's packed layout against its row layout on a small Llama: summed log-probs, fp32 and bf16 autocast."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhfkit import dpo, modeling
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, head_dim=64)).to(dev).eval()
+    g = torch.Generator().manual_seed(1)
+    items = [(torch.randint(3, 60, (p,), generator=g).tolist(), [torch.randint(3, 60, (c,), generator=g).tolist()
+                                                                 for c in cs])
+             for p, cs in ((12, (5, 30)), (40, (8, 3)), (3, (17, 17)))]
+    res = []
+    for prec in ("fp32", "bf16"):
+        with torch.no_grad(), dpo.autocast_for(prec, torch.device(dev)):
+            a = dpo.run_layout(dpo.SequenceLogprobs(model), modeling.build_packed(items), dev).float()
+            b = dpo.run_layout(dpo.SequenceLogprobs(model), modeling.build_layout(items, 0), dev).float()
+        tol = 1e-3 if prec == "fp32" else 0.5  # bf16: sums over ~30 tokens of bf16-rounded log-probs
+        err = (a - b).abs().max().item()
+        if err > tol:
+            raise SystemExit(f"packed log-probs differ from rows ({prec}) by {err:.3g}: {a.tolist()} vs {b.tolist()}")
+        res.append(f"{prec} {err:.2e}")
+    return "packed vs row layout log-probs: " + ", ".join(res)
+
+
 def main() -> None:
     dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"  # `cpu` runs the same checks here, to test this script
     if dev == "cuda" and not torch.cuda.is_available():
@@ -79,7 +158,12 @@ def main() -> None:
         fp32 = check_logits(model, prompts, tol=1e-4)
         check_sample(model, prompts)
         bf16 = check_logits(model.to(torch.bfloat16), prompts, tol=0.1)
-        print(f"{name}: fp32 max |dlogit| {fp32:.2e}, bf16 {bf16:.2e}, greedy tokens equal: ok")
+        static = check_static(model.float(), prompts, tol=1e-4)
+        static_bf16 = check_static(model.to(torch.bfloat16), prompts, tol=0.1)
+        print(f"{name}: fp32 max |dlogit| {fp32:.2e}, bf16 {bf16:.2e}, static/graph fp32 {static:.2e} "
+              f"bf16 {static_bf16:.2e}, greedy tokens equal: ok")
+    print(check_docs_attention(dev))
+    print(check_packed_logps(dev))
     print(f"all checks passed on {dev}")
 
 

@@ -197,3 +197,21 @@ def test_checkpoint_pruned_while_read_counts_as_incomplete(tmp_path, monkeypatch
     monkeypatch.setattr(Path, "stat", vanished)
     assert checkpoint.complete_checkpoints(tmp_path) == []
     assert checkpoint.latest(tmp_path) is None
+
+
+def test_gradient_checkpointing_gives_the_same_training(toy_dir, tmp_path):
+    """--gradient-checkpointing recomputes activations in the backward pass: the same losses and weights, on the
+    SFT path and the DPO layout path (keyword arguments reach the attention through the checkpointed layers)."""
+    from rlhfkit import dpo, sft
+    from conftest import write_jsonl
+    from test_dpo import pref_rows
+
+    pref = write_jsonl(tmp_path / "pref.jsonl", pref_rows(16))
+    for name, train, kw in (("sft", sft, dict(data=str(toy_dir / "sft.jsonl"))),
+                            ("dpo", dpo, dict(data=str(pref), max_length=48))):
+        runs = []
+        for gc in (False, True):
+            c = train.Config(model=str(toy_dir / "model"), output_dir=str(tmp_path / f"{name}{gc}"), max_steps=3,
+                             micro_batch_size=4, learning_rate=1e-3, progress=False, gradient_checkpointing=gc, **kw)
+            runs.append([r["train/loss"] for r in read_metrics(train.train(c))])
+        assert runs[0] == pytest.approx(runs[1], rel=1e-5), name
