@@ -5,7 +5,7 @@
 source scripts/gpu/common.sh
 T0=$SECONDS; BUDGET=${BUDGET:-520}
 nvidia-smi -L; python3 -c "import torch, transformers, trl; print(torch.__version__, transformers.__version__, trl.__version__)"
-timeout 120 python3 scripts/gpu_check.py > $OUT/gpu_check.txt 2>&1; echo "gpu_check rc $?"; tail -4 $OUT/gpu_check.txt
+[ "${PHASE:-a}" = a ] && { timeout 120 python3 scripts/gpu_check.py > $OUT/gpu_check.txt 2>&1; echo "gpu_check rc $?"; tail -9 $OUT/gpu_check.txt; }
 python3 .gpu/make_tiny.py --out /tmp/bd > /dev/null && \
   python3 .gpu/make_gpu_workload.py --tiny /tmp/bd --out /tmp/gw --data .gpu/data/hh_rlhf > /dev/null || exit 1
 echo "workload ready at $((SECONDS - T0)) s"
@@ -21,17 +21,21 @@ run() {  # name, command...: one JSON line to $OUT/gpu_bench.jsonl and a short s
     grep '^{' /tmp/o.txt | tail -1 | tee -a $OUT/gpu_bench.jsonl | python3 -c "import json,sys; r=json.load(sys.stdin); print('$name', {k: r.get(k) for k in ('samples_per_s','steady_step_s','peak_gpu_mib','mfu','mfu_steady','gen_tokens_per_s','gen_s','wall_s','final_loss')})"
   else echo "FAIL $name"; tail -25 /tmp/e.txt; tail -80 /tmp/e.txt > $OUT/fail_$name.txt; fi
 }
-run dpo $RK bench dpo $PREF --precision bf16 --loss sigmoid
-run trl-dpo $TRL dpo --gpu $PREF --results /dev/null
-run sft $RK bench sft $SFT --precision bf16
-run trl-sft $TRL sft --gpu $SFT --results /dev/null
-run grpo $RK bench grpo $RL --precision bf16 --beta 0.04
-run trl-grpo $TRL grpo --gpu $RL --beta 0.04 --results /dev/null
-run kto $RK bench kto $PREF --precision bf16
-run trl-kto $TRL kto --gpu $PREF --results /dev/null
-run rm $RK bench rm $PREF --precision bf16 --normalize false
-run trl-rm $TRL reward --gpu $PREF --results /dev/null
-run rloo $RK bench rloo $RL --precision bf16 --beta 0.05
-run ppo $RK bench ppo $RL --precision bf16
-run trl-rloo $TRL rloo --gpu $RL --beta 0.05 --results /dev/null
+if [ "${PHASE:-a}" = a ]; then  # the three trainers measured before, DPO first
+  run dpo $RK bench dpo $PREF --precision bf16 --loss sigmoid
+  run trl-dpo $TRL dpo --gpu $PREF --results /dev/null
+  run sft $RK bench sft $SFT --precision bf16
+  run trl-sft $TRL sft --gpu $SFT --results /dev/null
+  run grpo $RK bench grpo $RL --precision bf16 --beta 0.04
+  run trl-grpo $TRL grpo --gpu $RL --beta 0.04 --results /dev/null
+else  # the rest, and the memory options
+  run kto $RK bench kto $PREF --precision bf16
+  run trl-kto $TRL kto --gpu $PREF --results /dev/null
+  run rm $RK bench rm $PREF --precision bf16 --normalize false
+  run trl-rm $TRL reward --gpu $PREF --results /dev/null
+  run rloo $RK bench rloo $RL --precision bf16 --beta 0.05
+  run trl-rloo $TRL rloo --gpu $RL --beta 0.05 --results /dev/null
+  run ppo $RK bench ppo $RL --precision bf16
+  run dpo-gc $RK bench dpo $PREF --precision bf16 --loss sigmoid --gradient-checkpointing true
+fi
 echo "done at $((SECONDS - T0)) s"
