@@ -240,13 +240,18 @@ class LlamaDecoder:
         state = (self.slot.clone(), self.pos.clone(), self.bias.clone())
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph (lazy kernel set-up), then undone
-            self._static_step()
+        # capture_begin/end directly: the torch.cuda.graph context also synchronises and empties the allocator's
+        # device and pinned-host caches, which the training step after this rollout would pay to refill
+        with torch.cuda.stream(side):
+            self._static_step()  # warm-up outside the graph (lazy kernel set-up), then undone
+            self.slot.copy_(state[0]), self.pos.copy_(state[1]), self.bias.copy_(state[2])
+            self.graph = torch.cuda.CUDAGraph()
+            self.graph.capture_begin()
+            try:
+                self.logits = self._static_step()
+            finally:
+                self.graph.capture_end()
         torch.cuda.current_stream().wait_stream(side)
-        self.slot.copy_(state[0]), self.pos.copy_(state[1]), self.bias.copy_(state[2])
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._static_step()
 
     def _static_step(self) -> torch.Tensor:
         nh, nkv, d = self.n_heads, self.n_kv, self.head_dim

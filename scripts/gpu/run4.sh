@@ -28,7 +28,8 @@ if [ "${PHASE:-a}" = a ]; then  # the three trainers measured before, DPO first
   run trl-sft $TRL sft --gpu $SFT --results /dev/null
   run grpo $RK bench grpo $RL --precision bf16 --beta 0.04
   run trl-grpo $TRL grpo --gpu $RL --beta 0.04 --results /dev/null
-else  # the rest, and the memory options
+else  # generation's parts, the rest of the trainers, then where an SFT step spends its time
+  timeout 70 python3 scripts/gpu/gen_bench.py /tmp/gw/big /tmp/bd/rl_prompts.jsonl 16 64 2>&1 | tail -4 | tee $OUT/gen_bench.jsonl
   run kto $RK bench kto $PREF --precision bf16
   run trl-kto $TRL kto --gpu $PREF --results /dev/null
   run rm $RK bench rm $PREF --precision bf16 --normalize false
@@ -36,6 +37,9 @@ else  # the rest, and the memory options
   run rloo $RK bench rloo $RL --precision bf16 --beta 0.05
   run trl-rloo $TRL rloo --gpu $RL --beta 0.05 --results /dev/null
   run ppo $RK bench ppo $RL --precision bf16
-  run dpo-gc $RK bench dpo $PREF --precision bf16 --loss sigmoid --gradient-checkpointing true
+  if [ $((SECONDS - T0)) -lt 330 ]; then
+    timeout 80 python3 scripts/gpu/profile_step.py sft $SFT --steps 5 --precision bf16 > $OUT/profile_sft.txt 2>&1
+    head -28 $OUT/profile_sft.txt
+  fi
 fi
 echo "done at $((SECONDS - T0)) s"

@@ -23,6 +23,9 @@ class Tee:
 sys.stdout = Tee()
 try:
     runpy.run_path(".gpu/trl_bench.py", run_name="__main__")
+except SystemExit as e:  # trl_bench ends with sys.exit
+    if e.code not in (None, 0):
+        raise
 finally:
     sys.stdout = real_stdout
 rec = json.loads([x for x in "".join(lines).splitlines() if x.startswith("{")][-1])
