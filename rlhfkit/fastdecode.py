@@ -102,7 +102,7 @@ class LlamaDecoder:
         lm = self.model.lm_head.weight
         self.fold = (lm.dtype == torch.float32 and lm.device.type == "cpu" and cpukernel.available()
                      and lm.numel() > _SMALL_WEIGHT)
-        cast = (lambda t: t if t is None else t.to(self.dtype)) if self.static else (lambda t: t)
+        cast = lambda t: t if t is None else t.to(self.dtype)  # noqa: E731  (a no-op in the weights' own dtype)
         self.layers = []
         for layer in self.body.layers:
             a, m = layer.self_attn, layer.mlp

@@ -19,6 +19,9 @@ class Tee:
     def flush(self):
         real_stdout.flush()
 
+    def __getattr__(self, name):  # isatty, fileno, encoding ...: the real stream's
+        return getattr(real_stdout, name)
+
 
 sys.stdout = Tee()
 try:
