@@ -359,6 +359,35 @@ def test_body_size_limit(tmp_path):
     assert c.post("/api/login", content=chunks, headers={"Content-Type": "application/json"}).status_code in (400, 413)
 
 
+# -- input Python's json accepts and standard JSON does not --------------------------------------------------
+NON_STANDARD = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b'{"name": NaN, "token": "x"}',
+                b'{"name": "a", "token": "x", "extra": [1, -Infinity]}', b'{"name": "\\ud800", "token": "x"}',
+                b'{"name": "a", "token": ' + b"1" * 5000 + b"}",  # over Python's 4300-digit int limit
+                b'{"rows": [{"prompt": "p", "responses": ["a", Infinity]}]}', b'{"item_id": 1e400}']
+BODY_ROUTES = ["/api/login"] + [path for method, path, body in ROUTES if method == "POST" and path not in
+                                ("/api/logout", "/api/next")]  # those two take no body
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+def test_non_standard_json_is_422_on_every_body_route(env, path):
+    """NaN, +-Infinity, 1e999 (infinity once parsed), a lone surrogate escape, an over-long integer: a 422 that
+    says what is wrong, for an admin and for nobody, never a 500."""
+    admin, nobody = env.client("boss"), env.client()
+    for body in NON_STANDARD:
+        for c in (admin, nobody):
+            r = c.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 422, (path, body, r.status_code, r.text[:200])
+            assert "JSON" in r.json()["detail"], r.text
+    assert admin.get("/api/me").status_code == 200  # the session survives
+
+
+def test_validation_errors_do_not_echo_the_input(env):
+    # A bad login body can carry a real token; a 422 says where and what, without sending the input back.
+    r = env.client().post("/api/login", json={"token": env.tokens["ann"]})  # no name
+    assert r.status_code == 422 and env.tokens["ann"] not in r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "name"]
+
+
 # -- items parsing, store, CLI -----------------------------------------------------------------------------------
 def test_parse_rows_formats():
     items, warnings = parse_rows([

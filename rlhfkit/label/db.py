@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -93,6 +94,52 @@ CREATE INDEX IF NOT EXISTS labels_by_user ON labels (user_id, id);
 """
 
 CHOICES = ("left", "right", "tie", "both_bad", "skip", "rank")
+
+
+class JSONInputError(ValueError):
+    """Input that Python's json module parses but standard JSON (RFC 8259) does not allow, or cannot be stored."""
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str) -> Any:
+    raise JSONInputError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # 1e999 is valid JSON syntax, but Python reads it as infinity
+        raise JSONInputError(f"the number {literal[:40]} is out of range (it overflows to infinity)")
+    return value
+
+
+def strict_json_loads(data: str | bytes) -> Any:
+    """json.loads for standard JSON only. Python's parser also accepts NaN, Infinity and -Infinity, turns 1e999
+    into infinity and keeps lone UTF-16 surrogates ("\\ud800"); none of these can be written back as standard
+    JSON or UTF-8, so storing or echoing them fails later, far from the input. They are refused here, as
+    `JSONInputError` with a message naming the problem (a syntax error stays a json.JSONDecodeError)."""
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise JSONInputError(f"not UTF-8 (byte {e.start})") from None
+    try:
+        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise JSONInputError("nested too deeply") from None
+    except (json.JSONDecodeError, JSONInputError):
+        raise
+    except ValueError as e:  # an integer over Python's 4300-digit limit
+        raise JSONInputError(str(e)) from None
+    if _SURROGATE_ESCAPE.search(data):
+        # Escaped pairs decode to one character; only an unpaired half fails to encode.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JSONInputError("a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), "
+                                 "which is not a Unicode character") from None
+    return value
 
 
 class StoreError(Exception):
@@ -196,15 +243,20 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a .jsonl file (or a .json list); a line that is not JSON is an error naming the line."""
     text = Path(path).read_text(encoding="utf-8")
     if Path(path).suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = strict_json_loads(text)
+        except JSONInputError as e:
+            raise ValueError(f"{path}: not standard JSON ({e})") from None
         return data if isinstance(data, list) else [data]
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                rows.append(strict_json_loads(line))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+            except JSONInputError as e:
+                raise ValueError(f"{path}:{n}: not standard JSON ({e})") from None
     return rows
 
 

@@ -35,14 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from . import auth
 from .agreement import agreement_report, gold_agreement
-from .db import Store, StoreError, message_text, open_store, parse_rows, read_jsonl
+from .db import JSONInputError, Store, StoreError, message_text, open_store, parse_rows, read_jsonl, strict_json_loads
 from .export import export_jsonl, export_rows
 from .livemodel import LiveModel
 
@@ -174,6 +176,43 @@ class SecurityHeaders:
         await self.app(scope, capped_receive, send_with_headers)
 
 
+class StrictJSONRequest(Request):
+    """A request whose JSON body must be standard JSON: NaN, Infinity, 1e999 or a lone surrogate is a 422 here,
+    before any handler (or the 422 handler, which would echo the value) meets a float or string that cannot be
+    encoded again."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = strict_json_loads(await self.body())
+            except JSONInputError as e:
+                # An HTTPException is what FastAPI passes through from body parsing (anything else becomes a 400).
+                raise HTTPException(422, f"request body is not standard JSON: {e}") from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler
+
+
+def _validation_errors(errors: list[dict]) -> list[dict]:
+    """Where and what for each invalid field, without the input: it may be a token, or megabytes long."""
+    out = []
+    for e in errors:
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "json_invalid" and "error" in e.get("ctx", {}):
+            msg = f"{msg}: {e['ctx']['error']}"
+        out.append({"loc": [x if isinstance(x, int) else str(x) for x in e.get("loc", ())], "msg": str(msg),
+                    "type": str(e.get("type", ""))})
+    return out
+
+
 async def _plain(send, status: int, body: bytes):
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json")] + SECURITY_HEADERS})
@@ -210,6 +249,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="rlhfkit label", version="1", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", lifespan=lifespan)
+    app.router.route_class = StrictJSONRoute  # before any route is added
     app.state.store, app.state.model, app.state.cfg, app.state.sessions = store, model, cfg, sessions
     app.state.imported = imported
     app.add_middleware(SecurityHeaders, max_body=cfg.max_body_bytes)
@@ -218,6 +258,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.exception_handler(HttpError)
     async def _http_error(_req, e: HttpError):
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req, e: RequestValidationError):
+        # ensure_ascii: a field name from the body cannot break the encoding of its own error message
+        body = json.dumps({"detail": _validation_errors(e.errors())}, ensure_ascii=True, default=str)
+        return Response(body, status_code=422, media_type="application/json")
 
     @app.exception_handler(StoreError)
     async def _store_error(_req, e: StoreError):

@@ -1,0 +1,37 @@
+"""The labelling app behind a real `rlhfkit label serve` process, for what only a real HTTP server shows: whether
+a bad request leaves its keep-alive connection usable, chunked bodies without Content-Length, and which client
+address the login rate limit sees (uvicorn, not the app, reads proxy headers unless told not to)."""
+
+from __future__ import annotations
+
+import http.client
+
+import pytest
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("httpx")
+
+from rlhfkit.label.loadgen import Server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("http")
+    with Server(d / "labels.sqlite", log=d / "server.log") as srv:
+        yield srv
+
+
+def test_non_standard_json_is_422_and_the_connection_stays_open(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    for body in (b"NaN", b'{"name": NaN, "token": "x"}', b'{"name": "a", "token": "x", "n": -Infinity}'):
+        conn.request("POST", "/api/login", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        text = r.read()
+        assert r.status == 422 and b"not standard JSON" in text, (body, r.status, text[:200])
+        sock = conn.sock
+        assert sock is not None, "the server closed the connection after the 422"
+        conn.request("GET", "/api/health")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, b'{"ok":true}')
+        assert conn.sock is sock  # the same TCP connection answered
+    conn.close()
