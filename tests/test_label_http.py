@@ -35,3 +35,22 @@ def test_non_standard_json_is_422_and_the_connection_stays_open(server):
         assert (r.status, r.read()) == (200, b'{"ok":true}')
         assert conn.sock is sock  # the same TCP connection answered
     conn.close()
+
+
+def test_chunked_body_over_the_limit_is_413(server):
+    """No Content-Length (chunked transfer): the server stops reading at the 16 MiB cap and answers 413."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    chunks = (b" " * 2**20 for _ in range(17))
+    try:
+        conn.request("POST", "/api/login", body=chunks, encode_chunked=True,
+                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may stop reading once it has answered; the answer is still there to read
+    r = conn.getresponse()
+    assert r.status == 413 and r.read() == b'{"detail":"request body too large"}'
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/api/login", body=(b" " * 1000 for _ in range(3)), encode_chunked=True,
+                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert conn.getresponse().status == 422  # under the cap: read and parsed (blank is not JSON)
+    conn.close()

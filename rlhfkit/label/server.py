@@ -141,7 +141,11 @@ class User:
 
 
 class SecurityHeaders:
-    """Pure ASGI middleware: security headers on every response, no-store on the API, a request-body cap."""
+    """Pure ASGI middleware: security headers on every response, no-store on the API, a request-body cap.
+
+    The body is read here, up to the cap, before the app runs: a body without Content-Length (chunked) that
+    goes over is answered 413 like one that declares its size. (Cutting it off under the app instead would
+    surface inside FastAPI's body parsing, which reports any read error as a 400.)"""
 
     def __init__(self, app, max_body: int):
         self.app = app
@@ -154,16 +158,24 @@ class SecurityHeaders:
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
                 return await _plain(send, 413, b'{"detail":"request body too large"}')
-        seen = 0
-
-        async def capped_receive():
-            nonlocal seen
+        chunks, seen, more = [], 0, True
+        while more:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_body:
-                    raise HttpError(413, "request body too large")
-            return msg
+            if msg["type"] != "http.request":  # the client went away
+                return
+            chunks.append(msg.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_body:
+                return await _plain(send, 413, b'{"detail":"request body too large"}')
+            more = msg.get("more_body", False)
+        body: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay_receive():
+            nonlocal body
+            if body is not None:
+                msg, body = body, None
+                return msg
+            return await receive()  # after the body: disconnect notices, for streamed responses
 
         async def send_with_headers(msg):
             if msg["type"] == "http.response.start":
@@ -173,7 +185,7 @@ class SecurityHeaders:
                 msg = {**msg, "headers": headers}
             await send(msg)
 
-        await self.app(scope, capped_receive, send_with_headers)
+        await self.app(scope, replay_receive, send_with_headers)
 
 
 class StrictJSONRequest(Request):
