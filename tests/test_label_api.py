@@ -336,6 +336,59 @@ def test_admin_users_and_items(env):
     assert body["added"] == 2 and body["parsed"] == 3 and len(body["warnings"]) == 2  # duplicate row added once
 
 
+BAD_ITEMS = [  # (row, the field its 422 must name)
+    ({"id": "x1", "prompt": "p", "responses": [1, None, [{"role": "assistant", "content": "c"}]]}, "responses[0]"),
+    ({"prompt": "p", "responses": ["a", None]}, "responses[1]"),
+    ({"prompt": "p", "responses": ["a", []]}, "responses[1]"),
+    ({"prompt": "p", "responses": ["a", {"role": "assistant", "content": "c"}]}, "responses[1]"),
+    ({"prompt": 5, "responses": ["a", "b"]}, "prompt"),
+    ({"prompt": [{"role": "user", "content": 3}], "responses": ["a", "b"]}, "prompt[0].content"),
+    ({"prompt": [{"content": "hi"}], "responses": ["a", "b"]}, "prompt[0].role"),
+    ({"prompt": "p", "chosen": "c", "rejected": [7]}, "rejected[0]"),
+    ({"prompt": "p", "completion": {"text": "c"}}, "completion"),
+    ({"id": {"a": 1}, "prompt": "p", "responses": ["a", "b"]}, "id"),
+    ({"id": True, "prompt": "p", "responses": ["a", "b"]}, "id"),
+    ({"kind": ["math"], "prompt": "p", "responses": ["a", "b"]}, "kind"),
+]
+
+
+@pytest.mark.parametrize("row,field", BAD_ITEMS, ids=[f for _, f in BAD_ITEMS])
+def test_admin_items_refuses_bad_shapes(env, row, field):
+    """A response or prompt that is not a string or a list of {role, content} string messages (shown as "1" or
+    "None" before) is a 422 naming the row and the field; nothing from the request is added."""
+    before = env.store.progress(1)["items"]
+    r = env.client("boss").post("/api/admin/items", json={"rows": [{"prompt": "ok", "responses": ["a", "b"]}, row]})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("row 2") and f"{field}:" in detail, detail
+    assert env.store.progress(1)["items"] == before
+
+
+def test_item_size_is_capped_on_import(env):
+    boss = env.client("boss")
+    big = {"id": "big", "prompt": "p", "responses": ["a", "x" * 2**20]}
+    r = boss.post("/api/admin/items", json={"rows": [big]})
+    assert r.status_code == 413 and "row 1 (id 'big')" in r.json()["detail"] and "1 MiB" in r.json()["detail"]
+    ok = {"id": "fits", "prompt": "p", "responses": ["a", "x" * (2**20 - 100)]}
+    assert boss.post("/api/admin/items", json={"rows": [ok]}).json()["added"] == 1
+
+
+def test_cli_import_bad_items_is_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.label.cli import app
+
+    db = str(tmp_path / "c.sqlite")
+    for name, line, want in [("shape", json.dumps({"prompt": "p", "responses": ["a", None]}), "row 1: responses[1]"),
+                             ("nan", '{"prompt": "p", "responses": ["a", NaN]}', "not standard JSON"),
+                             ("big", json.dumps({"prompt": "p", "responses": ["a", "x" * 2**21]}), "1 MiB")]:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(line + "\n")
+        r = CliRunner().invoke(app, ["import", str(path), "--db", db])
+        assert r.exit_code == 2 and want in r.output and "Traceback" not in r.output, (name, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
 def test_progress_and_stats(env):
     ann, bob = env.client("ann"), env.client("bob")
     for _ in range(4):

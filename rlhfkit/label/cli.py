@@ -112,7 +112,11 @@ def import_items(
     """Add items to the database (items already there are left alone)."""
     from .db import parse_rows, read_jsonl
 
-    parsed, warnings = parse_rows(read_jsonl(path))
+    try:
+        parsed, warnings = parse_rows(read_jsonl(path))
+    except ValueError as e:  # a line that is not (standard) JSON, a field of the wrong shape, an item too big
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     for w in warnings[:20]:
         typer.echo(f"warning: {w}", err=True)
     added = open_db(db).add_items(parsed)

