@@ -171,6 +171,85 @@ def test_login_rate_limit(env):
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
 
 
+def test_wrong_tokens_from_elsewhere_do_not_lock_out_the_user(env):
+    """Failures count per (name, address): a stranger's wrong tokens for bob slow the stranger, not bob."""
+    stranger = TestClient(env.app, client=("203.0.113.9", 40000))
+    codes = [stranger.post("/api/login", json={"name": "bob", "token": "guess"}).status_code for _ in range(12)]
+    assert codes[:3] == [401] * 3 and 429 in codes
+    bob = TestClient(env.app, client=("198.51.100.20", 40000))
+    assert bob.post("/api/login", json={"name": "bob", "token": env.tokens["bob"]}).status_code == 200
+    # Users behind the stranger's address are not locked out either.
+    ann_there = TestClient(env.app, client=("203.0.113.9", 40001))
+    assert ann_there.post("/api/login", json={"name": "ann", "token": env.tokens["ann"]}).status_code == 200
+
+
+def limited_app(tmp_path, **cfg):
+    app = create_app(ServerConfig(db=str(tmp_path / "rl.sqlite"), live_model=False, **cfg))
+    token = auth.new_token()
+    app.state.store.add_user("bob", "annotator", auth.hash_token(token))
+    return app, token
+
+
+def test_per_address_limit_counts_every_name(tmp_path):
+    """One address rotating names: after login_max_failures_per_address failures in the window, 429 for any name
+    from that address (scrypt is not run for it); other addresses are unaffected."""
+    app, token = limited_app(tmp_path, login_max_failures=3, login_max_failures_per_address=5)
+    here = TestClient(app, client=("203.0.113.9", 40000))
+    codes = [here.post("/api/login", json={"name": f"nobody{i}", "token": "x"}).status_code for i in range(6)]
+    assert codes == [401] * 5 + [429]
+    r = here.post("/api/login", json={"name": "bob", "token": token})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert TestClient(app, client=("198.51.100.20", 1)).post("/api/login", json={"name": "bob", "token": token}).status_code == 200
+
+
+@pytest.mark.parametrize("trusted", [(), ("127.0.0.1",)])
+def test_x_forwarded_for_is_believed_only_from_trusted_proxies(tmp_path, trusted):
+    """Rotating X-Forwarded-For from 127.0.0.1 bypasses nothing unless 127.0.0.1 is a named proxy; from a named
+    proxy, the nearest untrusted hop counts (a client-written entry further left does not)."""
+    app, token = limited_app(tmp_path, login_max_failures=3, login_max_failures_per_address=5, trusted_proxies=trusted)
+    local = TestClient(app, client=("127.0.0.1", 40000))
+    codes = [local.post("/api/login", json={"name": f"n{i}", "token": "x"},
+                        headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(8)]
+    assert (429 in codes) == (not trusted), codes
+    if trusted:  # the proxy appended the real peer (192.0.2.1) after whatever the client sent
+        codes = [local.post("/api/login", json={"name": f"m{i}", "token": "x"},
+                            headers={"X-Forwarded-For": f"10.1.0.{i}, 192.0.2.1"}).status_code for i in range(6)]
+        assert codes == [401] * 5 + [429]
+
+
+def test_trusted_proxies_must_be_addresses(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.label.cli import app
+
+    with pytest.raises(ValueError, match="trusted proxies"):
+        create_app(ServerConfig(db=str(tmp_path / "x.sqlite"), live_model=False, trusted_proxies=("proxy.local",)))
+    r = CliRunner().invoke(app, ["serve", "--db", str(tmp_path / "x.sqlite"), "--trusted-proxies", "10.0.0.0/8,nope"])
+    assert r.exit_code == 2 and "'nope' is not an IP address" in r.output
+
+
+def test_login_limiter_backoff_and_reset():
+    """Per (name, address): after `free` failures a wait of 1 s, doubling with each further failure (at most
+    max_wait_s); a success clears it; after the wait plus a quiet window the count starts over."""
+    now = [1000.0]
+    lim = auth.LoginLimiter(free_failures=2, max_wait_s=5, per_address=100, window_s=60, clock=lambda: now[0])
+    waits = []
+    for _ in range(6):
+        waits.append(lim.wait("bob", "a"))
+        now[0] += waits[-1]  # the client waits as told, then fails again
+        lim.fail("bob", "a")
+    assert waits == [0, 0, 1, 2, 4, 5]
+    assert lim.wait("bob", "a") == 5 and lim.wait("bob", "b") == 0 and lim.wait("ann", "a") == 0  # capped
+    lim.succeed("bob", "a")
+    assert lim.wait("bob", "a") == 0
+    for _ in range(2):
+        lim.fail("ann", "a")
+    assert lim.wait("ann", "a") == 1
+    now[0] += 1 + 60 + 0.1  # the wait, then a quiet window
+    lim.fail("ann", "a")
+    assert lim.wait("ann", "a") == 0  # one failure in a fresh count
+
+
 def test_secret_file_is_0600_and_tokens_hashed(env):
     secret = Path(env.cfg.db + ".secret")
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_bytes()) == 32

@@ -39,7 +39,8 @@ def _make_env():
     items.write_text("".join(json.dumps({"id": f"f{i}", "prompt": "<script>x</script>", "responses": ["a", "b"]}) + "\n"
                              for i in range(50)))
     app = create_app(ServerConfig(db=str(d / "f.sqlite"), items=str(items), retrain_every=5, live_model=False,
-                                  login_max_failures=10_000, export_dir=str(d / "exports")))
+                                  login_max_failures=10_000, login_max_failures_per_address=10_000,
+                                  export_dir=str(d / "exports")))
     token = auth.new_token()
     app.state.store.add_user("root", "admin", auth.hash_token(token))
     client = TestClient(app)

@@ -54,3 +54,25 @@ def test_chunked_body_over_the_limit_is_413(server):
                  headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
     assert conn.getresponse().status == 422  # under the cap: read and parsed (blank is not JSON)
     conn.close()
+
+
+def _logins_until_429(srv: Server, n: int) -> list[int]:
+    """n failed logins, each with another name and another X-Forwarded-For, as one client on 127.0.0.1."""
+    import httpx
+
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        return [c.post("/api/login", json={"name": f"nobody{i}", "token": "x"},
+                       headers={"X-Forwarded-For": f"10.9.{i // 250}.{i % 250 + 1}"}).status_code for i in range(n)]
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_rotating_x_forwarded_for_does_not_bypass_the_login_limit(tmp_path, trusted):
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 by default; `serve` must not, unless told with
+    --trusted-proxies. 35 failures from one address are over the per-address limit (30 per 5 minutes)."""
+    args = ("--trusted-proxies", "127.0.0.1") if trusted else ()
+    with Server(tmp_path / "labels.sqlite", log=tmp_path / "server.log", args=args) as srv:
+        codes = _logins_until_429(srv, 35)
+    if trusted:
+        assert codes == [401] * 35  # 35 distinct client addresses, as the named proxy says
+    else:
+        assert codes[:30] == [401] * 30 and codes[30:] == [429] * 5

@@ -83,8 +83,15 @@ class ServerConfig:
     session_ttl_s: float = 7 * 24 * 3600
     secure_cookies: bool = False
     """Mark the session cookie Secure (set when serving over https, e.g. behind a TLS proxy)."""
-    login_max_failures: int = 10
+    login_max_failures: int = 5
+    """Failed logins for one name from one address; then the next try there waits 1 s, doubling per failure."""
+    login_max_failures_per_address: int = 30
+    """Failed logins from one address (any names) per login_window_s; past that, every login from it waits."""
     login_window_s: float = 300.0
+    """The per-address window, and the longest backoff for a (name, address)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks of reverse proxies whose X-Forwarded-For names the client (default: none, so the
+    login limits count the TCP peer)."""
     synchronous: str = "FULL"
     """FULL = an acknowledged label is fsync'd (SQLite synchronous pragma; Postgres synchronous_commit on)."""
     lease_s: float = 1800.0
@@ -242,6 +249,7 @@ def _prompt_messages(prompt: Any) -> list[dict]:
 
 
 def create_app(cfg: ServerConfig) -> FastAPI:
+    trusted_proxies = auth.parse_networks(cfg.trusted_proxies)  # first: a typo is an error before anything is made
     store = open_store(cfg.db, synchronous=cfg.synchronous, lease_s=cfg.lease_s)
     model = LiveModel(store, retrain_every=cfg.retrain_every, features=cfg.features)  # first: may refuse --features
     # The secret and the export dir default to beside the database file; Postgres has none: the working directory.
@@ -249,7 +257,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     secret_file = Path(cfg.secret_file) if cfg.secret_file else db_path.with_name(db_path.name + ".secret")
     sessions = auth.Sessions(auth.load_or_create_secret(secret_file))
     export_dir = Path(cfg.export_dir) if cfg.export_dir else db_path.parent / "exports"
-    limiter = auth.RateLimiter(cfg.login_max_failures, cfg.login_window_s)
+    limiter = auth.LoginLimiter(cfg.login_max_failures, cfg.login_window_s, cfg.login_max_failures_per_address,
+                                cfg.login_window_s)
     imported = {"parsed": 0, "added": 0, "warnings": []}
     if cfg.items:
         parsed, warnings = parse_rows(read_jsonl(cfg.items), cfg.max_item_bytes)
@@ -339,16 +348,16 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.post("/api/login")
     def login(body: LoginIn, request: Request, response: Response):
         check_origin(request)
-        ip = "ip:" + (request.client.host if request.client else "?")
-        keys = (ip, "user:" + body.name)
-        wait = limiter.blocked(*keys)
+        address = auth.client_address(request.client.host if request.client else "?",
+                                      request.headers.getlist("x-forwarded-for"), trusted_proxies)
+        wait = limiter.wait(body.name, address)
         if wait > 0:
             raise HttpError(429, "too many failed logins, wait", {"Retry-After": str(int(wait) + 1)})
         row = store.user_by_name(body.name)
         if not auth.check_login(row["token_hash"] if row else None, body.token):
-            limiter.fail(*keys)
+            limiter.fail(body.name, address)
             raise HttpError(401, "wrong name or token")
-        limiter.reset("user:" + body.name)
+        limiter.succeed(body.name, address)
         sid = sessions.new_id()
         store.create_session(sessions.id_hash(sid), row["id"], cfg.session_ttl_s)
         response.set_cookie(COOKIE, sid, max_age=int(cfg.session_ttl_s), httponly=True, samesite="strict",
