@@ -104,13 +104,13 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _no_constant(name: str) -> Any:
-    raise JSONInputError(f"{name} is not valid JSON (numbers must be finite)")
+    raise JSONInputError(f"{name} is not standard JSON (numbers must be finite)")
 
 
 def _finite_float(literal: str) -> float:
     value = float(literal)
     if not math.isfinite(value):  # 1e999 is valid JSON syntax, but Python reads it as infinity
-        raise JSONInputError(f"the number {literal[:40]} is out of range (it overflows to infinity)")
+        raise JSONInputError(f"the number {literal[:40]} overflows to infinity, which standard JSON cannot carry")
     return value
 
 
@@ -123,22 +123,22 @@ def strict_json_loads(data: str | bytes) -> Any:
         try:
             data = bytes(data).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise JSONInputError(f"not UTF-8 (byte {e.start})") from None
+            raise JSONInputError(f"not UTF-8 at byte {e.start} (standard JSON text is UTF-8)") from None
     try:
         value = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
-        raise JSONInputError("nested too deeply") from None
+        raise JSONInputError("nested too deeply to parse") from None
     except (json.JSONDecodeError, JSONInputError):
         raise
-    except ValueError as e:  # an integer over Python's 4300-digit limit
-        raise JSONInputError(str(e)) from None
+    except ValueError:  # Python's limit on integer digits (the only other ValueError json.loads raises)
+        raise JSONInputError("an integer has too many digits to read (Python's limit: 4300)") from None
     if _SURROGATE_ESCAPE.search(data):
         # Escaped pairs decode to one character; only an unpaired half fails to encode.
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise JSONInputError("a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), "
-                                 "which is not a Unicode character") from None
+            raise JSONInputError("a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff): not a "
+                                 "Unicode character, so not standard JSON text") from None
     return value
 
 
@@ -334,7 +334,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         try:
             data = strict_json_loads(text)
         except JSONInputError as e:
-            raise ValueError(f"{path}: not standard JSON ({e})") from None
+            raise ValueError(f"{path}: {e}") from None
         return data if isinstance(data, list) else [data]
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -344,7 +344,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
             except JSONInputError as e:
-                raise ValueError(f"{path}:{n}: not standard JSON ({e})") from None
+                raise ValueError(f"{path}:{n}: {e}") from None
     return rows
 
 

@@ -209,7 +209,7 @@ class StrictJSONRequest(Request):
                 self._json = strict_json_loads(await self.body())
             except JSONInputError as e:
                 # An HTTPException is what FastAPI passes through from body parsing (anything else becomes a 400).
-                raise HTTPException(422, f"request body is not standard JSON: {e}") from None
+                raise HTTPException(422, f"JSON body refused: {e}") from None
         return self._json
 
 
