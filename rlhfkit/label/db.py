@@ -229,17 +229,16 @@ def _row_problem(row: dict) -> str | None:
         return f"id: must be a string (at most 200 characters) or an integer, got {_what(ext)}"
     if row.get("kind") is not None and not isinstance(row["kind"], str):
         return f"kind: must be a string or null, got {_what(row['kind'])}"
-    fields = ["prompt"] if "prompt" in row else []
-    if "responses" in row and isinstance(row["responses"], list):
-        fields += [f"responses[{i}]" for i in range(len(row["responses"]))]
+    shown: list[tuple[str, Any]] = [("prompt", row["prompt"])] if "prompt" in row else []
+    if "responses" in row:  # the same order of formats as parse_rows
+        if isinstance(row["responses"], list):  # (not a list: parse_rows skips the row with a warning)
+            shown += [(f"responses[{i}]", r) for i, r in enumerate(row["responses"])]
     elif "chosen" in row and "rejected" in row:
-        fields += ["chosen", "rejected"]
+        shown += [("chosen", row["chosen"]), ("rejected", row["rejected"])]
     elif "completion" in row:
-        fields += ["completion"]
-    for f in fields:
-        name, _, index = f.partition("[")
-        value = row[name][int(index[:-1])] if index else row[name]
-        if (problem := _turns_problem(value, f)) is not None:
+        shown.append(("completion", row["completion"]))
+    for field, value in shown:
+        if (problem := _turns_problem(value, field)) is not None:
             return problem
     return None
 
