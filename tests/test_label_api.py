@@ -217,6 +217,16 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies(tmp_path, trusted
         assert codes == [401] * 5 + [429]
 
 
+def test_client_address():
+    trusted = auth.parse_networks(["127.0.0.1", "10.0.0.0/8"])
+    assert auth.client_address("203.0.113.9", ["1.2.3.4"], trusted) == "203.0.113.9"  # not a proxy: header ignored
+    assert auth.client_address("127.0.0.1", [], trusted) == "127.0.0.1"
+    assert auth.client_address("127.0.0.1", ["6.6.6.6, 198.51.100.7"], trusted) == "198.51.100.7"
+    assert auth.client_address("127.0.0.1", ["6.6.6.6, 198.51.100.7", "10.2.3.4"], trusted) == "198.51.100.7"
+    assert auth.client_address("::ffff:127.0.0.1", ["198.51.100.7"], trusted) == "198.51.100.7"  # dual-stack peer
+    assert auth.client_address("127.0.0.1", ["10.1.1.1"], trusted) == "10.1.1.1"  # proxies all the way: the first
+
+
 def test_trusted_proxies_must_be_addresses(tmp_path):
     from typer.testing import CliRunner
 

@@ -182,7 +182,9 @@ def _in(address: str, networks: list[Network]) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(ip in n for n in networks)
+    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; the operator names them as a.b.c.d.
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return any(ip in n or (mapped is not None and mapped in n) for n in networks)
 
 
 def client_address(peer: str, forwarded_for: list[str], trusted: list[Network]) -> str:
