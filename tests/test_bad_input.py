@@ -75,3 +75,38 @@ def test_skip_invalid_skips_a_bad_byte_and_counts_it(toy_dir, tmp_path):
     r = _run("sft", toy_dir / "model", tmp_path / "bad_utf8.jsonl", tmp_path / "run", "--skip-invalid")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"{tmp_path / 'bad_utf8.jsonl'}: skipped 1 invalid row(s) (--skip-invalid); first: " in r.stdout + r.stderr
+
+
+class _Payload:
+    """Unpickled without weights_only, this would run print(...): a stand-in for a malicious checkpoint."""
+
+    def __reduce__(self):
+        return (print, ("PAYLOAD RAN",))
+
+
+def test_tampered_checkpoint_is_refused_in_one_line(toy_dir, tmp_path):
+    """A state.pt carrying a pickled callable (its manifest updated to match) is refused with exit 2 and one line
+    naming the file; the payload never runs."""
+    import torch
+
+    from rlhfkit import checkpoint, models
+    from rlhfkit.modeling import TokenLogprobs
+
+    run = tmp_path / "run"
+    tok = models.load_tokenizer(str(toy_dir / "model"))
+    path = checkpoint.save(run / "checkpoints", 1, TokenLogprobs(models.load_causal_lm(str(toy_dir / "model"), tok)),
+                           {"step": 1})
+    torch.save({"step": 1, "optimizer": _Payload()}, path / "state.pt")
+    manifest = json.loads((path / checkpoint.MANIFEST).read_text())
+    manifest["files"]["state.pt"] = {"sha256": checkpoint.sha256(path / "state.pt"),
+                                     "bytes": (path / "state.pt").stat().st_size}
+    (path / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    assert checkpoint.latest(run / "checkpoints") == path  # the hashes match: only the loader can refuse it
+    with pytest.raises(checkpoint.CheckpointError, match=r"state\.pt: refused to load: .*print"):
+        checkpoint.load(path, TokenLogprobs(models.load_causal_lm(str(toy_dir / "model"), tok)))
+
+    r = _run("sft", toy_dir / "model", toy_dir / "sft.jsonl", run, "--resume")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and f"{path / 'state.pt'}: refused to load" in err[0], r.stderr
+    assert "weights_only=False" not in r.stderr and "PAYLOAD RAN" not in r.stdout + r.stderr
