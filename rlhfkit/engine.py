@@ -450,6 +450,7 @@ class Engine:
         finite = all_reduce_sum(flag).item() == 0  # every rank skips together, or none does
         self._micro_losses_finite = True
         metrics = dict(metrics or {})
+        abort = False
         if finite:
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
@@ -462,11 +463,8 @@ class Engine:
             self.skipped_steps += 1
             self.nonfinite_run += 1
             metrics["train/skipped_nonfinite"] = 1
-            if self.nonfinite_run >= cfg.max_nonfinite_steps:
-                raise NonFiniteError(
-                    f"{self.nonfinite_run} consecutive steps with a non-finite loss or gradient norm; last at step "
-                    f"{self.step_count} ({batch_info or 'batch indices not recorded'}); aborting"
-                )
+            # Raised only after this step is counted and logged, so the record it names is in metrics.jsonl.
+            abort = self.nonfinite_run >= cfg.max_nonfinite_steps
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
@@ -478,11 +476,17 @@ class Engine:
         self.timing["step_s"].append(now - self._t_last)
         self.timing["final_loss"] = _plain(metrics.get("train/loss", float("nan")))
         self._t_last = now
-        if self.dist.is_main and (self.step_count % cfg.log_every == 0 or self.step_count == self.total_steps):
+        if self.dist.is_main and (self.step_count % cfg.log_every == 0 or self.step_count == self.total_steps
+                                  or abort):
             self.log.log(self.step_count, metrics)
         if self._progress is not None:
             info = "  ".join(f"{k.split('/')[-1]}={_fmt(v)}" for k, v in metrics.items() if k in _SHOWN)
             self._progress.update(self._task, advance=1, info=info)
+        if abort:  # step_count numbers this step as metrics.jsonl does (from 1)
+            raise NonFiniteError(
+                f"{self.nonfinite_run} consecutive steps with a non-finite loss or gradient norm; last at step "
+                f"{self.step_count} ({batch_info or 'batch indices not recorded'}); aborting"
+            )
         if cfg.save_every and self.step_count % cfg.save_every == 0 and self.step_count < self.total_steps:
             self.save_checkpoint()
         return finite

@@ -55,11 +55,29 @@ def test_nan_loss_skips_the_step_and_k_in_a_row_abort(tmp_path, recwarn):
     engine.backward(model(x).sum() * float("inf"))
     engine.step({}, batch_info="indices [7, 9]")
     engine.backward(model(x).sum() * float("nan"))
-    with pytest.raises(NonFiniteError, match=r"2 consecutive .* step 3 \(indices \[7, 9\]\)|2 consecutive .* step 3"):
+    with pytest.raises(NonFiniteError, match=r"2 consecutive .* step 4 \(indices \[7, 9\]\)"):
         engine.step({}, batch_info="indices [7, 9]")
     engine.close()
     logged = read_metrics(tmp_path)
-    assert [r.get("train/skipped_nonfinite", 0) for r in logged] == [1, 0, 1]
+    assert [r.get("train/skipped_nonfinite", 0) for r in logged] == [1, 0, 1, 1]  # the aborting step is logged too
+
+
+def test_nonfinite_abort_names_the_step_metrics_jsonl_logs(tmp_path):
+    """The abort message numbers steps as metrics.jsonl does (from 1), and the aborting step's record is written
+    first, even between log_every steps, so the step it names can be looked up."""
+    model, engine = _toy_engine(tmp_path, max_nonfinite_steps=2, log_every=100)
+    x = torch.ones(2, 3)
+    for _ in range(3):  # steps 1-3 train, unlogged (log_every 100)
+        engine.backward(model(x).sum())
+        engine.step({"train/loss": 1.0})
+    engine.backward(model(x).sum() * float("nan"))
+    engine.step({"train/loss": float("nan")})  # step 4: skipped
+    engine.backward(model(x).sum() * float("inf"))
+    with pytest.raises(NonFiniteError, match=r"last at step 5 \(indices \[3\]\)"):
+        engine.step({"train/loss": float("inf")}, batch_info="indices [3]")  # step 5: skipped again, abort
+    engine.close()
+    assert [(r["step"], r["train/loss"], r["train/skipped_nonfinite"]) for r in read_metrics(tmp_path)] == \
+        [(5, "inf", 1)]
 
 
 def test_failure_mid_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
