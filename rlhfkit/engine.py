@@ -84,7 +84,7 @@ class TrainConfig:
     log_every: int = 1
     """Log metrics every N optimizer steps."""
     save_every: int = 0
-    """Write a resumable checkpoint every N optimizer steps (0: only at the end)."""
+    """Write a resumable checkpoint every N optimizer steps (0: one checkpoint, at the end of the run)."""
     keep_checkpoints: int = 2
     """Complete checkpoints to keep (the newest ones; the only complete one is never deleted)."""
     resume: bool = False
@@ -401,6 +401,7 @@ class Engine:
     def remaining_steps(self) -> Iterator[int]:
         """Steps still to run (after a resume, the next one), with a progress bar on the main process."""
         show = self.cfg.progress and self.dist.is_main
+        start = self.step_count
         with progress_bar(show) as progress:
             self._progress = progress
             if progress is not None:
@@ -409,6 +410,10 @@ class Engine:
             while self.step_count < self.total_steps:
                 yield self.step_count
         self._progress = None
+        if self.cfg.save_every == 0 and self.step_count > start:
+            # save_every 0 is one checkpoint, at the end: --resume then finds the run finished (or extends it with a
+            # larger max_steps) instead of finding no checkpoint. Reached only when the loop ran to the end.
+            self.save_checkpoint()
 
     # -- numerics
     def autocast(self):
@@ -527,7 +532,8 @@ class Engine:
         self.resumed_from = path
         if self.step_count >= self.total_steps:
             # A resume that would silently train zero steps is a classic complaint: say it out loud.
-            print(f"resume: checkpoint {path.name} is already at step {self.step_count} of {self.total_steps}")
+            print(f"resume: the run is finished: checkpoint {path.name} is at step {self.step_count} of "
+                  f"{self.total_steps}; nothing left to train (raise --max-steps to train on)")
 
     def count(self, samples: int = 0, tokens: int = 0, gen_tokens: int = 0, gen_s: float = 0.0) -> None:
         """Add to the throughput counters (this process's share)."""

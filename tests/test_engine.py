@@ -215,3 +215,21 @@ def test_checkpoint_pruned_while_read_counts_as_incomplete(tmp_path, monkeypatch
     monkeypatch.setattr(Path, "stat", vanished)
     assert checkpoint.complete_checkpoints(tmp_path) == []
     assert checkpoint.latest(tmp_path) is None
+
+
+def test_save_every_0_checkpoints_at_the_end_and_resume_says_finished(tmp_path, capsys):
+    """save_every 0 writes one checkpoint, at the end; --resume on the finished run loads it, trains nothing and
+    says the run is finished (no "no complete checkpoint" error), and writes no further checkpoint."""
+    model, engine = _toy_engine(tmp_path)
+    x = torch.ones(2, 3)
+    for _ in engine.remaining_steps():
+        engine.backward(model(x).sum())
+        engine.step({})
+    engine.close()
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path / "checkpoints")] == ["step-00000010"]
+    again, resumed = _toy_engine(tmp_path, resume=True)
+    assert resumed.step_count == 10 and list(resumed.remaining_steps()) == []
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    assert "resume: the run is finished: checkpoint step-00000010 is at step 10 of 10" in capsys.readouterr().out
+    assert len(checkpoint.complete_checkpoints(tmp_path / "checkpoints")) == 1
+    assert len(read_metrics(tmp_path)) == 10  # the resumed run kept the log whole
