@@ -110,3 +110,17 @@ def test_tampered_checkpoint_is_refused_in_one_line(toy_dir, tmp_path):
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and f"{path / 'state.pt'}: refused to load" in err[0], r.stderr
     assert "weights_only=False" not in r.stderr and "PAYLOAD RAN" not in r.stdout + r.stderr
+
+
+def test_online_trainers_name_a_line_and_the_types_they_take(tmp_path):
+    """ppo / grpo read prompts: rows without one (implicit-prompt pairs) are refused at a line, with the types that
+    carry a prompt, and a first row missing its prompt is that row's error."""
+    from rlhfkit.data import DataError
+    from rlhfkit.rollout import load_prompts
+
+    p = write_jsonl(tmp_path / "pairs.jsonl", [{"chosen": "a b", "rejected": "a c"}] * 3)
+    with pytest.raises(DataError, match=rf"{p}:1: this command needs prompt_only or .* it takes prompt_only \(prompt\)"):
+        load_prompts(str(p))
+    p = write_jsonl(tmp_path / "prompts.jsonl", [{"question": "q"}] + [{"prompt": "q"}] * 3)
+    with pytest.raises(DataError, match=rf"{p}:1: prompt: missing"):
+        load_prompts(str(p))
