@@ -300,7 +300,7 @@ def load_rows(
                    for lineno, rec, err in records)
     records = list(records)
     if not records:
-        raise DataError(f"{where}: no rows (the file is empty)")
+        raise DataError(f"{where}: no rows (the {'file' if path.exists() else 'split'} is empty)")
     dtype = _decide_type(records, where, expect)
     rows, errors, n_bad = [], [], 0
     for lineno, rec, parse_error in records:

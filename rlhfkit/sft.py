@@ -32,8 +32,8 @@ class Config(TrainConfig):
     tokenizer: str = ""
     """Tokenizer directory or hub id (default: the model's)."""
     data: str = ""
-    """Training data: prompt-completion, language modelling (text, or conversational messages: loss on every text
-    token, or on every assistant turn), or preference rows (trains on chosen)."""
+    """Training data: prompt-completion; language modelling, as text (loss on every token) or conversational
+    messages (loss on every assistant turn); or preference rows (trains on chosen)."""
     split: str = "train"
     """Split to use for hub dataset ids."""
     column_map: dict[str, str] = field(default_factory=dict)
