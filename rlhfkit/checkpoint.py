@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,10 @@ from safetensors.torch import load_model, save_model
 
 MANIFEST = "manifest.json"
 COMPLETE = "COMPLETE"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded, with the file at fault."""
 
 
 def _fsync_file(path: Path) -> None:
@@ -127,5 +133,24 @@ def prune(ckpt_dir: Path, keep: int) -> None:
 def load(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into `model` (in place) and return the rest of the saved state."""
     path = Path(path)
-    load_model(model, str(path / "model.safetensors"))
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    try:
+        load_model(model, str(path / "model.safetensors"))
+    except Exception as e:  # a foreign or changed file: a header safetensors cannot parse, or other shapes
+        raise CheckpointError(f"{path / 'model.safetensors'}: cannot load into this model: {_first_line(e)}") from None
+    try:
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses anything but tensors and plain containers, which is all save() writes, so this file
+        # was changed or comes from elsewhere. torch's own text suggests weights_only=False: never do that here.
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?: Please use|\n|$)", str(e))
+        reason = detail.group(1).strip() if detail else _first_line(e)
+        raise CheckpointError(f"{path / 'state.pt'}: refused to load: not plain tensors and containers, as rlhfkit "
+                              f"writes ({reason})") from None
+    except Exception as e:  # not a torch file at all (truncated, another format): the reader's reason, no traceback
+        raise CheckpointError(f"{path / 'state.pt'}: cannot load: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The start of an exception's message, on one line ("Error(s) in loading ...:" keeps the line it introduces)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]

@@ -154,9 +154,13 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except Exception as e:  # errors we raise on purpose carry their own clear message: no traceback for those
+        from .checkpoint import CheckpointError
         from .engine import NonFiniteError
         from .models import ModelError
 
+        if isinstance(e, CheckpointError):  # bad input, like bad data
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
         if isinstance(e, (ModelError, NonFiniteError)):
             click.echo(f"error: {e}", err=True)
             sys.exit(1)

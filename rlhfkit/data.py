@@ -120,23 +120,64 @@ def validate_row(row: Any, dtype: DataType) -> list[tuple[str, str]]:
     return problems
 
 
-def _raise(errors: list[str], total: int, path: str) -> None:
+def _raise(errors: list[str], total: int, path: str, dtype: DataType | None = None) -> None:
     more = f"\n... and {total - len(errors)} more" if total > len(errors) else ""
+    read_as = f" (read as {describe(dtype)})" if dtype else ""
     raise DataError(
-        f"{total} invalid row(s) in {path}:\n" + "\n".join(errors) + more + "\n(use --skip-invalid to skip and count them)"
+        f"{total} invalid row(s) in {path}{read_as}:\n" + "\n".join(errors) + more
+        + "\n(use --skip-invalid to skip and count them)"
     )
 
 
+def _decode(raw: bytes) -> tuple[str | None, int, str]:
+    """(text, 0, "") or, at the first byte that is not UTF-8, (None, its line, the reason). The column counts
+    characters, as JSON's own errors do."""
+    try:
+        return raw.decode("utf-8"), 0, ""
+    except UnicodeDecodeError as e:
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        column = len(raw[start:e.start].decode("utf-8")) + 1
+        return None, raw.count(b"\n", 0, e.start) + 1, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column})"
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with _open(path) as f:
+            return f.read()
+    except (OSError, EOFError) as e:  # unreadable, or a corrupt or truncated .gz
+        raise DataError(f"{path}: cannot read: {e}") from None
+
+
 def _read_json_lines(path: Path) -> Iterable[tuple[int, Any, str | None]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line), None
-            except json.JSONDecodeError as e:
-                yield lineno, None, f"bad JSON: {e.msg} (column {e.colno})"
+    # Bytes, decoded line by line: one bad byte is that line's problem (skippable), not the whole file's.
+    try:
+        with _open(path) as f:
+            for lineno, raw in enumerate(f, 1):
+                record = _json_line(lineno, raw)
+                if record is not None:
+                    yield record
+    except (OSError, EOFError) as e:  # unreadable, or a corrupt or truncated .gz
+        raise DataError(f"{path}: cannot read: {e}") from None
+
+
+def _json_line(lineno: int, raw: bytes) -> tuple[int, Any, str | None] | None:
+    line, _, reason = _decode(raw.rstrip(b"\r\n"))
+    if line is None:
+        return lineno, None, reason
+    if lineno == 1:
+        line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
+    if not line.strip():
+        return None
+    try:
+        return lineno, json.loads(line), None
+    except json.JSONDecodeError as e:
+        # Parsed without its newline, so a truncated record points where it stops (not at "column 1" of an
+        # imaginary next line).
+        return lineno, None, f"bad JSON: {e.msg} (column {e.colno})"
 
 
 def _local_records(path: Path) -> Iterable[tuple[int, Any, str | None]]:
@@ -146,31 +187,86 @@ def _local_records(path: Path) -> Iterable[tuple[int, Any, str | None]]:
     if kind == ".jsonl":
         yield from _read_json_lines(path)
     elif kind == ".json":
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            text = f.read()
+        raw = _read_bytes(path)
+        text, lineno, reason = _decode(raw)
+        if text is None:  # still parsed, to tell JSON lines (a bad line is skippable) from one JSON document
+            text = raw.decode("utf-8", errors="replace")
+        text = text.removeprefix("\ufeff")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             if text.lstrip().startswith("{"):  # a .json file that is really JSON lines
                 yield from _read_json_lines(path)
                 return
-            yield e.lineno, None, f"bad JSON: {e.msg} (column {e.colno})"
+            yield (lineno, None, reason) if reason else (e.lineno, None, f"bad JSON: {e.msg} (column {e.colno})")
+            return
+        if reason:
+            yield lineno, None, reason
             return
         if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}
             lists = [v for v in data.values() if isinstance(v, list)]
             data = lists[0] if len(lists) == 1 else [data]
+        if not isinstance(data, list):
+            yield 1, None, f"expected a list of objects, got {type(data).__name__}"
+            return
         for i, rec in enumerate(data, 1):
             yield i, rec, None
     elif kind in (".parquet", ".csv"):
         import datasets
 
-        ds = datasets.load_dataset(kind[1:], data_files=str(path), split="train")
+        if kind == ".csv":  # name the line of a bad byte; the CSV reader would only say the file has one
+            _, lineno, reason = _decode(_read_bytes(path))
+            if reason:
+                yield lineno, None, reason
+                return
+        try:
+            ds = datasets.load_dataset(kind[1:], data_files=str(path), split="train")
+        except Exception as e:  # the reader's own message, without its traceback
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"{path}: cannot read as {kind[1:]}: {first}") from None
         offset = 2 if kind == ".csv" else 1  # CSV: line 1 is the header
         for i, rec in enumerate(ds):
             yield i + offset, rec, None
     else:
         raise DataError(f"{path}: unsupported file type (use .jsonl, .json, .parquet or .csv, optionally .gz)")
+
+
+def describe(dtype: DataType) -> str:
+    """A type with the fields it needs, e.g. `preference (prompt, chosen, rejected)`."""
+    return f"{dtype.value} ({', '.join(_FIELDS[dtype]) if dtype in _FIELDS else 'text | messages'})"
+
+
+def _decide_type(records: list[tuple[int, Any, str | None]], where: str,
+                 expect: Sequence[DataType] | None) -> DataType | None:
+    """The dataset's type: the commonest among its rows' types (of those `expect` allows). One odd row, the first
+    one included, is then that row's problem, reported at its line; it does not decide the type of the file."""
+    counts: dict[DataType, int] = {}  # in order of first appearance, so a tie goes to the type seen first
+    first: dict[DataType, tuple[int, list[str]]] = {}
+    undetected: tuple[int, DataError] | None = None
+    for lineno, rec, parse_error in records:
+        if parse_error is not None or not isinstance(rec, dict):
+            continue
+        try:
+            dtype = detect_type(rec.keys())
+        except DataError as e:
+            undetected = undetected or (lineno, e)
+            continue
+        counts[dtype] = counts.get(dtype, 0) + 1
+        first.setdefault(dtype, (lineno, sorted(rec)))
+    allowed = [t for t in counts if not expect or t in expect]
+    if allowed:
+        return max(allowed, key=counts.__getitem__)
+    if counts:  # no row has a type this command takes: one message for the file, not one per row
+        dtype = max(counts, key=counts.__getitem__)
+        lineno, cols = first[dtype]
+        raise DataError(
+            f"{where}:{lineno}: this command needs {' or '.join(t.value for t in expect)} data, but the columns "
+            f"{cols} are {dtype.value} (as are {counts[dtype]} of {len(records)} rows); it takes "
+            + "; ".join(describe(t) for t in expect) + " (use --column-map to rename columns, e.g. answer=completion)"
+        )
+    if undetected:
+        raise DataError(f"{where}:{undetected[0]}: {undetected[1]}")
+    return None
 
 
 def load_rows(
@@ -183,8 +279,9 @@ def load_rows(
 ) -> list[dict]:
     """Read, rename, type-check and validate every row of a local file or a Hugging Face dataset id.
 
-    Raises DataError listing `path:line: field: reason` for the first problems (or skips and counts them).
-    `stats` (optional dict) receives `type`, `rows`, `skipped`.
+    The type is the commonest among the rows (limited to `expect`, the types the caller takes); every row is
+    then checked against it. Raises DataError listing `path:line: field: reason` for the first problems (or skips
+    and counts them). `stats` (optional dict) receives `type`, `rows`, `skipped`.
     """
     path = Path(source)
     if path.exists():
@@ -198,20 +295,15 @@ def load_rows(
         ds = datasets.load_dataset(str(source), split=split)
         records = ((i + 1, rec, None) for i, rec in enumerate(ds))
         where = f"{source}[{split}]"
-    rows, errors, n_bad, dtype = [], [], 0, None
+    if column_map:
+        records = ((lineno, {column_map.get(k, k): v for k, v in rec.items()} if isinstance(rec, dict) else rec, err)
+                   for lineno, rec, err in records)
+    records = list(records)
+    if not records:
+        raise DataError(f"{where}: no rows (the {'file' if path.exists() else 'split'} is empty)")
+    dtype = _decide_type(records, where, expect)
+    rows, errors, n_bad = [], [], 0
     for lineno, rec, parse_error in records:
-        if parse_error is None and isinstance(rec, dict) and column_map:
-            rec = {column_map.get(k, k): v for k, v in rec.items()}
-        if parse_error is None and dtype is None and isinstance(rec, dict):
-            try:
-                dtype = detect_type(rec.keys())
-            except DataError as e:
-                raise DataError(f"{where}:{lineno}: {e}") from None
-            if expect and dtype not in expect:
-                raise DataError(
-                    f"{where}: this command needs {' or '.join(t.value for t in expect)} data, "
-                    f"but the columns {sorted(rec)} are {dtype.value}"
-                )
         problems = [("<line>", parse_error)] if parse_error else validate_row(rec, dtype or DataType.LM)
         if problems:
             n_bad += 1
@@ -221,7 +313,7 @@ def load_rows(
             continue
         rows.append(rec)
     if n_bad and not skip_invalid:
-        _raise(errors, n_bad, where)
+        _raise(errors, n_bad, where, dtype)
     if not rows:
         raise DataError(f"{where}: no valid rows")
     if stats is not None:

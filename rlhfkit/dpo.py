@@ -351,13 +351,14 @@ def train(cfg: Config) -> Path:
     seed_everything(cfg.seed)
     dist = setup_distributed()
     out = Path(cfg.output_dir)
-    tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, dtype="fp32")
+    # Data first, then its tokens (which checks it suits the loss), and only then the model: bad input fails fast.
     stats: dict = {}
     expect = [data_lib.DataType.PREFERENCE, data_lib.DataType.IMPLICIT_PREFERENCE, data_lib.DataType.UNPAIRED]
     rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid, expect=expect, stats=stats)
+    tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     counter: dict = {}
     examples = tokenise(cfg, tokenizer, rows, counter)
+    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, dtype="fp32")
     if dist.is_main:
         config_lib.save(cfg, out / "config.yaml")
         print(f"dpo: {len(examples)} {'unpaired examples' if cfg.unpaired else 'pairs'}; truncation counts {counter}")

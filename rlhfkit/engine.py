@@ -84,7 +84,7 @@ class TrainConfig:
     log_every: int = 1
     """Log metrics every N optimizer steps."""
     save_every: int = 0
-    """Write a resumable checkpoint every N optimizer steps (0: only at the end)."""
+    """Write a resumable checkpoint every N optimizer steps (0: one checkpoint, at the end of the run)."""
     keep_checkpoints: int = 2
     """Complete checkpoints to keep (the newest ones; the only complete one is never deleted)."""
     resume: bool = False
@@ -413,6 +413,7 @@ class Engine:
         self.timing: dict[str, Any] = {"samples": 0, "tokens": 0, "gen_tokens": 0, "gen_s": 0.0, "step_s": [], "step_tokens": [],
                                        "n_params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())}
         self._t_start: float | None = None
+        self._t_end: float | None = None
 
     # -- data
     def my_micro_batches(self, global_indices: list[int]) -> list[list[int]]:
@@ -425,6 +426,7 @@ class Engine:
     def remaining_steps(self) -> Iterator[int]:
         """Steps still to run (after a resume, the next one), with a progress bar on the main process."""
         show = self.cfg.progress and self.dist.is_main
+        start = self.step_count
         with progress_bar(show) as progress:
             self._progress = progress
             if progress is not None:
@@ -433,6 +435,11 @@ class Engine:
             while self.step_count < self.total_steps:
                 yield self.step_count
         self._progress = None
+        self._t_end = time.perf_counter()  # the loop's wall time ends here, before the final checkpoint
+        if self.cfg.save_every == 0 and self.step_count > start:
+            # save_every 0 is one checkpoint, at the end: --resume then finds the run finished (or extends it with a
+            # larger max_steps) instead of finding no checkpoint. Reached only when the loop ran to the end.
+            self.save_checkpoint()
 
     # -- numerics
     def autocast(self):
@@ -475,6 +482,7 @@ class Engine:
         finite = all_reduce_sum(flag).item() == 0  # every rank skips together, or none does
         self._micro_losses_finite = True
         metrics = dict(metrics or {})
+        abort = False
         if finite:
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
@@ -487,11 +495,8 @@ class Engine:
             self.skipped_steps += 1
             self.nonfinite_run += 1
             metrics["train/skipped_nonfinite"] = 1
-            if self.nonfinite_run >= cfg.max_nonfinite_steps:
-                raise NonFiniteError(
-                    f"{self.nonfinite_run} consecutive steps with a non-finite loss or gradient norm; last at step "
-                    f"{self.step_count} ({batch_info or 'batch indices not recorded'}); aborting"
-                )
+            # Raised only after this step is counted and logged, so the record it names is in metrics.jsonl.
+            abort = self.nonfinite_run >= cfg.max_nonfinite_steps
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
@@ -504,11 +509,17 @@ class Engine:
         self.timing["step_tokens"].append(self.timing["tokens"] + self.timing["gen_tokens"])  # cumulative
         self.timing["final_loss"] = _plain(metrics.get("train/loss", float("nan")))
         self._t_last = now
-        if self.dist.is_main and (self.step_count % cfg.log_every == 0 or self.step_count == self.total_steps):
+        if self.dist.is_main and (self.step_count % cfg.log_every == 0 or self.step_count == self.total_steps
+                                  or abort):
             self.log.log(self.step_count, metrics)
         if self._progress is not None:
             info = "  ".join(f"{k.split('/')[-1]}={_fmt(v)}" for k, v in metrics.items() if k in _SHOWN)
             self._progress.update(self._task, advance=1, info=info)
+        if abort:  # step_count numbers this step as metrics.jsonl does (from 1)
+            raise NonFiniteError(
+                f"{self.nonfinite_run} consecutive steps with a non-finite loss or gradient norm; last at step "
+                f"{self.step_count} ({batch_info or 'batch indices not recorded'}); aborting"
+            )
         if cfg.save_every and self.step_count % cfg.save_every == 0 and self.step_count < self.total_steps:
             self.save_checkpoint()
         return finite
@@ -549,7 +560,8 @@ class Engine:
         self.resumed_from = path
         if self.step_count >= self.total_steps:
             # A resume that would silently train zero steps is a classic complaint: say it out loud.
-            print(f"resume: checkpoint {path.name} is already at step {self.step_count} of {self.total_steps}")
+            print(f"resume: the run is finished: checkpoint {path.name} is at step {self.step_count} of "
+                  f"{self.total_steps}; nothing left to train (raise --max-steps to train on)")
 
     def count(self, samples: int = 0, tokens: int = 0, gen_tokens: int = 0, gen_s: float = 0.0) -> None:
         """Add to the throughput counters (this process's share)."""
@@ -564,7 +576,7 @@ class Engine:
         self.log.close()
         if self._t_start is not None and self.dist.is_main:
             t = dict(self.timing)
-            t["loop_s"] = time.perf_counter() - self._t_start
+            t["loop_s"] = (self._t_end or time.perf_counter()) - self._t_start
             t["steps_run"] = len(t["step_s"])
             (self.run_dir / "timing.json").write_text(json.dumps(t))
 

@@ -170,6 +170,7 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
     seed_everything(cfg.seed)
     dist = setup_distributed()
     out = Path(cfg.output_dir)
+    prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)  # before any model loads
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
     # The reference is the INITIAL policy (copied before a resume loads trained weights) or ref_model; frozen.
@@ -177,7 +178,6 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
         else copy.deepcopy(policy)
     ref.requires_grad_(False).eval().to(dist.device)
     module = PolicyAndValue(policy, build_value(cfg, policy, tokenizer))
-    prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)
     counter: dict = {}
     encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
     mb = check_batch(cfg.rollout_batch_size, cfg.num_minibatches, cfg.micro_batch_size,

@@ -63,6 +63,8 @@ class Config(TrainConfig):
 
 def train(cfg: Config) -> Path:
     seed_everything(cfg.seed)
+    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid,  # before any model loads
+                              expect=[data_lib.DataType.LM])
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.init_from)
     if cfg.init_from:
         model = models.load_causal_lm(cfg.init_from, tokenizer)
@@ -70,7 +72,6 @@ def train(cfg: Config) -> Path:
         model = models.build_llama(tokenizer, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
                                    cfg.intermediate_size, max_position_embeddings=max(512, cfg.block_size),
                                    seed=cfg.seed, tie_word_embeddings=cfg.tie_word_embeddings)
-    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid, expect=[data_lib.DataType.LM])
     blocks = data_lib.pack((data_lib.lm_example(tokenizer, r) for r in rows), cfg.block_size)
     if not blocks:
         raise data_lib.DataError(f"{cfg.data}: fewer tokens than one block of {cfg.block_size}")

@@ -253,9 +253,9 @@ def train_one(cfg: Config) -> Path:
     seed_everything(cfg.seed)
     dist = setup_distributed()
     out = Path(cfg.output_dir)
-    model, tokenizer = load_backbone(cfg, cfg.seed)
-    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid,
+    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid,  # before any model loads
                               expect=[data_lib.DataType.PREFERENCE, data_lib.DataType.IMPLICIT_PREFERENCE])
+    model, tokenizer = load_backbone(cfg, cfg.seed)
     ps = build_pairs(tokenizer, rows, cfg)
     if dist.is_main:
         config_lib.save(cfg, out / "config.yaml")

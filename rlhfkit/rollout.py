@@ -311,9 +311,13 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
 
 # ----------------------------------------------------------------------------------------------- trainer helpers
 # Shared by ppo.py and grpo.py (the two online trainers); small on purpose.
+PROMPT_TYPES = (data_lib.DataType.PROMPT, data_lib.DataType.PROMPT_COMPLETION, data_lib.DataType.PREFERENCE,
+                data_lib.DataType.UNPAIRED, data_lib.DataType.CANDIDATES)  # the types whose rows carry a `prompt`
+
+
 def load_prompts(path: str, split: str = "train", column_map: dict | None = None, skip_invalid: bool = False) -> list[Any]:
     """The `prompt` of every row of a prompt file (other columns are ignored)."""
-    rows = data_lib.load_rows(path, split, column_map or {}, skip_invalid)
+    rows = data_lib.load_rows(path, split, column_map or {}, skip_invalid, expect=PROMPT_TYPES)
     if not rows or "prompt" not in rows[0]:
         raise data_lib.DataError(f"{path}: online RL needs rows with a `prompt` column")
     return [r["prompt"] for r in rows]

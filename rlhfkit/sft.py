@@ -32,7 +32,8 @@ class Config(TrainConfig):
     tokenizer: str = ""
     """Tokenizer directory or hub id (default: the model's)."""
     data: str = ""
-    """Training data: prompt-completion, conversational messages, or preference rows (trains on chosen)."""
+    """Training data: prompt-completion; language modelling, as text (loss on every token) or conversational
+    messages (loss on every assistant turn); or preference rows (trains on chosen)."""
     split: str = "train"
     """Split to use for hub dataset ids."""
     column_map: dict[str, str] = field(default_factory=dict)
@@ -56,19 +57,32 @@ class Config(TrainConfig):
             raise ValueError("model and data are required")
 
 
+# The data types SFT trains on; load_rows checks every row against the one the file holds.
+ACCEPTS = (data_lib.DataType.PROMPT_COMPLETION, data_lib.DataType.LM, data_lib.DataType.PREFERENCE,
+           data_lib.DataType.IMPLICIT_PREFERENCE)
+
+
 def tokenise(tokenizer, rows: list[dict], max_length: int, counter: dict) -> list[data_lib.Example]:
     out = []
     for row in rows:
         if "chosen" in row and "completion" not in row:  # preference rows: imitate the chosen response
             prompt, chosen, _ = data_lib.preference_parts(row)
             row = {"prompt": prompt, "completion": chosen}
+        elif "prompt" not in row and "messages" not in row:  # a text row: every token is a target, as in pretrain
+            ids = data_lib.lm_example(tokenizer, row)
+            if len(ids) > max_length:
+                ids = ids[:max_length]
+                data_lib._count(counter, "text_truncated")
+            out.append(data_lib.Example(ids, [True] * len(ids)))
+            continue
         out.append(data_lib.sft_example(tokenizer, row, max_length, counter))
     return out
 
 
 def train(cfg: Config) -> Path:
     seed_everything(cfg.seed)
-    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)  # bad data fails first
+    # bad data fails first, before any model loads
+    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid, expect=ACCEPTS)
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
     counter: dict = {}

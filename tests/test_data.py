@@ -146,3 +146,73 @@ def test_pack_and_padding():
     assert loss.tolist() == [[False, True, True], [True, False, False]]
     ids, att = D.pad_left([[1, 2, 3], [4]], 0)
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and att.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_bad_utf8_is_a_line_error_and_skippable(tmp_path):
+    """A byte that is not UTF-8 is its line's problem: `path:line: <line>: not valid UTF-8 (byte, column)`, where
+    the column counts characters (the 'é' before it is one character, two bytes)."""
+    good = '{"prompt": "p", "completion": "c"}\n'
+    bad = ('{"prompt": "' + "a" * 297).encode() + b"\xe9" + b'", "completion": "c"}\n'  # column 12 + 297 + 1
+    bad2 = '{"prompt": "é'.encode() + b"\xff" + b'", "completion": "c"}\n'
+    for name, opener in (("d.jsonl", open), ("d.jsonl.gz", __import__("gzip").open)):
+        p = tmp_path / name
+        with opener(p, "wb") as f:
+            f.write(good.encode() * 2 + bad + good.encode() + bad2)
+        with pytest.raises(D.DataError) as e:
+            D.load_rows(p)
+        assert f"{p}:3: <line>: not valid UTF-8 (byte 0xe9 at column 310)" in str(e.value)
+        assert f"{p}:5: <line>: not valid UTF-8 (byte 0xff at column 14)" in str(e.value)
+        stats = {}
+        assert len(D.load_rows(p, skip_invalid=True, stats=stats)) == 3 and stats["skipped"] == 2
+    p = tmp_path / "d.json"  # one JSON document: the line and column of the byte within it
+    p.write_bytes(b'[\n {"prompt": "p", "completion": "c"},\n {"prompt": "\xe9", "completion": "c"}\n]\n')
+    with pytest.raises(D.DataError, match=r"d\.json:3: <line>: not valid UTF-8 \(byte 0xe9 at column 14\)"):
+        D.load_rows(p)
+
+
+def test_truncated_json_line_gives_the_column_where_it_stops(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "p", "completion": "c\n{"prompt": "p", "compl\n'
+                 '{"prompt": "p", "completion": "c"}\n{"prompt": "p", "completion": "c"}')
+    with pytest.raises(D.DataError) as e:
+        D.load_rows(p)
+    msg = str(e.value)
+    assert f"{p}:2: <line>: bad JSON: Unterminated string starting at (column 31)" in msg, msg
+    assert f"{p}:3: <line>: bad JSON: Unterminated string starting at (column 17)" in msg, msg
+    assert "column 1)" not in msg
+
+
+def test_type_is_decided_by_the_rows_not_the_first_one(tmp_path):
+    """The first row missing a field is that row's error, at its line; the file's type is its rows' commonest."""
+    rows = [{"prompt": "p", "completion": "c"}] * 5
+    p = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p"}] + rows)
+    sft_types = [D.DataType.PROMPT_COMPLETION, D.DataType.LM, D.DataType.PREFERENCE]
+    with pytest.raises(D.DataError) as e:
+        D.load_rows(p, expect=sft_types)
+    assert f"{p}:1: completion: missing" in str(e.value) and "read as prompt_completion" in str(e.value)
+    pairs = [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 5
+    p = write_jsonl(tmp_path / "dpo.jsonl", [{"prompt": "p", "chosen": "a"}] + pairs)
+    dpo_types = [D.DataType.PREFERENCE, D.DataType.IMPLICIT_PREFERENCE, D.DataType.UNPAIRED]
+    with pytest.raises(D.DataError, match=rf"{p}:1: rejected: missing"):
+        D.load_rows(p, expect=dpo_types)
+    stats = {}
+    assert len(D.load_rows(p, expect=dpo_types, skip_invalid=True, stats=stats)) == 5
+    assert stats == {"type": "preference", "rows": 5, "skipped": 1}
+    # no row of a type the caller takes: one message naming a line and every type it takes, with their fields
+    p = write_jsonl(tmp_path / "text.jsonl", [{"text": "t"}] * 3)
+    with pytest.raises(D.DataError) as e:
+        D.load_rows(p, expect=dpo_types)
+    assert f"{p}:1: this command needs preference or implicit_preference or unpaired_preference data" in str(e.value)
+    assert "preference (prompt, chosen, rejected); implicit_preference (chosen, rejected)" in str(e.value)
+
+
+def test_empty_and_odd_files_are_errors_not_tracebacks(tmp_path):
+    (tmp_path / "e.jsonl").write_text("")
+    with pytest.raises(D.DataError, match=r"e\.jsonl: no rows \(the file is empty\)"):
+        D.load_rows(tmp_path / "e.jsonl")
+    (tmp_path / "n.json").write_text("5")
+    with pytest.raises(D.DataError, match=r"n\.json:1: <line>: expected a list of objects, got int"):
+        D.load_rows(tmp_path / "n.json")
+    (tmp_path / "z.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(D.DataError, match=r"z\.jsonl\.gz: cannot read: "):
+        D.load_rows(tmp_path / "z.jsonl.gz")

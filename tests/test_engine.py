@@ -55,11 +55,29 @@ def test_nan_loss_skips_the_step_and_k_in_a_row_abort(tmp_path, recwarn):
     engine.backward(model(x).sum() * float("inf"))
     engine.step({}, batch_info="indices [7, 9]")
     engine.backward(model(x).sum() * float("nan"))
-    with pytest.raises(NonFiniteError, match=r"2 consecutive .* step 3 \(indices \[7, 9\]\)|2 consecutive .* step 3"):
+    with pytest.raises(NonFiniteError, match=r"2 consecutive .* step 4 \(indices \[7, 9\]\)"):
         engine.step({}, batch_info="indices [7, 9]")
     engine.close()
     logged = read_metrics(tmp_path)
-    assert [r.get("train/skipped_nonfinite", 0) for r in logged] == [1, 0, 1]
+    assert [r.get("train/skipped_nonfinite", 0) for r in logged] == [1, 0, 1, 1]  # the aborting step is logged too
+
+
+def test_nonfinite_abort_names_the_step_metrics_jsonl_logs(tmp_path):
+    """The abort message numbers steps as metrics.jsonl does (from 1), and the aborting step's record is written
+    first, even between log_every steps, so the step it names can be looked up."""
+    model, engine = _toy_engine(tmp_path, max_nonfinite_steps=2, log_every=100)
+    x = torch.ones(2, 3)
+    for _ in range(3):  # steps 1-3 train, unlogged (log_every 100)
+        engine.backward(model(x).sum())
+        engine.step({"train/loss": 1.0})
+    engine.backward(model(x).sum() * float("nan"))
+    engine.step({"train/loss": float("nan")})  # step 4: skipped
+    engine.backward(model(x).sum() * float("inf"))
+    with pytest.raises(NonFiniteError, match=r"last at step 5 \(indices \[3\]\)"):
+        engine.step({"train/loss": float("inf")}, batch_info="indices [3]")  # step 5: skipped again, abort
+    engine.close()
+    assert [(r["step"], r["train/loss"], r["train/skipped_nonfinite"]) for r in read_metrics(tmp_path)] == \
+        [(5, "inf", 1)]
 
 
 def test_failure_mid_save_leaves_previous_checkpoint_loadable(tmp_path, monkeypatch):
@@ -215,3 +233,21 @@ def test_gradient_checkpointing_gives_the_same_training(toy_dir, tmp_path):
                              micro_batch_size=4, learning_rate=1e-3, progress=False, gradient_checkpointing=gc, **kw)
             runs.append([r["train/loss"] for r in read_metrics(train.train(c))])
         assert runs[0] == pytest.approx(runs[1], rel=1e-5), name
+
+
+def test_save_every_0_checkpoints_at_the_end_and_resume_says_finished(tmp_path, capsys):
+    """save_every 0 writes one checkpoint, at the end; --resume on the finished run loads it, trains nothing and
+    says the run is finished (no "no complete checkpoint" error), and writes no further checkpoint."""
+    model, engine = _toy_engine(tmp_path)
+    x = torch.ones(2, 3)
+    for _ in engine.remaining_steps():
+        engine.backward(model(x).sum())
+        engine.step({})
+    engine.close()
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path / "checkpoints")] == ["step-00000010"]
+    again, resumed = _toy_engine(tmp_path, resume=True)
+    assert resumed.step_count == 10 and list(resumed.remaining_steps()) == []
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    assert "resume: the run is finished: checkpoint step-00000010 is at step 10 of 10" in capsys.readouterr().out
+    assert len(checkpoint.complete_checkpoints(tmp_path / "checkpoints")) == 1
+    assert len(read_metrics(tmp_path)) == 10  # the resumed run kept the log whole
