@@ -437,8 +437,8 @@ def cispo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
         loss_t = -w_t * A_t * log pi(y_t)
 
     Unlike the clipped surrogate no token loses its gradient: a token outside the range keeps the gradient
-    -w_t A_t grad log pi with its weight truncated (the truncated importance weights of IMPALA's V-trace, Espeholt et al.
-    2018, sec. 4, min(rho_bar, pi / mu)). The paper sets no lower bound: clip_range_low=None (weights in
+    -w_t A_t grad log pi with its weight truncated (the truncated importance weights min(rho_bar, pi / mu) of
+    IMPALA's V-trace, Espeholt et al. 2018, sec. 4). The paper sets no lower bound: clip_range_low=None (weights in
     [0, 1 + eps_high]). At r = 1 the gradient equals the clipped surrogate's, -A grad log pi. The loss VALUE is
     -w A log pi, not comparable with ppo_policy_loss; only its gradient is the objective's.
     Shapes as ppo_policy_loss. stats: clipfrac = fraction of tokens whose weight was truncated, approx_kl, ratio

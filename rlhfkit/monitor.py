@@ -10,8 +10,8 @@ fixed held-out probe set and records, in run_dir/monitor.jsonl:
   disagreement  mean std across a reward-model ensemble, when the proxy reports one
   entropy     the policy's mean token entropy, when the trainer passes it (`run(step, policy, entropy=...)`)
 and raises alarms (metrics.py, thresholds are attributes): proxy up while gold down over a window (Gao,
-Schulman & Hilton 2022), length drift, ensemble disagreement rising, diversity collapse, entropy collapse. Each alarm is raised
-once per kind, printed, and appended to run_dir/alarms.jsonl.
+Schulman & Hilton 2022), length drift, ensemble disagreement rising, diversity collapse, entropy collapse.
+Each alarm is raised once per kind, printed, and appended to run_dir/alarms.jsonl.
 
 Sampling is at temperature 1 with the same seed at every evaluation (common random numbers: a change between
 two evaluations is the policy's, not the dice's), and temperature 1 is what makes the Monte-Carlo KL an
