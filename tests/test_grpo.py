@@ -223,3 +223,27 @@ def test_new_flags_are_validated_and_parsed(toy_dir, prompts_file, tmp_path):
                                "micro_batch_size": 1}).validate()
     reinforce_pp.Config(**{**cfg_for(toy_dir, prompts_file, tmp_path).__dict__, "num_generations": 1,
                            "micro_batch_size": 1, "group_baseline": False}).validate()
+
+
+def test_concat_rollouts_pads_to_the_widest():
+    """Rows chosen from rollouts of different widths: right-padded with pad / False / 0, in the order given."""
+    from rlhfkit.rollout import Rollout
+
+    def ro(T, base):
+        B = 2
+        ids = torch.arange(B * T).view(B, T) + base
+        return Rollout(prompts=[f"p{base}{i}" for i in range(B)], texts=[f"t{base}{i}" for i in range(B)],
+                       input_ids=ids, attention=torch.ones(B, T, dtype=torch.bool),
+                       response_mask=torch.ones(B, T, dtype=torch.bool), logprobs=-torch.ones(B, T - 1),
+                       scores=torch.tensor([1.0, 2.0]) + base, has_eos=torch.tensor([True, False]),
+                       ref_logprobs=-2 * torch.ones(B, T - 1), reward_parts={"std": torch.tensor([0.1, 0.2])},
+                       gen_s=1.5)
+
+    a, b = ro(3, 0), ro(5, 100)
+    c = grpo.concat_rollouts([(a, torch.tensor([1])), (b, torch.tensor([0, 1]))], pad_id=-7)
+    assert c.input_ids.tolist() == [[3, 4, 5, -7, -7], [100, 101, 102, 103, 104], [105, 106, 107, 108, 109]]
+    assert c.attention.tolist()[0] == [True, True, True, False, False] and c.mask.shape == (3, 4)
+    assert c.logprobs.tolist()[0] == [-1.0, -1.0, 0.0, 0.0] and c.ref_logprobs.tolist()[0] == [-2.0, -2.0, 0.0, 0.0]
+    assert c.scores.tolist() == [2.0, 101.0, 102.0] and c.has_eos.tolist() == [False, True, False]
+    assert c.prompts == ["p01", "p1000", "p1001"] and c.texts == ["t01", "t1000", "t1001"]
+    assert c.reward_parts["std"].tolist() == pytest.approx([0.2, 0.1, 0.2]) and c.gen_s == 3.0
