@@ -20,7 +20,7 @@ estimate of KL(policy || reference) of the distributions being trained.
     monitor = Monitor.from_config(cfg, tokenizer, run_dir, proxy=reward_fn, ref_model=ref)  # None when off
     ...
     if monitor is not None and monitor.due(step):
-        metrics.update(monitor.run(step, policy))
+        metrics.update(monitor.run(step, policy, entropy=last_entropy))  # entropy: optional
         monitor.save_best(policy, tokenizer)          # run_dir/best/ when this step is the best so far
         if monitor.should_stop: break                 # only with cfg.early_stop
 
