@@ -6,7 +6,7 @@ behaviour, 0 otherwise), and the monitor samples the held-out prompts every `eve
 temperature 1) and scores them with the same reward (`proxy`: the held-out correct rate) and with the world's gold
 judge (`gold`). Entropy is the trainer's `policy/entropy` (mean token entropy on its own samples).
 
-    nice -n 19 .venv/bin/python scripts/online_family_world.py --steps 30 --seeds 0 1 2 [--runs runs/family]
+    nice -n 19 .venv/bin/python scripts/online_family_world.py --steps 200 --every 25 --seeds 0 1 2 [--runs DIR]
     nice -n 19 .venv/bin/python scripts/online_family_world.py --summarise-only   # tables from finished runs
 
 Prints one markdown table per metric: mean over seeds and a 95% t-interval (t with n-1 degrees of freedom; with
@@ -35,7 +35,7 @@ VARIANTS = {
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def run_one(variant: str, seed: int, steps: int, every: int, R: Path, runs: Path) -> Path:
+def run_one(variant: str, seed: int, steps: int, every: int, R: Path, runs: Path, monitor_n: int) -> Path:
     from rlhfkit import grpo, reinforce_pp
 
     module, flags = VARIANTS[variant]
@@ -46,7 +46,7 @@ def run_one(variant: str, seed: int, steps: int, every: int, R: Path, runs: Path
     cfg = mod.Config(model=str(R / "sft"), data=str(R / "world" / "train_prompts.jsonl"),
                      reward_model=["rlhfkit.world:correct_reward"], output_dir=str(out), max_steps=steps + 2, seed=seed,
                      monitor_prompts=str(R / "world" / "heldout_prompts.jsonl"), monitor_every=every,
-                     monitor_gold="rlhfkit.world:gold_reward", monitor_n=64, **COMMON, **flags)
+                     monitor_gold="rlhfkit.world:gold_reward", monitor_n=monitor_n, **COMMON, **flags)
     mod.train(cfg)
     return out
 
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--monitor-n", type=int, default=256, help="held-out prompts per evaluation")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--summarise-only", action="store_true")
     ap.add_argument("--json", default="")
@@ -95,11 +96,11 @@ def main() -> None:
         for s in a.seeds:
             out = runs / f"{v}-s{s}"
             if not a.summarise_only:
-                run_one(v, s, a.steps, a.every, R, runs)
+                run_one(v, s, a.steps, a.every, R, runs, a.monitor_n)
             if (out / "monitor.jsonl").exists():
                 data.setdefault(v, {})[s] = curves(out)
     if a.json:
-        Path(a.json).write_text(json.dumps(data, indent=1, sort_keys=True))
+        Path(a.json).write_text(json.dumps(data, indent=1))
     for key, what in (("gold", "held-out gold (world judge)"), ("correct", "held-out correct rate (the reward)"),
                       ("entropy", "policy entropy, nats/token (training samples)")):
         steps = sorted({st for v in data.values() for c in v.values() for st in c if isinstance(st, int)})
