@@ -247,3 +247,32 @@ def test_concat_rollouts_pads_to_the_widest():
     assert c.scores.tolist() == [2.0, 101.0, 102.0] and c.has_eos.tolist() == [False, True, False]
     assert c.prompts == ["p01", "p1000", "p1001"] and c.texts == ["t01", "t1000", "t1001"]
     assert c.reward_parts["std"].tolist() == pytest.approx([0.2, 0.1, 0.2]) and c.gen_s == 3.0
+
+
+def test_gspo_equals_grpo_through_the_trainer_on_one_token_completions(toy_dir, prompts_file, tmp_path):
+    """max_new_tokens 1: every completion is one token, so the sequence ratio is the token ratio and the two levels
+    train identically, off-policy pass included (the identity of test_losses, end to end)."""
+    kw = dict(max_steps=4, num_iterations=2, max_new_tokens=1, beta=0.05, epsilon_high=0.28)
+    grpo.train(cfg_for(toy_dir, prompts_file, tmp_path / "tok", **kw), reward_fn=prompt_dependent)
+    grpo.train(cfg_for(toy_dir, prompts_file, tmp_path / "seq", importance_sampling_level="sequence", **kw),
+               reward_fn=prompt_dependent)
+    a, b = read_metrics(tmp_path / "tok"), read_metrics(tmp_path / "seq")
+    assert a[1]["policy/ratio"] != 1.0
+    for key in ("train/loss", "policy/clipfrac", "policy/ratio", "kl/token"):
+        assert [m[key] for m in a] == pytest.approx([m[key] for m in b], rel=1e-6, abs=1e-9), key
+
+
+def test_dynamic_sampling_resume_is_exact(toy_dir, prompts_file, tmp_path):
+    """The refill prompts and samples come from (seed, iteration, process, round): a run resumed from a checkpoint
+    draws the same extra rollouts and trains the same."""
+    kw = dict(max_steps=4, num_iterations=2, save_every=2, dynamic_sampling=True, max_sampling_rounds=2)
+    grpo.train(cfg_for(toy_dir, prompts_file, tmp_path / "full", **kw), reward_fn=prompt_dependent)
+    part = tmp_path / "part"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000002", part / "checkpoints" / "step-00000002")
+    grpo.train(cfg_for(toy_dir, prompts_file, part, resume=True, **kw), reward_fn=prompt_dependent)
+    full, resumed = read_metrics(tmp_path / "full")[2:], read_metrics(part)
+    assert [m["step"] for m in resumed] == [3, 4] and full[0]["rollout/extra_generations"] > 0
+    for a, b in zip(full, resumed):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5, abs=1e-7)
+        assert (a["rollout/score"], a["rollout/extra_generations"]) == (b["rollout/score"],
+                                                                       b["rollout/extra_generations"])
