@@ -103,6 +103,16 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool =
     return centred.reshape(-1)
 
 
+def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(N,) rewards, groups contiguous -> (N / G,) bool: True where the group's rewards are not all equal.
+
+    A group of equal rewards has zero group-relative advantage for every member, so it adds no gradient, only
+    noise to the batch size. DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2, the constraint of eq. 8:
+    0 < |{o_i correct}| < G) keeps only the True groups and samples more prompts to refill the batch."""
+    g = _groups(rewards, group_size)  # (P, G)
+    return g.amax(dim=1) > g.amin(dim=1)
+
+
 def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024): A_i = r_i - mean_{j != i} r_j.
 
@@ -147,3 +157,42 @@ def kl_penalised_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logpro
     rewards = -beta * kl + torch.where(last, score[:, None].to(kl.dtype), torch.zeros_like(kl))
     return rewards, kl
 
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, sec. 3.4, eq. 13), added to the task reward:
+
+        R_length(y) = 0                                   |y| <= L_max - L_cache
+                    = ((L_max - L_cache) - |y|) / L_cache   L_max - L_cache < |y| <= L_max
+                    = -1                                  |y| > L_max
+    times `factor`. lengths: (B,) response lengths in tokens; max_length = L_max (max_new_tokens); buffer = L_cache
+    (the window before L_max over which the penalty grows linearly from 0 to -factor). Returns (B,) float <= 0.
+    """
+    if not 0 < buffer <= max_length:
+        raise ValueError(f"overlong buffer must be in (0, max_length={max_length}], got {buffer}")
+    over = (lengths.float() - (max_length - buffer)).clamp(min=0) / buffer  # 0 .. 1 inside the window
+    return -factor * torch.where(lengths > max_length, torch.ones_like(over), over.clamp(max=1))
+
+
+def reinforce_pp_advantages(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                            mask: torch.Tensor, beta: float, group_size: int | None = None,
+                            gamma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models",
+    sec. 3): no critic; the KL to the reference is a per-token reward and the advantage is the return normalised
+    over the whole batch:
+
+        r_t   = I(t = last) * score - beta * KL_t,   KL_t = log pi_old(y_t) - log pi_ref(y_t)   (k1, token-level KL)
+        G_t   = sum_{s >= t} gamma^(s - t) r_s                                                   (return)
+        A_t   = (G_t - mean(G)) / std(G)     mean and std over every response token of the batch  (global norm.)
+
+    group_size: subtract each group's mean score first (REINFORCE++-baseline, same paper, for G samples per prompt;
+    groups contiguous); None: the plain estimator (one sample per prompt is fine).
+    scores: (B,); logprobs (rollout-time policy), ref_logprobs, mask: (B, T). Returns (advantages (B, T), kl (B, T)),
+    0 outside the mask.
+    """
+    if group_size is not None:
+        g = _groups(scores, group_size)
+        scores = (g - g.mean(dim=1, keepdim=True)).reshape(-1)
+    rewards, kl = kl_penalised_rewards(scores, logprobs, ref_logprobs, mask, beta, "k1")
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)  # V = 0, lambda = 1: the return G_t
+    return whiten(returns, mask), kl

@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ppo": ("rlhfkit.ppo", "train", "PPO with a KL-penalised reward, value model and GAE."),
     "grpo": ("rlhfkit.grpo", "train", "GRPO: group-normalised advantages, KL as a loss term."),
     "rloo": ("rlhfkit.grpo", "train_rloo", "RLOO: leave-one-out baselines."),
+    "reinforce-pp": ("rlhfkit.reinforce_pp", "train",
+                     "REINFORCE++: token-level KL reward, returns normalised over the batch."),
     "bon": ("rlhfkit.bon", "run", "Best-of-n sampling with a reward model (optional rejection-sampling SFT)."),
     "eval": ("rlhfkit.evaluate", "run", "Evaluate policies: judge reward, win rate, KL, length, diversity."),
     "report": ("rlhfkit.report", "run", "Write a self-contained HTML report of one or more runs."),

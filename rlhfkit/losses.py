@@ -368,23 +368,55 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, aggregation: str = "token_mea
     return fn(x, mask)
 
 
+def sequence_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log s_i = (1/|y_i|) sum_t (log pi(y_t) - log pi_old(y_t)), the length-normalised sequence log-ratio of GSPO
+    (Zheng et al. 2025, the s_i(theta) of eq. 5: s_i = (pi(y_i|x) / pi_old(y_i|x))^(1/|y_i|)). (B, T) -> (B, 1);
+    0 for an empty row."""
+    per_token = torch.where(mask, logprobs - old_logprobs, torch.zeros_like(logprobs))  # (B, T)
+    return (per_token.sum(-1) / mask.sum(-1).clamp(min=1))[:, None]  # (B, 1)
+
+
+# The importance ratio the clipped surrogate is formed with:
+#   token     r_t = pi(y_t) / pi_old(y_t) per token (PPO, GRPO, DAPO)
+#   sequence  s_i of GSPO, in its GSPO-token form (Zheng et al. 2025, sec. 4.3):
+#             s_{i,t} = sg[s_i] * pi(y_t) / sg[pi(y_t)]. Its value is s_i at every token; with one advantage per
+#             sequence its gradient is that of eq. 5 once the tokens of a sequence are averaged (seq_mean), and it
+#             also accepts per-token advantages. Clipping then acts on s_i: a whole sequence is clipped or not.
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+
 def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                     mask: torch.Tensor, clip_range: float = 0.2, aggregation: str = "token_mean",
-                    clip_range_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    clip_range_high: float | None = None,
+                    importance_sampling_level: str = "token") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss to minimise:
 
         ratio = pi(a|s) / pi_old(a|s) = exp(logprobs - old_logprobs)
-        loss_t = max(-A_t * ratio, -A_t * clip(ratio, 1 - eps, 1 + eps_high))
+        loss_t = max(-A_t * ratio, -A_t * clip(ratio, 1 - eps_low, 1 + eps_high))
 
     logprobs, old_logprobs, mask: (B, T); advantages: (B, T), or (B,) for sequence-level advantages (GRPO/RLOO),
-    broadcast over tokens. clip_range_high defaults to clip_range (DAPO's "clip-higher" sets it larger).
+    broadcast over tokens. clip_range is eps_low; clip_range_high = eps_high defaults to it. DAPO's clip-higher
+    (Yu et al. 2025, sec. 3.1 and eq. 8) sets eps_high > eps_low, so low-probability tokens with A > 0 can grow;
+    with aggregation token_mean this is DAPO's token-level loss (sec. 3.3).
+    importance_sampling_level: "token" (above) or "sequence" (GSPO, Zheng et al. 2025, eq. 5: the ratio is s_i,
+    see sequence_log_ratio; with seq_mean aggregation and sequence advantages it is the paper's objective; the
+    paper's clip ranges are 3e-4 / 4e-4, sec. 5.1). With one token per sequence both levels are the same loss.
     stats (detached scalars): clipfrac = fraction of tokens where the clipped branch is active (its gradient is 0),
-    approx_kl = k3 estimate of KL(pi_old || pi) = mean((r - 1) - log r), ratio = mean ratio.
+    approx_kl = k3 estimate of KL(pi_old || pi) = mean((r - 1) - log r) on the per-token ratios, ratio = mean ratio
+    (of the level used).
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None]  # (B, 1) -> broadcast over T
     high = clip_range if clip_range_high is None else clip_range_high
-    log_ratio = torch.where(mask, logprobs - old_logprobs, torch.zeros_like(logprobs))  # padding: ratio 1, no inf
+    token_log_ratio = torch.where(mask, logprobs - old_logprobs, torch.zeros_like(logprobs))  # padding: ratio 1
+    if importance_sampling_level == "token":
+        log_ratio = token_log_ratio
+    elif importance_sampling_level == "sequence":
+        log_ratio = sequence_log_ratio(logprobs, old_logprobs, mask).detach() + logprobs - logprobs.detach()
+        log_ratio = torch.where(mask, log_ratio, torch.zeros_like(log_ratio))  # (B, T)
+    else:
+        raise ValueError(f"unknown importance_sampling_level {importance_sampling_level!r}; "
+                         f"choose from {IMPORTANCE_SAMPLING_LEVELS}")
     ratio = torch.exp(log_ratio)  # (B, T)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + high)
@@ -394,6 +426,45 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
                  "approx_kl": _token_mean(kl_k3(old_logprobs, logprobs), mask),
                  "ratio": _token_mean(ratio, mask)}
     return loss, stats
+
+
+def cispo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      mask: torch.Tensor, clip_range_high: float = 0.28, aggregation: str = "token_mean",
+                      clip_range_low: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Policy gradient with truncated, stop-gradient importance weights (CISPO, MiniMax-M1, MiniMax 2025, sec. 3.1):
+
+        w_t    = sg(clip(r_t, 1 - eps_low, 1 + eps_high)),  r_t = pi(y_t) / pi_old(y_t)
+        loss_t = -w_t * A_t * log pi(y_t)
+
+    Unlike the clipped surrogate no token loses its gradient: a token outside the range keeps the gradient
+    -w_t A_t grad log pi with its weight truncated (the truncated importance weights min(rho_bar, pi / mu) of
+    IMPALA's V-trace, Espeholt et al. 2018, sec. 4). The paper sets no lower bound: clip_range_low=None (weights in
+    [0, 1 + eps_high]). At r = 1 the gradient equals the clipped surrogate's, -A grad log pi. The loss VALUE is
+    -w A log pi, not comparable with ppo_policy_loss; only its gradient is the objective's.
+    Shapes as ppo_policy_loss. stats: clipfrac = fraction of tokens whose weight was truncated, approx_kl, ratio
+    (mean r), is_weight (mean w).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    log_ratio = torch.where(mask, logprobs - old_logprobs, torch.zeros_like(logprobs))
+    ratio = torch.exp(log_ratio).detach()  # (B, T)
+    low = 0.0 if clip_range_low is None else 1 - clip_range_low
+    weight = torch.clamp(ratio, low, 1 + clip_range_high)
+    per_token = -weight * advantages * torch.where(mask, logprobs, torch.zeros_like(logprobs))
+    loss = aggregate(per_token, mask, aggregation)
+    with torch.no_grad():
+        stats = {"clipfrac": _token_mean((weight != ratio).to(ratio.dtype), mask),
+                 "approx_kl": _token_mean(kl_k3(old_logprobs, logprobs), mask),
+                 "ratio": _token_mean(ratio, mask), "is_weight": _token_mean(weight, mask)}
+    return loss, stats
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float,
+                  aggregation: str = "token_mean") -> torch.Tensor:
+    """-coef * H aggregated like the policy loss: added to the loss, it rewards a flatter next-token distribution
+    (the entropy bonus of Mnih et al. 2016, sec. 4; Schulman et al. 2017, eq. 9). entropy: (B, T) per-token
+    entropies of the policy (differentiable), mask (B, T) -> scalar; 0 when coef is 0."""
+    return -coef * aggregate(entropy, mask, aggregation)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,

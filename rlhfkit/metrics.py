@@ -337,3 +337,11 @@ def diversity_collapse(steps: Sequence[int], distinct: Sequence[float], window: 
                        ratio: float = 0.5) -> dict | None:
     """Fires when the trailing mean distinct-n falls below `ratio` x its starting level (mode collapse)."""
     return _ratio_alarm("diversity_collapse", steps, distinct, window, ratio, False, "distinct-2")
+
+
+def entropy_collapse(steps: Sequence[int], entropy: Sequence[float], window: int = 3,
+                     ratio: float = 0.3) -> dict | None:
+    """Fires when the trailing mean policy entropy (nats per token) falls below `ratio` x its starting level: the
+    policy has become near-deterministic on its own samples and stops exploring, the failure DAPO's clip-higher
+    targets (Yu et al. 2025, sec. 3.1 and fig. 2b)."""
+    return _ratio_alarm("entropy_collapse", steps, entropy, window, ratio, False, "policy entropy")

@@ -8,9 +8,10 @@ fixed held-out probe set and records, in run_dir/monitor.jsonl:
   length      mean response length in tokens
   distinct_2  distinct bigrams / bigrams over the probe responses
   disagreement  mean std across a reward-model ensemble, when the proxy reports one
+  entropy     the policy's mean token entropy, when the trainer passes it (`run(step, policy, entropy=...)`)
 and raises alarms (metrics.py, thresholds are attributes): proxy up while gold down over a window (Gao,
-Schulman & Hilton 2022), length drift, ensemble disagreement rising, diversity collapse. Each alarm is raised
-once per kind, printed, and appended to run_dir/alarms.jsonl.
+Schulman & Hilton 2022), length drift, ensemble disagreement rising, diversity collapse, entropy collapse.
+Each alarm is raised once per kind, printed, and appended to run_dir/alarms.jsonl.
 
 Sampling is at temperature 1 with the same seed at every evaluation (common random numbers: a change between
 two evaluations is the policy's, not the dice's), and temperature 1 is what makes the Monte-Carlo KL an
@@ -19,7 +20,7 @@ estimate of KL(policy || reference) of the distributions being trained.
     monitor = Monitor.from_config(cfg, tokenizer, run_dir, proxy=reward_fn, ref_model=ref)  # None when off
     ...
     if monitor is not None and monitor.due(step):
-        metrics.update(monitor.run(step, policy))
+        metrics.update(monitor.run(step, policy, entropy=last_entropy))  # entropy: optional
         monitor.save_best(policy, tokenizer)          # run_dir/best/ when this step is the best so far
         if monitor.should_stop: break                 # only with cfg.early_stop
 
@@ -36,7 +37,8 @@ from typing import Any
 
 from . import metrics as M
 
-ALARM_KINDS = ("proxy_up_gold_down", "length_drift", "disagreement_rising", "diversity_collapse")
+ALARM_KINDS = ("proxy_up_gold_down", "length_drift", "disagreement_rising", "diversity_collapse",
+               "entropy_collapse")
 
 
 class Monitor:
@@ -52,6 +54,8 @@ class Monitor:
     """disagreement_rising fires above ratio x the starting disagreement."""
     diversity_ratio: float = 0.5
     """diversity_collapse fires below ratio x the starting distinct-2."""
+    entropy_ratio: float = 0.3
+    """entropy_collapse fires below ratio x the starting policy entropy (set by the constructor argument)."""
     patience: int = 3
     """Early stop after this many evaluations without a new best (gold, else proxy)."""
     batch_size: int = 64
@@ -60,7 +64,7 @@ class Monitor:
     def __init__(self, prompts: list, tokenizer, run_dir: str | Path, *, every: int, proxy=None, gold=None,
                  ref_model=None, max_new_tokens: int = 64, seed: int = 0, early_stop: bool = False,
                  temperature: float = 1.0, world_gold: bool = False, kinds: list | None = None,
-                 resume: bool = False):
+                 resume: bool = False, entropy_ratio: float = 0.3):
         if every < 1:
             raise ValueError("monitor: every must be >= 1")
         self.prompts = list(prompts)
@@ -76,6 +80,9 @@ class Monitor:
         self.early_stop = early_stop
         self.temperature = temperature
         self.world_gold = world_gold
+        if not 0 < entropy_ratio < 1:
+            raise ValueError(f"monitor: entropy_ratio must be in (0, 1), got {entropy_ratio}")
+        self.entropy_ratio = entropy_ratio
         self.records: list[dict] = []
         self.alarms: list[dict] = []
         self.best_step: int | None = None
@@ -144,9 +151,11 @@ class Monitor:
     def due(self, step: int) -> bool:
         return step % self.every == 0
 
-    def run(self, step: int, policy) -> dict[str, float]:
+    def run(self, step: int, policy, entropy: float | None = None) -> dict[str, float]:
         """Evaluate `policy` on the probe set; returns the "monitor/*" metrics that are available
-        (gold, kl and disagreement only when a gold judge / reference model / ensemble is there)."""
+        (gold, kl and disagreement only when a gold judge / reference model / ensemble is there).
+        entropy: the trainer's latest mean token entropy of the policy on its own samples (its `policy/entropy`),
+        recorded and watched by the entropy_collapse alarm; None when there is none yet."""
         from .evaluate import call_judge, response_lengths, sample_responses, sequence_logps
 
         t0 = time.perf_counter()
@@ -180,6 +189,8 @@ class Monitor:
         # 5. length and diversity
         rec["length"] = M.mean(response_lengths(r_ids, tok.eos_token_id))
         rec["distinct_2"] = M.distinct_n(texts, 2)
+        if entropy is not None:
+            rec["entropy"] = float(entropy)
         rec["samples"] = [{"prompt": _text(p), "response": t} for p, t in list(zip(self.prompts, texts))[:3]]
         rec["seconds"] = time.perf_counter() - t0
         # 6. log, track the best step, evaluate the alarms
@@ -189,7 +200,7 @@ class Monitor:
             f.write(json.dumps(rec) + "\n")
         self._track(rec)
         self._check_alarms()
-        keys = ("proxy", "gold", "kl", "length", "distinct_2", "disagreement")
+        keys = ("proxy", "gold", "kl", "length", "distinct_2", "disagreement", "entropy")
         return {f"monitor/{k}": float(rec[k]) for k in keys if k in rec}
 
     def _track(self, rec: dict) -> None:
@@ -214,6 +225,7 @@ class Monitor:
                                            ratio=self.disagreement_ratio))
         found.append(M.diversity_collapse(*self._series("distinct_2"), window=self.window,
                                           ratio=self.diversity_ratio))
+        found.append(M.entropy_collapse(*self._series("entropy"), window=self.window, ratio=self.entropy_ratio))
         for alarm in found:
             if alarm is None or alarm["kind"] in raised:
                 continue

@@ -42,7 +42,7 @@ from .advantages import explained_variance, gae, kl_penalised_rewards, whiten
 from .engine import Engine, StepSampler, seed_everything, setup_distributed, total_steps
 from .kl import AdaptiveKLController, FixedKLController
 from .logprobs import masked_mean
-from .losses import ppo_policy_loss, value_loss
+from .losses import entropy_bonus, ppo_policy_loss, value_loss
 from .modeling import TokenLogprobs, backbone, position_ids
 from .rollout import (OnlineConfig, Rollout, as_reward_fn, build_monitor, check_batch, encode_prompts, load_prompts,
                       mean_over_ranks, micro_weight, rollout, rollout_generator)
@@ -82,6 +82,9 @@ class Config(OnlineConfig):
     """Value clip around the rollout-time values (0: no value clipping)."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: subtract entropy_coef x the policy's token entropy from the loss (Schulman et al. 2017,
+    eq. 9); 0: off. The entropy is logged either way (policy/entropy)."""
     critic: str = "separate"
     """separate: a value model with its own backbone; shared: a value head on the policy's backbone."""
     value_model: str = ""
@@ -93,8 +96,8 @@ class Config(OnlineConfig):
             raise ValueError(f"critic: {self.critic!r} is not one of separate, shared")
         if self.critic == "shared" and self.value_model:
             raise ValueError("value_model initialises a separate critic; it has no meaning with critic=shared")
-        if self.ppo_epochs < 1:
-            raise ValueError("ppo_epochs must be >= 1")
+        if self.ppo_epochs < 1 or self.entropy_coef < 0:
+            raise ValueError("ppo_epochs must be >= 1 and entropy_coef >= 0")
         per_iter = self.ppo_epochs * self.num_minibatches
         if self.save_every and self.save_every % per_iter:
             raise ValueError(f"save_every {self.save_every} must be a multiple of ppo_epochs x num_minibatches = "
@@ -199,6 +202,7 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
     n_local, mb_local = cfg.rollout_batch_size // dist.world_size, mb // dist.world_size
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     buf: dict[str, Any] = {}
+    last_entropy: float | None = None
     t0 = time.perf_counter()
     for step in engine.remaining_steps():
         it, k = divmod(step, per_iter)
@@ -231,7 +235,7 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
         ro = buf["ro"]
         metrics = dict(roll_metrics)
         if monitor is not None and monitor.due(step):
-            metrics.update(monitor.run(step, module.policy))
+            metrics.update(monitor.run(step, module.policy, entropy=last_entropy))
             monitor.save_best(module.policy, tokenizer)
         # 7. one optimizer step on minibatch k % num_minibatches of epoch k // num_minibatches
         epoch, j = divmod(k, cfg.num_minibatches)
@@ -251,6 +255,8 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
                                 cfg.clip_range_value or None, cfg.aggregation)
             w = micro_weight(b["mask"], cfg.aggregation, mb_tokens, mb)
             micro_loss = pl + cfg.vf_coef * vl
+            if cfg.entropy_coef:
+                micro_loss = micro_loss + entropy_bonus(fwd["entropy"], b["mask"], cfg.entropy_coef, cfg.aggregation)
             engine.backward(w * micro_loss)
             engine.count(samples=len(micro), tokens=int(b["attention"].sum()))
             for key, v in (("train/loss", micro_loss), ("policy/loss", pl), ("value/loss", vl),
@@ -261,6 +267,7 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
         # weighted sums over this process's share -> sums over all processes
         metrics.update({key: v * dist.world_size for key, v in mean_over_ranks(stats).items()})
         metrics["train/elapsed_s"] = time.perf_counter() - t0
+        last_entropy = metrics["policy/entropy"]
         engine.step(metrics, batch_info=f"iteration {it} epoch {epoch} minibatch {j}")
         # every process stops together (the monitor runs on the main process only)
         if mean_over_ranks({"stop": float(monitor is not None and monitor.should_stop)})["stop"] > 0:

@@ -619,7 +619,8 @@ def section_alarms(summary: dict, runs: list[Run]) -> str:
            "rises while the held-out (gold) reward falls; <b>length_drift</b>: mean answer length moves beyond "
            "a factor of its starting value; <b>disagreement_rising</b>: the reward-model ensemble disagrees more "
            "and more (the policy left the data the reward models know); <b>diversity_collapse</b>: answers "
-           "become alike (mode collapse).</p>"]
+           "become alike (mode collapse); <b>entropy_collapse</b>: the policy's token entropy on its own samples "
+           "falls far below its start (it stops exploring).</p>"]
     out.append(table(["run / policy", "alarm", "step", "details"], rows) if rows
                else '<p class="ok">No alarms were raised.</p>')
     out.append("</section>")

@@ -1,9 +1,13 @@
-"""rlhfkit.advantages: GAE (loop vs vectorised), whitening, GRPO / RLOO, the KL-shaped per-token reward."""
+"""rlhfkit.advantages: GAE (loop vs vectorised), whitening, GRPO / RLOO, the KL-shaped per-token reward,
+DAPO's group filter and overlong penalty, REINFORCE++."""
+import math
+
 import pytest
 import torch
 
-from rlhfkit.advantages import (explained_variance, gae, gae_loop, grpo_advantages, kl_penalised_rewards,
-                                last_token_mask, rloo_advantages, whiten)
+from rlhfkit.advantages import (explained_variance, gae, gae_loop, grpo_advantages, informative_groups,
+                                kl_penalised_rewards, last_token_mask, overlong_penalty, reinforce_pp_advantages,
+                                rloo_advantages, whiten)
 
 
 def _random_case(seed, B=6, T=11, leading=False):
@@ -148,3 +152,87 @@ def test_kl_penalised_rewards_zero_kl_at_reference_and_estimators():
         assert rewards[:, -1].tolist() == [1.0, 2.0, 3.0] and torch.equal(rewards[:, :-1], torch.zeros(3, 4).double())
     with pytest.raises(ValueError):
         kl_penalised_rewards(score, logp, logp, mask, beta=0.1, no_eos_penalty=1.0)
+
+
+# ---------------------------------------------------------------------------------------- DAPO, REINFORCE++
+def test_informative_groups():
+    """Groups of 2: (1, 1) all equal, (0, 1) informative, (0.5, 0.5) all equal, (-1, 1e-9) informative."""
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, -1.0, 1e-9])
+    assert informative_groups(r, 2).tolist() == [False, True, False, True]
+    # exactly the groups whose GRPO advantages are not all 0
+    assert (grpo_advantages(r, 2).view(-1, 2) != 0).any(dim=1).tolist() == [False, True, False, True]
+
+
+def test_overlong_penalty_by_hand():
+    """DAPO eq. 13 with L_max = 10, L_cache = 4: the window is (6, 10].
+      |y| = 5, 6 -> 0;  7 -> (6 - 7) / 4 = -0.25;  9 -> -0.75;  10 -> -1;  12 (> L_max) -> -1.
+    factor 0.5 halves every value."""
+    lengths = torch.tensor([5, 6, 7, 9, 10, 12])
+    torch.testing.assert_close(overlong_penalty(lengths, 10, 4), torch.tensor([0.0, 0.0, -0.25, -0.75, -1.0, -1.0]),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(overlong_penalty(lengths, 10, 4, 0.5),
+                               torch.tensor([0.0, 0.0, -0.125, -0.375, -0.5, -0.5]), rtol=0, atol=0)
+    for bad in (0, 11):
+        with pytest.raises(ValueError, match="overlong buffer"):
+            overlong_penalty(lengths, 10, bad)
+
+
+def test_reinforce_pp_by_hand():
+    """Two responses (one group), beta 0.5, scores (1, 0); log pi_old - log pi_ref = (1, 2) on row 0, (0) on row 1.
+      rewards (k1 in the reward, score at the last token): row 0: (-0.5, -1 + 1 = 0); row 1: (0)
+      returns G_t (gamma 1): row 0: (-0.5, 0); row 1: (0)
+      global normalisation over the 3 tokens: mean -1/6, Bessel variance ((1/3)^2 + 2 (1/6)^2) / 2 = 1/12,
+      A = (G - mean) / sqrt(1/12 + 1e-8) = (-1/3, 1/6 | 1/6) / sqrt(1/12 + 1e-8)   (about (-1.1547, 0.5774 | 0.5774))
+    REINFORCE++-baseline (group_size 2) first centres the scores: (0.5, -0.5); rewards row 0: (-0.5, -0.5), row 1:
+    (-0.5); returns (-1, -0.5 | -0.5), mean -2/3: the same deviations, the same advantages (a coincidence of these
+    numbers). gamma 0.5 (plain): returns row 0 (-0.5 + 0.5 * 0, 0) = (-0.5, 0): unchanged here, so use the
+    baseline: row 0 (-0.5 - 0.25, -0.5) = (-0.75, -0.5), row 1 (-0.5): mean -7/12, deviations (-1/6, 1/12, 1/12),
+    variance (1/36 + 2/144) / 2 = 1/48."""
+    ref = torch.zeros(2, 3, dtype=torch.float64)
+    lp = torch.tensor([[1.0, 2.0, 9.0], [0.0, 9.0, 9.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    scores = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    expected = torch.tensor([[-1 / 3, 1 / 6, 0.0], [1 / 6, 0.0, 0.0]], dtype=torch.float64) / math.sqrt(1 / 12 + 1e-8)
+    adv, kl = reinforce_pp_advantages(scores, lp, ref, mask, beta=0.5)
+    torch.testing.assert_close(adv, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(kl, torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64))
+    adv_b, _ = reinforce_pp_advantages(scores, lp, ref, mask, beta=0.5, group_size=2)
+    torch.testing.assert_close(adv_b, expected, rtol=1e-12, atol=0)
+    adv_g, _ = reinforce_pp_advantages(scores, lp, ref, mask, beta=0.5, group_size=2, gamma=0.5)
+    expected_g = torch.tensor([[-1 / 6, 1 / 12, 0.0], [1 / 12, 0.0, 0.0]], dtype=torch.float64) / math.sqrt(
+        1 / 48 + 1e-8)
+    torch.testing.assert_close(adv_g, expected_g, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_reinforce_pp_equals_its_formula_written_as_loops(seed, gamma):
+    """One group of G = 5 responses of random lengths: the vectorised estimator equals the formula of its docstring
+    written token by token (reward-to-go from the end of each response, then one mean and one Bessel std over every
+    real token of the batch), with and without the group baseline."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, beta = 5, 7, 0.1
+    lp = -torch.rand(B, T, generator=g, dtype=torch.float64)
+    ref = -torch.rand(B, T, generator=g, dtype=torch.float64)
+    scores = torch.randn(B, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    mask = torch.arange(T)[None] < lengths[:, None]
+    for baseline in (False, True):
+        s = scores - scores.mean() if baseline else scores
+        returns = []
+        for b in range(B):
+            n, running, row = int(lengths[b]), 0.0, [0.0] * int(lengths[b])
+            for t_ in reversed(range(n)):
+                r = -beta * float(lp[b, t_] - ref[b, t_]) + (float(s[b]) if t_ == n - 1 else 0.0)
+                running = r + gamma * running
+                row[t_] = running
+            returns.append(row)
+        flat = [x for row in returns for x in row]
+        mean = sum(flat) / len(flat)
+        std = math.sqrt(sum((x - mean) ** 2 for x in flat) / (len(flat) - 1) + 1e-8)
+        expected = torch.zeros(B, T, dtype=torch.float64)
+        for b, row in enumerate(returns):
+            expected[b, :len(row)] = torch.tensor([(x - mean) / std for x in row], dtype=torch.float64)
+        adv, _ = reinforce_pp_advantages(scores, lp, ref, mask, beta, group_size=B if baseline else None,
+                                         gamma=gamma)
+        torch.testing.assert_close(adv, expected, rtol=1e-10, atol=1e-12)

@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from rlhfkit.losses import (AGGREGATIONS, LossType, aggregate, bradley_terry_loss, bt_soft_loss, dpo_sigmoid, hinge,
-                            ipo, kto, kto_reference_point, nll_loss, orpo_odds_ratio, ppo_policy_loss,
-                            preference_loss, sft, simpo, value_loss)
+from rlhfkit.losses import (AGGREGATIONS, LossType, aggregate, bradley_terry_loss, bt_soft_loss, cispo_policy_loss,
+                            dpo_sigmoid, entropy_bonus, hinge, ipo, kto, kto_reference_point, nll_loss,
+                            orpo_odds_ratio, ppo_policy_loss, preference_loss, sequence_log_ratio, sft, simpo,
+                            value_loss)
 
 
 def t(*xs):
@@ -309,3 +310,147 @@ def test_value_loss_clipping_by_hand():
     assert stats["vf_clipfrac"].item() == pytest.approx(1 / 3, rel=1e-12)
     loss_nc, stats_nc = value_loss(values, old, returns, mask, clip_range_value=None)
     assert loss_nc.item() == pytest.approx(0.5 * 0.35 / 3, rel=1e-12) and stats_nc["vf_clipfrac"].item() == 0.0
+
+
+# ------------------------------------------------------------------------------- DAPO, GSPO, CISPO, entropy
+def _random_policy_case(seed, B=4, T=5, one_token=False):
+    g = torch.Generator().manual_seed(seed)
+    lp = (-torch.rand(B, T, generator=g, dtype=torch.float64)).requires_grad_()
+    old = lp.detach() + 0.6 * torch.randn(B, T, generator=g, dtype=torch.float64)  # many ratios outside 1 +- 0.2
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    if one_token:  # exactly one real token per row, at a different position in each row
+        mask = torch.zeros(B, T, dtype=torch.bool)
+        mask[torch.arange(B), torch.randint(0, T, (B,), generator=g)] = True
+    else:
+        mask = torch.rand(B, T, generator=g) > 0.3
+        mask[:, 0] = True
+    return lp, old, adv, mask
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dapo_symmetric_clip_equals_token_mean_grpo(seed):
+    """DAPO's loss with eps_low == eps_high and token_mean aggregation is the GRPO clipped loss aggregated per token
+    (value and gradient): clip-higher is the only change to the objective (Yu et al. 2025, eq. 8 vs GRPO)."""
+    lp, old, adv, mask = _random_policy_case(seed)
+    lp2 = lp.detach().clone().requires_grad_()
+    dapo, s1 = ppo_policy_loss(lp, old, adv, mask, clip_range=0.2, clip_range_high=0.2, aggregation="token_mean")
+    grpo, s2 = ppo_policy_loss(lp2, old, adv, mask, clip_range=0.2)
+    dapo.backward()
+    grpo.backward()
+    assert dapo.item() == grpo.item() and s1["clipfrac"] > 0  # some clipping really happens in these cases
+    assert torch.equal(lp.grad, lp2.grad)
+    # and eps_high > eps_low changes it exactly where a ratio above 1.2 has a positive advantage
+    hi, _ = ppo_policy_loss(lp.detach(), old, adv, mask, clip_range=0.2, clip_range_high=0.6)
+    ratio = torch.exp(lp.detach() - old)
+    binds = mask & (adv[:, None] > 0) & (ratio > 1.2)
+    assert (hi.item() != grpo.item()) == bool(binds.any())
+
+
+def test_sequence_log_ratio_by_hand():
+    """Row 0: token ratios (4, 1) -> log s = (ln 4 + 0) / 2 = ln 2, s = 2 (the geometric mean of the ratios);
+    row 1: one token of ratio 1.1 -> s = 1.1; row 2: empty -> 0 (ratio 1)."""
+    old = torch.zeros(3, 2, dtype=torch.float64)
+    lp = torch.log(t(4.0, 1.0, 1.1, 50.0, 7.0, 7.0)).view(3, 2)
+    mask = torch.tensor([[True, True], [True, False], [False, False]])
+    torch.testing.assert_close(sequence_log_ratio(lp, old, mask),
+                               t(math.log(2.0), math.log(1.1), 0.0).view(3, 1), rtol=1e-15, atol=0)
+
+
+def test_gspo_by_hand():
+    """GSPO (Zheng et al. 2025, eq. 5) with eps 0.2. Row 0: token ratios (4, 1), s_0 = 2, A = 1; row 1: one token,
+    s_1 = 1.1, A = -1; a padded garbage token in row 1.
+      row 0: max(-A s, -A clip(s, 0.8, 1.2)) = max(-2, -1.2) = -1.2, clipped: the whole sequence is clipped
+      row 1: max(1.1, 1.1) = 1.1
+    seq_mean (the paper's 1/G sum_i): (-1.2 + 1.1) / 2 = -0.05;  token_mean: (2 * -1.2 + 1.1) / 3 = -1.3 / 3.
+    clipfrac 2/3 of the tokens; ratio stat (2 + 2 + 1.1) / 3 = 1.7.
+    Gradient (seq_mean): row 0 clipped -> 0; row 1: d(-A s)/d log p = -A s = 1.1, times 1/|y_1| = 1 and 1/G = 1/2
+    -> 0.55. With eps_high = 10 row 0 is unclipped: d(-s_0)/d log p_t = -s_0 / |y_0| = -1, times 1/2 -> -0.5 each."""
+    old = torch.zeros(2, 2, dtype=torch.float64)
+    lp = torch.log(t(4.0, 1.0, 1.1, 1e30)).view(2, 2).requires_grad_()
+    adv = t(1.0, -1.0)
+    mask = torch.tensor([[True, True], [True, False]])
+    loss, stats = ppo_policy_loss(lp, old, adv, mask, 0.2, "seq_mean", importance_sampling_level="sequence")
+    assert loss.item() == pytest.approx(-0.05, rel=1e-12)
+    assert stats["clipfrac"].item() == pytest.approx(2 / 3, rel=1e-15)
+    assert stats["ratio"].item() == pytest.approx(1.7, rel=1e-14)
+    loss.backward()
+    torch.testing.assert_close(lp.grad, t(0.0, 0.0, 0.55, 0.0).view(2, 2), rtol=1e-12, atol=0)
+    tok, _ = ppo_policy_loss(lp.detach(), old, adv, mask, 0.2, "token_mean", importance_sampling_level="sequence")
+    assert tok.item() == pytest.approx(-1.3 / 3, rel=1e-12)
+    lp2 = lp.detach().clone().requires_grad_()
+    ppo_policy_loss(lp2, old, adv, mask, 0.2, "seq_mean", 10.0, "sequence")[0].backward()
+    torch.testing.assert_close(lp2.grad, t(-0.5, -0.5, 0.55, 0.0).view(2, 2), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        ppo_policy_loss(lp2, old, adv, mask, importance_sampling_level="tokens")
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean"])
+def test_gspo_equals_grpo_when_every_sequence_has_one_token(seed, aggregation):
+    """With |y_i| = 1 the sequence ratio s_i is the token ratio, so GSPO and GRPO are the same loss and gradient."""
+    lp, old, adv, mask = _random_policy_case(seed, B=16, one_token=True)
+    lp2 = lp.detach().clone().requires_grad_()
+    seq, s1 = ppo_policy_loss(lp, old, adv, mask, 0.2, aggregation, 0.28, importance_sampling_level="sequence")
+    tok, s2 = ppo_policy_loss(lp2, old, adv, mask, 0.2, aggregation, 0.28, importance_sampling_level="token")
+    seq.backward()
+    tok.backward()
+    assert seq.item() == pytest.approx(tok.item(), rel=1e-14) and s1["clipfrac"] == s2["clipfrac"] > 0
+    torch.testing.assert_close(lp.grad, lp2.grad, rtol=1e-14, atol=0)
+
+
+def test_gspo_and_grpo_differ_on_longer_sequences():
+    """The identity above is not vacuous: with several tokens per row the two levels give different losses."""
+    lp, old, adv, mask = _random_policy_case(0)
+    seq, _ = ppo_policy_loss(lp, old, adv, mask, 0.2, importance_sampling_level="sequence")
+    tok, _ = ppo_policy_loss(lp, old, adv, mask, 0.2, importance_sampling_level="token")
+    assert abs(seq.item() - tok.item()) > 1e-3
+
+
+def test_cispo_by_hand():
+    """CISPO (MiniMax 2025, sec. 3.1), eps_high 0.2, no lower bound. old log-probs ln 0.5; ratios (1.5, 0.5, 1.1),
+    advantages (1, 1, -1), then a padded token:
+      weights w = sg(min(r, 1.2)) = (1.2, 0.5, 1.1)     (first truncated: clipfrac 1/3; mean weight 2.8 / 3)
+      loss_t = -w A log p, log p = ln(0.5 r) = (ln 0.75, ln 0.25, ln 0.55)
+      token mean = -(1.2 ln 0.75 + 0.5 ln 0.25 - 1.1 ln 0.55) / 3
+      gradient d loss / d log p_t = -w_t A_t / 3 = (-0.4, -0.5/3, 1.1/3): the truncated token keeps a gradient,
+      where the clipped surrogate gives it 0. A lower bound eps_low 0.3 lifts the 0.5 weight to 0.7."""
+    old = torch.full((1, 4), math.log(0.5), dtype=torch.float64)
+    lp = torch.log(0.5 * t(1.5, 0.5, 1.1, 3.0)).view(1, 4).requires_grad_()
+    adv = t(1.0, 1.0, -1.0, 5.0).view(1, 4)
+    mask = torch.tensor([[True, True, True, False]])
+    loss, stats = cispo_policy_loss(lp, old, adv, mask, clip_range_high=0.2)
+    expected = -(1.2 * math.log(0.75) + 0.5 * math.log(0.25) - 1.1 * math.log(0.55)) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert stats["clipfrac"].item() == pytest.approx(1 / 3, rel=1e-15)
+    assert stats["is_weight"].item() == pytest.approx(2.8 / 3, rel=1e-12)
+    loss.backward()
+    torch.testing.assert_close(lp.grad, t(-0.4, -0.5 / 3, 1.1 / 3, 0.0).view(1, 4), rtol=1e-12, atol=0)
+    clipped_lp = lp.detach().clone().requires_grad_()
+    ppo_policy_loss(clipped_lp, old, adv, mask, 0.2)[0].backward()
+    assert clipped_lp.grad[0, 0].item() == 0.0  # the same token under the clipped surrogate
+    lp3 = lp.detach().clone().requires_grad_()
+    cispo_policy_loss(lp3, old, adv, mask, 0.2, clip_range_low=0.3)[0].backward()
+    assert lp3.grad[0, 1].item() == pytest.approx(-0.7 / 3, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cispo_gradient_equals_policy_gradient_on_policy(seed):
+    """At ratio 1 (on-policy) the CISPO gradient is the clipped surrogate's: -A grad log pi, aggregated alike."""
+    lp, _, adv, mask = _random_policy_case(seed)
+    lp2 = lp.detach().clone().requires_grad_()
+    cispo_policy_loss(lp, lp.detach(), adv, mask, 0.28)[0].backward()
+    ppo_policy_loss(lp2, lp2.detach(), adv, mask, 0.2)[0].backward()
+    torch.testing.assert_close(lp.grad, lp2.grad, rtol=1e-14, atol=0)
+
+
+def test_entropy_bonus_by_hand():
+    """Entropies (1, 3 | 2), coef 0.01: token mean 2 -> -0.02; seq_mean (2 + 2) / 2 = 2 -> -0.02; coef 0 -> 0;
+    gradient d/dH = -coef / 3 per real token."""
+    h = t(1.0, 3.0, 2.0, 9.0).view(2, 2).requires_grad_()
+    mask = torch.tensor([[True, True], [True, False]])
+    bonus = entropy_bonus(h, mask, 0.01)
+    assert bonus.item() == pytest.approx(-0.02, rel=1e-14)
+    assert entropy_bonus(h, mask, 0.01, "seq_mean").item() == pytest.approx(-0.02, rel=1e-14)
+    assert entropy_bonus(h, mask, 0.0).item() == 0.0
+    bonus.backward()
+    torch.testing.assert_close(h.grad, t(-0.01 / 3, -0.01 / 3, -0.01 / 3, 0.0).view(2, 2), rtol=1e-14, atol=0)

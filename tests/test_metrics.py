@@ -179,3 +179,14 @@ def test_paired_bootstrap_matches_the_normal_interval_for_many_pairs():
     assert r["high"] - r["low"] == pytest.approx(2 * half, rel=0.05)
     assert (r["low"] + r["high"]) / 2 == pytest.approx(r["mean"], abs=0.05 * half)
     assert M.paired_bootstrap(a, a + d, seed=3) == r
+
+
+def test_entropy_collapse_by_hand():
+    """Start = mean of the first 3 points = 2.0; ratio 0.3 -> fires when the trailing mean of 3 drops below 0.6:
+    entropies (2, 2, 2, 1.5, 1, 0.5, 0.3, 0.2, ...): trailing means 1.5 (step 4: 2, 1.5, 1), 1.0, 0.6 (step 6:
+    1, 0.5, 0.3 -> 0.6, not below), 0.333 (step 7) -> fires at step 7."""
+    e = [2.0, 2.0, 2.0, 1.5, 1.0, 0.5, 0.3, 0.2, 0.2, 0.2]
+    a = M.entropy_collapse(STEPS, e, window=3, ratio=0.3)
+    assert a["kind"] == "entropy_collapse" and a["step"] == STEPS[7] and "fell" in a["message"]
+    assert M.entropy_collapse(STEPS, [2.0] * 3 + [0.7] * 7, ratio=0.3) is None  # 0.7 > 0.6: a drop, no collapse
+    assert M.entropy_collapse(STEPS[:2], [2.0, 0.0]) is None  # fewer points than the window

@@ -94,6 +94,26 @@ def test_save_best_and_alarms(toy_dir, tmp_path, tiny):
     assert [a["kind"] for a in logged] == kinds
 
 
+def test_entropy_is_recorded_and_its_collapse_alarms(toy_dir, tmp_path, tiny):
+    """The trainer's entropy, a typed argument of run(), is recorded and returned; entropies falling to a quarter of
+    the start raise entropy_collapse once (start 2, ratio 0.3: trailing means of 3 are 1.667, 1.167, then (1, 0.5, 0.5) = 0.667 >= 0.6 is
+    silent and (0.5, 0.5, 0.5) = 0.5 < 0.6 fires at the 7th evaluation, step 12)."""
+    tok, model = tiny
+    run_dir = tmp_path / "run_entropy"
+    mon = Monitor(["2+2?"], tok, run_dir, every=2, entropy_ratio=0.3)
+    assert "monitor/entropy" not in mon.run(0, model) and "entropy" not in mon.records[0]  # none passed
+    mon.records = []
+    for i, h in enumerate([2.0, 2.0, 2.0, 1.0, 0.5, 0.5, 0.5]):
+        mon._track({"step": 2 * i, "entropy": h, "length": 5.0, "distinct_2": 0.8})
+        mon._check_alarms()
+    assert [(a["kind"], a["step"]) for a in mon.alarms] == [("entropy_collapse", 12)]
+    out = mon.run(14, model, entropy=0.5)
+    assert out["monitor/entropy"] == 0.5 and mon.records[-1]["entropy"] == 0.5
+    assert [a["kind"] for a in mon.alarms].count("entropy_collapse") == 1  # raised once per kind
+    with pytest.raises(ValueError, match="entropy_ratio"):
+        Monitor(["x"], tok, run_dir, every=1, entropy_ratio=1.5)
+
+
 def test_inside_ppo(toy_dir, tmp_path):
     """The monitor wired into a real trainer: monitor/* metrics logged, monitor.jsonl written, best/ kept."""
     ppo = pytest.importorskip("rlhfkit.ppo")

@@ -115,6 +115,16 @@ def test_shared_critic_runs(toy_dir, prompts_file, tmp_path):
     assert len(read_metrics(tmp_path / "run")) == 2
 
 
+def test_entropy_bonus_enters_the_loss(toy_dir, prompts_file, tmp_path):
+    """entropy_coef: train/loss = policy/loss + vf_coef x value/loss - entropy_coef x policy/entropy, each term
+    aggregated over the same tokens with the same micro-batch weights; the entropy is logged and positive."""
+    cfg = cfg_for(toy_dir, prompts_file, tmp_path / "run", max_steps=2, ppo_epochs=1, entropy_coef=0.05)
+    ppo.train(cfg, reward_fn=digit_reward)
+    for m in read_metrics(tmp_path / "run"):
+        expected = m["policy/loss"] + cfg.vf_coef * m["value/loss"] - 0.05 * m["policy/entropy"]
+        assert m["policy/entropy"] > 0 and m["train/loss"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
 def test_batch_semantics_are_checked(toy_dir, prompts_file, tmp_path):
     with pytest.raises(ValueError, match="micro_batch_size 2 x gradient_accumulation_steps 1"):
         cfg_for(toy_dir, prompts_file, tmp_path, gradient_accumulation_steps=1).validate()
