@@ -75,6 +75,9 @@ def config_command(name: str, module_name: str, entry: str, help_text: str) -> c
                      help="YAML file of config values (command-line options override it).")
     ]
     params += [_option_for(f, hints[f.name], docs.get(f.name, "")) for f in dataclasses.fields(cls)]
+    # retired names still parse (config.renamed maps them and warns); hidden from --help
+    params += [click.Option(["--" + old.replace("_", "-"), old], default=None, hidden=True)
+               for old in getattr(cls, "DEPRECATED", {})]
     # A command may take one list field as positional arguments too (`rlhfkit report RUN_DIR...`).
     positional = getattr(module, "POSITIONAL", None)
     if positional:

@@ -16,6 +16,7 @@ import inspect
 import textwrap
 import types
 import typing
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,22 @@ def _closest(key: str, valid: list[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def renamed(cls: type, data: dict, source: str) -> dict:
+    """`data` with a Config's retired keys (its class attribute `DEPRECATED = {old: new}`) under their new names,
+    each with a warning that says so, so configs and command lines written for an older release still run."""
+    old_to_new = getattr(cls, "DEPRECATED", {})
+    out = {}
+    for key, value in data.items():
+        if key in old_to_new:
+            new = old_to_new[key]
+            if new in data:
+                raise ConfigError(f"{source}: '{key}' is the old name of '{new}'; give only '{new}'")
+            warnings.warn(f"{source}: '{key}' is deprecated, use '{new}'", FutureWarning, stacklevel=3)
+            key = new
+        out[key] = value
+    return out
+
+
 def check_keys(cls: type, data: dict, source: str) -> None:
     valid = [f.name for f in dataclasses.fields(cls)]
     for key in data:
@@ -149,6 +166,7 @@ def check_keys(cls: type, data: dict, source: str) -> None:
 
 def from_dict(cls: type, data: dict, source: str = "config") -> Any:
     """Build `cls` from a mapping, checking every key and value."""
+    data = renamed(cls, data, source)
     check_keys(cls, data, source)
     hints = _type_hints(cls)
     kwargs = {k: coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
@@ -177,10 +195,11 @@ def resolve(cls: type, yaml_path: str | Path | None = None, overrides: dict | No
     hints = _type_hints(cls)
     data: dict = {}
     if yaml_path:
-        raw = load_yaml(yaml_path)
+        raw = renamed(cls, load_yaml(yaml_path), str(yaml_path))
         check_keys(cls, raw, str(yaml_path))
         data.update({k: coerce(v, hints[k], f"{yaml_path}: {k}") for k, v in raw.items()})
     if overrides:
+        overrides = renamed(cls, overrides, "command line")
         check_keys(cls, overrides, "command line")
         data.update({k: coerce(v, hints[k], f"--{k.replace('_', '-')}") for k, v in overrides.items()})
     cfg = cls(**data)

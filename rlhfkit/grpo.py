@@ -33,7 +33,7 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -65,6 +65,7 @@ class Config(OnlineConfig):
     """Weight of the k3 KL-to-reference loss term (0: no reference model is loaded at all)."""
     scale_rewards: bool = True
     """GRPO: divide group-centred scores by the group std; false = Dr. GRPO (centre only). Not used by rloo."""
+    DEPRECATED: ClassVar[dict[str, str]] = {"clip_range": "epsilon_low"}  # config.renamed
     epsilon_low: float = 0.2
     """Lower clip: the ratio is clipped at 1 - epsilon_low (PPO's epsilon; matters only when num_iterations > 1 or
     num_minibatches > 1)."""

@@ -100,3 +100,24 @@ def test_cli_help_lists_fields():
     assert "--micro-batch-size" in res.output and "--config" in res.output
     res = CliRunner().invoke(app, ["sft", "--model", "m", "--data", "d", "--learning-rat", "1"])
     assert res.exit_code != 0
+
+
+def test_deprecated_names_map_to_their_new_fields_with_a_warning(tmp_path):
+    """A retired key (a Config's DEPRECATED map: grpo's clip_range is now epsilon_low) still works from YAML and the
+    command line, says it is deprecated, and may not be given together with its new name."""
+    import warnings
+
+    from rlhfkit import config as config_lib, grpo
+
+    base = {"model": "m", "data": "d"}
+    (tmp_path / "c.yaml").write_text("clip_range: 0.3\n")
+    with pytest.warns(FutureWarning, match="'clip_range' is deprecated, use 'epsilon_low'"):
+        assert config_lib.resolve(grpo.Config, tmp_path / "c.yaml", base).epsilon_low == 0.3
+    with pytest.warns(FutureWarning):
+        assert config_lib.resolve(grpo.Config, None, {**base, "clip_range": "0.25"}).epsilon_low == 0.25
+    with pytest.raises(config_lib.ConfigError, match="old name of 'epsilon_low'"):
+        config_lib.resolve(grpo.Config, None, {**base, "clip_range": "0.25", "epsilon_low": "0.2"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config_lib.resolve(grpo.Config, None, {**base, "epsilon_low": "0.1"}).epsilon_low == 0.1
+    assert "clip_range" not in {f.name for f in __import__("dataclasses").fields(grpo.Config)}
