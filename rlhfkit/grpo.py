@@ -191,6 +191,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
     seed_everything(cfg.seed)
     dist = setup_distributed()
     out = Path(cfg.output_dir)
+    prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)  # bad data fails before loading
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
     ref = None
@@ -198,7 +199,6 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
         ref = models.load_causal_lm(cfg.ref_model, tokenizer, cfg.trust_remote_code) if cfg.ref_model \
             else copy.deepcopy(policy)
         ref.requires_grad_(False).eval().to(dist.device)
-    prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)
     counter: dict = {}
     encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
     G = cfg.num_generations

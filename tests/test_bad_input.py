@@ -124,3 +124,15 @@ def test_online_trainers_name_a_line_and_the_types_they_take(tmp_path):
     p = write_jsonl(tmp_path / "prompts.jsonl", [{"question": "q"}] + [{"prompt": "q"}] * 3)
     with pytest.raises(DataError, match=rf"{p}:1: prompt: missing"):
         load_prompts(str(p))
+
+
+def test_grpo_reads_its_prompts_before_any_model(tmp_path):
+    """grpo checks its data first: with bad rows and a model path that does not exist, the error is the data's."""
+    from rlhfkit import grpo
+    from rlhfkit.data import DataError
+
+    p = write_jsonl(tmp_path / "pairs.jsonl", [{"chosen": "a b", "rejected": "a c"}] * 3)
+    cfg = grpo.Config(model=str(tmp_path / "no-such-model"), data=str(p), output_dir=str(tmp_path / "out"))
+    with pytest.raises(DataError, match=rf"{p}:1:"):
+        grpo.train(cfg)
+    assert not (tmp_path / "out").exists()
