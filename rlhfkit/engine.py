@@ -261,7 +261,10 @@ def enable_gradient_checkpointing(module: torch.nn.Module) -> int:
 
     n = 0
     for m in module.modules():
-        if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing and not m.is_gradient_checkpointing:
+        on = getattr(m, "is_activation_checkpointing", None)  # its name from transformers 5.2x on
+        if on is None:
+            on = getattr(m, "is_gradient_checkpointing", False)
+        if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing and not on:
             kwargs = {"use_reentrant": False}
             if hasattr(m, "activation_checkpointing_enable"):  # its name from transformers 5.2x on
                 m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
