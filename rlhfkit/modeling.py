@@ -241,6 +241,15 @@ class Layout:
     packed: "Packed | None" = None  # `build_packed`: the batch packed; input_ids, position_ids and mask are None
 
 
+def default_slots(items: list[tuple[list[int], list[list[int]]]]) -> list[list[int]]:
+    """The default sequence numbering of a layout: completion j of item i is sequence j * len(items) + i (so a pair's
+    chosen are [:n] and rejected [n:]); every item must have the same number of completions."""
+    n, k = len(items), len(items[0][1])
+    if any(len(cs) != k for _, cs in items):
+        raise ValueError("items with different completion counts need explicit slots")
+    return [[j * n + i for j in range(k)] for i in range(n)]
+
+
 def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, packing: bool = True,
                  slots: list[list[int]] | None = None) -> Layout:
     """items: (prompt, [completions]): several completions that share one prompt.
@@ -255,11 +264,7 @@ def build_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, pa
     `slots` every item must have the same number k of completions and it is j * len(items) + i.
     """
     n = len(items)
-    if slots is None:
-        k = len(items[0][1])
-        if any(len(cs) != k for _, cs in items):
-            raise ValueError("build_layout: items with different completion counts need explicit slots")
-        slots = [[j * n + i for j in range(k)] for i in range(n)]
+    slots = slots or default_slots(items)
     n_seqs = sum(len(cs) for _, cs in items)
     sizes = [len(p) + sum(len(c) for c in cs) for p, cs in items]
     cap = max(sizes)
@@ -568,11 +573,7 @@ def build_packed(items: list[tuple[list[int], list[list[int]]]], slots: list[lis
     """`build_layout`'s micro-batch as a `Packed` (in `Layout.packed`): the same sequence numbering, labels, lengths
     and prompt offsets; `src` and `last` index the packed tokens. No rows, no masks."""
     n = len(items)
-    if slots is None:
-        k = len(items[0][1])
-        if any(len(cs) != k for _, cs in items):
-            raise ValueError("build_packed: items with different completion counts need explicit slots")
-        slots = [[j * n + i for j in range(k)] for i in range(n)]
+    slots = slots or default_slots(items)
     n_seqs = sum(len(cs) for _, cs in items)
     ids: list[int] = []
     pos: list[int] = []
