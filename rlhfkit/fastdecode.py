@@ -21,6 +21,7 @@ between rollouts is always sampled as it is now.
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,10 @@ from . import cpukernel
 from .modeling import position_ids
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
+# Static decoding (CUDA graphs): per model, the buffers and graph of its last static rollout, reused while the batch
+# size, the cache length rounded up to STATIC_LEN_STEP and the dtype stay the same (`LlamaDecoder._capture`).
+_STATIC: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+STATIC_LEN_STEP = 64
 # rope types whose frequencies are fixed at load time (transformers' ROPE_INIT_FUNCTIONS): their cos/sin can be
 # tabulated once per call; the others (dynamic, longrope) are asked at every step
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
@@ -224,19 +229,56 @@ class LlamaDecoder:
         self.t = t1
         return self._norm_linear(h[:, -1], self.final_norm, self.lm, self.lm_bias)
 
-    # -- CUDA: one graph per rollout for every decode step
+    # -- CUDA: one graph for every decode step, kept across rollouts
     def _capture(self) -> None:
-        """Record one decode step as a CUDA graph over static buffers: the token fed (`ids`), the cache slot it
-        fills (`slot`) and its position (`pos`), all on the device, so a step is one replay and no host work.
-        The step attends to the whole preallocated cache under the additive bias (slots not yet written are -inf);
-        rows are never dropped (`keep` only before capture), so the shapes never change."""
-        B = self.k[0].shape[0]
-        self.ids = torch.zeros(B, dtype=torch.long, device=self.k[0].device)
-        self.slot = torch.full((1,), self.t, dtype=torch.long, device=self.ids.device)
-        self.pos = self.next_pos.clone()
-        self.graph = None
-        if not self.ids.is_cuda:
-            return  # eager static steps (tests on a CPU)
+        """Move this call's prefill into the static buffers kept for this model (`_STATIC`) and, the first time
+        they exist (or when the batch size, the rounded cache length or the dtype changes), record one decode step
+        as a CUDA graph over them: the token fed (`ids`), the cache slot it fills (`slot`) and its position (`pos`)
+        live on the device, so a step is one replay and no host work. Later rollouts of the same shape copy their
+        weights and prefill into the same buffers and replay the same graph: capturing costs more than a whole
+        32-token rollout's replays. The step attends to the whole cache under the additive bias (slots not written
+        by this rollout are -inf); rows are never dropped (`keep` only before), so shapes never change."""
+        B, L = self.k[0].shape[0], self.k[0].shape[2]
+        device = self.k[0].device
+        key = (B, -(-L // STATIC_LEN_STEP) * STATIC_LEN_STEP, self.dtype, device)
+        st = _STATIC.get(self.model)
+        fresh = st is None or st["key"] != key
+        weights = {"layers": self.layers, "final_norm": self.final_norm, "lm": self.lm, "lm_bias": self.lm_bias}
+        if fresh:
+            Lb = key[1]
+            st = {"key": key, "weights": weights, "graph": None, "logits": None,
+                  "k": [torch.zeros(*k.shape[:2], Lb, k.shape[3], dtype=k.dtype, device=device) for k in self.k],
+                  "v": [torch.zeros(*v.shape[:2], Lb, v.shape[3], dtype=v.dtype, device=device) for v in self.v],
+                  "bias": torch.full((B, 1, 1, Lb), float("-inf"), dtype=self.dtype, device=device),
+                  "ids": torch.zeros(B, dtype=torch.long, device=device),
+                  "slot": torch.zeros(1, dtype=torch.long, device=device),
+                  "pos": torch.zeros(B, 1, dtype=torch.long, device=device),
+                  "rope": self._rope_table(Lb, self.dtype, device)}
+            _STATIC[self.model] = st
+        else:  # the graph reads these buffers: this call's weights go into them (the model may have trained since)
+            old = st["weights"]
+            for mine, theirs in zip(old["layers"], self.layers):
+                for name, t in theirs.items():
+                    if t is not None and t is not mine[name]:
+                        mine[name].copy_(t)
+            for name in ("final_norm", "lm", "lm_bias"):
+                if weights[name] is not None and weights[name] is not old[name]:
+                    old[name].copy_(weights[name])
+        for buf, k in zip(st["k"] + st["v"], self.k + self.v):
+            buf[:, :, :L].copy_(k)  # slots beyond L keep older values, masked by the bias
+        st["bias"].fill_(float("-inf"))
+        st["bias"][..., :L].copy_(self.bias)
+        st["slot"].fill_(self.t)
+        st["pos"].copy_(self.next_pos)
+        w = st["weights"]
+        self.layers, self.final_norm, self.lm, self.lm_bias = w["layers"], w["final_norm"], w["lm"], w["lm_bias"]
+        self.k, self.v, self.bias, self.ids, self.slot, self.pos, self.rope = (
+            st["k"], st["v"], st["bias"], st["ids"], st["slot"], st["pos"], st["rope"])
+        if device.type == "cuda" and st["graph"] is None:
+            st["graph"], st["logits"] = self._record()
+        self.graph, self.logits = st["graph"], st["logits"]  # no graph on a CPU: eager static steps (tests)
+
+    def _record(self) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         state = (self.slot.clone(), self.pos.clone(), self.bias.clone())
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -245,13 +287,14 @@ class LlamaDecoder:
         with torch.cuda.stream(side):
             self._static_step()  # warm-up outside the graph (lazy kernel set-up), then undone
             self.slot.copy_(state[0]), self.pos.copy_(state[1]), self.bias.copy_(state[2])
-            self.graph = torch.cuda.CUDAGraph()
-            self.graph.capture_begin()
+            graph = torch.cuda.CUDAGraph()
+            graph.capture_begin()
             try:
-                self.logits = self._static_step()
+                logits = self._static_step()
             finally:
-                self.graph.capture_end()
+                graph.capture_end()
         torch.cuda.current_stream().wait_stream(side)
+        return graph, logits
 
     def _static_step(self) -> torch.Tensor:
         nh, nkv, d = self.n_heads, self.n_kv, self.head_dim

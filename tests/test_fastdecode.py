@@ -228,3 +228,25 @@ def test_static_sampling_loop_cuts_after_eos(monkeypatch):
     got = sample(model, PROMPTS, eos_id=eos, pad_id=0, max_new_tokens=12, temperature=0.0)
     assert got.response_ids[0] == [eos] and got.has_eos[0]
     assert all(r.count(eos) <= 1 and (r[-1] == eos) == e for r, e in zip(got.response_ids, got.has_eos))
+
+
+def test_static_buffers_are_reused_across_calls_and_follow_weight_updates():
+    """The static path keeps its buffers (and, on CUDA, its graph) per model across calls of the same shape: a
+    second call with other prompts, after the weights changed in place as an optimizer step changes them, still
+    gives the transformers forward's logits at every step, and uses the very same buffers."""
+    model = _llama(num_key_value_heads=2)
+    seen = []
+    for call, prompts in enumerate(([PROMPTS[0], PROMPTS[1], PROMPTS[0]], [PROMPTS[2], PROMPTS[3], PROMPTS[3]])):
+        if call:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.01)  # in place: the parameters an optimizer step updates
+        ids, att = data_lib.pad_left(prompts, 0)
+        fast, hf = fastdecode.for_model(model), _HFDecoder(model)
+        torch.testing.assert_close(fast.start(ids, att, 4, static=True), hf.start(ids, att, 4), atol=1e-5, rtol=1e-5)
+        toks = torch.tensor([3, 4, 5])
+        for t in range(4):
+            torch.testing.assert_close(fast.step_all(toks), hf.step(toks), atol=1e-5, rtol=1e-5)
+            toks = (toks * 3 + t) % 60 + 3
+        seen.append((fast.k[0].data_ptr(), fast.bias.data_ptr(), fast.layers[0]["wqkv"].data_ptr()))
+    assert seen[0] == seen[1]  # the same buffers: a CUDA graph recorded over them stays valid
