@@ -235,10 +235,15 @@ def test_config_is_checked():
     dpo.Config(model="m", data="d", loss=["sigmoid", "sft"], length_alpha=0.05).validate()
 
 
-def test_kto_two_processes_equal_one_process(toy_dir, pref, tmp_path):
+@pytest.mark.parametrize("layout", ["rows", "packed"])
+def test_kto_two_processes_equal_one_process(toy_dir, pref, tmp_path, layout):
     """torchrun --nproc_per_node 2 (gloo), micro 4 each: every rank continues its own prompts' saved keys and values
-    for z0 and all-reduces the estimate; one process with micro 8 does the same in one piece. Same losses and z0."""
+    for z0 (rows) or forwards the mismatched pairs (packed: the GPU layout, taken here without the C kernels) and
+    all-reduces the estimate, with the packed batch passed through DDP's forward; one process with micro 8 does the
+    same in one piece. Same losses and z0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if layout == "packed":
+        env["RLHFKIT_CPU_KERNEL"] = "0"
 
     def cmd(out, micro):
         return ["-m", "rlhfkit.cli", "dpo", "--model", str(toy_dir / "model"), "--data", str(pref), "--loss", "kto",
