@@ -93,6 +93,11 @@ class TrainConfig:
     """Abort after this many consecutive steps with a non-finite loss or gradient norm (each one is skipped)."""
     threads: int = 0
     """torch CPU threads (0: leave torch's default)."""
+    weights_dtype: str = "fp32"
+    """fp32, or bf16: the model's weights are held in bf16 while training (forward, backward and gradients in bf16:
+    half the memory of fp32 weights and gradients, no per-step casts under autocast), and AdamW updates fp32 master
+    copies, its state in fp32 too, so updates smaller than bf16's resolution still add up (Micikevicius et al.
+    2018). Needs precision bf16; the saved model is bf16."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations during the backward pass instead of keeping them: activation
     memory of one layer instead of all, for about a third more compute per step."""
@@ -108,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"lr_scheduler: {self.lr_scheduler!r} is not one of cosine, linear, constant")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision: {self.precision!r} is not one of fp32, bf16, fp16")
+        if self.weights_dtype not in ("fp32", "bf16") or (self.weights_dtype == "bf16" and self.precision != "bf16"):
+            raise ValueError(f"weights_dtype: {self.weights_dtype!r} must be fp32, or bf16 with precision bf16")
         for name in ("micro_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -225,11 +232,11 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- optimisation
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                    params: list[torch.Tensor] | None = None) -> torch.optim.Optimizer:
+    """AdamW over the model's trainable parameters, or over `params` (fp32 master copies of them)."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+    for p in params if params is not None else [p for p in model.parameters() if p.requires_grad]:
         (no_decay if p.ndim < 2 else decay).append(p)  # no decay on biases and norm weights
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel (CPU and CUDA) updates all parameters in one pass instead of ~10 elementwise ops per
@@ -237,6 +244,19 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return torch.optim.AdamW(
         groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, fused=True
     )
+
+
+def bf16_with_master(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Casts `module`'s floating-point parameters to bf16 in place and returns fp32 copies of the trainable ones,
+    in `parameters()` order: the master weights the optimizer updates. Buffers (rotary frequencies) keep their
+    dtype."""
+    master = []
+    for p in module.parameters():
+        if p.is_floating_point():
+            if p.requires_grad:
+                master.append(p.detach().float().clone())
+            p.data = p.data.to(torch.bfloat16)
+    return master
 
 
 def lr_lambda(cfg: TrainConfig, total: int):
@@ -389,11 +409,13 @@ class Engine:
         self.module = self.model  # the unwrapped model, for saving and generation
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(self.module)
+        # bf16 weights: cast before DDP sees the parameters (its buckets take their dtype)
+        self.master = bf16_with_master(self.module) if cfg.weights_dtype == "bf16" else None
         if self.dist.world_size > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None
             )
-        self.optimizer = build_optimizer(self.module, cfg)
+        self.optimizer = build_optimizer(self.module, cfg, self.master)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.dist.device.type == "cuda" else None
         self.step_count = 0
@@ -478,6 +500,10 @@ class Engine:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.module.parameters() if p.requires_grad]
+        if self.master is not None:  # the update happens on the fp32 masters, from the bf16 gradients
+            for p, m in zip(params, self.master):
+                m.grad = None if p.grad is None else p.grad.float()
+            model_params, params = params, self.master
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         ok = torch.as_tensor(self._micro_losses_finite, device=grad_norm.device) & torch.isfinite(grad_norm)
@@ -492,6 +518,9 @@ class Engine:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+            if self.master is not None:
+                with torch.no_grad():
+                    torch._foreach_copy_(model_params, self.master)  # rounded to bf16 for the next forward
             self.nonfinite_run = 0
         else:
             # Skip the update entirely (PITFALLS: one NaN batch must not poison the weights) and say so.
@@ -501,6 +530,8 @@ class Engine:
             # Raised only after this step is counted and logged, so the record it names is in metrics.jsonl.
             abort = self.nonfinite_run >= cfg.max_nonfinite_steps
         self.optimizer.zero_grad(set_to_none=True)
+        if self.master is not None:
+            self.module.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
@@ -537,6 +568,7 @@ class Engine:
             "rng": rng_state(),
             "skipped_steps": self.skipped_steps,
             "extra": self.extra_state,
+            "master": self.master or [],  # bf16 weights: the fp32 values the model's weights are rounded from
         }
 
     def save_checkpoint(self) -> None:
@@ -552,6 +584,11 @@ class Engine:
                 "drop --resume to start fresh)"
             )
         state = checkpoint.load(path, self.module)
+        if self.master is not None:
+            if len(state.get("master", [])) != len(self.master):
+                raise checkpoint.CheckpointError(f"{path}: no fp32 master weights to resume weights_dtype bf16 from")
+            for m, saved in zip(self.master, state["master"]):
+                m.copy_(saved)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"]:

@@ -251,3 +251,57 @@ def test_save_every_0_checkpoints_at_the_end_and_resume_says_finished(tmp_path, 
     assert "resume: the run is finished: checkpoint step-00000010 is at step 10 of 10" in capsys.readouterr().out
     assert len(checkpoint.complete_checkpoints(tmp_path / "checkpoints")) == 1
     assert len(read_metrics(tmp_path)) == 10  # the resumed run kept the log whole
+
+
+def test_bf16_weights_update_fp32_master_copies(tmp_path):
+    """weights_dtype bf16: the model's weights are bf16, AdamW updates fp32 masters. An update smaller than bf16's
+    spacing at 1.0 (2^-7 = 0.0078) is lost by a bf16 weight but adds up in the master: 40 steps of lr 1e-4 (Adam's
+    first steps move by ~lr each) take a weight of 1.0 to ~0.996 in the master and, once rounded, to 0.99609375
+    (the bf16 neighbour below 1.0) in the model, never 1.0 - 40 * 1e-4 exactly representable in bf16."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    cfg = TrainConfig(output_dir=str(tmp_path), progress=False, learning_rate=1e-4, lr_scheduler="constant",
+                      precision="bf16", weights_dtype="bf16", max_grad_norm=0)
+    engine = Engine(cfg, model, total_steps=40)
+    assert model.weight.dtype == torch.bfloat16 and engine.master[0].dtype == torch.float32
+    x = torch.ones(1, 1)
+    for _ in engine.remaining_steps():
+        engine.backward(model(x.bfloat16()).float().sum())  # d/dw = 1 > 0: w falls by ~lr per step
+        engine.step({})
+    master = float(engine.master[0])
+    assert 1.0 - 40 * 1e-4 - 1e-5 < master < 1.0 - 40 * 1e-4 + 1e-5
+    assert float(model.weight.detach()) == 0.99609375  # the master rounded to bf16
+    engine.close()
+
+
+def test_bf16_weights_resume_exactly(tmp_path):
+    """A bf16-weights run resumed from its step-4 checkpoint continues from the fp32 masters, not from the rounded
+    bf16 weights: the same masters and weights at step 6 as the uninterrupted run."""
+    import shutil
+
+    def run(out, resume=False):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        cfg = TrainConfig(output_dir=str(out), progress=False, learning_rate=1e-3, precision="bf16",
+                          weights_dtype="bf16", save_every=2, resume=resume)
+        engine = Engine(cfg, model, total_steps=6)
+        for step in engine.remaining_steps():
+            x = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
+            engine.backward(model(x.bfloat16()).float().pow(2).mean())
+            engine.step({})
+        engine.close()
+        return engine, model
+
+    full, w_full = run(tmp_path / "full")
+    shutil.copytree(tmp_path / "full" / "checkpoints", tmp_path / "again" / "checkpoints")  # steps 2 and 4
+    again, w_again = run(tmp_path / "again", resume=True)
+    assert again.resumed_from.name == "step-00000004"
+    assert all(torch.equal(a, b) for a, b in zip(full.master, again.master))
+    assert all(torch.equal(a, b) for a, b in zip(w_full.parameters(), w_again.parameters()))
+    assert not torch.equal(full.master[0], full.master[0].bfloat16().float())  # masters hold more than bf16
+
+
+def test_weights_dtype_bf16_needs_bf16_precision():
+    with pytest.raises(ValueError, match="weights_dtype"):
+        TrainConfig(weights_dtype="bf16").validate()

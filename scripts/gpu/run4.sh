@@ -21,7 +21,15 @@ run() {  # name, command...: one JSON line to $OUT/gpu_bench.jsonl and a short s
     grep '^{' /tmp/o.txt | tail -1 | tee -a $OUT/gpu_bench.jsonl | python3 -c "import json,sys; r=json.load(sys.stdin); print('$name', {k: r.get(k) for k in ('samples_per_s','steady_step_s','peak_gpu_mib','mfu','mfu_steady','gen_tokens_per_s','gen_s','wall_s','final_loss')})"
   else echo "FAIL $name"; tail -25 /tmp/e.txt; tail -80 /tmp/e.txt > $OUT/fail_$name.txt; fi
 }
-if [ "${PHASE:-a}" = c ]; then  # what phase b could not finish
+if [ "${PHASE:-a}" = d ]; then  # not yet measured: graph reuse, rloo again, bf16 weights, gradient checkpointing
+  timeout 70 python3 scripts/gpu/gen_bench.py /tmp/gw/big /tmp/bd/rl_prompts.jsonl 16 64 2>&1 | tail -4 | tee $OUT/gen_bench.jsonl
+  run rloo $RK bench rloo $RL --precision bf16 --beta 0.05
+  run trl-rloo $TRL rloo --gpu $RL --beta 0.05 --results /dev/null
+  run grpo $RK bench grpo $RL --precision bf16 --beta 0.04
+  run sft-bf16w $RK bench sft $SFT --precision bf16 --weights-dtype bf16
+  run dpo-bf16w $RK bench dpo $PREF --precision bf16 --weights-dtype bf16 --loss sigmoid
+  run dpo-gc $RK bench dpo $PREF --precision bf16 --loss sigmoid --gradient-checkpointing true
+elif [ "${PHASE:-a}" = c ]; then  # what phase b could not finish
   timeout 70 python3 scripts/gpu/gen_bench.py /tmp/gw/big /tmp/bd/rl_prompts.jsonl 16 64 2>&1 | tail -4 | tee $OUT/gen_bench.jsonl
   run trl-rm $TRL reward --gpu $PREF --results /dev/null
   run ppo $RK bench ppo $RL --precision bf16
