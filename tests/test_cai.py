@@ -2,6 +2,7 @@
 `path: field: reason`) and the world's rule-based critic (detects each bad style from text, revises to the ideal
 answer, never reads gold)."""
 
+import math
 import random
 
 import pytest
@@ -100,3 +101,100 @@ def test_critic_score_weights_and_confidence():
     assert critic.score(p, "Definitely, 3 plus 4 is 9.", w) == -1.5  # a confident wrong number costs more
     assert critic.score(p, "Great question! 3 plus 4 is 7. I hope this helps!", w) == -2.0
     assert critic.score(p, "Great question! 3 plus 4 is 7.", {"padding": 1.0}) == 0  # only the rules given
+
+
+# ------------------------------------------------------------------------------------------------ cai label
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from conftest import write_jsonl  # noqa: E402
+
+
+def world_candidates(n=12, seed=5, k=3, conversational=True):
+    """Candidates rows as `rlhfkit sample` writes them: K responses in mixed styles per world prompt."""
+    rng = random.Random(seed)
+    rows = []
+    for row in make_prompts(n, seed=seed):
+        p = row["prompt"]
+        styles = list(APPLICABLE_STYLES[parse_prompt(p).kind])
+        rng.shuffle(styles)
+        resp = [respond(p, s, rng) for s in styles[:k]]
+        rows.append({"prompt": [{"role": "user", "content": p}] if conversational else p, "responses": resp,
+                     "finished": [True] * k, "kind": row["kind"], "id": row["id"]})
+    return rows
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_label_candidates_all_and_adjacent_pairs_in_the_app_export_format(tmp_path):
+    from rlhfkit.cai import label
+
+    cands = world_candidates(k=3)
+    write_jsonl(tmp_path / "cands.jsonl", cands)
+    out = label.run(label.Config(input=str(tmp_path / "cands.jsonl"), output=str(tmp_path / "all.jsonl"),
+                                 ties="keep"))
+    rows = [json.loads(x) for x in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert out["pairs"] == 12 * 3 == len(rows) and out["position_consistency"] == 1.0
+    for r in rows:
+        assert {"prompt", "chosen", "rejected", "annotator", "rationale", "item_id", "label_id", "outcome",
+                "kind"} <= set(r)
+        assert r["annotator"] == "judge:rule" and r["chosen"][0]["role"] == "assistant"
+        c, j = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        src = next(x for x in cands if x["id"] == r["item_id"])
+        i, k = r["pair"]
+        assert {c, j} == {src["responses"][i], src["responses"][k]}
+        w = {x.rule: x.weight for x in C.load().principles if x.rule}
+        sc, sj = critic.score(r["prompt"][0]["content"], c, w), critic.score(r["prompt"][0]["content"], j, w)
+        assert (sc > sj and r["outcome"] == "preference" and r["p_a"] != 0.5) or (sc == sj and r["outcome"] == "tie")
+    label.run(label.Config(input=str(tmp_path / "cands.jsonl"), output=str(tmp_path / "adj.jsonl"),
+                           pairs="adjacent", ties="keep"))
+    adj = [json.loads(x) for x in (tmp_path / "adj.jsonl").read_text().splitlines()]
+    assert len(adj) == 12 * 2 and {tuple(r["pair"]) for r in adj} == {(0, 1), (1, 2)}
+    dropped = label.run(label.Config(input=str(tmp_path / "cands.jsonl"), output=str(tmp_path / "d.jsonl")))
+    assert dropped["labels"] == dropped["pairs"] - dropped["ties"] and dropped["ties"] > 0
+
+
+def test_relabelling_preference_rows_keeps_the_pair(tmp_path):
+    from rlhfkit.cai import label
+
+    p = "What is 2 plus 2?"
+    write_jsonl(tmp_path / "prefs.jsonl", [
+        {"prompt": p, "chosen": "Great question! 2 plus 2 is 4.", "rejected": "2 plus 2 is 4.", "annotator": "bob"},
+        {"prompt": p, "response_a": "2 plus 2 is 5.", "response_b": "2 plus 2 is 4."}])
+    label.run(label.Config(input=str(tmp_path / "prefs.jsonl"), output=str(tmp_path / "out.jsonl")))
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["chosen"] for r in rows] == ["2 plus 2 is 4.", "2 plus 2 is 4."]  # strings stay strings
+    assert rows[0]["annotator"] == "judge:rule" and rows[0]["p_a"] < 0.5 < rows[1]["p_ab"] + 0.5
+
+
+def test_rm_trains_on_judge_labels(tmp_path, toy_dir):
+    from rlhfkit import rm
+    from rlhfkit.cai import label
+    from rlhfkit.engine import read_metrics
+
+    write_jsonl(tmp_path / "cands.jsonl", world_candidates(n=8, k=2))
+    label.run(label.Config(input=str(tmp_path / "cands.jsonl"), output=str(tmp_path / "ai.jsonl")))
+    out = rm.train(rm.Config(model=str(toy_dir / "model"), data=str(tmp_path / "ai.jsonl"),
+                             output_dir=str(tmp_path / "rm"), max_steps=3, micro_batch_size=4, progress=False,
+                             norm_samples=0))
+    log = read_metrics(out)
+    assert len(log) == 3 and all(math.isfinite(r["train/loss"]) for r in log)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "{d}/missing.jsonl"], "missing.jsonl: file not found"),
+    (["--input", "{d}/bad.jsonl"], "bad.jsonl:2: responses: must be a list of at least 2 responses"),
+    (["--input", "{d}/poem.jsonl"], "poem.jsonl:1: prompt: not a prompt of the built-in world"),
+    (["--input", "{d}/poem.jsonl", "--judge", "http"], "--judge http needs --base-url and --judge-model"),
+    (["--input", "{d}/poem.jsonl", "--constitution", "{d}/poem.jsonl"], "poem.jsonl: expected a mapping"),
+])
+def test_label_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "What is 1 plus 1?", "responses": ["2", "3"]},
+                                         {"prompt": "What is 1 plus 1?", "responses": ["2"]}])
+    write_jsonl(tmp_path / "poem.jsonl", [{"prompt": "Write a poem.", "responses": ["a", "b"]}])
+    r = _run_cli("cai", "label", *[a.format(d=tmp_path) for a in args], "--output", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
