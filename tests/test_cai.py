@@ -189,7 +189,7 @@ def test_rm_trains_on_judge_labels(tmp_path, toy_dir):
     (["--input", "{d}/bad.jsonl"], "bad.jsonl:2: responses: must be a list of at least 2 responses"),
     (["--input", "{d}/poem.jsonl"], "poem.jsonl:1: prompt: not a prompt of the built-in world"),
     (["--input", "{d}/poem.jsonl", "--judge", "http"], "--judge http needs --base-url and --judge-model"),
-    (["--input", "{d}/poem.jsonl", "--constitution", "{d}/poem.jsonl"], "poem.jsonl: expected a mapping"),
+    (["--input", "{d}/poem.jsonl", "--constitution", "{d}/poem.jsonl"], "poem.jsonl: prompt: unknown key (known: name, judge, principles)"),
 ])
 def test_label_bad_input_exits_2_with_one_line(tmp_path, args, message):
     write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "What is 1 plus 1?", "responses": ["2", "3"]},
