@@ -198,3 +198,58 @@ def test_label_bad_input_exits_2_with_one_line(tmp_path, args, message):
     r = _run_cli("cai", "label", *[a.format(d=tmp_path) for a in args], "--output", str(tmp_path / "o.jsonl"))
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ cai revise
+def test_rule_revise_writes_trl_sft_rows_with_clean_revisions(tmp_path):
+    from rlhfkit import data as data_lib
+    from rlhfkit.cai import revise
+
+    cands = world_candidates(n=10, k=3)
+    write_jsonl(tmp_path / "cands.jsonl", cands)
+    out = revise.run(revise.Config(input=str(tmp_path / "cands.jsonl"), output=str(tmp_path / "sl.jsonl")))
+    rows = data_lib.load_rows(str(tmp_path / "sl.jsonl"))  # the SFT loader takes it as prompt/completion
+    assert data_lib.detect_type(rows[0]) == data_lib.DataType.PROMPT_COMPLETION
+    assert out["responses"] == len(rows) == 30 and 0 < out["revised"] < 30
+    for r in rows:
+        p, c = r["prompt"][0]["content"], r["completion"][0]["content"]
+        assert r["completion"][0]["role"] == "assistant" and not critic.findings(p, c)
+        assert r["revised"] == (c != r["original"]) == bool(r["critiques"])
+        names = {x.name for x in C.load().principles}
+        assert all(x["principle"] in names and x["critique"] for x in r["critiques"])
+    only = revise.run(revise.Config(input=str(tmp_path / "cands.jsonl"), output=str(tmp_path / "only.jsonl"),
+                                    keep_unrevised=False))
+    assert only["rows"] == out["revised"]
+    # one principle per response: fewer fixes, each critique names one principle
+    one = revise.run(revise.Config(input=str(tmp_path / "cands.jsonl"), output=str(tmp_path / "one.jsonl"),
+                                   principles_per_response=1, seed=1))
+    assert one["revised"] < out["revised"]
+    assert all(len(json.loads(x)["critiques"]) <= 1 for x in (tmp_path / "one.jsonl").read_text().splitlines())
+
+
+def test_model_revise_runs_the_critique_revision_loop_batched(tmp_path, toy_dir):
+    """A tiny random Llama writes noise, but the loop's bookkeeping is checked: one critique per principle,
+    greedy decoding gives the same output batched and one by one."""
+    from rlhfkit.cai import revise
+
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": "What is 1 plus 2?", "response": "1 plus 2 is 4."},
+                                        {"prompt": [{"role": "user", "content": "What is 3 plus 3?"}],
+                                         "completion": [{"role": "assistant", "content": "6."}]},
+                                        {"prompt": "Name a color.", "response": "Blue."}])
+    kw = dict(input=str(tmp_path / "in.jsonl"), reviser="model", model=str(toy_dir / "model"), max_new_tokens=4,
+              principles_per_response=2, seed=3)
+    revise.run(revise.Config(**kw, output=str(tmp_path / "b.jsonl"), batch_size=8))
+    revise.run(revise.Config(**kw, output=str(tmp_path / "o.jsonl"), batch_size=1))
+    b = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
+    o = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(b) == 3 and [len(r["critiques"]) for r in b] == [2, 2, 2]
+    assert [r["completion"] for r in b] == [r["completion"] for r in o]
+    assert isinstance(b[0]["completion"], str) and b[1]["completion"][0]["role"] == "assistant"
+
+
+def test_revise_bad_input_exits_2(tmp_path):
+    write_jsonl(tmp_path / "x.jsonl", [{"prompt": "What is 1 plus 1?", "answer": "2"}])
+    r = _run_cli("cai", "revise", "--input", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 2 and "x.jsonl:1: <row>: needs response, completion or responses" in r.stderr, r.stderr
+    r = _run_cli("cai", "revise", "--input", str(tmp_path / "x.jsonl"), "--reviser", "model")
+    assert r.returncode == 2 and "--reviser model needs --model" in r.stderr and "Traceback" not in r.stderr
