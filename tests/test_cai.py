@@ -253,3 +253,64 @@ def test_revise_bad_input_exits_2(tmp_path):
     assert r.returncode == 2 and "x.jsonl:1: <row>: needs response, completion or responses" in r.stderr, r.stderr
     r = _run_cli("cai", "revise", "--input", str(tmp_path / "x.jsonl"), "--reviser", "model")
     assert r.returncode == 2 and "--reviser model needs --model" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ agreement
+Q = "What is 2 plus 2?"
+PAIRS = [("2 plus 2 is 4.", "2 plus 2 is 5."), ("2 plus 2 is 4.", "Great question! 2 plus 2 is 4."),
+         ("2 plus 2 is 4.", "Sorry, I can't help with that."), ("2 plus 2 is 4. I hope this helps!", "2 plus 2 is 3.")]
+
+
+def _pref(i, chosen_first_of_pair, **kw):
+    a, b = PAIRS[i]
+    c, r = (a, b) if chosen_first_of_pair else (b, a)
+    return {"prompt": [{"role": "user", "content": Q}], "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}], **kw}
+
+
+def test_agreement_worked_example(tmp_path):
+    """Sorted responses: in every pair above the first listed sorts first except pair 3 (digits sort before
+    letters; "...is 3." < "...is 4. I hope"). Judge prefers: correct, concise, the answer, the padded correct one
+    -> categories F F F S. Humans (verbose): correct, padded, answer, padded -> F S F S. Agreement 3/4; chance
+    p_e = 3/4 * 1/2 + 1/4 * 1/2 = 1/2, kappa = (3/4 - 1/2) / (1/2) = 1/2. Gold agrees with the judge (1.0), with
+    the humans on 3/4. Length (pair 0 has equal word counts, left out): judge picks longer 1/3 (pair 3), humans
+    2/3, gold 1/3. Position: P(first shown wins) = mean((p_ab + 1 - p_ba) / 2) = mean(0.6, 0.6, 0.5, 0.7) = 0.6;
+    one pair of four changes sides between orders -> consistency 3/4."""
+    from rlhfkit.cai import agreement
+
+    p_ab, p_ba = [0.9, 0.8, 0.9, 0.7], [0.7, 0.6, 0.9, 0.3]
+    judge = [_pref(i, c, pair=[0, 1], p_ab=p_ab[i], p_ba=p_ba[i], consistent=(p_ab[i] > .5) == (p_ba[i] > .5))
+             for i, c in enumerate([True, True, False, True])]
+    judge[2]["chosen"], judge[2]["rejected"] = judge[2]["rejected"], judge[2]["chosen"]  # chose the answer
+    human = [_pref(i, c, annotator="h") for i, c in enumerate([True, False, True, True])]
+    write_jsonl(tmp_path / "j.jsonl", judge)
+    write_jsonl(tmp_path / "h.jsonl", human + [_pref(0, True), {**_pref(1, True), "outcome": "tie"}])
+    rep = agreement.run(agreement.Config(labels=str(tmp_path / "j.jsonl"), human=str(tmp_path / "h.jsonl"),
+                                         output=str(tmp_path / "rep.json")))
+    assert rep == json.loads((tmp_path / "rep.json").read_text())
+    # the extra human label on pair 0 agrees; the tie is left out
+    assert rep["vs_human"] == {"human_labels": 6, "pairs": 5, "ties_left_out": 1, "accuracy": pytest.approx(4 / 5),
+                               "kappa": pytest.approx((4 / 5 - (4 / 5 * 3 / 5 + 1 / 5 * 2 / 5)) /
+                                                      (1 - (4 / 5 * 3 / 5 + 1 / 5 * 2 / 5)))}
+    write_jsonl(tmp_path / "h4.jsonl", human)
+    rep = agreement.run(agreement.Config(labels=str(tmp_path / "j.jsonl"), human=str(tmp_path / "h4.jsonl")))
+    assert rep["vs_human"]["accuracy"] == 0.75 and rep["vs_human"]["kappa"] == pytest.approx(0.5)
+    assert rep["vs_gold"]["accuracy"] == 1.0 and rep["human_vs_gold"]["accuracy"] == 0.75
+    lp = rep["length_preference"]
+    assert (lp["judge"]["pairs"], lp["judge"]["prefers_longer"]) == (3, pytest.approx(1 / 3))
+    assert lp["human"]["prefers_longer"] == pytest.approx(2 / 3) and lp["gold"]["prefers_longer"] == pytest.approx(1 / 3)
+    assert rep["position_preference"] == {"pairs": 4, "first_shown_wins": pytest.approx(0.6), "consistency": 0.75}
+
+
+def test_rule_judge_agrees_with_gold_better_than_verbose_annotators(tmp_path):
+    """End to end on the world: annotators (with their verbosity bias) and the rule judge label the same pairs."""
+    from rlhfkit.cai import agreement, label
+    from rlhfkit.world import label as world_label
+
+    write_jsonl(tmp_path / "cands.jsonl", world_candidates(n=40, k=4))
+    world_label.run(world_label.Config(candidates=str(tmp_path / "cands.jsonl"), out=str(tmp_path / "h.jsonl")))
+    label.run(label.Config(input=str(tmp_path / "h.jsonl"), output=str(tmp_path / "ai.jsonl")))
+    rep = agreement.run(agreement.Config(labels=str(tmp_path / "ai.jsonl"), human=str(tmp_path / "h.jsonl")))
+    assert rep["vs_human"]["pairs"] >= 60 and rep["vs_gold"]["pairs"] >= 60
+    assert rep["vs_gold"]["accuracy"] > rep["human_vs_gold"]["accuracy"]
+    assert rep["position_preference"]["first_shown_wins"] == 0.5 and rep["position_preference"]["consistency"] == 1.0
