@@ -314,3 +314,14 @@ def test_rule_judge_agrees_with_gold_better_than_verbose_annotators(tmp_path):
     assert rep["vs_human"]["pairs"] >= 60 and rep["vs_gold"]["pairs"] >= 60
     assert rep["vs_gold"]["accuracy"] > rep["human_vs_gold"]["accuracy"]
     assert rep["position_preference"]["first_shown_wins"] == 0.5 and rep["position_preference"]["consistency"] == 1.0
+
+
+@pytest.mark.parametrize("sub", ["label", "revise", "agreement"])
+def test_cai_subcommands_answer_help(sub):
+    from click.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    r = CliRunner().invoke(app, ["cai", sub, "--help"])
+    assert r.exit_code == 0 and "--input" in r.output or "--labels" in r.output, r.output
+    assert "--api-key " not in r.output  # the key comes from the environment only

@@ -187,3 +187,27 @@ def test_answer_probability_from_logprobs_or_text():
     assert _answer_prob({"message": {"content": "B."}}, ("A", "B")) == 0.0
     assert _answer_prob({"message": {"content": "Yes"}}, ("Yes", "No")) == 1.0
     assert _answer_prob({"message": {"content": "maybe"}}, ("A", "B")) is None
+
+
+def test_cai_label_with_the_http_judge_resumes_from_its_default_cache(server_factory, tmp_path, monkeypatch):
+    from rlhfkit.cai import label
+    from rlhfkit.cai.options import JudgeConfig
+
+    assert not any("key" in f and f != "api_key_env" for f in JudgeConfig.__dataclass_fields__)  # no key option
+    monkeypatch.setenv("RLHFKIT_TEST_JUDGE_KEY", KEY)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": p, "responses": [a, b, "good three"]}) + "\n"
+                                               for p, a, b in zip(PROMPTS, A, B)))
+    srv = server_factory(["500", "drop"])
+    cfg = label.Config(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "ai.jsonl"), judge="http",
+                       base_url=srv.url, judge_model="fake", api_key_env="RLHFKIT_TEST_JUDGE_KEY", backoff_s=0.01)
+    out = label.run(cfg)
+    # pairs where both responses say "good": the fake server answers "A" in both orders, a pure position bias,
+    # which swap debiasing turns into a tie (dropped) and the consistency rate shows
+    assert (out["pairs"], out["labels"], out["ties"]) == (9, 6, 3) and out["position_consistency"] == 6 / 9
+    assert out["http"]["retries"] == 2 and srv.requests == 18 + 2
+    assert (tmp_path / "ai.jsonl.judge-cache.jsonl").exists()
+    rows = [json.loads(x) for x in (tmp_path / "ai.jsonl").read_text().splitlines()]
+    assert all("good" in r["chosen"] and "good" not in r["rejected"] for r in rows)
+    assert KEY not in (tmp_path / "ai.jsonl").read_text() + (tmp_path / "ai.jsonl.config.yaml").read_text()
+    again = label.run(cfg)
+    assert srv.requests == 20 and again["http"]["cache_hits"] == 18
