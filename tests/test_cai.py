@@ -325,3 +325,23 @@ def test_cai_subcommands_answer_help(sub):
     r = CliRunner().invoke(app, ["cai", sub, "--help"])
     assert r.exit_code == 0 and "--input" in r.output or "--labels" in r.output, r.output
     assert "--api-key " not in r.output  # the key comes from the environment only
+
+
+def test_every_command_in_the_doc_parses():
+    """Each `rlhfkit cai ...` line in docs/ai-feedback.md names real options (a renamed flag breaks this test)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    import click
+
+    from rlhfkit.cli import app
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ai-feedback.md").read_text()
+    lines = [shlex.split(m.group(1))[1:] for m in re.finditer(r"^\s+(rlhfkit cai [^\n]+)$", text, re.M)]
+    assert len(lines) >= 7
+    for args in lines:
+        ctx = click.Context(app)
+        name, group, rest = app.resolve_command(ctx, args)
+        name, cmd, rest = group.resolve_command(ctx, rest)
+        cmd.make_context(name, list(rest))
