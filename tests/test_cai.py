@@ -170,8 +170,8 @@ def test_relabelling_preference_rows_keeps_the_pair(tmp_path):
     assert rows[0]["annotator"] == "judge:rule" and rows[0]["p_a"] < 0.5 < rows[1]["p_ab"] + 0.5
 
 
-def test_rm_trains_on_judge_labels(tmp_path, toy_dir):
-    from rlhfkit import rm
+def test_rm_and_dpo_train_on_judge_labels(tmp_path, toy_dir):
+    from rlhfkit import dpo, rm
     from rlhfkit.cai import label
     from rlhfkit.engine import read_metrics
 
@@ -182,6 +182,11 @@ def test_rm_trains_on_judge_labels(tmp_path, toy_dir):
                              norm_samples=0))
     log = read_metrics(out)
     assert len(log) == 3 and all(math.isfinite(r["train/loss"]) for r in log)
+    out = dpo.train(dpo.Config(model=str(toy_dir / "model"), data=str(tmp_path / "ai.jsonl"),
+                               output_dir=str(tmp_path / "dpo"), max_steps=2, micro_batch_size=4, max_length=96,
+                               progress=False, ref_cache_dir=str(tmp_path / "dpo-cache")))
+    log = read_metrics(out)
+    assert len(log) == 2 and all(math.isfinite(r["train/loss"]) for r in log)
 
 
 @pytest.mark.parametrize("args, message", [

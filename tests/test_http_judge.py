@@ -211,3 +211,20 @@ def test_cai_label_with_the_http_judge_resumes_from_its_default_cache(server_fac
     assert KEY not in (tmp_path / "ai.jsonl").read_text() + (tmp_path / "ai.jsonl.config.yaml").read_text()
     again = label.run(cfg)
     assert srv.requests == 20 and again["http"]["cache_hits"] == 18
+
+
+def test_cli_stops_with_one_clear_line_when_the_server_keeps_failing(server_factory, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    srv = server_factory(["500"] * 100)
+    (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "q", "responses": ["good", "bad"]}) + "\n")
+    env = {**os.environ, "RLHFKIT_TEST_JUDGE_KEY": KEY}
+    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "cai", "label", "--input", str(tmp_path / "in.jsonl"),
+                        "--output", str(tmp_path / "o.jsonl"), "--judge", "http", "--base-url", srv.url,
+                        "--judge-model", "m", "--api-key-env", "RLHFKIT_TEST_JUDGE_KEY", "--max-retries", "2",
+                        "--backoff-s", "0.01"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("error: http judge: ") and "gave up after 3 tries, last: HTTP 500" in r.stderr
+    assert KEY not in r.stderr + r.stdout and srv.requests == 3 and not (tmp_path / "o.jsonl").exists()
