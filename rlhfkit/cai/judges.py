@@ -186,10 +186,18 @@ class HFJudge(Judge):
             for i, e in enumerate(enc):
                 input_ids[i, : len(e)] = torch.tensor(e)
                 mask[i, : len(e)] = 1
-            last = torch.tensor([len(e) - 1 for e in enc])
+            last = [len(e) - 1 for e in enc]
+            keep = sorted(set(last))
+            col = torch.tensor([keep.index(t) for t in last], device=device)
             with torch.no_grad():
-                logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
-            pick = logits[torch.arange(len(enc)), last.to(device)][:, list(ids)].float()  # (B, 2)
+                kw = dict(input_ids=input_ids.to(device), attention_mask=mask.to(device))
+                try:
+                    # only the rows' last positions through the LM head: full (B, T, V) logits of a large
+                    # vocabulary would cost gigabytes for one answer token per row
+                    logits = self.model(**kw, logits_to_keep=torch.tensor(keep, device=device)).logits  # (B, K, V)
+                except TypeError:  # a model without `logits_to_keep`
+                    logits = self.model(**kw).logits[:, keep]  # (B, K, V)
+            pick = logits[torch.arange(len(enc), device=device), col][:, list(ids)].float()  # (B, 2)
             out += torch.softmax(pick, dim=-1)[:, 0].tolist()
         return out
 

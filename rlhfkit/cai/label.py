@@ -129,7 +129,7 @@ def label_pairs(judge, pairs: list[dict], ties: str = "drop", swap: bool = True,
                          "chosen": as_completion(prompt, x["a"] if a_wins else x["b"]),
                          "rejected": as_completion(prompt, x["b"] if a_wins else x["a"]),
                          "annotator": f"judge:{judge.name}", "rationale": None,
-                         "item_id": x["row"].get("id", x["group"]), "label_id": len(rows),
+                         "item_id": x["row"].get("item_id", x["row"].get("id", x["group"])), "label_id": len(rows),
                          "outcome": "tie" if tie else "preference", "pair": [x["i"], x["j"]], "group": x["group"],
                          "p_a": p, "p_ab": v.p_ab[k], "p_ba": v.p_ba[k], "consistent": v.consistent[k]})
         if progress and len(pairs) > CHUNK:
