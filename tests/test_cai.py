@@ -162,12 +162,14 @@ def test_relabelling_preference_rows_keeps_the_pair(tmp_path):
 
     p = "What is 2 plus 2?"
     write_jsonl(tmp_path / "prefs.jsonl", [
-        {"prompt": p, "chosen": "Great question! 2 plus 2 is 4.", "rejected": "2 plus 2 is 4.", "annotator": "bob"},
+        {"prompt": p, "chosen": "Great question! 2 plus 2 is 4.", "rejected": "2 plus 2 is 4.", "annotator": "bob",
+         "item_id": "it-7"},
         {"prompt": p, "response_a": "2 plus 2 is 5.", "response_b": "2 plus 2 is 4."}])
     label.run(label.Config(input=str(tmp_path / "prefs.jsonl"), output=str(tmp_path / "out.jsonl")))
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["chosen"] for r in rows] == ["2 plus 2 is 4.", "2 plus 2 is 4."]  # strings stay strings
-    assert rows[0]["annotator"] == "judge:rule" and rows[0]["p_a"] < 0.5 < rows[1]["p_ab"] + 0.5
+    assert rows[0]["annotator"] == "judge:rule" and rows[0]["item_id"] == "it-7" and rows[1]["item_id"] == 1
+    assert rows[0]["p_a"] < 0.5 < rows[1]["p_a"]
 
 
 def test_rm_and_dpo_train_on_judge_labels(tmp_path, toy_dir):
