@@ -169,7 +169,7 @@ def test_relabelling_preference_rows_keeps_the_pair(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["chosen"] for r in rows] == ["2 plus 2 is 4.", "2 plus 2 is 4."]  # strings stay strings
     assert rows[0]["annotator"] == "judge:rule" and rows[0]["item_id"] == "it-7" and rows[1]["item_id"] == 1
-    assert rows[0]["p_a"] < 0.5 < rows[1]["p_a"]
+    assert rows[0]["p_a"] < 0.5 and rows[1]["p_a"] < 0.5  # in both rows the first response is the worse one
 
 
 def test_rm_and_dpo_train_on_judge_labels(tmp_path, toy_dir):
