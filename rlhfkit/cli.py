@@ -42,6 +42,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     "world": ("rlhfkit.world.cli", "app", "The built-in world: export its datasets, label candidates."),
     "label": ("rlhfkit.label.cli", "app", "The labelling web app for human preferences."),
     "bench": ("rlhfkit.bench", "command", "Benchmark a trainer on a workload (one JSON line)."),
+    "cai": ("rlhfkit.cai.cli", "app", "AI feedback: constitutional revisions, RLAIF labels, judge agreement."),
 }
 
 
@@ -162,11 +163,12 @@ def main(argv: list[str] | None = None) -> None:
         from .checkpoint import CheckpointError
         from .engine import NonFiniteError
         from .models import ModelError
+        from .cai.judges import JudgeError
 
         if isinstance(e, CheckpointError):  # bad input, like bad data
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
-        if isinstance(e, (ModelError, NonFiniteError)):
+        if isinstance(e, (ModelError, NonFiniteError, JudgeError)):
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
         raise
