@@ -156,15 +156,20 @@ class RewardModel:
         parts = [encode_scored_parts(tokenizer, p, r, max_length, self.truncation) for p, r in zip(prompts, responses)]
         out = torch.empty(len(parts), dtype=torch.float32)
         if is_last_token_model(model):
-            from .modeling import shared_prompt_layout
+            from . import modeling
 
+            packed = modeling.use_packed(model, self.device)  # the GPU layout (modeling.use_packed)
             order = sorted(range(len(parts)), key=lambda i: (parts[i][0], len(parts[i][1])))  # one prompt together
             for s in range(0, len(order), self.batch_size):
                 idx = order[s : s + self.batch_size]
-                lay = shared_prompt_layout([parts[i][0] for i in idx], [parts[i][1] for i in idx],
-                                           tokenizer.pad_token_id)
-                out[idx] = layout_scores(model, lay.input_ids.to(self.device), lay.position_ids.to(self.device),
-                                         lay.mask.to(self.device), lay.last.to(self.device)).cpu()
+                lay = modeling.shared_prompt_layout([parts[i][0] for i in idx], [parts[i][1] for i in idx],
+                                                    tokenizer.pad_token_id, packed)
+                if packed:
+                    h = modeling.packed_hidden_states(model, lay.packed.with_needed(lay.last).to(self.device))
+                    out[idx] = model.score(h).squeeze(-1).float().cpu()
+                else:
+                    out[idx] = layout_scores(model, lay.input_ids.to(self.device), lay.position_ids.to(self.device),
+                                             lay.mask.to(self.device), lay.last.to(self.device)).cpu()
             return out
         seqs = [p + c for p, c in parts]
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
