@@ -196,7 +196,8 @@ def test_saved_adapter_loads_in_plain_peft_and_merges_to_the_same_model(toy_dir,
     trained = logprobs(seen["model"].eval(), ids, att)
     base = AutoModelForCausalLM.from_pretrained(str(toy_dir / "model"))
     plain = PeftModel.from_pretrained(base, str(out)).eval()
-    torch.testing.assert_close(logprobs(plain, ids, att), trained, rtol=0, atol=1e-6)
+    # (plain transformers' forward against rlhfkit's fused CPU kernels: equal up to fp32 rounding)
+    torch.testing.assert_close(logprobs(plain, ids, att), trained, rtol=0, atol=1e-5)
     merged = models.load_causal_lm(str(out), tok).eval()  # generate / eval / dpo read adapter dirs like this
     assert not models.is_lora(merged)
     torch.testing.assert_close(logprobs(merged, ids, att), trained, rtol=0, atol=1e-5)
@@ -233,9 +234,8 @@ def test_fast_decoder_reads_the_adapters(toy_dir):
     """The sampler's decode-only forward (fastdecode) covers a LoRA policy: its logits equal the peft model's through
     the transformers forward, with the adapters on and off."""
     model, tok = lora_model(toy_dir)
-    ids, att = batch(tok, 3)
-    left = torch.stack([torch.roll(i, int((~a).sum())) for i, a in zip(ids, att)])  # left-padded prompts
-    latt = torch.stack([torch.roll(a, int((~a).sum())) for a in att])
+    prompts = [data_lib.encode_prompt(tok, r["prompt"]) for r in toy_rows(3, seed=5)]
+    left, latt = data_lib.pad_left([p[i:] for i, p in enumerate(prompts)], tok.pad_token_id)  # different lengths
     dec = fastdecode.for_model(model)
     assert dec is not None
     for ctx in (lambda: torch.no_grad(), lambda: adapters_disabled(model)):
@@ -269,14 +269,15 @@ def has_number(prompts, responses):
 
 
 def test_grpo_smoke_reference_and_resume(toy_dir, prompts_file, tmp_path):
-    """GRPO with beta > 0: the reference is the policy with its adapters off, so the KL starts at exactly 0 and then
-    moves; a run resumed from its step-2 checkpoint gives the same losses and rollouts."""
+    """GRPO with beta > 0: the reference is the policy with its adapters off, so the KL starts at 0 (B = 0) and then
+    moves (with the adapters on, the "reference" would follow the policy and the KL stay 0); a run resumed from its
+    step-2 checkpoint gives the same losses and rollouts."""
     kw = dict(model=str(toy_dir / "model"), data=str(prompts_file), max_steps=4, rollout_batch_size=2,
               num_generations=4, micro_batch_size=8, max_new_tokens=6, learning_rate=5e-2, beta=0.1, save_every=2,
               num_iterations=2, **COMMON)
     grpo.train(grpo.Config(output_dir=str(tmp_path / "full"), **kw), reward_fn=has_number)
     full = read_metrics(tmp_path / "full")
-    assert full[0]["kl/seq"] == 0.0 and full[-1]["kl/token"] > 0
+    assert abs(full[0]["kl/seq"]) < 1e-5 and full[-1]["kl/token"] > 1e-4
     assert models.is_adapter_dir(tmp_path / "full")
     part = tmp_path / "part"
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000002", part / "checkpoints" / "step-00000002")
