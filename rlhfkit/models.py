@@ -223,7 +223,7 @@ def save(model, tokenizer, out_dir: str | Path, metadata: dict[str, Any] | None 
         if _is_quantized(model):  # folding into 4-bit weights would round the update away: merge in full precision
             merge_adapter(out / "adapter", out)
             return out
-        model = model.merge_and_unload()
+        model = _merge_and_unload(model)
     return _save_files(model, tokenizer, out, metadata)
 
 
@@ -244,6 +244,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- LoRA (peft)
 ADAPTER_CONFIG = "adapter_config.json"
+# peft 0.18 asks transformers 5 for an attribute it renamed: a FutureWarning about peft, not about the run
+_PEFT_NOISE = ".*is_gradient_checkpointing.*"
 
 
 def _peft():
@@ -277,8 +279,16 @@ def _merged(path: str | Path, load_base):
     run) with the adapter at `path` folded into its weights: a plain model, as fast as the base and saved as one."""
     peft = _peft()
     model = load_base(adapter_base(path))
-    with _loading("LoRA adapter", str(path)):
-        model = peft.PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    with _loading("LoRA adapter", str(path)), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_NOISE, category=FutureWarning)
+        return _merge_and_unload(peft.PeftModel.from_pretrained(model, str(path)))
+
+
+def _merge_and_unload(model):
+    """peft's merge_and_unload, minus the `peft_config` attribute it leaves on the plain model it returns (which
+    would make a later apply_lora warn about adapters that no longer exist)."""
+    model = model.merge_and_unload()
+    model.__dict__.pop("peft_config", None)
     return model
 
 
@@ -328,8 +338,9 @@ def apply_lora(model, cfg, base: str | None, task: str | None = "CAUSAL_LM", see
                              bias="none", task_type=task)
     if _is_quantized(model):  # QLoRA: norms in fp32, inputs that require grad for checkpointing (peft's recipe)
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), warnings.catch_warnings():
         torch.manual_seed(cfg.seed if seed is None else seed)
+        warnings.filterwarnings("ignore", message=_PEFT_NOISE, category=FutureWarning)
         try:
             model = peft.get_peft_model(model, config)
         except ValueError as e:  # e.g. target modules that match nothing
