@@ -23,9 +23,7 @@ from typing import Any
 import torch
 
 from . import fusedops
-from .modeling import adapters_disabled, is_lora
-
-__all__ = ["adapters_disabled", "is_lora"]  # re-exported: trainers reach LoRA through this module
+from .modeling import adapters_disabled, is_lora  # noqa: F401  (adapters_disabled: trainers reach it from here)
 
 PAD_TOKEN = "<|pad|>"
 
