@@ -227,7 +227,13 @@ def save(model, tokenizer, out_dir: str | Path, metadata: dict[str, Any] | None 
 
 def _save_files(model, tokenizer, out: Path, metadata: dict[str, Any] | None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    kwargs = {}
+    base = model.peft_config["default"].base_model_name_or_path if is_lora(model) else None
+    if base and is_adapter_dir(base):
+        # a LoRA run on top of a LoRA run: its base loads through rlhfkit's chain with the vocabulary it was trained
+        # with, so the embeddings need not travel (peft's "auto" looks for a config.json there and warns)
+        kwargs["save_embedding_layers"] = False
+    model.save_pretrained(out, safe_serialization=True, **kwargs)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     if metadata is not None:
