@@ -6,6 +6,8 @@ file. A crash (kill -9, full disk, exception) at any point leaves either the pre
 staging directory that `latest()` ignores. Retention never deletes the only complete checkpoint.
 
 Layout:  <run>/checkpoints/step-000120/{model.safetensors, state.pt, manifest.json, COMPLETE}
+model.safetensors holds every weight, or only the trainable ones when some are frozen (LoRA): frozen weights are
+reloaded from the model the run starts from, so a resume is exact either way.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 MANIFEST = "manifest.json"
 COMPLETE = "COMPLETE"
+TRAINABLE_ONLY = "rlhfkit_trainable_only"  # safetensors metadata key of a checkpoint that holds trainable weights only
 
 
 class CheckpointError(ValueError):
@@ -51,9 +55,25 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter] | None:
+    """The parameters that train, by name, when some do not (LoRA: the adapters, and heads peft keeps trainable);
+    None when every parameter trains."""
+    params = dict(model.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        return None
+    return {name: p for name, p in params.items() if p.requires_grad}
+
+
 def _write_files(staging: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
-    # safetensors for weights (no pickle); save_model handles tied embeddings.
-    save_model(model, str(staging / "model.safetensors"))
+    trainable = _trainable(model)
+    if trainable is None:
+        # safetensors for weights (no pickle); save_model handles tied embeddings.
+        save_model(model, str(staging / "model.safetensors"))
+    else:
+        # Frozen weights never change, and a resume reloads them from where the run loaded them: a LoRA checkpoint
+        # of a 7B model is then megabytes, not 14 GB. The file says which kind it is.
+        save_file({name: p.detach().contiguous() for name, p in trainable.items()},
+                  str(staging / "model.safetensors"), metadata={"format": "pt", TRAINABLE_ONLY: "1"})
     # Everything else (optimizer, scheduler, RNG, trainer counters) is tensors and plain containers, so it loads
     # back with torch.load(weights_only=True).
     torch.save(state, staging / "state.pt")
@@ -134,7 +154,7 @@ def load(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into `model` (in place) and return the rest of the saved state."""
     path = Path(path)
     try:
-        load_model(model, str(path / "model.safetensors"))
+        _load_weights(model, path / "model.safetensors")
     except Exception as e:  # a foreign or changed file: a header safetensors cannot parse, or other shapes
         raise CheckpointError(f"{path / 'model.safetensors'}: cannot load into this model: {_first_line(e)}") from None
     try:
@@ -148,6 +168,26 @@ def load(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
                               f"writes ({reason})") from None
     except Exception as e:  # not a torch file at all (truncated, another format): the reader's reason, no traceback
         raise CheckpointError(f"{path / 'state.pt'}: cannot load: {_first_line(e)}") from None
+
+
+def _load_weights(model: torch.nn.Module, file: Path) -> None:
+    """All of a model's weights, or (a checkpoint written with frozen weights left out) exactly its trainable ones."""
+    with safe_open(str(file), "pt") as f:
+        trainable_only = (f.metadata() or {}).get(TRAINABLE_ONLY) == "1"
+    if not trainable_only:
+        load_model(model, str(file))
+        return
+    tensors = load_file(str(file))
+    params = _trainable(model) or dict(model.named_parameters())
+    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"its trainable weights are not this model's: missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            if tensors[name].shape != p.shape:
+                raise ValueError(f"{name}: shape {tuple(tensors[name].shape)} in the file, {tuple(p.shape)} here")
+            p.copy_(tensors[name])
 
 
 def _first_line(e: BaseException) -> str:

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rloo": ("rlhfkit.grpo", "train_rloo", "RLOO: leave-one-out baselines."),
     "reinforce-pp": ("rlhfkit.reinforce_pp", "train",
                      "REINFORCE++: token-level KL reward, returns normalised over the batch."),
+    "merge": ("rlhfkit.merge", "run", "Merge a saved LoRA adapter into its base model (plain transformers weights)."),
     "bon": ("rlhfkit.bon", "run", "Best-of-n sampling with a reward model (optional rejection-sampling SFT)."),
     "eval": ("rlhfkit.evaluate", "run", "Evaluate policies: judge reward, win rate, KL, length, diversity."),
     "report": ("rlhfkit.report", "run", "Write a self-contained HTML report of one or more runs."),

@@ -18,7 +18,8 @@ never branches on names. The math lives in losses.py; this file turns data into 
     quadratic, never over the whole micro-batch).
   * The LM head runs only at completion positions (N x V logits, not B x T x V).
   * Reference log-probs: precomputed once and cached on disk (refcache.py), or on the fly under inference_mode
-    with the same layout. Reference-free losses (simpo, orpo, sft) never load a reference model.
+    with the same layout. Reference-free losses (simpo, orpo, sft) never load a reference model. Under LoRA
+    (`--lora-r`) the on-the-fly reference is the policy itself with its adapters off: no second model in memory.
 KTO (Ethayarajh et al. 2024) trains on unpaired rows (prompt, completion, label); paired rows are unpaired (each
 pair -> one desirable + one undesirable example, as TRL's unpair_preference_dataset). Its reference point z0 is
 estimated on mismatched (prompt, completion) pairs under no_grad over the whole global batch (see docs/dpo.md).
@@ -28,7 +29,6 @@ saved (`modeling.continuation_hidden_states`), so each prompt is forwarded once 
 
 from __future__ import annotations
 
-import copy
 import resource
 import time
 from dataclasses import dataclass, field
@@ -287,21 +287,19 @@ def autocast_for(precision: str, device: torch.device):
 
 
 def load_reference(cfg: Config, tokenizer, policy: torch.nn.Module) -> torch.nn.Module:
-    """The frozen reference model: ref_model, or a copy of the policy's initial weights. (Tests monkeypatch this to
-    prove that reference-free losses never get here.)"""
-    ref = models.load_causal_lm(cfg.ref_model, tokenizer, cfg.trust_remote_code) if cfg.ref_model else \
-        copy.deepcopy(policy)
-    ref.eval().requires_grad_(False)
-    return ref
+    """The frozen reference model: ref_model, or the policy's initial weights: a copy, or under LoRA the policy
+    itself, which `reference_logps` runs with its adapters off (models.reference_policy). (Tests monkeypatch this
+    to prove that reference-free losses never get here.)"""
+    return models.reference_policy(policy, cfg.ref_model, tokenizer, cfg.trust_remote_code)
 
 
 def reference_logps(ref: torch.nn.Module, examples: list[Example], indices: list[int], pad_id: int, packing: bool,
                     device, autocast) -> torch.Tensor:
     """(2, len(indices)) reference log-probs of both completions on `device`, under inference_mode with the
-    training layout."""
+    training layout. A LoRA policy serving as its own reference runs with its adapters off."""
     lay = make_layout([(examples[i].prompt, list(examples[i].completions)) for i in indices], pad_id, packing,
                       use_packed(ref, device))
-    with torch.inference_mode(), autocast():
+    with torch.inference_mode(), autocast(), models.adapters_disabled(ref):
         out = run_layout(SequenceLogprobs(ref), lay, device)
     return out.float().view(2, len(indices))
 
@@ -309,14 +307,17 @@ def reference_logps(ref: torch.nn.Module, examples: list[Example], indices: list
 def precompute_reference(cfg: Config, tokenizer, policy, examples: list[Example], data_stats: dict,
                          dist) -> torch.Tensor:
     """(2, n) reference log-probs for the whole dataset, from the on-disk cache or computed once and cached."""
+    reference = cfg.ref_model or cfg.model
     key_fields = {
-        "reference": refcache.hash_path(cfg.ref_model or cfg.model),
+        "reference": refcache.hash_path(reference),
         "tokenizer": refcache.hash_path(cfg.tokenizer or cfg.model),
         "data": refcache.hash_path(cfg.data), "split": cfg.split, "rows": data_stats.get("rows"),
         "examples": len(examples), "column_map": cfg.column_map, "skip_invalid": cfg.skip_invalid,
         "max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length, "precision": cfg.precision,
         "layout": f"kto-partners-seed{cfg.seed}" if cfg.unpaired else "paired",
     }
+    if models.is_adapter_dir(reference):  # an adapter's log-probs depend on its base model's weights too
+        key_fields["reference_base"] = refcache.hash_path(models.adapter_base(reference))
     key = refcache.cache_key(key_fields)
     cached = refcache.load(cfg.ref_cache_dir, key, len(examples))
     if cached is not None:
@@ -324,7 +325,8 @@ def precompute_reference(cfg: Config, tokenizer, policy, examples: list[Example]
         return torch.stack([cached["ref_a"], cached["ref_b"]])
     t0 = time.perf_counter()
     if dist.is_main:
-        # With no ref_model the reference IS the policy before any update: use it directly, no copy in memory.
+        # With no ref_model the reference IS the policy before any update (under LoRA: with its adapters off):
+        # use it directly, no copy in memory.
         ref = (load_reference(cfg, tokenizer, policy) if cfg.ref_model else policy.eval()).to(dist.device)
         autocast = lambda: autocast_for(cfg.precision, dist.device)  # noqa: E731
         out = torch.zeros(2, len(examples))
@@ -358,7 +360,10 @@ def train(cfg: Config) -> Path:
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     counter: dict = {}
     examples = tokenise(cfg, tokenizer, rows, counter)
-    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, dtype="fp32")
+    models.check_quantization(cfg.load_in_4bit)
+    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, dtype="fp32",
+                                  load_in_4bit=cfg.load_in_4bit)
+    model = models.apply_lora(model, cfg, cfg.model)
     if dist.is_main:
         config_lib.save(cfg, out / "config.yaml")
         print(f"dpo: {len(examples)} {'unpaired examples' if cfg.unpaired else 'pairs'}; truncation counts {counter}")
@@ -371,7 +376,8 @@ def train(cfg: Config) -> Path:
         if cfg.precompute_ref:
             ref_table = precompute_reference(cfg, tokenizer, model, examples, stats, dist)
         else:
-            ref = load_reference(cfg, tokenizer, model).to(dist.device)  # before Engine: a resume loads later weights
+            # before Engine: a resume loads later weights (under LoRA the reference is the policy, adapters off)
+            ref = load_reference(cfg, tokenizer, model).to(dist.device)
 
     global_batch = cfg.micro_batch_size * cfg.gradient_accumulation_steps * dist.world_size
     sampler = StepSampler(len(examples), global_batch, cfg.seed)
@@ -507,7 +513,7 @@ def train(cfg: Config) -> Path:
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     if dist.is_main:
         print(f"dpo: peak memory {peak_mib:.0f} MiB ({'CUDA allocated' if torch.cuda.is_available() else 'RSS'})")
-        models.save(model, tokenizer, out, metadata={
+        models.save(model, tokenizer, out, merge=cfg.merge, metadata={
             "stage": "dpo", "loss": cfg.loss, "steps": engine.step_count, "skipped_steps": engine.skipped_steps,
             "truncation": counter, "peak_memory_mib": round(peak_mib, 1), "train_seconds": time.perf_counter() - t0})
     return out

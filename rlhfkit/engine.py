@@ -31,7 +31,7 @@ import random
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -101,6 +101,24 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations during the backward pass instead of keeping them: activation
     memory of one layer instead of all, for about a third more compute per step."""
+    lora_r: int = 0
+    """LoRA rank (Hu et al. 2021): train a rank-r update B A beside each target weight, which stays frozen; 0 trains
+    every weight (full fine-tuning). Memory for gradients and AdamW state shrinks to the adapters', and a reference
+    policy is the same model with its adapters off (no second copy)."""
+    lora_alpha: float = 16.0
+    """LoRA scale: the update is (lora_alpha / lora_r) B A x (Hu et al. 2021, sec. 4.1)."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input during training. Online trainers (ppo, grpo, rloo) need 0: their sampled and
+    scored log-probs must come from one distribution."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters, by name (e.g. q_proj,v_proj); all-linear: every linear layer of the model except
+    its output layer (peft's all-linear)."""
+    load_in_4bit: bool = False
+    """QLoRA (Dettmers et al. 2023): load the frozen weights of the trained model in 4-bit NF4 (bitsandbytes) and
+    train LoRA adapters on top; needs lora_r > 0, CUDA and the bitsandbytes package."""
+    merge: bool = False
+    """With lora_r > 0: also fold the adapters into the weights and write that full model to output_dir (plain
+    transformers), the adapter going to output_dir/adapter. Off: output_dir is the adapter directory."""
     progress: bool = True
     """Show a progress bar with ETA and key metrics."""
     tensorboard: bool = False
@@ -120,6 +138,14 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_steps < 0 or self.num_epochs <= 0 and self.max_steps == 0:
             raise ValueError("max_steps must be >= 0 and num_epochs > 0 when max_steps is 0")
+        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1), got {self.lora_r}, "
+                             f"{self.lora_alpha}, {self.lora_dropout}")
+        if self.lora_r and not self.lora_target_modules:
+            raise ValueError("lora_target_modules: name at least one module (or all-linear)")
+        for name in ("load_in_4bit", "merge"):
+            if getattr(self, name) and not self.lora_r:
+                raise ValueError(f"{name} needs LoRA: set lora_r > 0")
 
     def validate(self) -> None:
         self.validate_common()
@@ -405,7 +431,9 @@ class Engine:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.global_batch = resolve_batch(cfg, self.dist.world_size)
-        self.model = model.to(self.dist.device)
+        # a 4-bit (QLoRA) model is placed on its device when loaded and refuses .to() in some bitsandbytes versions
+        quantized = any(getattr(m, "is_loaded_in_4bit", False) for m in model.modules())
+        self.model = model if quantized else model.to(self.dist.device)
         self.module = self.model  # the unwrapped model, for saving and generation
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(self.module)

@@ -15,7 +15,9 @@ recognise, or recognises with a feature it does not implement, use the transform
 None); so does everything when `RLHFKIT_DECODE=hf` is set.
 
 The weights are read, not copied (apart from the fused projections, rebuilt per `start`), so a policy that trains
-between rollouts is always sampled as it is now.
+between rollouts is always sampled as it is now. A LoRA policy (peft) is read through its base model: each adapted
+projection's weight is W + (alpha / r) B A (Hu et al. 2021, eq. 3), computed per `start` like the fused ones, or W
+alone while the adapters are disabled.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cpukernel
-from .modeling import position_ids
+from .modeling import is_lora, position_ids
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
 # Static decoding (CUDA graphs): per model, the buffers and graph of its last static rollout, reused while the batch
@@ -42,7 +44,34 @@ STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP / accelerate wrappers
         model = model.module
-    return model
+    return model.get_base_model() if is_lora(model) else model  # the adapters sit inside the base model's layers
+
+
+def _is_linear(m) -> bool:
+    """A plain nn.Linear, or a peft LoRA layer over one whose forward is W x + b + (alpha / r) B A x (no DoRA, no
+    LoRA bias, no other kind of adapter), which `_weight` turns into one matrix."""
+    if isinstance(m, torch.nn.Linear):
+        return True
+    base = getattr(m, "base_layer", None)
+    if not isinstance(base, torch.nn.Linear) or not hasattr(m, "get_delta_weight"):
+        return False
+    extras = [getattr(m, name, {}) for name in ("use_dora", "lora_bias")]
+    return type(m).__name__ == "Linear" and not any(any(d.values()) for d in extras if isinstance(d, dict))
+
+
+def _weight(m) -> torch.Tensor:
+    """The weight a projection applies: its own, or for a LoRA layer W + (alpha / r) B A of each active adapter
+    (W alone while adapters are disabled or once merged into W)."""
+    base = getattr(m, "base_layer", None)
+    if base is None:
+        return m.weight
+    w = base.weight
+    if m.disable_adapters or m.merged:
+        return w
+    for name in m.active_adapters:
+        if name in m.lora_A:
+            w = w + m.get_delta_weight(name).to(w.dtype)
+    return w
 
 
 def _why_unsupported(model: torch.nn.Module) -> str | None:
@@ -62,10 +91,10 @@ def _why_unsupported(model: torch.nn.Module) -> str | None:
         return "layout"
     for layer in body.layers:
         a, m = layer.self_attn, layer.mlp
-        if not all(isinstance(getattr(a, n, None), torch.nn.Linear) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
-            return "attention projections are not plain Linear (LoRA, quantised)"
-        if not all(isinstance(getattr(m, n, None), torch.nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
-            return "MLP projections are not plain Linear"
+        if not all(_is_linear(getattr(a, n, None)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            return "attention projections are not Linear or LoRA over Linear (quantised, DoRA)"
+        if not all(_is_linear(getattr(m, n, None)) for n in ("gate_proj", "up_proj", "down_proj")):
+            return "MLP projections are not Linear or LoRA over Linear"
         if hasattr(a, "q_norm") or hasattr(a, "k_norm"):
             return "q/k norms"
     if not isinstance(getattr(model, "lm_head", None), torch.nn.Linear):
@@ -112,14 +141,14 @@ class LlamaDecoder:
         for layer in self.body.layers:
             a, m = layer.self_attn, layer.mlp
             ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
-            wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0)
-            wgu = torch.cat([m.gate_proj.weight, m.up_proj.weight], 0)
+            wqkv = torch.cat([_weight(a.q_proj), _weight(a.k_proj), _weight(a.v_proj)], 0)
+            wgu = torch.cat([_weight(m.gate_proj), _weight(m.up_proj)], 0)
             if self.fold:
                 wqkv, wgu = wqkv.mul_(ln1), wgu.mul_(ln2)
             self.layers.append({k: cast(v) for k, v in dict(
                 ln1=ln1, ln2=ln2, wqkv=wqkv, bqkv=_cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
-                wo=a.o_proj.weight, bo=a.o_proj.bias, wgu=wgu, bgu=_cat(m.gate_proj.bias, m.up_proj.bias),
-                wd=m.down_proj.weight, bd=m.down_proj.bias).items()})
+                wo=_weight(a.o_proj), bo=a.o_proj.bias, wgu=wgu, bgu=_cat(m.gate_proj.bias, m.up_proj.bias),
+                wd=_weight(m.down_proj), bd=m.down_proj.bias).items()})
         self.lm = cast(lm * self.body.norm.weight if self.fold else lm)
         self.lm_bias, self.final_norm = cast(self.model.lm_head.bias), cast(self.body.norm.weight)
 

@@ -29,7 +29,6 @@ detached (no extra forward pass); otherwise they are recomputed at rollout time 
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,12 +192,14 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
     out = Path(cfg.output_dir)
     prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)  # bad data fails before loading
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
+    models.check_quantization(cfg.load_in_4bit)
+    policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, load_in_4bit=cfg.load_in_4bit)
+    policy = models.apply_lora(policy, cfg, cfg.model)
     ref = None
-    if cfg.beta > 0:  # the reference is the initial policy (copied before a resume) or ref_model; frozen
-        ref = models.load_causal_lm(cfg.ref_model, tokenizer, cfg.trust_remote_code) if cfg.ref_model \
-            else copy.deepcopy(policy)
-        ref.requires_grad_(False).eval().to(dist.device)
+    if cfg.beta > 0:  # the initial policy (copied before a resume; under LoRA the policy, adapters off) or ref_model
+        ref = models.reference_policy(policy, cfg.ref_model, tokenizer, cfg.trust_remote_code)
+        if ref is not policy:
+            ref.to(dist.device)
     counter: dict = {}
     encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
     G = cfg.num_generations
@@ -360,7 +361,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
             break
     engine.close()
     if dist.is_main:
-        models.save(policy, tokenizer, out, metadata={"stage": estimator, "steps": engine.step_count,
+        models.save(policy, tokenizer, out, merge=cfg.merge, metadata={"stage": estimator, "steps": engine.step_count,
                                                       "truncation": counter, "skipped_steps": engine.skipped_steps})
     return out
 

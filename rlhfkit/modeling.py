@@ -14,8 +14,10 @@ layer that skips the score tiles the masks exclude (`fusedops.BlockAttention`); 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import sys
 import types
 from dataclasses import dataclass
 
@@ -30,8 +32,31 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def is_lora(model: torch.nn.Module) -> bool:
+    """Whether `model` is a peft model (LoRA adapters injected into its base model's linear layers)."""
+    peft = sys.modules.get("peft")  # never imported here: a model can only be a PeftModel once peft is loaded
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module | None):
+    """Run `model` as its base model: a peft model with its adapters switched off (peft's `disable_adapter()`),
+    which is exactly the frozen weights the adapters were added to. Anything else runs as it is. This is how a
+    LoRA run's reference policy is the policy itself, with no second copy in memory."""
+    if model is not None and is_lora(model):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
+
+
 def backbone(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformer body of a *ForCausalLM / *ForSequenceClassification model (model.model for Llama)."""
+    """The transformer body of a *ForCausalLM / *ForSequenceClassification model (model.model for Llama). A peft
+    model is looked through to its base model: the adapters live inside the base model's modules, so the body found
+    there runs with them (and without them under `adapters_disabled`). The wrapper's own `base_model_prefix` would
+    name the whole causal LM, not its body."""
+    if is_lora(model):
+        model = model.get_base_model()
     return getattr(model, model.base_model_prefix)
 
 

@@ -157,6 +157,7 @@ class Monitor:
         entropy: the trainer's latest mean token entropy of the policy on its own samples (its `policy/entropy`),
         recorded and watched by the entropy_collapse alarm; None when there is none yet."""
         from .evaluate import call_judge, response_lengths, sample_responses, sequence_logps
+        from .modeling import adapters_disabled
 
         t0 = time.perf_counter()
         tok = self.tokenizer
@@ -183,7 +184,9 @@ class Monitor:
         # 4. Monte-Carlo sequence KL to the reference, both scored at the sampling temperature
         if self.ref_model is not None and self.temperature > 0:
             lp = sequence_logps(policy, p_ids, r_ids, tok.pad_token_id, self.temperature, self.batch_size)
-            lr = sequence_logps(self.ref_model, p_ids, r_ids, tok.pad_token_id, self.temperature, self.batch_size)
+            with adapters_disabled(self.ref_model):  # a LoRA policy serving as its own reference
+                lr = sequence_logps(self.ref_model, p_ids, r_ids, tok.pad_token_id, self.temperature,
+                                    self.batch_size)
             kl = M.mc_sequence_kl(lp, lr)
             rec.update(kl=kl["kl"], kl_se=kl["se"], kl_k3=kl["k3"])
         # 5. length and diversity

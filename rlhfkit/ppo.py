@@ -138,11 +138,21 @@ class PolicyAndValue(torch.nn.Module):
 
 
 def build_value(cfg: Config, policy: torch.nn.Module, tokenizer) -> ValueModel:
+    """The critic, built from the policy BEFORE it gets LoRA adapters. shared: a head on the policy's own body (under
+    LoRA, the adapters peft later injects there serve both). separate: a body of its own; under LoRA a body with
+    adapters of its own whose frozen weights are the policy's own tensors when it starts from the policy (so the
+    critic adds adapters and a head to memory, not a second model). The head is trainable either way."""
     if cfg.critic == "shared":  # the value head reads the policy's own backbone; value gradients reach it too
         return ValueModel(backbone(policy), policy.config.hidden_size)
-    src = (models.load_sequence_classifier(cfg.value_model, tokenizer, cfg.trust_remote_code) if cfg.value_model
-           else copy.deepcopy(policy))
-    return ValueModel(backbone(src), src.config.hidden_size)
+    if cfg.value_model:
+        src = models.load_sequence_classifier(cfg.value_model, tokenizer, cfg.trust_remote_code)
+    elif cfg.lora_r:  # frozen under LoRA in both: the copy shares every weight tensor with the policy
+        src = copy.deepcopy(policy, memo={id(p): p for p in policy.parameters()})
+    else:
+        src = copy.deepcopy(policy)
+    body = backbone(src)
+    # adapters on the body alone (peft task None), seeded apart from the policy's
+    return ValueModel(models.apply_lora(body, cfg, None, task=None, seed=cfg.seed + 1), src.config.hidden_size)
 
 
 # ----------------------------------------------------------------------------------------------- advantages
@@ -175,12 +185,16 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
     out = Path(cfg.output_dir)
     prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)  # before any model loads
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
-    # The reference is the INITIAL policy (copied before a resume loads trained weights) or ref_model; frozen.
-    ref = models.load_causal_lm(cfg.ref_model, tokenizer, cfg.trust_remote_code) if cfg.ref_model \
-        else copy.deepcopy(policy)
-    ref.requires_grad_(False).eval().to(dist.device)
-    module = PolicyAndValue(policy, build_value(cfg, policy, tokenizer))
+    models.check_quantization(cfg.load_in_4bit)
+    policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, load_in_4bit=cfg.load_in_4bit)
+    value = build_value(cfg, policy, tokenizer)
+    policy = models.apply_lora(policy, cfg, cfg.model)
+    # The reference is the INITIAL policy (copied before a resume loads trained weights; under LoRA the policy
+    # itself with its adapters off) or ref_model; frozen.
+    ref = models.reference_policy(policy, cfg.ref_model, tokenizer, cfg.trust_remote_code)
+    if ref is not policy:
+        ref.to(dist.device)
+    module = PolicyAndValue(policy, value)
     counter: dict = {}
     encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
     mb = check_batch(cfg.rollout_batch_size, cfg.num_minibatches, cfg.micro_batch_size,
@@ -275,9 +289,9 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
             break
     engine.close()
     if dist.is_main:
-        models.save(module.policy, tokenizer, out, metadata={"stage": "ppo", "steps": engine.step_count,
-                                                             "kl_coef": ctl.value, "truncation": counter,
-                                                             "skipped_steps": engine.skipped_steps})
+        models.save(module.policy, tokenizer, out, merge=cfg.merge,
+                    metadata={"stage": "ppo", "steps": engine.step_count, "kl_coef": ctl.value, "truncation": counter,
+                              "skipped_steps": engine.skipped_steps})
     return out
 
 

@@ -59,6 +59,8 @@ class Config(TrainConfig):
         self.validate_common()
         if not self.data or not self.tokenizer and not self.init_from:
             raise ValueError("data and tokenizer (or init_from) are required")
+        if self.lora_r and not self.init_from:
+            raise ValueError("lora_r: LoRA adapts an existing model; set init_from (or lora_r 0 to build a new one)")
 
 
 def train(cfg: Config) -> Path:
@@ -67,7 +69,9 @@ def train(cfg: Config) -> Path:
                               expect=[data_lib.DataType.LM])
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.init_from)
     if cfg.init_from:
-        model = models.load_causal_lm(cfg.init_from, tokenizer)
+        models.check_quantization(cfg.load_in_4bit)
+        model = models.apply_lora(models.load_causal_lm(cfg.init_from, tokenizer, load_in_4bit=cfg.load_in_4bit), cfg,
+                                  cfg.init_from)
     else:
         model = models.build_llama(tokenizer, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
                                    cfg.intermediate_size, max_position_embeddings=max(512, cfg.block_size),

@@ -72,8 +72,10 @@ def encode_scored_parts(tokenizer, prompt: Any, response: Any, max_length: int,
 # ----------------------------------------------------------------------------------------------- forward
 def is_last_token_model(model: torch.nn.Module) -> bool:
     """Decoder reward models (HF's *ForSequenceClassification on a causal LM) have a linear `score` head read at
-    the last token; encoders (BERT, MiniLM, DeBERTa) have a `classifier` on the pooled output."""
-    return isinstance(getattr(model, "score", None), torch.nn.Linear)
+    the last token; encoders (BERT, MiniLM, DeBERTa) have a `classifier` on the pooled output. Under LoRA the head
+    is wrapped by peft (ModulesToSaveWrapper: the original and its trainable copy), and still called as `score`."""
+    head = getattr(model, "score", None)
+    return isinstance(getattr(head, "original_module", head), torch.nn.Linear)
 
 
 def forward_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -166,15 +166,25 @@ def build_pairs(tokenizer, rows: list[dict], cfg: Config) -> PairSet:
 
 
 # ----------------------------------------------------------------------------------------------- model
-def load_backbone(cfg: Config, seed: int):
-    """(model, tokenizer): a one-label sequence classifier, with a freshly added head re-initialised small."""
+def is_classifier(path: str, trust_remote_code: bool = False) -> bool:
+    """Whether a model directory / hub id already is a sequence classifier (so its head is kept). An adapter
+    directory is one when it was trained as one (peft task SEQ_CLS) or its base model is."""
     from transformers import AutoConfig
 
+    if models.is_adapter_dir(path):
+        return models.adapter_task(path) == "SEQ_CLS" or is_classifier(models.adapter_base(path), trust_remote_code)
+    archs = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).architectures or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def load_backbone(cfg: Config, seed: int):
+    """(model, tokenizer): a one-label sequence classifier, with a freshly added head re-initialised small, and
+    LoRA adapters when cfg.lora_r > 0 (the head then trains as a whole: peft's modules_to_save)."""
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    archs = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code).architectures or []
+    classifier = is_classifier(cfg.model, cfg.trust_remote_code)
     torch.manual_seed(seed)
-    model = models.load_sequence_classifier(cfg.model, tokenizer, cfg.trust_remote_code)
-    if not any(a.endswith("ForSequenceClassification") for a in archs):
+    model = models.load_sequence_classifier(cfg.model, tokenizer, cfg.trust_remote_code, load_in_4bit=cfg.load_in_4bit)
+    if not classifier:
         head = model.score if is_last_token_model(model) else _encoder_head(model)
         std = cfg.head_init_std or 1.0 / math.sqrt(head.in_features + 1)
         g = torch.Generator().manual_seed(seed)
@@ -183,7 +193,7 @@ def load_backbone(cfg: Config, seed: int):
             if head.bias is not None:
                 head.bias.zero_()
     model.config.problem_type = "regression"
-    return model, tokenizer
+    return models.apply_lora(model, cfg, cfg.model, task="SEQ_CLS", seed=seed), tokenizer
 
 
 def _encoder_head(model) -> torch.nn.Linear:
@@ -239,7 +249,8 @@ def train(cfg: Config) -> Path:
     config_lib.save(cfg, out / "config.yaml")
     for i, name in enumerate(names):
         member_out = out / name
-        done = (member_out / "rlhfkit.json").exists() and (member_out / "config.json").exists()
+        done = (member_out / "rlhfkit.json").exists() and ((member_out / "config.json").exists()
+                                                            or models.is_adapter_dir(member_out))
         if done and cfg.resume:
             continue  # finished before an interruption
         can_resume = cfg.resume and (member_out / "checkpoints").exists()
@@ -255,6 +266,7 @@ def train_one(cfg: Config) -> Path:
     out = Path(cfg.output_dir)
     rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid,  # before any model loads
                               expect=[data_lib.DataType.PREFERENCE, data_lib.DataType.IMPLICIT_PREFERENCE])
+    models.check_quantization(cfg.load_in_4bit)
     model, tokenizer = load_backbone(cfg, cfg.seed)
     ps = build_pairs(tokenizer, rows, cfg)
     if dist.is_main:
@@ -316,7 +328,7 @@ def train_one(cfg: Config) -> Path:
                                 "train_seconds": time.perf_counter() - t0}
         if cfg.normalize:
             meta["normalize"] = fit_normalization(model, tokenizer, cfg, ps, dev)
-        models.save(model, tokenizer, out, metadata=meta)
+        models.save(model, tokenizer, out, metadata=meta, merge=cfg.merge)
     return out
 
 

@@ -32,7 +32,7 @@ from . import data as data_lib
 from . import generate
 from .engine import TrainConfig
 from .losses import AGGREGATIONS
-from .modeling import TokenLogprobs, rows_layout, use_packed
+from .modeling import TokenLogprobs, adapters_disabled, rows_layout, use_packed
 
 RewardFn = Callable[[list[Any], list[str]], dict[str, torch.Tensor]]
 
@@ -144,6 +144,9 @@ class OnlineConfig(TrainConfig):
             raise ValueError("temperature must be > 0 for online RL (log-probs are divided by it)")
         if not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("top_p must be in (0, 1] and top_k >= 0")
+        if self.lora_dropout:
+            raise ValueError("lora_dropout must be 0 for online RL: with it the sampled responses and their scored "
+                             "log-probs would come from different distributions (the ratio would not start at 1)")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation: {self.aggregation!r} is not one of {sorted(AGGREGATIONS)}")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_model):
@@ -297,9 +300,10 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
         else:
             logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=device)
         ref = None
-        if ref_policy is not None:
-            ref = chunked_logprobs(ref_policy, input_ids, attention, response_mask, temperature, forward_batch_size,
-                                   share_pad)
+        if ref_policy is not None:  # a LoRA policy serving as its own reference: its adapters off
+            with adapters_disabled(ref_policy):
+                ref = chunked_logprobs(ref_policy, input_ids, attention, response_mask, temperature,
+                                       forward_batch_size, share_pad)
         values = chunked(value_fn, input_ids, attention, forward_batch_size) if value_fn is not None else None
     if was_training:
         policy.train()

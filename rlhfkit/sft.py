@@ -84,7 +84,9 @@ def train(cfg: Config) -> Path:
     # bad data fails first, before any model loads
     rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid, expect=ACCEPTS)
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code)
+    models.check_quantization(cfg.load_in_4bit)
+    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, load_in_4bit=cfg.load_in_4bit)
+    model = models.apply_lora(model, cfg, cfg.model)
     counter: dict = {}
     examples = tokenise(tokenizer, rows, cfg.max_length, counter)
     return train_on_examples(cfg, model, tokenizer, examples, counter, name="sft", packing=cfg.packing,
@@ -146,7 +148,7 @@ def train_on_examples(cfg: TrainConfig, model, tokenizer, examples: list[data_li
                      "train/ppl": float(torch.tensor(loss_value).exp())}, batch_info=f"indices {idx}")
     engine.close()
     if dist.is_main:
-        models.save(model, tokenizer, out, metadata={"stage": name, "steps": engine.step_count,
+        models.save(model, tokenizer, out, merge=cfg.merge, metadata={"stage": name, "steps": engine.step_count,
                                                      "skipped_steps": engine.skipped_steps,
                                                      "truncation": counter,
                                                      "train_seconds": time.perf_counter() - t0})
