@@ -112,6 +112,15 @@ def _cat(*ts):
     return None if ts[0] is None else torch.cat(ts, 0)
 
 
+def _aliases_change(old: dict, new: dict) -> bool:
+    """Whether a kept weight buffer IS one of the model's parameters (used as it is, with no cast or fusion) while
+    this call's weight is another tensor (a LoRA layer's W + BA after a call with adapters disabled, say): copying
+    into it would overwrite the parameter, so the buffers are built anew instead."""
+    pairs = [(o, n) for ol, nl in zip(old["layers"], new["layers"]) for o, n in zip(ol.values(), nl.values())]
+    pairs += [(old[k], new[k]) for k in ("final_norm", "lm", "lm_bias")]
+    return any(isinstance(o, torch.nn.Parameter) and o is not n for o, n in pairs)
+
+
 class LlamaDecoder:
     """`start(input_ids, attention)` runs the (left-padded) prompts and returns the last logits; `step(ids)` feeds
     one token per row and returns the next logits; `keep(index)` drops finished rows from the cache."""
@@ -271,8 +280,8 @@ class LlamaDecoder:
         device = self.k[0].device
         key = (B, -(-L // STATIC_LEN_STEP) * STATIC_LEN_STEP, self.dtype, device)
         st = _STATIC.get(self.model)
-        fresh = st is None or st["key"] != key
         weights = {"layers": self.layers, "final_norm": self.final_norm, "lm": self.lm, "lm_bias": self.lm_bias}
+        fresh = st is None or st["key"] != key or _aliases_change(st["weights"], weights)
         if fresh:
             Lb = key[1]
             st = {"key": key, "weights": weights, "graph": None, "logits": None,

@@ -250,3 +250,29 @@ def test_static_buffers_are_reused_across_calls_and_follow_weight_updates():
             toks = (toks * 3 + t) % 60 + 3
         seen.append((fast.k[0].data_ptr(), fast.bias.data_ptr(), fast.layers[0]["wqkv"].data_ptr()))
     assert seen[0] == seen[1]  # the same buffers: a CUDA graph recorded over them stays valid
+
+
+def test_static_buffers_never_write_into_a_lora_base_weight():
+    """A LoRA policy sampled with its adapters disabled (the reference) keeps some base weights as they are in
+    the static buffers; a later call with adapters on (W + BA) must not copy into them: the base weights stay
+    bit-identical and both calls give the transformers forward's logits."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(_llama(num_key_value_heads=2),
+                                peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # B starts at zero: make the adapters change the weights
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" not in n}
+    ids, att = data_lib.pad_left(PROMPTS[:3], 0)
+    for disabled in (True, False):
+        ctx = model.disable_adapter() if disabled else __import__("contextlib").nullcontext()
+        with ctx:
+            fast, hf = fastdecode.for_model(model), _HFDecoder(model)
+            torch.testing.assert_close(fast.start(ids, att, 3, static=True), hf.start(ids, att, 3),
+                                       atol=1e-5, rtol=1e-5)
+            toks = torch.tensor([3, 4, 5])
+            for _ in range(3):
+                torch.testing.assert_close(fast.step_all(toks), hf.step(toks), atol=1e-5, rtol=1e-5)
+                toks = toks + 1
+    assert all(torch.equal(base[n], p) for n, p in model.named_parameters() if "lora" not in n)
