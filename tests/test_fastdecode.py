@@ -252,6 +252,7 @@ def test_static_buffers_are_reused_across_calls_and_follow_weight_updates():
     assert seen[0] == seen[1]  # the same buffers: a CUDA graph recorded over them stays valid
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # inside peft 0.18
 def test_static_buffers_never_write_into_a_lora_base_weight():
     """A LoRA policy sampled with its adapters disabled (the reference) keeps some base weights as they are in
     the static buffers; a later call with adapters on (W + BA) must not copy into them: the base weights stay
