@@ -186,6 +186,7 @@ def test_layout_forwards_see_the_adapters(toy_dir, pref):
 
 
 # ----------------------------------------------------------------------------------------------- saving and loading
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # inside peft 0.18
 def test_saved_adapter_loads_in_plain_peft_and_merges_to_the_same_model(toy_dir, tmp_path, monkeypatch):
     """The run dir is a standard peft adapter: transformers + peft.PeftModel.from_pretrained give the trained
     model's log-probs; rlhfkit's loaders take the directory as a model (merged); --merge writes a full model that
