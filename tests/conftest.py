@@ -51,3 +51,22 @@ def toy_dir(tmp_path_factory) -> Path:
     model = models.build_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
     models.save(model, tok, d / "model")
     return d
+
+
+def kill_when_checkpointed(proc, checkpoints, step: int, timeout: float = 120) -> None:
+    """SIGKILL a training subprocess once it has a complete checkpoint at `step` or later (a crash mid-run)."""
+    import os
+    import signal
+    import time
+
+    from rlhfkit import checkpoint
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        done = checkpoint.complete_checkpoints(checkpoints)
+        if done and int(done[-1].name.split("-")[1]) >= step:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -1,17 +1,15 @@
 """Training engine: batch semantics, NaN guard, crash-safe checkpoints, exact resume after kill -9, DDP == accumulation."""
 
-import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import kill_when_checkpointed
 from rlhfkit import checkpoint
 from rlhfkit.engine import Engine, NonFiniteError, StepSampler, TrainConfig, read_metrics, resolve_batch
 
@@ -139,15 +137,7 @@ def test_kill9_then_resume_gives_identical_losses(toy_dir, tmp_path):
     proc = subprocess.Popen(_sft_cmd(toy_dir, tmp_path / "crash", *args), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "crash" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        done = checkpoint.complete_checkpoints(ckpts)
-        if done and int(done[-1].name.split("-")[1]) >= kill_after:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_checkpointed(proc, ckpts, kill_after)
     assert not (tmp_path / "crash" / "model.safetensors").exists()  # it really died mid-run
     subprocess.run(_sft_cmd(toy_dir, tmp_path / "crash", *args, "--resume"), check=True, env=env,
                    capture_output=True)

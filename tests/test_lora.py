@@ -10,10 +10,8 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -21,29 +19,18 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import toy_rows, write_jsonl
+from conftest import kill_when_checkpointed, toy_rows, write_jsonl
+from test_dpo import pref_rows
 from rlhfkit import data as data_lib
-from rlhfkit import checkpoint, dpo, fastdecode, grpo, models, ppo, rm, sft
+from rlhfkit import dpo, fastdecode, grpo, models, ppo, rm, sft
 from rlhfkit.engine import TrainConfig, read_metrics
 from rlhfkit.generate import _HFDecoder
 from rlhfkit.modeling import TokenLogprobs, adapters_disabled, backbone, padding_free
 
 
-def pref_rows(n: int = 32, seed: int = 0) -> list[dict]:
-    """chosen = the correct sum, rejected = a wrong one (as tests/test_dpo.py)."""
-    rng = random.Random(seed)
-    out = []
-    for r in toy_rows(n, seed):
-        total = int(r["completion"][0]["content"].split()[-1].rstrip("."))
-        wrong = f"The answer is {total + rng.choice([1, 2, 3])}."
-        out.append({"prompt": r["prompt"], "chosen": r["completion"],
-                    "rejected": [{"role": "assistant", "content": wrong}]})
-    return out
-
-
 @pytest.fixture(scope="module")
 def pref(toy_dir):
-    return write_jsonl(toy_dir / "lora_pref.jsonl", pref_rows())
+    return write_jsonl(toy_dir / "lora_pref.jsonl", pref_rows(32))
 
 
 @pytest.fixture(scope="module")
@@ -284,15 +271,7 @@ def test_kill9_then_resume_gives_identical_losses(toy_dir, tmp_path):
     ref = {r["step"]: r["train/loss"] for r in read_metrics(tmp_path / "full")}
     kill_after = random.Random().randrange(20, 80, 10)
     proc = subprocess.Popen(cmd(tmp_path / "crash"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        done = checkpoint.complete_checkpoints(tmp_path / "crash" / "checkpoints")
-        if done and int(done[-1].name.split("-")[1]) >= kill_after:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_checkpointed(proc, tmp_path / "crash" / "checkpoints", kill_after)
     assert not models.is_adapter_dir(tmp_path / "crash")  # it really died mid-run
     subprocess.run(cmd(tmp_path / "crash", "--resume"), check=True, env=env, capture_output=True)
     got = {r["step"]: r["train/loss"] for r in read_metrics(tmp_path / "crash")}

@@ -24,7 +24,6 @@ whatever order either saw the pair in; a pair several humans labelled counts onc
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable

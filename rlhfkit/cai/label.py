@@ -33,7 +33,7 @@ from .. import data as data_lib
 from ..data import DataError
 from . import constitution as constitution_lib
 from .options import JudgeConfig, build_judge
-from .rows import as_completion, check_text, prompt_text, read_rows, response_text
+from .rows import as_completion, check_text, prompt_rows, prompt_text, response_text
 
 CHUNK = 256  # pairs per judge call: progress lines, and a bounded loss if an in-memory judge is interrupted
 OWN = ("prompt", "responses", "finished", "chosen", "rejected", "response_a", "response_b")
@@ -66,13 +66,7 @@ class Config(JudgeConfig):
 def read_pairs(path: str, pairs: str = "all", limit: int = 0) -> list[dict]:
     """Every pair to judge: {"row", "group", "i", "j", "a", "b", "prompt_text", "a_text", "b_text"}."""
     out = []
-    for group, (lineno, row) in enumerate(read_rows(path)):
-        if limit and group >= limit:
-            break
-        where = f"{path}:{lineno}"
-        if "prompt" not in row:
-            raise DataError(f"{where}: prompt: missing")
-        check_text(row["prompt"], f"{where}: prompt")
+    for group, (where, row) in enumerate(prompt_rows(path, limit)):
         if "responses" in row:
             resp = row["responses"]
             if not isinstance(resp, list) or len(resp) < 2:

@@ -32,7 +32,7 @@ from .. import config as config_lib
 from .. import data as data_lib
 from ..data import DataError
 from . import constitution as constitution_lib
-from .rows import as_completion, check_text, prompt_text, read_rows, response_text
+from .rows import as_completion, check_text, prompt_rows, prompt_text, response_text
 
 OWN = ("prompt", "response", "completion", "responses", "finished")
 
@@ -85,13 +85,7 @@ class Config:
 def read_items(path: str, limit: int = 0) -> list[dict]:
     """One item per response to revise: {"row", "where", "prompt_text", "response"}."""
     items = []
-    for n, (lineno, row) in enumerate(read_rows(path)):
-        if limit and n >= limit:
-            break
-        where = f"{path}:{lineno}"
-        if "prompt" not in row:
-            raise DataError(f"{where}: prompt: missing")
-        check_text(row["prompt"], f"{where}: prompt")
+    for where, row in prompt_rows(path, limit):
         if "responses" in row:
             if not isinstance(row["responses"], list) or not row["responses"]:
                 raise DataError(f"{where}: responses: must be a non-empty list")

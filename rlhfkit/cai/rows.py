@@ -26,6 +26,18 @@ def read_rows(path: str) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{path}: no rows (the file is empty)")
 
 
+def prompt_rows(path: str, limit: int = 0) -> Iterator[tuple[str, dict]]:
+    """("path:line", row) for the first `limit` rows (0: all), each checked to carry a usable prompt."""
+    for n, (lineno, row) in enumerate(read_rows(path)):
+        if limit and n >= limit:
+            break
+        where = f"{path}:{lineno}"
+        if "prompt" not in row:
+            raise DataError(f"{where}: prompt: missing")
+        check_text(row["prompt"], f"{where}: prompt")
+        yield where, row
+
+
 def check_text(value: Any, where: str) -> None:
     reason = _check_text(value, "completion")  # an empty response is a response; an empty prompt is not
     if reason:
