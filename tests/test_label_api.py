@@ -17,7 +17,8 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from rlhfkit.label import auth  # noqa: E402
-from rlhfkit.label.db import open_store, parse_rows  # noqa: E402
+from rlhfkit.label.db import open_store  # noqa: E402
+from rlhfkit.label.items import parse_rows  # noqa: E402
 from rlhfkit.label.server import ServerConfig, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

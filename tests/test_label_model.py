@@ -14,7 +14,8 @@ import pytest
 
 from rlhfkit.label import auth
 from rlhfkit.label.agreement import agreement_report, cohens_kappa, fleiss_kappa, gold_agreement
-from rlhfkit.label.db import Store, parse_rows
+from rlhfkit.label.db import Store
+from rlhfkit.label.items import parse_rows
 from rlhfkit.label.livemodel import (FEATURE_CHARS, LiveModel, bt_metrics, featurize, featurize_sparse, fit_bt,
                                      is_held_out, make_features, minilm_importable)
 

@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from rlhfkit.label import auth
-from rlhfkit.label.db import PgStore, StoreError, open_store, parse_rows
+from rlhfkit.label.db import PgStore, StoreError, open_store
+from rlhfkit.label.items import parse_rows
 from rlhfkit.label.export import export_rows
 
 

@@ -106,7 +106,7 @@ def gold_agreement(items: dict[int, Any], labels: Sequence[Any]) -> dict | None:
         from rlhfkit.world import gold  # lazy: the world module is optional for the app
     except Exception:
         return None
-    from .db import message_text, prompt_user_text
+    from .items import message_text, prompt_user_text
 
     totals: dict[int, list[float]] = {}
     agree = n = 0

@@ -116,7 +116,7 @@ def import_items(
     db: str = DB,
 ) -> None:
     """Add items to the database (items already there are left alone)."""
-    from .db import parse_rows, read_jsonl
+    from .items import parse_rows, read_jsonl
 
     try:
         parsed, warnings = parse_rows(read_jsonl(path))

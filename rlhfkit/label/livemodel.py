@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from .db import Store, message_text
+from .db import Store
+from .items import message_text
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 FEATURE_CHARS = 20_000

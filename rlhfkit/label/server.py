@@ -44,8 +44,9 @@ from pydantic import BaseModel, Field
 
 from . import auth
 from .agreement import agreement_report, gold_agreement
-from .db import (MAX_ITEM_BYTES, ItemError, JSONInputError, Store, StoreError, message_text, open_store, parse_rows,
-                 read_jsonl, strict_json_loads)
+from .db import Store, StoreError, open_store
+from .items import (MAX_ITEM_BYTES, ItemError, JSONInputError, message_text, parse_rows, read_jsonl,
+                    strict_json_loads)
 from .export import export_jsonl, export_rows
 from .livemodel import LiveModel
 
