@@ -33,7 +33,7 @@ from .. import data as data_lib
 from ..data import DataError
 from . import constitution as constitution_lib
 from .options import JudgeConfig, build_judge
-from .rows import as_completion, check_text, prompt_rows, prompt_text, response_text
+from .rows import as_completion, check_text, prompt_rows, prompt_text, require_world_prompt, response_text
 
 CHUNK = 256  # pairs per judge call: progress lines, and a bounded loss if an in-memory judge is interrupted
 OWN = ("prompt", "responses", "finished", "chosen", "rejected", "response_a", "response_b")
@@ -92,14 +92,8 @@ def read_pairs(path: str, pairs: str = "all", limit: int = 0) -> list[dict]:
 
 def check_world_prompts(pairs: list[dict]) -> None:
     """The rule-based judge reads built-in world prompts only: say which line is not one before judging any."""
-    from ..world import parse_prompt
-
     for x in pairs:
-        try:
-            parse_prompt(x["prompt_text"])
-        except ValueError:
-            raise DataError(f"{x['where']}: prompt: not a prompt of the built-in world; the rule-based judge reads "
-                            "world prompts only (use --judge hf or --judge http)") from None
+        require_world_prompt(x["prompt_text"], x["where"], "--judge hf or --judge http")
 
 
 def label_pairs(judge, pairs: list[dict], ties: str = "drop", swap: bool = True,

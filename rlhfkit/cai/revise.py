@@ -32,7 +32,7 @@ from .. import config as config_lib
 from .. import data as data_lib
 from ..data import DataError
 from . import constitution as constitution_lib
-from .rows import as_completion, check_text, prompt_rows, prompt_text, response_text
+from .rows import as_completion, check_text, prompt_rows, prompt_text, require_world_prompt, response_text
 
 OWN = ("prompt", "response", "completion", "responses", "finished")
 
@@ -108,16 +108,12 @@ def _principles_for(const, n: int, rng: random.Random, need_rule: bool) -> list:
 
 
 def revise_rule(items: list[dict], const, per_response: int, seed: int) -> list[tuple[str, list[dict]]]:
-    from ..world import critic, parse_prompt
+    from ..world import critic
 
     rng = random.Random(f"rlhfkit-cai:{seed}:principles")
     out = []
     for it in items:
-        try:
-            parse_prompt(it["prompt_text"])
-        except ValueError:
-            raise DataError(f"{it['where']}: prompt: not a prompt of the built-in world; the rule-based reviser "
-                            "reads world prompts only (use --reviser model)") from None
+        require_world_prompt(it["prompt_text"], it["where"], "--reviser model")
         principles = _principles_for(const, per_response, rng, need_rule=True)
         by_rule = {p.rule: p.name for p in principles}
         revised, used = critic.revise(it["prompt_text"], it["response"], [p.rule for p in principles])

@@ -38,6 +38,17 @@ def prompt_rows(path: str, limit: int = 0) -> Iterator[tuple[str, dict]]:
         yield where, row
 
 
+def require_world_prompt(text: str, where: str, instead: str) -> None:
+    """The rule-based judge and reviser read built-in world prompts only: name the line that is not one."""
+    from ..world import parse_prompt
+
+    try:
+        parse_prompt(text)
+    except ValueError:
+        raise DataError(f"{where}: prompt: not a prompt of the built-in world; the rule-based judge and reviser "
+                        f"read world prompts only (use {instead})") from None
+
+
 def check_text(value: Any, where: str) -> None:
     reason = _check_text(value, "completion")  # an empty response is a response; an empty prompt is not
     if reason:
