@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from . import config as config_lib
+from rlhfkit import config as config_lib
 
 
 @dataclass
@@ -117,7 +117,7 @@ class Context:
 
 # ----------------------------------------------------------------------------------------------- stages
 def stage_world(ctx: Context) -> dict:
-    from .world import export
+    from rlhfkit.world import export
 
     s = ctx.s
     return export.run(export.Config(out_dir=ctx.path("world"), seed=ctx.cfg.seed, n_pretrain=s["n_pretrain"],
@@ -126,7 +126,7 @@ def stage_world(ctx: Context) -> dict:
 
 
 def stage_tokenizer(ctx: Context) -> dict:
-    from . import tokenizer
+    from rlhfkit.data import tokenizer
 
     out = tokenizer.train(tokenizer.Config(data=ctx.path("world", "pretrain.jsonl"), output_dir=ctx.path("tokenizer"),
                                            vocab_size=ctx.s["vocab"]))
@@ -134,7 +134,7 @@ def stage_tokenizer(ctx: Context) -> dict:
 
 
 def stage_base(ctx: Context) -> dict:
-    from . import pretrain
+    from rlhfkit.algorithms import pretrain
 
     s = ctx.s
     out = pretrain.train(pretrain.Config(
@@ -147,7 +147,7 @@ def stage_base(ctx: Context) -> dict:
 
 
 def stage_sft(ctx: Context) -> dict:
-    from . import sft
+    from rlhfkit.algorithms import sft
 
     s = ctx.s
     out = sft.train(sft.Config(**ctx.common("sft"), model=ctx.path("base"), data=ctx.path("world", "sft.jsonl"),
@@ -159,8 +159,8 @@ def stage_sft(ctx: Context) -> dict:
 def _candidates(ctx: Context, prompts: str, split: str, offset: int) -> str:
     """K responses per prompt, half from SFT and half from the base model (InstructGPT compared samples from
     several policies): the reward model then sees both the good styles and the bad ones it must rank down."""
-    from . import data as data_lib
-    from . import sample
+    from rlhfkit import data as data_lib
+    from rlhfkit.rollout import sample
 
     k = ctx.s["k_candidates"]
     parts = []
@@ -178,7 +178,7 @@ def _candidates(ctx: Context, prompts: str, split: str, offset: int) -> str:
 def stage_prefs(ctx: Context) -> dict:
     """K responses per prompt, ranked by one simulated annotator each (InstructGPT's K-way comparisons, expanded
     into K(K-1)/2 pairs); a held-out set is labelled the same way to evaluate the reward model."""
-    from .world import label
+    from rlhfkit.world import label
 
     out = {}
     for split, prompts, offset in (("train", "train_prompts.jsonl", 1), ("heldout", "heldout_prompts.jsonl", 2)):
@@ -197,7 +197,8 @@ def rm_settings(s: dict) -> dict:
 
 
 def stage_rm(ctx: Context) -> dict:
-    from . import eval_rm, rm
+    from rlhfkit.diagnostics import eval_rm
+    from rlhfkit.algorithms import rm
 
     rm.train(rm.Config(**ctx.common("rm"), model=ctx.path("sft"), data=ctx.path("prefs", "train.jsonl"),
                        **rm_settings(ctx.s)))
@@ -222,16 +223,16 @@ def evaluate_models(ctx: Context, names: list[str]) -> dict:
     """Evaluate policies (model directories under the demo dir) on held-out prompts with the gold judge."""
     import torch
 
-    from . import data as data_lib
-    from . import models
-    from .evaluate import evaluate_policy
+    from rlhfkit import data as data_lib
+    from rlhfkit import models
+    from rlhfkit.diagnostics.evaluate import evaluate_policy
 
     s = ctx.s
     tok = models.load_tokenizer(ctx.path("sft"))
     prompts = data_lib.read_jsonl(ctx.path("world", "heldout_prompts.jsonl"))
     judges = {}
     if (ctx.root / "rm" / "config.json").exists():
-        from .rewards import load_reward
+        from rlhfkit.models.rewards import load_reward
 
         judges["proxy"] = load_reward(ctx.path("rm"))
     sft_model = models.load_causal_lm(ctx.path("sft"), tok).to(models.inference_device())
@@ -276,7 +277,7 @@ def ppo_stage(beta: float) -> Callable[[Context], dict]:
     proxy and gold reward on held-out probe prompts (gold is never part of the training signal)."""
 
     def stage(ctx: Context) -> dict:
-        from . import ppo
+        from rlhfkit.algorithms import ppo
 
         s = ctx.s
         name = _beta_name(beta)
@@ -303,7 +304,7 @@ def stage_dpo(ctx: Context) -> dict:
     """DPO (Rafailov et al. 2023) on the same annotator preferences the reward model learnt from, with R-DPO's
     length term (Park et al. 2024): plain DPO learns the annotators' length bias along with their judgement
     (docs/dpo.md: on seed 0 it lengthened answers and its win rate against SFT was 0.512 [0.482, 0.543])."""
-    from . import dpo
+    from rlhfkit.algorithms import dpo
 
     s = ctx.s
     dpo.train(dpo.Config(**ctx.common("dpo"), model=ctx.path("sft"), data=ctx.path("prefs", "train.jsonl"),
@@ -320,10 +321,10 @@ def bon_candidates(ctx: Context) -> dict:
     pool from a finished run."""
     import torch
 
-    from . import data as data_lib
-    from . import models
-    from .evaluate import response_lengths, sample_responses
-    from .rewards import load_reward
+    from rlhfkit import data as data_lib
+    from rlhfkit import models
+    from rlhfkit.diagnostics.evaluate import response_lengths, sample_responses
+    from rlhfkit.models.rewards import load_reward
 
     n_max = max(ctx.cfg.bon_n)
     tok = models.load_tokenizer(ctx.path("sft"))
@@ -343,8 +344,8 @@ def stage_bon(ctx: Context) -> dict:
     """Best-of-n from the SFT policy with the proxy reward model, for every n at once: 16 samples per held-out
     prompt, and best-of-n picks the best among the first n (so the n's are nested, like one sampler run longer).
     Its KL to SFT is analytic: log n - (n-1)/n."""
-    from .bon import analytic_kl
-    from .evaluate import evaluate_texts
+    from rlhfkit.algorithms.bon import analytic_kl
+    from rlhfkit.diagnostics.evaluate import evaluate_texts
 
     pool = bon_candidates(ctx)
     prompts, texts, lengths, scores, proxy = (pool[k] for k in ("prompts", "texts", "lengths", "scores", "proxy"))
@@ -368,9 +369,9 @@ def judge_pool(prompts: list[dict], texts: list[str], verbosity: float) -> tuple
     (gold plus their biases, `world.annotators.utility`)."""
     import torch
 
-    from . import data as data_lib
-    from .world import gold
-    from .world.annotators import default_annotators, utility
+    from rlhfkit import data as data_lib
+    from rlhfkit.world import gold
+    from rlhfkit.world.annotators import default_annotators, utility
 
     P = len(prompts)
     ptexts = [data_lib.prompt_text(r["prompt"]) for r in prompts for _ in range(len(texts) // P)]
@@ -396,10 +397,10 @@ def bon_selectors(prompts: list[dict], texts: list[str], scores, ns: list[int], 
     fall at the largest n can be told from noise. World only: it needs the gold judge."""
     import torch
 
-    from . import data as data_lib
-    from .bon import analytic_kl, expected_best_of_n
-    from .metrics import paired_bootstrap
-    from .world.annotators import correctness_blind_utilities, default_annotators
+    from rlhfkit import data as data_lib
+    from rlhfkit.algorithms.bon import analytic_kl, expected_best_of_n
+    from rlhfkit.diagnostics.metrics import paired_bootstrap
+    from rlhfkit.world.annotators import correctness_blind_utilities, default_annotators
 
     comps, util = judge_pool(prompts, texts, verbosity)
     g = comps["total"]
@@ -428,7 +429,7 @@ def stage_eval(ctx: Context) -> dict:
 
 
 def stage_report(ctx: Context) -> dict:
-    from . import report
+    from rlhfkit.diagnostics import report
 
     _write_summary(ctx)
     out = report.run(report.Config(run_dirs=[str(ctx.root)], output=ctx.path("report.html")))
@@ -492,7 +493,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__, models
+    from rlhfkit import __version__, models
 
     return {"rlhfkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),

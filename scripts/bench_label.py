@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlhfkit.label.loadgen import Server, add_users, check_stored, make_items, percentile, run_load  # noqa: E402
+from rlhfkit.app.loadgen import Server, add_users, check_stored, make_items, percentile, run_load  # noqa: E402
 
 
 def main() -> None:

@@ -101,7 +101,8 @@ def _peak_rss_mib() -> float:
 def run_rlhfkit(a) -> dict:
     import torch
 
-    from rlhfkit import eval_rm, rm
+    from rlhfkit.diagnostics import eval_rm
+    from rlhfkit.algorithms import rm
 
     if a.device == "cpu" and torch.cuda.is_available():
         raise SystemExit("rlhfkit's engine takes CUDA when it sees it: run with CUDA_VISIBLE_DEVICES= for --device cpu")

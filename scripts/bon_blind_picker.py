@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit import data as data_lib
-from rlhfkit.bon import expected_best_of_n
+from rlhfkit.algorithms.bon import expected_best_of_n
 from rlhfkit.world import gold
 from rlhfkit.world.annotators import correctness_blind_utilities, default_annotators, utility
 from rlhfkit.world.gold import GOLD_WEIGHTS

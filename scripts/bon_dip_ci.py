@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from rlhfkit import data as data_lib
-from rlhfkit.bon import expected_best_of_n
-from rlhfkit.metrics import paired_bootstrap
-from rlhfkit.rewards import load_reward
+from rlhfkit.algorithms.bon import expected_best_of_n
+from rlhfkit.diagnostics.metrics import paired_bootstrap
+from rlhfkit.models.rewards import load_reward
 from rlhfkit.world.annotators import correctness_blind_utilities, default_annotators
 
 from rm_label_probe import append_line, pool_of  # scripts/ is on sys.path when run as a script

@@ -33,8 +33,8 @@ import torch
 
 from rlhfkit import data as data_lib
 from rlhfkit import demo
-from rlhfkit.bon import expected_best_of_n
-from rlhfkit.rewards import load_reward
+from rlhfkit.algorithms.bon import expected_best_of_n
+from rlhfkit.models.rewards import load_reward
 
 
 def unbiased_curve(selector: torch.Tensor, g: torch.Tensor) -> tuple[dict, dict]:
@@ -78,7 +78,7 @@ def main(run: Path, rewards: list[str], sft_likelihood: bool = False) -> dict:
             selectors[f"reward-uwo{lam}:{d}"] = (mean - lam * var).view(P, N)
     if sft_likelihood:
         from rlhfkit import models
-        from rlhfkit.evaluate import sequence_logps
+        from rlhfkit.diagnostics.evaluate import sequence_logps
 
         tok = models.load_tokenizer(str(run / "sft"))
         sft = models.load_causal_lm(str(run / "sft"), tok)

@@ -18,7 +18,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from rlhfkit import data as data_lib
-from rlhfkit import dpo, modeling, models
+from rlhfkit.algorithms import dpo
+from rlhfkit.models import modeling
+from rlhfkit import models
 
 _segments: dict[int, list[torch.Tensor]] = {}  # id(row mask) -> index tensors of its causal sequences
 

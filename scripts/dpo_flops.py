@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from rlhfkit import data as data_lib
-from rlhfkit import dpo, models
+from rlhfkit.algorithms import dpo
+from rlhfkit import models
 from rlhfkit.engine import StepSampler
 
 

@@ -28,7 +28,11 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from rlhfkit import data as data_lib
-from rlhfkit import dpo, fusedops, logprobs, modeling, models
+from rlhfkit.algorithms import dpo
+from rlhfkit.kernels import fusedops
+from rlhfkit.math import logprobs
+from rlhfkit.models import modeling
+from rlhfkit import models
 
 
 def sliced_rows_attention(module, query, key, value, attention_mask, rlhfkit_rows=None, **kwargs):

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rlhfkit import data as data_lib  # noqa: E402
-from rlhfkit import fastdecode  # noqa: E402
-from rlhfkit.generate import _HFDecoder, sample  # noqa: E402
+from rlhfkit.rollout import fastdecode  # noqa: E402
+from rlhfkit.rollout.generate import _HFDecoder, sample  # noqa: E402
 
 
 def _test_models():
@@ -91,7 +91,7 @@ def check_static(model, prompts, tol: float) -> float:
 def check_docs_attention(dev: str) -> str:
     """FlashAttention varlen (bf16, CUDA) against the padded-documents SDPA on the same documents, prompt-shared
     ones included: outputs and the gradients of q, k, v."""
-    from rlhfkit import modeling
+    from rlhfkit.models import modeling
 
     g = torch.Generator().manual_seed(0)
     items = [([1] * p, [[2] * c for c in cs]) for p, cs in ((37, [5, 90]), (3, [1, 2]), (120, [64, 7]), (9, [33]))]
@@ -125,7 +125,8 @@ def check_packed_logps(dev: str) -> str:
     """DPO's packed layout against its row layout on a small Llama: summed log-probs, fp32 and bf16 autocast."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhfkit import dpo, modeling
+    from rlhfkit.algorithms import dpo
+    from rlhfkit.models import modeling
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2,

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from rlhfkit import dpo
+from rlhfkit.algorithms import dpo
 
 if __name__ == "__main__":
     torch.set_num_threads(2)

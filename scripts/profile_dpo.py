@@ -9,7 +9,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rlhfkit import dpo
+from rlhfkit.algorithms import dpo
 
 if __name__ == "__main__":
     torch.set_num_threads(2)

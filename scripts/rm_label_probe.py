@@ -28,9 +28,11 @@ from pathlib import Path
 import torch
 
 from rlhfkit import data as data_lib
-from rlhfkit import demo, eval_rm, rm
-from rlhfkit.bon import expected_best_of_n
-from rlhfkit.rewards import load_reward
+from rlhfkit import demo
+from rlhfkit.diagnostics import eval_rm
+from rlhfkit.algorithms import rm
+from rlhfkit.algorithms.bon import expected_best_of_n
+from rlhfkit.models.rewards import load_reward
 from rlhfkit.world import gold
 from rlhfkit.world.tasks import parse_prompt
 

@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 from rlhfkit import data as data_lib
-from rlhfkit import demo, eval_rm, rm
+from rlhfkit import demo
+from rlhfkit.diagnostics import eval_rm
+from rlhfkit.algorithms import rm
 from rlhfkit.world import label
 from rlhfkit.world.corpus import WorldConfig, train_prompts
 

@@ -39,7 +39,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def toy_dir(tmp_path_factory) -> Path:
     """A directory with sft.jsonl, lm.jsonl, a tokenizer (tok/) and a tiny random Llama (model/)."""
     from rlhfkit import models
-    from rlhfkit.tokenizer import train_tokenizer
+    from rlhfkit.data.tokenizer import train_tokenizer
 
     d = tmp_path_factory.mktemp("toy")
     rows = toy_rows()
@@ -59,7 +59,7 @@ def kill_when_checkpointed(proc, checkpoints, step: int, timeout: float = 120) -
     import signal
     import time
 
-    from rlhfkit import checkpoint
+    from rlhfkit.engine import checkpoint
 
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:

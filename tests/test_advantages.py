@@ -1,11 +1,11 @@
-"""rlhfkit.advantages: GAE (loop vs vectorised), whitening, GRPO / RLOO, the KL-shaped per-token reward,
+"""rlhfkit.math.advantages: GAE (loop vs vectorised), whitening, GRPO / RLOO, the KL-shaped per-token reward,
 DAPO's group filter and overlong penalty, REINFORCE++."""
 import math
 
 import pytest
 import torch
 
-from rlhfkit.advantages import (explained_variance, gae, gae_loop, grpo_advantages, informative_groups,
+from rlhfkit.math.advantages import (explained_variance, gae, gae_loop, grpo_advantages, informative_groups,
                                 kl_penalised_rewards, last_token_mask, overlong_penalty, reinforce_pp_advantages,
                                 rloo_advantages, whiten)
 

@@ -43,7 +43,7 @@ def malformed(d, command: str) -> dict[str, list[str]]:
 def _run(command, model, data, out, *extra):
     args = [command, "--model", str(model), "--data", str(data), "--output-dir", str(out), "--no-progress",
             "--max-steps", "1", "--micro-batch-size", "2", "--max-length", "64", "--threads", "1", *extra]
-    return subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "rlhfkit.cli.main", *args], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("command", ["sft", "dpo"])
@@ -89,8 +89,9 @@ def test_tampered_checkpoint_is_refused_in_one_line(toy_dir, tmp_path):
     naming the file; the payload never runs."""
     import torch
 
-    from rlhfkit import checkpoint, models
-    from rlhfkit.modeling import TokenLogprobs
+    from rlhfkit.engine import checkpoint
+    from rlhfkit import models
+    from rlhfkit.models.modeling import TokenLogprobs
 
     run = tmp_path / "run"
     tok = models.load_tokenizer(str(toy_dir / "model"))
@@ -116,7 +117,7 @@ def test_online_trainers_name_a_line_and_the_types_they_take(tmp_path):
     """ppo / grpo read prompts: rows without one (implicit-prompt pairs) are refused at a line, with the types that
     carry a prompt, and a first row missing its prompt is that row's error."""
     from rlhfkit.data import DataError
-    from rlhfkit.rollout import load_prompts
+    from rlhfkit.algorithms.online import load_prompts
 
     p = write_jsonl(tmp_path / "pairs.jsonl", [{"chosen": "a b", "rejected": "a c"}] * 3)
     with pytest.raises(DataError, match=rf"{p}:1: this command needs prompt_only or .* it takes prompt_only \(prompt\)"):
@@ -128,7 +129,7 @@ def test_online_trainers_name_a_line_and_the_types_they_take(tmp_path):
 
 def test_grpo_reads_its_prompts_before_any_model(tmp_path):
     """grpo checks its data first: with bad rows and a model path that does not exist, the error is the data's."""
-    from rlhfkit import grpo
+    from rlhfkit.algorithms import grpo
     from rlhfkit.data import DataError
 
     p = write_jsonl(tmp_path / "pairs.jsonl", [{"chosen": "a b", "rejected": "a c"}] * 3)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rlhfkit import bon
+from rlhfkit.algorithms import bon
 
 
 @pytest.mark.parametrize("n,kl", [(1, 0.0), (2, math.log(2) - 0.5), (4, math.log(4) - 0.75),

@@ -126,7 +126,7 @@ def world_candidates(n=12, seed=5, k=3, conversational=True):
 
 
 def _run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "rlhfkit.cli.main", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_label_candidates_all_and_adjacent_pairs_in_the_app_export_format(tmp_path):
@@ -173,7 +173,7 @@ def test_relabelling_preference_rows_keeps_the_pair(tmp_path):
 
 
 def test_rm_and_dpo_train_on_judge_labels(tmp_path, toy_dir):
-    from rlhfkit import dpo, rm
+    from rlhfkit.algorithms import dpo, rm
     from rlhfkit.cai import label
     from rlhfkit.engine import read_metrics
 
@@ -327,7 +327,7 @@ def test_rule_judge_agrees_with_gold_better_than_verbose_annotators(tmp_path):
 def test_cai_subcommands_answer_help(sub):
     from click.testing import CliRunner
 
-    from rlhfkit.cli import app
+    from rlhfkit.cli.main import app
 
     r = CliRunner().invoke(app, ["cai", sub, "--help"])
     assert r.exit_code == 0 and "--input" in r.output or "--labels" in r.output, r.output
@@ -342,7 +342,7 @@ def test_every_command_in_the_doc_parses():
 
     import click
 
-    from rlhfkit.cli import app
+    from rlhfkit.cli.main import app
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "ai-feedback.md").read_text()
     lines = [shlex.split(m.group(1))[1:] for m in re.finditer(r"^\s+(rlhfkit cai [^\n]+)$", text, re.M)]

@@ -6,7 +6,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from rlhfkit.cli import COMMANDS, GROUPS, app
+from rlhfkit.cli.main import COMMANDS, GROUPS, app
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS) + sorted(GROUPS))
@@ -21,7 +21,7 @@ def test_usage_errors_are_not_tracebacks(tmp_path):
     for args in (["sft", "--model", "m", "--data", "d", "--max-steps", "two"], ["label", "bogus"],
                  ["sft", "--model", str(tmp_path), "--data", str(tmp_path / "missing.jsonl")],
                  ["sft", "--model", str(tmp_path), "--data", str(tmp_path / "d.jsonl")]):
-        r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "rlhfkit.cli.main", *args], capture_output=True, text=True)
         assert r.returncode != 0 and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
         assert "rror" in r.stderr, (args, r.stderr)
 
@@ -39,7 +39,7 @@ def test_bench_stdout_is_one_json_line(toy_dir, tmp_path):
                                          for i, r in enumerate(rows)])
     args = ["bench", "dpo", "--model", str(toy_dir / "model"), "--data", str(tmp_path / "pref.jsonl"), "--steps", "2",
             "--batch", "2", "--max-length", "64", "--threads", "1", "--results", str(tmp_path / "r.jsonl")]
-    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli.main", *args], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "dpo:" in r.stderr  # the trainer did talk, on stderr
     lines = r.stdout.splitlines()

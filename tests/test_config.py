@@ -74,7 +74,7 @@ def test_every_command_config_documents_every_field():
     import dataclasses
     import importlib
 
-    from rlhfkit.cli import COMMANDS
+    from rlhfkit.cli.main import COMMANDS
 
     checked = 0
     for name, (module, _, _) in COMMANDS.items():
@@ -92,7 +92,7 @@ def test_every_command_config_documents_every_field():
 def test_cli_help_lists_fields():
     from click.testing import CliRunner
 
-    from rlhfkit.cli import app
+    from rlhfkit.cli.main import app
 
     res = CliRunner().invoke(app, ["sft", "--help"])
     assert res.exit_code == 0, res.output
@@ -107,7 +107,8 @@ def test_deprecated_names_map_to_their_new_fields_with_a_warning(tmp_path):
     command line, says it is deprecated, and may not be given together with its new name."""
     import warnings
 
-    from rlhfkit import config as config_lib, grpo
+    from rlhfkit import config as config_lib
+    from rlhfkit.algorithms import grpo
 
     base = {"model": "m", "data": "d"}
     (tmp_path / "c.yaml").write_text("clip_range: 0.3\n")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhfkit import cpukernel
+from rlhfkit.kernels import cpukernel
 
 needs_kernel = pytest.mark.skipif(not cpukernel.available(), reason=f"no CPU kernel here: {cpukernel.why_unavailable()}")
 
@@ -73,7 +73,7 @@ def test_usable_only_for_plain_fp32_cpu_tensors():
 
 
 def _probe(env: dict) -> str:
-    code = "from rlhfkit import cpukernel; print(cpukernel.available(), '|', cpukernel.why_unavailable())"
+    code = "from rlhfkit.kernels import cpukernel; print(cpukernel.available(), '|', cpukernel.why_unavailable())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr
@@ -116,7 +116,7 @@ def test_first_use_under_inference_mode_loads_the_kernels():
     """The kernels may first be asked for inside inference_mode (a reference forward) or an autograd Function's
     forward; their load-time self-test (run at every load, cached build or not) computes reference gradients and
     must still run. A fresh process, so this is the first use. (Session 12's code raised here.)"""
-    code = ("import torch\nfrom rlhfkit import cpukernel\nwith torch.inference_mode():\n"
+    code = ("import torch\nfrom rlhfkit.kernels import cpukernel\nwith torch.inference_mode():\n"
             "    ok = cpukernel.available()\nprint(ok, cpukernel.why_unavailable())\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -13,9 +13,10 @@ import sys
 import pytest
 import torch
 
-from rlhfkit import dpo, models
+from rlhfkit.algorithms import dpo
+from rlhfkit import models
 from rlhfkit.engine import read_metrics
-from rlhfkit.losses import LossType
+from rlhfkit.math.losses import LossType
 
 from conftest import toy_rows, write_jsonl
 
@@ -246,7 +247,7 @@ def test_kto_two_processes_equal_one_process(toy_dir, pref, tmp_path, layout):
         env["RLHFKIT_CPU_KERNEL"] = "0"
 
     def cmd(out, micro):
-        return ["-m", "rlhfkit.cli", "dpo", "--model", str(toy_dir / "model"), "--data", str(pref), "--loss", "kto",
+        return ["-m", "rlhfkit.cli.main", "dpo", "--model", str(toy_dir / "model"), "--data", str(pref), "--loss", "kto",
                 "--output-dir", str(out), "--max-steps", "3", "--micro-batch-size", str(micro), "--max-length", "48",
                 "--learning-rate", "1e-2", "--seed", "0", "--threads", "1", "--no-progress",
                 "--ref-cache-dir", str(out) + "-cache"]

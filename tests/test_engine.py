@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import kill_when_checkpointed
-from rlhfkit import checkpoint
+from rlhfkit.engine import checkpoint
 from rlhfkit.engine import Engine, NonFiniteError, StepSampler, TrainConfig, read_metrics, resolve_batch
 
 PY = sys.executable
@@ -117,7 +117,7 @@ def test_retention_and_corruption_detection(tmp_path):
 
 
 def _sft_cmd(toy_dir, out, *extra):
-    return [PY, "-m", "rlhfkit.cli", "sft", "--model", str(toy_dir / "model"), "--data", str(toy_dir / "sft.jsonl"),
+    return [PY, "-m", "rlhfkit.cli.main", "sft", "--model", str(toy_dir / "model"), "--data", str(toy_dir / "sft.jsonl"),
             "--output-dir", str(out), "--no-progress", "--learning-rate", "3e-3", "--micro-batch-size", "4", *extra]
 
 
@@ -153,7 +153,7 @@ def test_two_processes_equal_one_process_with_accumulation(toy_dir, tmp_path):
     subprocess.run(_sft_cmd(toy_dir, tmp_path / "one", *common, "--gradient-accumulation-steps", "2"),
                    check=True, env=env, capture_output=True)
     ddp = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-           "-m", "rlhfkit.cli", *_sft_cmd(toy_dir, tmp_path / "two", *common)[3:]]
+           "-m", "rlhfkit.cli.main", *_sft_cmd(toy_dir, tmp_path / "two", *common)[3:]]
     r = subprocess.run(ddp, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
@@ -191,7 +191,7 @@ def test_leaving_the_group_stops_gloos_threads(tmp_path):
 def test_checkpoint_pruned_while_read_counts_as_incomplete(tmp_path, monkeypatch):
     """A reader (a monitor, the kill-9 test's poll) can list a checkpoint that the trainer prunes before the reader
     stats its files: that checkpoint is simply not complete, never an exception."""
-    from rlhfkit import checkpoint
+    from rlhfkit.engine import checkpoint
 
     path = checkpoint.save(tmp_path, 10, torch.nn.Linear(2, 2), {"step": 10})
     assert checkpoint.complete_checkpoints(tmp_path) == [path]
@@ -210,7 +210,7 @@ def test_checkpoint_pruned_while_read_counts_as_incomplete(tmp_path, monkeypatch
 def test_gradient_checkpointing_gives_the_same_training(toy_dir, tmp_path):
     """--gradient-checkpointing recomputes activations in the backward pass: the same losses and weights, on the
     SFT path and the DPO layout path (keyword arguments reach the attention through the checkpointed layers)."""
-    from rlhfkit import dpo, sft
+    from rlhfkit.algorithms import dpo, sft
     from conftest import write_jsonl
     from test_dpo import pref_rows
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import write_jsonl
 from rlhfkit import data as data_lib
-from rlhfkit import evaluate as E
+from rlhfkit.diagnostics import evaluate as E
 
 
 def words_reward(prompts, responses):
@@ -19,7 +19,7 @@ def words_reward(prompts, responses):
 
 
 def words_list_reward(prompts, responses):
-    """The `module:function` signature of rlhfkit.rewards: text prompts and responses -> list of floats."""
+    """The `module:function` signature of rlhfkit.models.rewards: text prompts and responses -> list of floats."""
     return [float(len(r.split())) for r in responses]
 
 
@@ -82,7 +82,7 @@ def test_sequence_logps_match_sampler(tiny):
 def test_sequence_logps_packed_equal_padded_and_empty_response_falls_back(tiny):
     """sequence_logps packs each batch (modeling.rows_layout); the sums equal the padded forward's, and a batch
     holding an empty response (nothing to pack) takes the padded path with a zero sum for that row."""
-    from rlhfkit.modeling import TokenLogprobs
+    from rlhfkit.models.modeling import TokenLogprobs
 
     tok, model = tiny
     prompts = [[{"role": "user", "content": f"What is {i} plus 2?"}] for i in range(5)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rlhfkit import eval_rm, metrics
+from rlhfkit.diagnostics import eval_rm, metrics
 from rlhfkit.world import WorldConfig, ceiling, default_annotators, heldout_prompts, respond
 from rlhfkit.world import label as world_label
 

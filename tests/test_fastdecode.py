@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from rlhfkit import data as data_lib
-from rlhfkit import cpukernel, fastdecode
-from rlhfkit.generate import _HFDecoder, sample
+from rlhfkit.kernels import cpukernel
+from rlhfkit.rollout import fastdecode
+from rlhfkit.rollout.generate import _HFDecoder, sample
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18]]
 
@@ -214,7 +215,7 @@ def test_static_steps_equal_transformers_at_every_step(name):
 def test_static_sampling_loop_cuts_after_eos(monkeypatch):
     """`_sample_static` (CUDA's loop: all rows every step, finished rows checked every few steps): greedy samples
     equal the per-row loop's, each cut after its first EOS."""
-    from rlhfkit import generate
+    from rlhfkit.rollout import generate
 
     model = _llama(num_key_value_heads=2)
     want = sample(model, PROMPTS, eos_id=2, pad_id=0, max_new_tokens=12, temperature=0.0)

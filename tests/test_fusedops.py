@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
-from rlhfkit import cpukernel, fusedops
+from rlhfkit.kernels import cpukernel, fusedops
 
 needs_kernel = pytest.mark.skipif(not cpukernel.available(), reason=f"no CPU kernel here: {cpukernel.why_unavailable()}")
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from rlhfkit.generate import _filter_logits, sample
+from rlhfkit.rollout.generate import _filter_logits, sample
 
 
 class StubLM(torch.nn.Module):
@@ -69,7 +69,7 @@ def test_temperature_sampling_matches_distribution():
 def test_draw_matches_the_distribution_and_never_picks_a_zero():
     """draw inverts the CDF: p = [0, 0.1, 0, 0.6, 0.3, 0] over 20,000 draws per row gives each frequency within 4
     standard errors, and the zero-probability tokens (0, 2 and the last) never come up."""
-    from rlhfkit.generate import draw
+    from rlhfkit.rollout.generate import draw
 
     p = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
     g = torch.Generator().manual_seed(0)
@@ -86,7 +86,7 @@ def test_inference_device_prefers_cuda_only_when_present(monkeypatch):
     """Inference-only commands (generate, sample, eval, eval-rm, serve-rm, bon) run on CUDA when there is one: on
     session 4's GPU run they had silently stayed on the CPU. An explicit device always wins."""
     from rlhfkit import models
-    from rlhfkit.rewards import RewardModel
+    from rlhfkit.models.rewards import RewardModel
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert models.inference_device() == torch.device("cpu")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rlhfkit import grpo
+from rlhfkit.algorithms import grpo
 from rlhfkit.engine import read_metrics
 
 
@@ -190,7 +190,7 @@ def test_overlong_shaping_and_truncation_mask(toy_dir, prompts_file, tmp_path):
 def test_reinforce_pp_runs(toy_dir, prompts_file, tmp_path, kw):
     """REINFORCE++ (-baseline by default; plain with one sample per prompt): KL in the reward, no KL loss term, so
     with beta > 0 the KL is logged but train/loss == policy/loss."""
-    from rlhfkit import reinforce_pp
+    from rlhfkit.algorithms import reinforce_pp
 
     base = dict(model=str(toy_dir / "model"), data=str(prompts_file), output_dir=str(tmp_path / "run"), max_steps=2,
                 rollout_batch_size=2, num_generations=4, micro_batch_size=4, gradient_accumulation_steps=2,
@@ -204,7 +204,7 @@ def test_reinforce_pp_runs(toy_dir, prompts_file, tmp_path, kw):
 
 def test_new_flags_are_validated_and_parsed(toy_dir, prompts_file, tmp_path):
     from rlhfkit import config as config_lib
-    from rlhfkit import reinforce_pp
+    from rlhfkit.algorithms import reinforce_pp
 
     base = dict(model=str(toy_dir / "model"), data=str(prompts_file), rollout_batch_size="2", micro_batch_size="4",
                 gradient_accumulation_steps="2", max_new_tokens="6")
@@ -227,7 +227,7 @@ def test_new_flags_are_validated_and_parsed(toy_dir, prompts_file, tmp_path):
 
 def test_concat_rollouts_pads_to_the_widest():
     """Rows chosen from rollouts of different widths: right-padded with pad / False / 0, in the order given."""
-    from rlhfkit.rollout import Rollout
+    from rlhfkit.algorithms.online import Rollout
 
     def ro(T, base):
         B = 2

@@ -221,7 +221,7 @@ def test_cli_stops_with_one_clear_line_when_the_server_keeps_failing(server_fact
     srv = server_factory(["500"] * 100)
     (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "q", "responses": ["good", "bad"]}) + "\n")
     env = {**os.environ, "RLHFKIT_TEST_JUDGE_KEY": KEY}
-    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "cai", "label", "--input", str(tmp_path / "in.jsonl"),
+    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli.main", "cai", "label", "--input", str(tmp_path / "in.jsonl"),
                         "--output", str(tmp_path / "o.jsonl"), "--judge", "http", "--base-url", srv.url,
                         "--judge-model", "m", "--api-key-env", "RLHFKIT_TEST_JUDGE_KEY", "--max-retries", "2",
                         "--backoff-s", "0.01"], capture_output=True, text=True, timeout=120, env=env)

@@ -1,10 +1,10 @@
-"""rlhfkit.kl: Schulman's k1/k2/k3 estimators on distributions with a known KL; KL controllers."""
+"""rlhfkit.math.kl: Schulman's k1/k2/k3 estimators on distributions with a known KL; KL controllers."""
 import math
 
 import pytest
 import torch
 
-from rlhfkit.kl import AdaptiveKLController, FixedKLController, kl_estimate, kl_k1, kl_k2, kl_k3
+from rlhfkit.math.kl import AdaptiveKLController, FixedKLController, kl_estimate, kl_k1, kl_k2, kl_k3
 
 P = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)  # policy pi
 Q = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)  # reference pi_ref

@@ -16,10 +16,10 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from rlhfkit.label import auth  # noqa: E402
-from rlhfkit.label.db import open_store  # noqa: E402
-from rlhfkit.label.items import parse_rows  # noqa: E402
-from rlhfkit.label.server import ServerConfig, create_app  # noqa: E402
+from rlhfkit.app import auth  # noqa: E402
+from rlhfkit.app.db import open_store  # noqa: E402
+from rlhfkit.app.items import parse_rows  # noqa: E402
+from rlhfkit.app.server import ServerConfig, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_public_routes_and_security_headers(env):
 
 
 def test_static_js_never_uses_html_sinks():
-    js = (ROOT / "rlhfkit/label/static/app.js").read_text()
+    js = (ROOT / "rlhfkit/app/static/app.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in js
 
@@ -231,7 +231,7 @@ def test_client_address():
 def test_trusted_proxies_must_be_addresses(tmp_path):
     from typer.testing import CliRunner
 
-    from rlhfkit.label.cli import app
+    from rlhfkit.cli.label import app
 
     with pytest.raises(ValueError, match="trusted proxies"):
         create_app(ServerConfig(db=str(tmp_path / "x.sqlite"), live_model=False, trusted_proxies=("proxy.local",)))
@@ -466,7 +466,7 @@ def test_item_size_is_capped_on_import(env):
 def test_cli_import_bad_items_is_a_clear_error(tmp_path):
     from typer.testing import CliRunner
 
-    from rlhfkit.label.cli import app
+    from rlhfkit.cli.label import app
 
     db = str(tmp_path / "c.sqlite")
     for name, line, want in [("shape", json.dumps({"prompt": "p", "responses": ["a", None]}), "row 1: responses[1]"),
@@ -557,7 +557,7 @@ def test_unknown_db_url_is_a_clear_error(tmp_path):
 
 
 def test_server_module_never_imports_torch():
-    code = ("import sys, rlhfkit.label.server, rlhfkit.label.cli, rlhfkit.label.livemodel, rlhfkit.label.agreement;"
+    code = ("import sys, rlhfkit.app.server, rlhfkit.cli.label, rlhfkit.app.livemodel, rlhfkit.app.agreement;"
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -566,7 +566,7 @@ def test_server_module_never_imports_torch():
 def test_cli_add_user_import_export_stats(tmp_path):
     from typer.testing import CliRunner
 
-    from rlhfkit.label.cli import app
+    from rlhfkit.cli.label import app
 
     run = CliRunner().invoke
     db = str(tmp_path / "c.sqlite")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhfkit.label.loadgen import Server, add_users
+from rlhfkit.app.loadgen import Server, add_users
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "label"

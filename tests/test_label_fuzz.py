@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from rlhfkit.label import auth  # noqa: E402
-from rlhfkit.label.server import ServerConfig, create_app  # noqa: E402
+from rlhfkit.app import auth  # noqa: E402
+from rlhfkit.app.server import ServerConfig, create_app  # noqa: E402
 
 EXAMPLES = int(os.environ.get("RLHFKIT_FUZZ_EXAMPLES", "25"))
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("uvicorn")
 pytest.importorskip("httpx")
 
-from rlhfkit.label.loadgen import Server  # noqa: E402
+from rlhfkit.app.loadgen import Server  # noqa: E402
 
 
 @pytest.fixture(scope="module")

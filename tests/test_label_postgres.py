@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rlhfkit.label import auth
-from rlhfkit.label.db import PgStore, StoreError, open_store
-from rlhfkit.label.items import parse_rows
-from rlhfkit.label.export import export_rows
+from rlhfkit.app import auth
+from rlhfkit.app.db import PgStore, StoreError, open_store
+from rlhfkit.app.items import parse_rows
+from rlhfkit.app.export import export_rows
 
 
 # -- a Postgres server ---------------------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ def test_postgres_url_without_the_extra_names_the_install(monkeypatch):
 def test_cli_reports_db_errors_in_one_line(monkeypatch):
     from typer.testing import CliRunner
 
-    from rlhfkit.label.cli import app
+    from rlhfkit.cli.label import app
 
     monkeypatch.setitem(sys.modules, "psycopg", None)
     r = CliRunner().invoke(app, ["add-user", "x", "--db", "postgresql://u:secret@localhost/db"])
@@ -388,7 +388,7 @@ def test_api_smoke_on_postgres(pg_url, tmp_path, monkeypatch):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from rlhfkit.label.server import ServerConfig, create_app
+    from rlhfkit.app.server import ServerConfig, create_app
 
     monkeypatch.setattr(auth, "SCRYPT_N", 2**10)
     monkeypatch.chdir(tmp_path)  # Postgres has no db file: the secret defaults to ./<database>.postgres.secret

@@ -1,10 +1,10 @@
-"""rlhfkit.logprobs: token log-probs (with temperature), entropy, masked reductions, whitening."""
+"""rlhfkit.math.logprobs: token log-probs (with temperature), entropy, masked reductions, whitening."""
 import math
 
 import pytest
 import torch
 
-from rlhfkit.logprobs import (entropy_from_logits, linear_logprobs, masked_mean, masked_sum, masked_var,
+from rlhfkit.math.logprobs import (entropy_from_logits, linear_logprobs, masked_mean, masked_sum, masked_var,
                               masked_whiten, sequence_logprobs, token_logprobs)
 
 
@@ -130,7 +130,7 @@ def test_pure_math_modules_import_only_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import rlhfkit.logprobs, rlhfkit.losses, rlhfkit.advantages, rlhfkit.kl; "
+    code = ("import sys; import rlhfkit.math.logprobs, rlhfkit.math.losses, rlhfkit.math.advantages, rlhfkit.math.kl; "
             "heavy = sorted(m for m in ('transformers', 'datasets', 'accelerate', 'yaml', 'fastapi') "
             "if m in sys.modules); print(heavy); sys.exit(1 if heavy else 0)")
     from pathlib import Path
@@ -174,7 +174,8 @@ def test_linear_logprobs_equal_autograd_of_the_plain_formula(dtype):
 def test_linear_logprobs_fp32_takes_the_c_passes_and_matches_float64(vocab, monkeypatch):
     """In fp32 on the CPU the log-softmax runs in the C row passes (when they are built); values and gradients
     match the float64 formula to fp32 rounding."""
-    from rlhfkit import cpukernel, logprobs
+    from rlhfkit.kernels import cpukernel
+    from rlhfkit.math import logprobs
 
     taken = []
     monkeypatch.setattr(logprobs, "_fast_rows", lambda z, f=logprobs._fast_rows: taken.append(f(z)) or taken[-1])
@@ -196,7 +197,7 @@ def test_linear_logprobs_fp32_takes_the_c_passes_and_matches_float64(vocab, monk
 def test_c_log_softmax_passes_hand_worked():
     """z = (0, log 3): log Z = log(1 + 3) = 1.3862944. With g = 2 and label 0 the gradient of 2 log p(0) is
     2 (onehot - softmax) = 2 ((1, 0) - (1/4, 3/4)) = (1.5, -1.5). A row of -inf has log Z = -inf."""
-    from rlhfkit import cpukernel
+    from rlhfkit.kernels import cpukernel
 
     if not cpukernel.available():
         pytest.skip(f"no CPU kernel here: {cpukernel.why_unavailable()}")

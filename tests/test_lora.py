@@ -22,10 +22,12 @@ from transformers import AutoModelForCausalLM
 from conftest import kill_when_checkpointed, toy_rows, write_jsonl
 from test_dpo import pref_rows
 from rlhfkit import data as data_lib
-from rlhfkit import dpo, fastdecode, grpo, models, ppo, rm, sft
+from rlhfkit.algorithms import dpo, grpo, ppo, rm, sft
+from rlhfkit.rollout import fastdecode
+from rlhfkit import models
 from rlhfkit.engine import TrainConfig, read_metrics
-from rlhfkit.generate import _HFDecoder
-from rlhfkit.modeling import TokenLogprobs, adapters_disabled, backbone, padding_free
+from rlhfkit.rollout.generate import _HFDecoder
+from rlhfkit.models.modeling import TokenLogprobs, adapters_disabled, backbone, padding_free
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +202,7 @@ def test_saved_adapter_loads_in_plain_peft_and_merges_to_the_same_model(toy_dir,
     full = AutoModelForCausalLM.from_pretrained(str(both)).eval()
     torch.testing.assert_close(logprobs(full, ids, att), trained, rtol=0, atol=1e-5)
 
-    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "merge", "--adapter", str(out), "--output-dir",
+    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli.main", "merge", "--adapter", str(out), "--output-dir",
                         str(tmp_path / "cli")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     cli = AutoModelForCausalLM.from_pretrained(str(tmp_path / "cli")).eval()
@@ -261,7 +263,7 @@ def test_kill9_then_resume_gives_identical_losses(toy_dir, tmp_path):
     steps = 200
 
     def cmd(out, *extra):
-        return [sys.executable, "-m", "rlhfkit.cli", "sft", "--model", str(toy_dir / "model"), "--data",
+        return [sys.executable, "-m", "rlhfkit.cli.main", "sft", "--model", str(toy_dir / "model"), "--data",
                 str(toy_dir / "sft.jsonl"), "--output-dir", str(out), "--no-progress", "--learning-rate", "3e-3",
                 "--micro-batch-size", "4", "--max-steps", str(steps), "--save-every", "10", "--threads", "1",
                 "--lora-r", "4", *extra]
@@ -325,7 +327,7 @@ def test_ppo_smoke(toy_dir, prompts_file, tmp_path, critic):
 def test_reward_model_head_trains_and_the_adapter_reloads(toy_dir, pref, tmp_path, monkeypatch):
     """rm under LoRA: the score head trains whole (modules_to_save) beside the adapters; the saved adapter directory
     loads as a reward model (merged) with the trained model's scores."""
-    from rlhfkit import rewards
+    from rlhfkit.models import rewards
 
     seen = capture_saved(monkeypatch, rm)
     cfg = rm.Config(model=str(toy_dir / "model"), data=str(pref), output_dir=str(tmp_path / "rm"), max_steps=3,
@@ -357,7 +359,7 @@ def test_gradient_checkpointing_with_frozen_weights(toy_dir, tmp_path):
 def test_qlora_without_cuda_is_one_clear_line(toy_dir, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the error under test is the one without it")
-    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "sft", "--model", str(toy_dir / "model"), "--data",
+    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli.main", "sft", "--model", str(toy_dir / "model"), "--data",
                         str(toy_dir / "sft.jsonl"), "--output-dir", str(tmp_path / "q"), "--lora-r", "4",
                         "--load-in-4bit", "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr[-2000:]

@@ -1,10 +1,10 @@
-"""rlhfkit.losses against hand-worked values: Bradley-Terry, the DPO family, the dispatch, PPO policy/value losses."""
+"""rlhfkit.math.losses against hand-worked values: Bradley-Terry, the DPO family, the dispatch, PPO policy/value losses."""
 import math
 
 import pytest
 import torch
 
-from rlhfkit.losses import (AGGREGATIONS, LossType, aggregate, bradley_terry_loss, bt_soft_loss, cispo_policy_loss,
+from rlhfkit.math.losses import (AGGREGATIONS, LossType, aggregate, bradley_terry_loss, bt_soft_loss, cispo_policy_loss,
                             dpo_sigmoid, entropy_bonus, hinge, ipo, kto, kto_reference_point, nll_loss,
                             orpo_odds_ratio, ppo_policy_loss, preference_loss, sequence_log_ratio, sft, simpo,
                             value_loss)

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhfkit.logprobs import sequence_logprobs
-from rlhfkit.losses import (bradley_terry_loss, dpo_sigmoid, hinge, ipo, kto, kto_reference_point, orpo_odds_ratio,
+from rlhfkit.math.logprobs import sequence_logprobs
+from rlhfkit.math.losses import (bradley_terry_loss, dpo_sigmoid, hinge, ipo, kto, kto_reference_point, orpo_odds_ratio,
                             preference_loss, simpo)
 
 SHARED = Path(os.environ.get("RLHFKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")

@@ -1,4 +1,4 @@
-"""Evaluation statistics, worked by hand (rlhfkit.metrics)."""
+"""Evaluation statistics, worked by hand (rlhfkit.diagnostics.metrics)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from rlhfkit import metrics as M
+from rlhfkit.diagnostics import metrics as M
 
 
 def test_wilson_interval_known_values():

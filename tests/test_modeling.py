@@ -8,7 +8,8 @@ import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
-from rlhfkit import cpukernel, fusedops, modeling
+from rlhfkit.kernels import cpukernel, fusedops
+from rlhfkit.models import modeling
 
 V = 50
 DIMS = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,

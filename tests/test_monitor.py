@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rlhfkit.monitor import Monitor
+from rlhfkit.diagnostics.monitor import Monitor
 
 
 def length_reward(prompts, responses):
@@ -116,7 +116,7 @@ def test_entropy_is_recorded_and_its_collapse_alarms(toy_dir, tmp_path, tiny):
 
 def test_inside_ppo(toy_dir, tmp_path):
     """The monitor wired into a real trainer: monitor/* metrics logged, monitor.jsonl written, best/ kept."""
-    ppo = pytest.importorskip("rlhfkit.ppo")
+    ppo = pytest.importorskip("rlhfkit.algorithms.ppo")
     from rlhfkit.engine import read_metrics
 
     rows = [json.loads(x) for x in (toy_dir / "sft.jsonl").read_text().splitlines()]

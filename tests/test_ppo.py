@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rlhfkit import kl as kl_lib
-from rlhfkit import ppo
+from rlhfkit.math import kl as kl_lib
+from rlhfkit.algorithms import ppo
 from rlhfkit.engine import read_metrics
 
 

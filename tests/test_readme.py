@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from rlhfkit.cli import app
+from rlhfkit.cli.main import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from rlhfkit import refcache
+from rlhfkit.engine import refcache
 
 
 def test_hash_follows_content_not_name(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhfkit import report as R
+from rlhfkit.diagnostics import report as R
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
@@ -131,7 +131,7 @@ def test_user_runs_report_without_gold(tmp_path):
 
 
 def test_report_cli(tmp_path):
-    from rlhfkit.cli import main
+    from rlhfkit.cli.main import main
 
     d = make_demo_dir(tmp_path / "demo")
     main(["report", "--run-dirs", str(d), "--output", str(tmp_path / "cli.html")])

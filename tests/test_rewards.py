@@ -7,7 +7,7 @@ import torch
 from conftest import write_jsonl
 from rlhfkit import data as data_lib
 from rlhfkit import models
-from rlhfkit.rewards import FunctionReward, encode_scored, load_reward, load_rewards
+from rlhfkit.models.rewards import FunctionReward, encode_scored, load_reward, load_rewards
 
 SEEN = []
 
@@ -49,7 +49,7 @@ def test_weighted_sum_and_components():
 def test_weighted_std_assumes_independence():
     a = lambda p, r: {"score": torch.tensor([1.0]), "std": torch.tensor([3.0])}  # noqa: E731
     b = lambda p, r: {"score": torch.tensor([2.0]), "std": torch.tensor([4.0])}  # noqa: E731
-    from rlhfkit.rewards import WeightedRewards
+    from rlhfkit.models.rewards import WeightedRewards
 
     out = WeightedRewards([a, b], [1.0, 1.0])(["p"], ["r"])
     assert out["score"].item() == 3.0 and out["std"].item() == pytest.approx(5.0)  # sqrt(9 + 16)
@@ -78,12 +78,12 @@ def test_decoder_reward_model_shares_prompts_and_scores_like_padded_rows(toy_dir
     """Responses to one prompt are scored in one prefix-shared block (rows under block masks, or packed: the GPU
     layout, modeling.use_packed); each score equals the plain padded forward of prompt + response
     (forward_scores), for groups of 3, single prompts, and any batch size."""
-    from rlhfkit import modeling
+    from rlhfkit.models import modeling
 
     monkeypatch.setattr(modeling, "use_packed", lambda model, device: packed)
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from rlhfkit.rewards import forward_scores
+    from rlhfkit.models.rewards import forward_scores
 
     tok = models.load_tokenizer(str(toy_dir / "tok"))
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

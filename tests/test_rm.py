@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 from conftest import write_jsonl
 from rlhfkit import data as data_lib
-from rlhfkit import models, rm
+from rlhfkit import models
+from rlhfkit.algorithms import rm
 from rlhfkit.engine import read_metrics
-from rlhfkit.rewards import encode_scored, load_reward
+from rlhfkit.models.rewards import encode_scored, load_reward
 
 
 def pref_rows(n=96, seed=0, long_prompt=False):

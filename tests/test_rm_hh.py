@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, SHARED
-from rlhfkit import eval_rm, rm
+from rlhfkit.diagnostics import eval_rm
+from rlhfkit.algorithms import rm
 from rlhfkit.engine import read_metrics
 
 HH = SHARED / "data" / "hh_rlhf"

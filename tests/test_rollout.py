@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhfkit import rollout as R
+from rlhfkit.algorithms import online as R
 
 V, EOS, PAD, STOP = 16, 1, 0, 9
 
@@ -117,7 +117,7 @@ def test_real_model_ratio_one_and_kl_zero(toy_dir):
     """Tiny Llama: the log-probs a trainer recomputes on the same rows (same chunk shapes) equal the rollout's
     exactly, at the sampling temperature; a frozen copy as reference gives KL exactly 0."""
     from rlhfkit import models
-    from rlhfkit.modeling import TokenLogprobs
+    from rlhfkit.models.modeling import TokenLogprobs
 
     tok = models.load_tokenizer(str(toy_dir / "tok"))
     model = models.load_causal_lm(str(toy_dir / "model"), tok)
@@ -141,7 +141,7 @@ def test_rows_layout_gives_the_padded_rows_logprobs_and_entropy():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlhfkit import data as data_lib
-    from rlhfkit.modeling import TokenLogprobs, rows_layout
+    from rlhfkit.models.modeling import TokenLogprobs, rows_layout
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -166,7 +166,7 @@ def test_rows_layout_gives_the_padded_rows_logprobs_and_entropy():
 def test_reference_logprobs_and_scores_are_normal_tensors_autograd_can_save():
     """chunked_logprobs and RewardModel scoring run under inference_mode for speed; what they return must still
     be usable in a loss that autograd differentiates (an inference tensor saved for backward is an error)."""
-    from rlhfkit.rollout import chunked_logprobs
+    from rlhfkit.algorithms.online import chunked_logprobs
 
     torch.manual_seed(0)
     from transformers import LlamaConfig, LlamaForCausalLM

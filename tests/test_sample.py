@@ -6,7 +6,8 @@ import pytest
 
 from conftest import toy_rows, write_jsonl
 from rlhfkit import data as data_lib
-from rlhfkit import generate, models, sample
+from rlhfkit.rollout import generate, sample
+from rlhfkit import models
 from rlhfkit.world import label
 
 

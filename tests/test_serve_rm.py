@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from rlhfkit import serve_rm  # noqa: E402
-from rlhfkit.rewards import load_reward  # noqa: E402
+from rlhfkit.tools import serve_rm  # noqa: E402
+from rlhfkit.models.rewards import load_reward  # noqa: E402
 
 
 def length_reward(prompts, responses):
@@ -78,7 +78,7 @@ def test_load_reward_http_matches_in_process(tmp_path, toy_dir):
 
     from test_rm import pref_rows, _cfg
     from conftest import write_jsonl
-    from rlhfkit import rm
+    from rlhfkit.algorithms import rm
 
     write_jsonl(tmp_path / "pref.jsonl", pref_rows(16))
     out = rm.train(_cfg(toy_dir, tmp_path, "ens", max_steps=2, ensemble_size=2))

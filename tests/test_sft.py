@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import toy_rows
-from rlhfkit import generate, pretrain, sft
+from rlhfkit.rollout import generate
+from rlhfkit.algorithms import pretrain, sft
 from rlhfkit.engine import read_metrics
 
 
@@ -73,7 +74,7 @@ def test_packed_batches_give_the_padded_loss(toy_dir):
     from conftest import toy_rows
     from rlhfkit import data as D
     from rlhfkit import models
-    from rlhfkit.modeling import TokenLogprobs
+    from rlhfkit.models.modeling import TokenLogprobs
 
     tok = models.load_tokenizer(str(toy_dir / "tok"))
     model = TokenLogprobs(models.load_causal_lm(str(toy_dir / "model"), tok))

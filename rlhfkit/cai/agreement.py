@@ -8,7 +8,7 @@ judge labels from `rlhfkit cai label` meet human labels from the labelling app's
 whatever order either saw the pair in; a pair several humans labelled counts once per human label.
 
 - accuracy: the share of matched labels where the judge prefers the same response (judge ties left out, counted);
-- Cohen's kappa: the same agreement corrected for chance (`rlhfkit.label.agreement.cohens_kappa`);
+- Cohen's kappa: the same agreement corrected for chance (`rlhfkit.app.agreement.cohens_kappa`);
 - gold (built-in world prompts only): the gold preference is the response with the higher `world.gold` total
   (equal totals are left out); reported for the judge and, with --human, for the humans too, so one can read
   whether AI labels beat or trail the human ones;
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..data import DataError
-from ..label.agreement import cohens_kappa
-from .rows import check_text, prompt_text, read_rows, response_text
+from rlhfkit.data import DataError
+from rlhfkit.app.agreement import cohens_kappa
+from rlhfkit.cai.rows import check_text, prompt_text, read_rows, response_text
 
 
 @dataclass
@@ -91,7 +91,7 @@ def read_labels(path: str) -> list[Label]:
 
 def gold_category(label: Label) -> str | None:
     """"first" / "second" by the world's gold total; None when equal or the prompt is not a world prompt."""
-    from ..world import gold
+    from rlhfkit.world import gold
 
     try:
         g1, g2 = gold(label.prompt, label.first)["total"], gold(label.prompt, label.second)["total"]

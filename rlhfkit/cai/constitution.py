@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError
-from ..world.critic import RULES
+from rlhfkit.config import ConfigError
+from rlhfkit.world.critic import RULES
 
 DEFAULT_PATH = Path(__file__).with_name("constitution.yaml")
 PAIRWISE_FIELDS = ("prompt", "response_a", "response_b")

@@ -30,8 +30,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .constitution import Constitution
-from .judges import Judge, JudgeError
+from rlhfkit.cai.constitution import Constitution
+from rlhfkit.cai.judges import Judge, JudgeError
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .constitution import Constitution
+from rlhfkit.cai.constitution import Constitution
 
 
 class JudgeError(RuntimeError):
@@ -109,7 +109,7 @@ class RuleJudge(Judge):
         self.temperature = temperature
 
     def score(self, prompts, responses):
-        from ..world import critic
+        from rlhfkit.world import critic
 
         out = []
         for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
@@ -146,7 +146,7 @@ class HFJudge(Judge):
 
     @classmethod
     def from_pretrained(cls, path: str, constitution: Constitution, trust_remote_code: bool = False, **kw):
-        from .. import models
+        from rlhfkit import models
 
         tok = models.load_tokenizer(path, trust_remote_code)
         model = models.load_causal_lm(path, tok, trust_remote_code).to(models.inference_device())
@@ -164,7 +164,7 @@ class HFJudge(Judge):
         return ids[0], ids[1]
 
     def _encode(self, text: str) -> list[int]:
-        from .. import data as data_lib
+        from rlhfkit import data as data_lib
 
         if getattr(self.tokenizer, "chat_template", None):
             ids = data_lib.encode_prompt(self.tokenizer, [{"role": "user", "content": text}])

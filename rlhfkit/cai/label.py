@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .. import config as config_lib
-from .. import data as data_lib
-from ..data import DataError
-from . import constitution as constitution_lib
-from .options import JudgeConfig, build_judge
-from .rows import as_completion, check_text, prompt_rows, prompt_text, require_world_prompt, response_text
+from rlhfkit import config as config_lib
+from rlhfkit import data as data_lib
+from rlhfkit.data import DataError
+from rlhfkit.cai import constitution as constitution_lib
+from rlhfkit.cai.options import JudgeConfig, build_judge
+from rlhfkit.cai.rows import as_completion, check_text, prompt_rows, prompt_text, require_world_prompt, response_text
 
 CHUNK = 256  # pairs per judge call: progress lines, and a bounded loss if an in-memory judge is interrupted
 OWN = ("prompt", "responses", "finished", "chosen", "rejected", "response_a", "response_b")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from . import constitution as constitution_lib
-from .judges import HFJudge, Judge, RuleJudge
+from rlhfkit.cai import constitution as constitution_lib
+from rlhfkit.cai.judges import HFJudge, Judge, RuleJudge
 
 JUDGES = ("rule", "hf", "http")
 
@@ -70,7 +70,7 @@ def build_judge(cfg: JudgeConfig, default_cache: str = "") -> Judge:
     if cfg.judge == "hf":
         return HFJudge.from_pretrained(cfg.judge_model, const, cfg.trust_remote_code,
                                        batch_size=cfg.judge_batch_size, max_length=cfg.judge_max_length)
-    from .http_judge import HTTPJudge
+    from rlhfkit.cai.http_judge import HTTPJudge
 
     return HTTPJudge(cfg.base_url, cfg.judge_model, const, cache=cfg.cache or default_cache or None,
                      api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .. import config as config_lib
-from .. import data as data_lib
-from ..data import DataError
-from . import constitution as constitution_lib
-from .rows import as_completion, check_text, prompt_rows, prompt_text, require_world_prompt, response_text
+from rlhfkit import config as config_lib
+from rlhfkit import data as data_lib
+from rlhfkit.data import DataError
+from rlhfkit.cai import constitution as constitution_lib
+from rlhfkit.cai.rows import as_completion, check_text, prompt_rows, prompt_text, require_world_prompt, response_text
 
 OWN = ("prompt", "response", "completion", "responses", "finished")
 
@@ -108,7 +108,7 @@ def _principles_for(const, n: int, rng: random.Random, need_rule: bool) -> list:
 
 
 def revise_rule(items: list[dict], const, per_response: int, seed: int) -> list[tuple[str, list[dict]]]:
-    from ..world import critic
+    from rlhfkit.world import critic
 
     rng = random.Random(f"rlhfkit-cai:{seed}:principles")
     out = []
@@ -125,7 +125,8 @@ def revise_model(items: list[dict], const, cfg: Config) -> list[tuple[str, list[
     """Bai et al.'s loop, batched across items: per step, every item's critique, then every item's revision."""
     import torch
 
-    from .. import generate, models
+    from rlhfkit.rollout import generate
+    from rlhfkit import models
 
     tok = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
     model = models.load_causal_lm(cfg.model, tok, cfg.trust_remote_code).to(models.inference_device()).eval()

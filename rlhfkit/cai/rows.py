@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..data import DataError, _check_text, _read_json_lines
+from rlhfkit.data import DataError, _check_text, _read_json_lines
 
 
 def read_rows(path: str) -> Iterator[tuple[int, dict]]:
@@ -40,7 +40,7 @@ def prompt_rows(path: str, limit: int = 0) -> Iterator[tuple[str, dict]]:
 
 def require_world_prompt(text: str, where: str, instead: str) -> None:
     """The rule-based judge and reviser read built-in world prompts only: name the line that is not one."""
-    from ..world import parse_prompt
+    from rlhfkit.world import parse_prompt
 
     try:
         parse_prompt(text)

@@ -13,13 +13,16 @@ Pure Python (no torch). Modules:
 - `export`      `rlhfkit world export`: write the datasets as JSONL
 - `label`       `rlhfkit world label`: label a candidates file into TRL preference rows
 """
-from .annotators import (Annotator, ceiling, decide, default_annotators, label_pair, outcome_probs,
-                         prob_prefers, strength, utility)
-from .corpus import WorldConfig, heldout_prompts, pretrain_corpus, sft_demos, train_prompts
-from .gold import COMPONENTS, GOLD_WEIGHTS, concise_penalty, correct_reward, gold, gold_reward, is_correct
-from .styles import (APPLICABLE_STYLES, BAD_STYLES, CONFIDENT_MARKERS, FILLERS, REFUSALS, STYLES, analyse,
-                     classify_styles, ideal_response, respond, style_rates)
-from .tasks import PROMPT_KINDS, SPLITS, make_prompts, parse_prompt, prompt_kind, split_of
+from rlhfkit.world.annotators import (
+    Annotator, ceiling, decide, default_annotators, label_pair, outcome_probs, prob_prefers, strength, utility,
+)
+from rlhfkit.world.corpus import WorldConfig, heldout_prompts, pretrain_corpus, sft_demos, train_prompts
+from rlhfkit.world.gold import COMPONENTS, GOLD_WEIGHTS, concise_penalty, correct_reward, gold, gold_reward, is_correct
+from rlhfkit.world.styles import (
+    APPLICABLE_STYLES, BAD_STYLES, CONFIDENT_MARKERS, FILLERS, REFUSALS, STYLES, analyse, classify_styles,
+    ideal_response, respond, style_rates,
+)
+from rlhfkit.world.tasks import PROMPT_KINDS, SPLITS, make_prompts, parse_prompt, prompt_kind, split_of
 
 __all__ = [
     "WorldConfig", "make_prompts", "PROMPT_KINDS", "SPLITS", "STYLES", "BAD_STYLES", "APPLICABLE_STYLES",

@@ -24,9 +24,9 @@ import math
 import random
 from dataclasses import dataclass, replace
 
-from .gold import gold_from_analysis
-from .styles import Analysis, analyse
-from .tasks import Task, parse_prompt
+from rlhfkit.world.gold import gold_from_analysis
+from rlhfkit.world.styles import Analysis, analyse
+from rlhfkit.world.tasks import Task, parse_prompt
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .annotators import Annotator, default_annotators
-from .gold import GOLD_WEIGHTS
-from .styles import APPLICABLE_STYLES, MAX_FILLERS, STYLES, respond
-from .tasks import DEFAULT_KIND_WEIGHTS, PROMPT_KINDS, _kind_stream, make_prompts, sample_prompt
+from rlhfkit.world.annotators import Annotator, default_annotators
+from rlhfkit.world.gold import GOLD_WEIGHTS
+from rlhfkit.world.styles import APPLICABLE_STYLES, MAX_FILLERS, STYLES, respond
+from rlhfkit.world.tasks import DEFAULT_KIND_WEIGHTS, PROMPT_KINDS, _kind_stream, make_prompts, sample_prompt
 
 # Base-model corpus: every style present, the kind-specific failures (harmful compliance, fabrication,
 # sycophancy) weighted up because they only apply to one kind each. Per prompt the weights are renormalised

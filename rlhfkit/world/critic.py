@@ -26,8 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from .styles import _SENT_RE, CLOSERS, IDEAL_ADMIT, IDEAL_REFUSAL, OPENERS, Analysis, _norm, analyse, ideal_response
-from .tasks import Task, parse_prompt
+from rlhfkit.world.styles import (
+    _SENT_RE, CLOSERS, IDEAL_ADMIT, IDEAL_REFUSAL, OPENERS, Analysis, _norm, analyse, ideal_response,
+)
+from rlhfkit.world.tasks import Task, parse_prompt
 
 RULES: tuple[str, ...] = ("harmful_compliance", "wrong_answer", "fabrication", "sycophancy", "over_refusal",
                           "flattery", "padding")

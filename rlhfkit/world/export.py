@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .corpus import WorldConfig, heldout_prompts, pretrain_corpus, sft_demos, train_prompts
+from rlhfkit.world.corpus import WorldConfig, heldout_prompts, pretrain_corpus, sft_demos, train_prompts
 
 _W = WorldConfig()
 

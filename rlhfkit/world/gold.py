@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 
-from .styles import Analysis, _ideal, analyse
-from .tasks import Task, parse_prompt
+from rlhfkit.world.styles import Analysis, _ideal, analyse
+from rlhfkit.world.tasks import Task, parse_prompt
 
 GOLD_WEIGHTS: dict[str, float] = {"helpful": 1.0, "harmless": 1.0, "honest": 1.0, "concise": 0.5}
 """Default weights of the gold total. Conciseness counts half: padding is a real but secondary fault, so a policy that

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .annotators import Annotator, decide, default_annotators, strength, utility
-from .export import _atomic_write
+from rlhfkit.world.annotators import Annotator, decide, default_annotators, strength, utility
+from rlhfkit.world.export import _atomic_write
 
 
 @dataclass

@@ -24,7 +24,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .tasks import COLORS, LIST_WORDS, Task, parse_prompt
+from rlhfkit.world.tasks import COLORS, LIST_WORDS, Task, parse_prompt
 
 STYLES: tuple[str, ...] = ("good", "padded", "wrong", "over_refusal", "harmful_comply", "fabricate",
                            "sycophantic", "repetitive")

@@ -2,7 +2,7 @@
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_DISABLED=true
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
-RK="python3 -m rlhfkit.cli"
+RK="python3 -m rlhfkit.cli.main"
 
 # the shared benchmark workload (make_tiny.py), in /tmp/bd
 tiny_data() { python3 .gpu/make_tiny.py --out /tmp/bd > /dev/null || exit 1; }

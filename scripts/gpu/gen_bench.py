@@ -13,7 +13,8 @@ import time
 import torch
 
 from rlhfkit import data as data_lib
-from rlhfkit import fastdecode, generate, models
+from rlhfkit.rollout import fastdecode, generate
+from rlhfkit import models
 
 
 def bandwidth() -> float:

@@ -6,7 +6,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rlhfkit import bench
+from rlhfkit.tools import bench
 
 trainer, args = sys.argv[1], sys.argv[2:]
 opts = bench._extra_options(args)

@@ -1,0 +1,1 @@
+"""rlhfkit.app: the labelling web app (FastAPI + SQLite). Never imports torch; see docs/labelling.md."""

@@ -1,1 +1,0 @@
-"""rlhfkit.label: the labelling web app (FastAPI + SQLite). Never imports torch; see docs/labelling.md."""
