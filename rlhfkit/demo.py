@@ -317,8 +317,8 @@ def stage_dpo(ctx: Context) -> dict:
 
 def bon_candidates(ctx: Context) -> dict:
     """The best-of-n pool: max(bon_n) SFT samples per held-out prompt (prompt-major: row i*n_max + j is sample j of
-    prompt i) with their lengths and proxy scores (P, n_max). Seeded, so `scripts/bon_unbiased.py` redraws the same
-    pool from a finished run."""
+    prompt i) with their lengths and proxy scores (P, n_max). Seeded, so an analysis of a finished run can redraw
+    the same pool."""
     import torch
 
     from rlhfkit import data as data_lib

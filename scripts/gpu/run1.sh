@@ -1,4 +1,5 @@
-# GPU call 1: CUDA checks, every trainer's bench on the shared workload, the toy demo.
+# On a CUDA machine: gpu_check.py, every trainer's `rlhfkit bench` on the shared tiny workload, the toy demo.
+# run(command="bash scripts/gpu/run1.sh", carry=[".gpu", ".whl"]) after scripts/gpu/prepare.sh; writes into $OUT.
 source scripts/gpu/common.sh
 nvidia-smi -L; python3 -c "import torch, transformers, datasets, accelerate; print(torch.__version__, transformers.__version__, datasets.__version__, accelerate.__version__)"
 python3 scripts/gpu_check.py 2>&1 | tee $OUT/gpu_check.txt

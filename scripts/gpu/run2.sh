@@ -1,4 +1,5 @@
-# GPU call 2: HH-RLHF reward models, rlhfkit vs TRL RewardTrainer, same MiniLM backbone, data, budget.
+# On a CUDA machine: HH-RLHF reward models, rlhfkit vs TRL RewardTrainer, same MiniLM backbone, data, budget
+# (STEPS, LEN, LR, SEEDS override the defaults); JSON lines into $OUT/rm_hh_gpu.jsonl.
 source scripts/gpu/common.sh
 hh_setup
 S="--work /tmp/hh --model /tmp/minilm --steps ${STEPS:-800} --batch 16 --max-length ${LEN:-512} --lr ${LR:-5e-5}"

@@ -1,4 +1,5 @@
-# GPU call 3: after the device fixes: toy demo on CUDA, dpo/kto with precomputed reference; HH with helpful-base held out.
+# On a CUDA machine: dpo/kto benches with a precomputed reference, the toy demo, and HH-RLHF reward models with
+# helpful-base held out (rlhfkit vs TRL); results into $OUT.
 source scripts/gpu/common.sh
 tiny_data
 D=/tmp/bd; C="--steps 20 --batch 8 --max-length 256 --seed 42 --threads 2"

@@ -1,4 +1,4 @@
-# GPU call for issue #27: CUDA correctness checks, then every trainer on the 0.82 B HH-RLHF workload, rlhfkit and
+# On a CUDA machine: CUDA correctness checks, then every trainer on the 0.82 B HH-RLHF workload, rlhfkit and
 # TRL alternating (same model, data, batch 16, max length 512, 12 steps, bf16 autocast over fp32 weights).
 # run(command="bash scripts/gpu/run4.sh", carry=[".gpu", ".whl"]); .gpu/ holds make_tiny.py, make_gpu_workload.py,
 # trl_bench.py and data/hh_rlhf (see ../shared/bench/README.md), .whl/ TRL 1.16 and datasets 5.2 wheels.
@@ -21,7 +21,7 @@ run() {  # name, command...: one JSON line to $OUT/gpu_bench.jsonl and a short s
     grep '^{' /tmp/o.txt | tail -1 | tee -a $OUT/gpu_bench.jsonl | python3 -c "import json,sys; r=json.load(sys.stdin); print('$name', {k: r.get(k) for k in ('samples_per_s','steady_step_s','peak_gpu_mib','mfu','mfu_steady','gen_tokens_per_s','gen_s','wall_s','final_loss')})"
   else echo "FAIL $name"; tail -25 /tmp/e.txt; tail -80 /tmp/e.txt > $OUT/fail_$name.txt; fi
 }
-if [ "${PHASE:-a}" = d ]; then  # not yet measured: graph reuse, rloo again, bf16 weights, gradient checkpointing
+if [ "${PHASE:-a}" = d ]; then  # CUDA-graph reuse in generation, rloo, bf16 weights, gradient checkpointing
   timeout 70 python3 scripts/gpu/gen_bench.py /tmp/gw/big /tmp/bd/rl_prompts.jsonl 16 64 2>&1 | tail -4 | tee $OUT/gen_bench.jsonl
   run rloo $RK bench rloo $RL --precision bf16 --beta 0.05
   run trl-rloo $TRL rloo --gpu $RL --beta 0.05 --results /dev/null
@@ -29,12 +29,12 @@ if [ "${PHASE:-a}" = d ]; then  # not yet measured: graph reuse, rloo again, bf1
   run sft-bf16w $RK bench sft $SFT --precision bf16 --weights-dtype bf16
   run dpo-bf16w $RK bench dpo $PREF --precision bf16 --weights-dtype bf16 --loss sigmoid
   run dpo-gc $RK bench dpo $PREF --precision bf16 --loss sigmoid --gradient-checkpointing true
-elif [ "${PHASE:-a}" = c ]; then  # what phase b could not finish
+elif [ "${PHASE:-a}" = c ]; then  # generation's parts, TRL's reward trainer, ppo, TRL's rloo
   timeout 70 python3 scripts/gpu/gen_bench.py /tmp/gw/big /tmp/bd/rl_prompts.jsonl 16 64 2>&1 | tail -4 | tee $OUT/gen_bench.jsonl
   run trl-rm $TRL reward --gpu $PREF --results /dev/null
   run ppo $RK bench ppo $RL --precision bf16
   run trl-rloo $TRL rloo --gpu $RL --beta 0.05 --results /dev/null
-elif [ "${PHASE:-a}" = a ]; then  # the three trainers measured before, DPO first
+elif [ "${PHASE:-a}" = a ]; then  # dpo, sft and grpo against TRL, DPO first
   run dpo $RK bench dpo $PREF --precision bf16 --loss sigmoid
   run trl-dpo $TRL dpo --gpu $PREF --results /dev/null
   run sft $RK bench sft $SFT --precision bf16
