@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any
 
 
 def as_text(value: Any) -> str:
