@@ -9,7 +9,8 @@ from tool_fixtures import tool_tokenizer
 from rlhfkit import models
 from rlhfkit.data import tools as TD
 from rlhfkit.math.logprobs import token_logprobs
-from rlhfkit.math.masks import segment_mask
+from rlhfkit.math.advantages import gae, gae_loop
+from rlhfkit.math.masks import compact, expand, segment_mask
 from rlhfkit.rollout import multiturn as M
 from rlhfkit.rollout import tools as T
 
@@ -55,6 +56,29 @@ def test_segment_mask_worked_example():
         segment_mask(lengths, is_policy, total=9)
     with pytest.raises(ValueError, match=">= 0"):
         segment_mask(-lengths, is_policy)
+
+
+def test_compact_and_expand_worked_example():
+    x = torch.tensor([[1., 2., 3., 4., 5.], [6., 7., 8., 9., 10.]])
+    mask = torch.tensor([[False, True, False, True, True], [True, False, False, False, False]])
+    values, packed = compact(x, mask)
+    assert torch.equal(values, torch.tensor([[2., 4., 5.], [6., 0., 0.]]))
+    assert torch.equal(packed, torch.tensor([[True, True, True], [True, False, False]]))
+    assert torch.equal(expand(values, mask), torch.where(mask, x, torch.zeros_like(x)))
+
+
+def test_gae_over_policy_tokens_skips_the_tool_results():
+    """GAE across turns runs over the policy's own steps: the vectorised `gae` on the compacted steps equals
+    `gae_loop` (which walks the mask's True positions) on the gapped mask; on the gapped layout it would not."""
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(2, 12, generator=g), torch.randn(2, 12, generator=g)
+    mask = segment_mask(torch.tensor([[2, 3, 4, 3], [1, 5, 0, 0]]),
+                        torch.tensor([[False, True, False, True], [False, True, False, False]]), 12)
+    want = gae_loop(rewards, values, mask, gamma=1.0, lam=0.95)
+    (r, packed), (v, _) = compact(rewards, mask), compact(values, mask)
+    got = [expand(t, mask) for t in gae(r, v, packed, gamma=1.0, lam=0.95)]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+    assert not torch.allclose(gae(rewards, values, mask, 1.0, 0.95)[0], want[0], atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------------------- episodes

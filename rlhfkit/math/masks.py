@@ -48,3 +48,28 @@ def segment_mask(lengths: torch.Tensor, is_policy: torch.Tensor, total: int | No
     seg = torch.searchsorted(ends, pos, right=True)  # (B, T) index of the segment holding each position
     inside = seg < S  # False past the row's end
     return is_policy.bool().gather(1, seg.clamp(max=max(S - 1, 0))) & inside if S else inside
+
+
+def compact(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-align the masked entries of each row: (B, T) -> ((B, N), (B, N) bool), N the most True in any row.
+
+    For recursions over the policy's own steps (GAE): in a multi-turn episode the policy's tokens are separated by
+    tool results, and a recursion run over the padded (B, T) layout would treat each gap as the end of the episode.
+    Worked example (tested): x = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]], mask = [[F, T, F, T, T], [T, F, F, F, F]]
+    -> values [[2, 4, 5], [6, 0, 0]], mask [[T, T, T], [T, F, F]]. `expand` puts them back."""
+    counts = mask.sum(1)  # (B,)
+    N = int(counts.max()) if mask.numel() else 0
+    col = mask.long().cumsum(1) - 1  # (B, T): the column each masked entry moves to
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
+    out = x.new_zeros(mask.shape[0], N)
+    out[rows[mask], col[mask]] = x[mask]
+    return out, torch.arange(N, device=mask.device)[None] < counts[:, None]
+
+
+def expand(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inverse of `compact`: (B, N) left-aligned values back to their (B, T) positions under `mask`, 0 elsewhere."""
+    col = mask.long().cumsum(1) - 1
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
+    out = y.new_zeros(mask.shape)
+    out[mask] = y[rows[mask], col[mask]]
+    return out
