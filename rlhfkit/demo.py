@@ -225,7 +225,7 @@ def evaluate_models(ctx: Context, names: list[str]) -> dict:
 
     from rlhfkit import data as data_lib
     from rlhfkit import models
-    from rlhfkit.diagnostics.evaluate import evaluate_policy
+    from rlhfkit.diagnostics.evaluate import WORLD_GOLD, evaluate_policy
 
     s = ctx.s
     tok = models.load_tokenizer(ctx.path("sft"))
@@ -243,7 +243,7 @@ def evaluate_models(ctx: Context, names: list[str]) -> dict:
     for name in order:
         torch.manual_seed(ctx.cfg.seed)
         model = sft_model if name == "sft" else models.load_causal_lm(ctx.path(name), tok).to(sft_model.device)
-        res = evaluate_policy(model, tok, prompts, judges=judges, world=True, ref_model=sft_model,
+        res = evaluate_policy(model, tok, prompts, judges=judges, gold=WORLD_GOLD, ref_model=sft_model,
                               reference={"sft": results["sft"]} if name != "sft" else None,
                               max_new_tokens=s["max_new_tokens"], temperature=1.0, seed=ctx.cfg.seed)
         if name == "sft":
@@ -345,7 +345,7 @@ def stage_bon(ctx: Context) -> dict:
     prompt, and best-of-n picks the best among the first n (so the n's are nested, like one sampler run longer).
     Its KL to SFT is analytic: log n - (n-1)/n."""
     from rlhfkit.algorithms.bon import analytic_kl
-    from rlhfkit.diagnostics.evaluate import evaluate_texts
+    from rlhfkit.diagnostics.evaluate import WORLD_GOLD, evaluate_texts
 
     pool = bon_candidates(ctx)
     prompts, texts, lengths, scores, proxy = (pool[k] for k in ("prompts", "texts", "lengths", "scores", "proxy"))
@@ -356,7 +356,7 @@ def stage_bon(ctx: Context) -> dict:
         best = scores[:, :n].argmax(dim=1)
         pick = [i * n_max + int(j) for i, j in enumerate(best)]
         res = evaluate_texts(prompts, [texts[k] for k in pick], [lengths[k] for k in pick],
-                             judges={"proxy": proxy}, world=True, reference={"sft": sft_eval}, seed=ctx.cfg.seed)
+                             judges={"proxy": proxy}, gold=WORLD_GOLD, reference={"sft": sft_eval}, seed=ctx.cfg.seed)
         res["kl_to_sft"] = analytic_kl(n)
         out[f"bon_{n}"] = _policy_summary(res)
     return {"policies": out, "bon_selectors": bon_selectors(prompts, texts, scores, [1] + list(ctx.cfg.bon_n),

@@ -36,7 +36,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def run_one(variant: str, seed: int, steps: int, every: int, R: Path, runs: Path, monitor_n: int) -> Path:
-    from rlhfkit.algorithms import grpo, reinforce_pp
+    from rlhfkit import grpo, reinforce_pp
 
     module, flags = VARIANTS[variant]
     out = runs / f"{variant}-s{seed}"  # steps + 2: one more rollout, so step `steps` is evaluated and has an entropy

@@ -190,7 +190,7 @@ def test_overlong_shaping_and_truncation_mask(toy_dir, prompts_file, tmp_path):
 def test_reinforce_pp_runs(toy_dir, prompts_file, tmp_path, kw):
     """REINFORCE++ (-baseline by default; plain with one sample per prompt): KL in the reward, no KL loss term, so
     with beta > 0 the KL is logged but train/loss == policy/loss."""
-    from rlhfkit.algorithms import reinforce_pp
+    from rlhfkit import reinforce_pp
 
     base = dict(model=str(toy_dir / "model"), data=str(prompts_file), output_dir=str(tmp_path / "run"), max_steps=2,
                 rollout_batch_size=2, num_generations=4, micro_batch_size=4, gradient_accumulation_steps=2,
@@ -204,7 +204,7 @@ def test_reinforce_pp_runs(toy_dir, prompts_file, tmp_path, kw):
 
 def test_new_flags_are_validated_and_parsed(toy_dir, prompts_file, tmp_path):
     from rlhfkit import config as config_lib
-    from rlhfkit.algorithms import reinforce_pp
+    from rlhfkit import reinforce_pp
 
     base = dict(model=str(toy_dir / "model"), data=str(prompts_file), rollout_batch_size="2", micro_batch_size="4",
                 gradient_accumulation_steps="2", max_new_tokens="6")
@@ -227,7 +227,7 @@ def test_new_flags_are_validated_and_parsed(toy_dir, prompts_file, tmp_path):
 
 def test_concat_rollouts_pads_to_the_widest():
     """Rows chosen from rollouts of different widths: right-padded with pad / False / 0, in the order given."""
-    from rlhfkit.algorithms.online import Rollout
+    from rlhfkit.rollout.episodes import Rollout, concat_rollouts
 
     def ro(T, base):
         B = 2
@@ -240,7 +240,7 @@ def test_concat_rollouts_pads_to_the_widest():
                        gen_s=1.5)
 
     a, b = ro(3, 0), ro(5, 100)
-    c = grpo.concat_rollouts([(a, torch.tensor([1])), (b, torch.tensor([0, 1]))], pad_id=-7)
+    c = concat_rollouts([(a, torch.tensor([1])), (b, torch.tensor([0, 1]))], pad_id=-7)
     assert c.input_ids.tolist() == [[3, 4, 5, -7, -7], [100, 101, 102, 103, 104], [105, 106, 107, 108, 109]]
     assert c.attention.tolist()[0] == [True, True, True, False, False] and c.mask.shape == (3, 4)
     assert c.logprobs.tolist()[0] == [-1.0, -1.0, 0.0, 0.0] and c.ref_logprobs.tolist()[0] == [-2.0, -2.0, 0.0, 0.0]

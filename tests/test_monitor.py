@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from conftest import write_jsonl
-from rlhfkit.diagnostics.monitor import Monitor
+from rlhfkit.diagnostics.monitor import Monitor, MonitorConfig
 
 
 def length_reward(prompts, responses):
@@ -34,17 +32,17 @@ def tiny(toy_dir):
 def _cfg(toy_dir, tmp_path, **kw):
     rows = [json.loads(x) for x in (toy_dir / "sft.jsonl").read_text().splitlines()][:6]
     p = write_jsonl(tmp_path / "probe.jsonl", [{"prompt": r["prompt"], "category": "sum"} for r in rows])
-    base = dict(monitor_prompts=str(p), monitor_every=2, monitor_n=4, monitor_max_new_tokens=8, seed=0,
-                monitor_gold="test_monitor:const_gold", early_stop=True)
+    base = dict(prompts=str(p), every=2, n=4, max_new_tokens=8, seed=0, gold="test_monitor:const_gold",
+                early_stop=True)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return MonitorConfig(**base)
 
 
 def test_off_when_not_configured(toy_dir, tmp_path, tiny):
     tok, _ = tiny
-    assert Monitor.from_config(SimpleNamespace(), tok, tmp_path) is None
-    assert Monitor.from_config(_cfg(toy_dir, tmp_path, monitor_every=0), tok, tmp_path) is None
-    assert Monitor.from_config(_cfg(toy_dir, tmp_path, monitor_prompts=""), tok, tmp_path) is None
+    assert Monitor.from_config(MonitorConfig(), tok, tmp_path) is None
+    assert Monitor.from_config(_cfg(toy_dir, tmp_path, every=0), tok, tmp_path) is None
+    assert Monitor.from_config(_cfg(toy_dir, tmp_path, prompts=""), tok, tmp_path) is None
 
 
 def test_run_writes_monitor_jsonl(toy_dir, tmp_path, tiny):
@@ -76,7 +74,7 @@ def test_run_writes_monitor_jsonl(toy_dir, tmp_path, tiny):
 def test_save_best_and_alarms(toy_dir, tmp_path, tiny):
     tok, model = tiny
     run_dir = tmp_path / "run2"
-    mon = Monitor.from_config(_cfg(toy_dir, tmp_path, monitor_gold=""), tok, run_dir, proxy=length_reward)
+    mon = Monitor.from_config(_cfg(toy_dir, tmp_path, gold=""), tok, run_dir, proxy=length_reward)
     mon.run(0, model)
     assert mon.best_step == 0 and mon.save_best(model, tok) == run_dir / "best"
     assert (run_dir / "best" / "model.safetensors").exists()
