@@ -145,3 +145,24 @@ def test_resume_keeps_history(toy_dir, tmp_path, tiny):
     assert [json.loads(x)["step"] for x in (run_dir / "monitor.jsonl").read_text().splitlines()] == [0, 2]
     fresh = Monitor.from_config(_cfg(toy_dir, tmp_path), tok, run_dir, proxy=length_reward)
     assert fresh.records == [] and not (run_dir / "monitor.jsonl").exists()
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_monitor_patience_sets_when_early_stop_fires(toy_dir, tmp_path, patience):
+    """A constant gold judge never improves on its first evaluation (ties do not move the best step), so with the
+    monitor every step and early_stop, training stops after step `patience`: patience + 1 optimizer steps run.
+    monitor_patience is a real config field: it reaches the monitor from Python, YAML and the command line."""
+    from rlhfkit import config as config_lib
+    from rlhfkit.algorithms import grpo
+    from rlhfkit.engine import read_metrics
+
+    rows = [json.loads(x) for x in (toy_dir / "sft.jsonl").read_text().splitlines()]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in rows])
+    base = dict(model=str(toy_dir / "model"), data=str(prompts), output_dir=str(tmp_path / "run"), max_steps=8,
+                rollout_batch_size=2, num_generations=2, micro_batch_size=4, max_new_tokens=4, progress=False,
+                threads=1, monitor_prompts=str(prompts), monitor_every=1, monitor_n=2, monitor_max_new_tokens=4,
+                monitor_gold="test_monitor:const_gold", early_stop=True)
+    cfg = config_lib.resolve(grpo.Config, None, {**base, "monitor_patience": str(patience)})  # as the CLI does
+    assert cfg.monitor_patience == patience and cfg.monitor_config().patience == patience
+    grpo.train(cfg, reward_fn=const_gold)
+    assert len(read_metrics(tmp_path / "run")) == patience + 1

@@ -212,6 +212,7 @@ def shaped_scores(ro: Rollout, cfg: Config) -> torch.Tensor:
 
 
 def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
+    """The loop of the family: `estimator` (grpo, rloo, reinforce_pp) picks the advantage and where the KL goes."""
     # 0. set-up: prompts, policy, reference (only when the KL has a weight), engine, reward
     run, _ = online.set_up(cfg, estimator, with_ref=cfg.kl_coef > 0)
     dist, policy, ref = run.dist, run.policy, run.ref
@@ -244,9 +245,8 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
             g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 1009 + dist.rank + 65_536 * round_)
             chosen = torch.randint(len(run.prompts), (n_local,), generator=g).tolist()
         idx = [i for i in chosen for _ in range(G)]
-        return online.sample(run, engine, policy, idx, rollout_generator(cfg.seed, it, dist.rank + 65_536 * round_,
-                                                                         dev),
-                             recompute_logprobs=recompute, share_prompt=cfg.share_prompt)
+        gen = rollout_generator(cfg.seed, it, dist.rank + 65_536 * round_, dev)
+        return online.sample(run, engine, policy, idx, gen, recompute_logprobs=recompute, share_prompt=cfg.share_prompt)
 
     buf: dict = {}
     for step in engine.remaining_steps():
