@@ -25,12 +25,12 @@ COMMON = dict(num_generations=8, rollout_batch_size=8, num_minibatches=2, micro_
               gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler="constant", max_new_tokens=48,
               threads=1, progress=False)
 VARIANTS = {
-    "grpo": ("grpo", dict(beta=0.04)),
-    "dapo": ("grpo", dict(beta=0.0, epsilon_low=0.2, epsilon_high=0.28, dynamic_sampling=True, overlong_buffer=12,
+    "grpo": ("grpo", dict(kl_coef=0.04)),
+    "dapo": ("grpo", dict(kl_coef=0.0, epsilon_low=0.2, epsilon_high=0.28, dynamic_sampling=True, overlong_buffer=12,
                           mask_truncated_completions=True, aggregation="token_mean")),
-    "gspo": ("grpo", dict(beta=0.0, importance_sampling_level="sequence", epsilon_low=3e-4, epsilon_high=4e-4,
+    "gspo": ("grpo", dict(kl_coef=0.0, importance_sampling_level="sequence", epsilon_low=3e-4, epsilon_high=4e-4,
                           aggregation="seq_mean")),
-    "reinforce_pp": ("reinforce_pp", dict(beta=0.04)),
+    "reinforce_pp": ("reinforce_pp", dict(kl_coef=0.04)),
 }
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
