@@ -31,6 +31,7 @@ detached (no extra forward pass); otherwise they are recomputed at rollout time 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -193,7 +194,8 @@ def train_reinforce_pp(cfg: ReinforcePPConfig, reward_fn: Callable | None = None
 
 # `from rlhfkit import reinforce_pp` and `rlhfkit reinforce-pp` (rlhfkit.PUBLIC, cli.main.COMMANDS): REINFORCE++
 # under the two names every command has, Config and train
-reinforce_pp = SimpleNamespace(__doc__=ReinforcePPConfig.__doc__, Config=ReinforcePPConfig, train=train_reinforce_pp)
+reinforce_pp = SimpleNamespace(__doc__=inspect.cleandoc(ReinforcePPConfig.__doc__), Config=ReinforcePPConfig,
+                               train=train_reinforce_pp)
 
 
 def group_advantages(scores: torch.Tensor, group_size: int, estimator: str, scale_by_std: bool) -> torch.Tensor:
