@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 # short public name -> module: the Python API of every command (`from rlhfkit import dpo; dpo.train(...)`)
 PUBLIC = {
-    **{name: f"algorithms.{name}" for name in ("pretrain", "sft", "rm", "dpo", "ppo", "grpo", "reinforce_pp", "bon")},
+    **{name: f"algorithms.{name}" for name in ("pretrain", "sft", "rm", "dpo", "ppo", "grpo", "bon")},
+    "reinforce_pp": "algorithms.grpo:reinforce_pp",  # a variant of the GRPO family: its Config and train
     **{name: f"math.{name}" for name in ("losses", "advantages", "kl", "logprobs")},
     **{name: f"rollout.{name}" for name in ("generate", "sample")},
     **{name: f"diagnostics.{name}" for name in ("evaluate", "eval_rm", "monitor", "metrics", "report")},
@@ -29,12 +30,13 @@ PUBLIC = {
 
 
 def __getattr__(name: str):
-    target = PUBLIC.get(name, name)
+    target, _, attr = PUBLIC.get(name, name).partition(":")  # "module:attribute" names an object in a module
     try:
         module = importlib.import_module(f"{__name__}.{target}")
     except ModuleNotFoundError as e:
         if e.name == f"{__name__}.{target}":
             raise AttributeError(f"module 'rlhfkit' has no attribute {name!r}") from None
         raise
-    globals()[name] = module
-    return module
+    obj = getattr(module, attr) if attr else module
+    globals()[name] = obj
+    return obj

@@ -77,10 +77,10 @@ class Config:
 # its SFT policy is far better), but its reward model then reaches only 0.77-0.88 of the annotator ceiling, 0.82
 # with 5x the labels: the annotators judge correctness, which these reward models do not learn, under the 0.9 the
 # reward-model stage must show. So the demo keeps the tied world its four-seed results were verified on
-# (docs/benchmarks.md, session 9). Session 14: even noise-free gold labels (2k-10k pairs, tied or untied) do not
-# teach these reward models to check answers; without that, even an ideal one gains only 0.005-0.025 in gold
-# from best-of-8 to best-of-16 on seeds 0-3 (`world.annotators.correctness_blind_utilities`). Session 15: a 4.35 M
-# parameter model (hidden 256, pretraining 221 s instead of 78 s) does better at SFT but its best-of-n still peaks at 8.
+# (docs/benchmarks.md). Even noise-free gold labels (2k-10k pairs, tied or untied) do not teach these reward
+# models to check answers; without that, even an ideal one gains only 0.005-0.025 in gold from best-of-8 to
+# best-of-16 on seeds 0-3 (`world.annotators.correctness_blind_utilities`). A 4.35 M parameter model (hidden 256,
+# pretraining 221 s instead of 78 s) does better at SFT but its best-of-n still peaks at 8.
 SCALES: dict[str, dict[str, Any]] = {
     "default": dict(
         n_pretrain=6000, n_sft=1500, n_train_prompts=512, n_heldout=1024, vocab=600,
@@ -225,7 +225,7 @@ def evaluate_models(ctx: Context, names: list[str]) -> dict:
 
     from rlhfkit import data as data_lib
     from rlhfkit import models
-    from rlhfkit.diagnostics.evaluate import evaluate_policy
+    from rlhfkit.diagnostics.evaluate import WORLD_GOLD, evaluate_policy
 
     s = ctx.s
     tok = models.load_tokenizer(ctx.path("sft"))
@@ -243,7 +243,7 @@ def evaluate_models(ctx: Context, names: list[str]) -> dict:
     for name in order:
         torch.manual_seed(ctx.cfg.seed)
         model = sft_model if name == "sft" else models.load_causal_lm(ctx.path(name), tok).to(sft_model.device)
-        res = evaluate_policy(model, tok, prompts, judges=judges, world=True, ref_model=sft_model,
+        res = evaluate_policy(model, tok, prompts, judges=judges, gold=WORLD_GOLD, ref_model=sft_model,
                               reference={"sft": results["sft"]} if name != "sft" else None,
                               max_new_tokens=s["max_new_tokens"], temperature=1.0, seed=ctx.cfg.seed)
         if name == "sft":
@@ -264,7 +264,7 @@ def _beta_name(beta: float) -> str:
 
 def ppo_iterations(cfg: Config, beta: float) -> int:
     """PPO iterations at KL coefficient `beta`. The smallest coefficient runs longer: over-optimisation shows late
-    on some seeds. On seed 2 (session 3 defaults) the policy first settled on short hedged answers and only
+    on some seeds. On seed 2 the policy first settled on short hedged answers and only
     lengthened them after ~45 PPO iterations (docs/benchmarks.md); the moderate coefficient keeps the shorter
     budget, where it beats SFT."""
     s = SCALES[cfg.scale]
@@ -345,7 +345,7 @@ def stage_bon(ctx: Context) -> dict:
     prompt, and best-of-n picks the best among the first n (so the n's are nested, like one sampler run longer).
     Its KL to SFT is analytic: log n - (n-1)/n."""
     from rlhfkit.algorithms.bon import analytic_kl
-    from rlhfkit.diagnostics.evaluate import evaluate_texts
+    from rlhfkit.diagnostics.evaluate import WORLD_GOLD, evaluate_texts
 
     pool = bon_candidates(ctx)
     prompts, texts, lengths, scores, proxy = (pool[k] for k in ("prompts", "texts", "lengths", "scores", "proxy"))
@@ -356,7 +356,7 @@ def stage_bon(ctx: Context) -> dict:
         best = scores[:, :n].argmax(dim=1)
         pick = [i * n_max + int(j) for i, j in enumerate(best)]
         res = evaluate_texts(prompts, [texts[k] for k in pick], [lengths[k] for k in pick],
-                             judges={"proxy": proxy}, world=True, reference={"sft": sft_eval}, seed=ctx.cfg.seed)
+                             judges={"proxy": proxy}, gold=WORLD_GOLD, reference={"sft": sft_eval}, seed=ctx.cfg.seed)
         res["kl_to_sft"] = analytic_kl(n)
         out[f"bon_{n}"] = _policy_summary(res)
     return {"policies": out, "bon_selectors": bon_selectors(prompts, texts, scores, [1] + list(ctx.cfg.bon_n),
@@ -391,8 +391,8 @@ def bon_selectors(prompts: list[dict], texts: list[str], scores, ns: list[int], 
     perfectly would score); and by gold. Each value is the expected gold of the pick over every n-subset of a
     prompt's samples (`bon.expected_best_of_n`), averaged over prompts. If the annotators' pick keeps improving
     with n while the reward model's falls, the fall is the reward model's error, not the annotators' bias
-    (docs/benchmarks.md, session 7); if the blind pick barely improves either, the error is that it cannot check
-    answers (session 14). `reward_model_steps`: for each step n -> next n of the reward model's curve, the mean
+    (docs/benchmarks.md); if the blind pick barely improves either, the error is that it cannot check
+    answers. `reward_model_steps`: for each step n -> next n of the reward model's curve, the mean
     per-prompt change in gold with a 95% paired bootstrap interval over prompts (`metrics.paired_bootstrap`), so a
     fall at the largest n can be told from noise. World only: it needs the gold judge."""
     import torch
@@ -489,7 +489,7 @@ def versions() -> dict[str, str]:
     """What a run's numbers depend on besides its config and seed. The CPU's vector capability is among them: the
     same seed reproduces a run bit for bit on the same kind of machine, but on an AVX-512 CPU torch and MKL take
     code paths that round differently from their AVX2 ones, pretraining drifts apart within its first steps, and
-    every later number is then a different (equally valid) sample (docs/benchmarks.md, session 11)."""
+    every later number is then a different (equally valid) sample (docs/benchmarks.md)."""
     import torch
     import transformers
 

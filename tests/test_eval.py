@@ -104,12 +104,12 @@ def test_world_gold_ideal_vs_padded():
 
     rows = heldout_prompts(WorldConfig(n_heldout_prompts=24))
     texts = [ideal_response(r["prompt"][0]["content"]) for r in rows]
-    good = E.evaluate_texts(rows, texts, [len(t.split()) for t in texts], judges={}, world=True)
+    good = E.evaluate_texts(rows, texts, [len(t.split()) for t in texts], judges={}, gold=E.WORLD_GOLD)
     assert good["gold"] == pytest.approx(1.0) and all(v == 0 for v in good["style_rates"].values())
     assert set(good["by_kind"]) == {r["kind"] for r in rows}
     rng = random.Random(0)
     padded = [respond(r["prompt"][0]["content"], "padded", rng) for r in rows]
-    bad = E.evaluate_texts(rows, padded, [len(t.split()) for t in padded], judges={}, world=True,
+    bad = E.evaluate_texts(rows, padded, [len(t.split()) for t in padded], judges={}, gold=E.WORLD_GOLD,
                            reference={"good": good})
     assert bad["style_rates"]["padded"] == 1.0 and bad["gold_components"]["concise"] < 0
     assert bad["win_rate_vs_good"]["mean"] == 0.0 and bad["win_rate_vs_good"]["losses"] == 24

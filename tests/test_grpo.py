@@ -190,7 +190,7 @@ def test_overlong_shaping_and_truncation_mask(toy_dir, prompts_file, tmp_path):
 def test_reinforce_pp_runs(toy_dir, prompts_file, tmp_path, kw):
     """REINFORCE++ (-baseline by default; plain with one sample per prompt): KL in the reward, no KL loss term, so
     with beta > 0 the KL is logged but train/loss == policy/loss."""
-    from rlhfkit.algorithms import reinforce_pp
+    from rlhfkit import reinforce_pp
 
     base = dict(model=str(toy_dir / "model"), data=str(prompts_file), output_dir=str(tmp_path / "run"), max_steps=2,
                 rollout_batch_size=2, num_generations=4, micro_batch_size=4, gradient_accumulation_steps=2,
@@ -204,7 +204,7 @@ def test_reinforce_pp_runs(toy_dir, prompts_file, tmp_path, kw):
 
 def test_new_flags_are_validated_and_parsed(toy_dir, prompts_file, tmp_path):
     from rlhfkit import config as config_lib
-    from rlhfkit.algorithms import reinforce_pp
+    from rlhfkit import reinforce_pp
 
     base = dict(model=str(toy_dir / "model"), data=str(prompts_file), rollout_batch_size="2", micro_batch_size="4",
                 gradient_accumulation_steps="2", max_new_tokens="6")
@@ -227,7 +227,7 @@ def test_new_flags_are_validated_and_parsed(toy_dir, prompts_file, tmp_path):
 
 def test_concat_rollouts_pads_to_the_widest():
     """Rows chosen from rollouts of different widths: right-padded with pad / False / 0, in the order given."""
-    from rlhfkit.algorithms.online import Rollout
+    from rlhfkit.rollout.episodes import Rollout, concat_rollouts
 
     def ro(T, base):
         B = 2
@@ -240,7 +240,7 @@ def test_concat_rollouts_pads_to_the_widest():
                        gen_s=1.5)
 
     a, b = ro(3, 0), ro(5, 100)
-    c = grpo.concat_rollouts([(a, torch.tensor([1])), (b, torch.tensor([0, 1]))], pad_id=-7)
+    c = concat_rollouts([(a, torch.tensor([1])), (b, torch.tensor([0, 1]))], pad_id=-7)
     assert c.input_ids.tolist() == [[3, 4, 5, -7, -7], [100, 101, 102, 103, 104], [105, 106, 107, 108, 109]]
     assert c.attention.tolist()[0] == [True, True, True, False, False] and c.mask.shape == (3, 4)
     assert c.logprobs.tolist()[0] == [-1.0, -1.0, 0.0, 0.0] and c.ref_logprobs.tolist()[0] == [-2.0, -2.0, 0.0, 0.0]
@@ -276,3 +276,50 @@ def test_dynamic_sampling_resume_is_exact(toy_dir, prompts_file, tmp_path):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5, abs=1e-7)
         assert (a["rollout/score"], a["rollout/extra_generations"]) == (b["rollout/score"],
                                                                        b["rollout/extra_generations"])
+
+
+def test_kl_coef_is_the_name_and_beta_a_deprecated_alias(tmp_path):
+    """GRPO / RLOO / REINFORCE++ call the KL weight kl_coef, like PPO; `beta` still works from Python, YAML and the
+    command line, says it is deprecated, and may not be given together with kl_coef."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    import rlhfkit
+    from rlhfkit import config as config_lib
+    from rlhfkit.cli.main import app
+
+    base = {"model": "m", "data": "d"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert grpo.Config(**base, kl_coef=0.1).kl_coef == 0.1
+    for cls in (grpo.Config, rlhfkit.reinforce_pp.Config):
+        with pytest.warns(FutureWarning, match="'beta' is deprecated, use 'kl_coef'"):
+            cfg = cls(**base, beta=0.2)
+        assert cfg.kl_coef == 0.2 and "beta" not in cfg.__dataclass_fields__
+        with pytest.warns(FutureWarning, match="beta is deprecated"):
+            assert cfg.beta == 0.2
+    with pytest.raises(config_lib.ConfigError, match="old name of 'kl_coef'"):
+        grpo.Config(**base, beta=0.2, kl_coef=0.1)
+    (tmp_path / "c.yaml").write_text("beta: 0.3\n")
+    with pytest.warns(FutureWarning, match="'beta' is deprecated"):
+        assert config_lib.resolve(grpo.Config, tmp_path / "c.yaml", base).kl_coef == 0.3
+    # --beta parses (and warns); the run then stops at validation, which proves the flag reached the config
+    with pytest.warns(FutureWarning, match="'beta' is deprecated"):
+        res = CliRunner().invoke(app, ["grpo", "--model", "m", "--data", "d", "--beta", "0.3", "--temperature", "0"])
+    assert res.exit_code != 0 and "temperature must be > 0" in res.output and "No such option" not in res.output
+
+
+@pytest.mark.parametrize("entry", ["grpo", "rloo", "reinforce_pp"])
+def test_train_validates_its_config_from_python(toy_dir, prompts_file, tmp_path, entry):
+    """A Config built in Python (no resolve) is validated by train() itself, before any model loads."""
+    import rlhfkit
+
+    fn, cls = {"grpo": (grpo.train, grpo.Config), "rloo": (grpo.train_rloo, grpo.Config),
+               "reinforce_pp": (rlhfkit.reinforce_pp.train, rlhfkit.reinforce_pp.Config)}[entry]
+    base = {**cfg_for(toy_dir, prompts_file, tmp_path / "run").__dict__}
+    with pytest.raises(ValueError, match="num_generations must be >= 2"):
+        fn(cls(**{**base, "num_generations": 1, "micro_batch_size": 1}), reward_fn=has_number)
+    with pytest.raises(ValueError, match="monitor_patience must be >= 1"):
+        fn(cls(**{**base, "monitor_patience": 0}), reward_fn=has_number)
+    assert not (tmp_path / "run" / "config.yaml").exists()

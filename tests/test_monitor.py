@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from conftest import write_jsonl
-from rlhfkit.diagnostics.monitor import Monitor
+from rlhfkit.diagnostics.monitor import Monitor, MonitorConfig
 
 
 def length_reward(prompts, responses):
@@ -34,17 +32,17 @@ def tiny(toy_dir):
 def _cfg(toy_dir, tmp_path, **kw):
     rows = [json.loads(x) for x in (toy_dir / "sft.jsonl").read_text().splitlines()][:6]
     p = write_jsonl(tmp_path / "probe.jsonl", [{"prompt": r["prompt"], "category": "sum"} for r in rows])
-    base = dict(monitor_prompts=str(p), monitor_every=2, monitor_n=4, monitor_max_new_tokens=8, seed=0,
-                monitor_gold="test_monitor:const_gold", early_stop=True)
+    base = dict(prompts=str(p), every=2, n=4, max_new_tokens=8, seed=0, gold="test_monitor:const_gold",
+                early_stop=True)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return MonitorConfig(**base)
 
 
 def test_off_when_not_configured(toy_dir, tmp_path, tiny):
     tok, _ = tiny
-    assert Monitor.from_config(SimpleNamespace(), tok, tmp_path) is None
-    assert Monitor.from_config(_cfg(toy_dir, tmp_path, monitor_every=0), tok, tmp_path) is None
-    assert Monitor.from_config(_cfg(toy_dir, tmp_path, monitor_prompts=""), tok, tmp_path) is None
+    assert Monitor.from_config(MonitorConfig(), tok, tmp_path) is None
+    assert Monitor.from_config(_cfg(toy_dir, tmp_path, every=0), tok, tmp_path) is None
+    assert Monitor.from_config(_cfg(toy_dir, tmp_path, prompts=""), tok, tmp_path) is None
 
 
 def test_run_writes_monitor_jsonl(toy_dir, tmp_path, tiny):
@@ -76,7 +74,7 @@ def test_run_writes_monitor_jsonl(toy_dir, tmp_path, tiny):
 def test_save_best_and_alarms(toy_dir, tmp_path, tiny):
     tok, model = tiny
     run_dir = tmp_path / "run2"
-    mon = Monitor.from_config(_cfg(toy_dir, tmp_path, monitor_gold=""), tok, run_dir, proxy=length_reward)
+    mon = Monitor.from_config(_cfg(toy_dir, tmp_path, gold=""), tok, run_dir, proxy=length_reward)
     mon.run(0, model)
     assert mon.best_step == 0 and mon.save_best(model, tok) == run_dir / "best"
     assert (run_dir / "best" / "model.safetensors").exists()
@@ -147,3 +145,24 @@ def test_resume_keeps_history(toy_dir, tmp_path, tiny):
     assert [json.loads(x)["step"] for x in (run_dir / "monitor.jsonl").read_text().splitlines()] == [0, 2]
     fresh = Monitor.from_config(_cfg(toy_dir, tmp_path), tok, run_dir, proxy=length_reward)
     assert fresh.records == [] and not (run_dir / "monitor.jsonl").exists()
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_monitor_patience_sets_when_early_stop_fires(toy_dir, tmp_path, patience):
+    """A constant gold judge never improves on its first evaluation (ties do not move the best step), so with the
+    monitor every step and early_stop, training stops after step `patience`: patience + 1 optimizer steps run.
+    monitor_patience is a real config field: it reaches the monitor from Python, YAML and the command line."""
+    from rlhfkit import config as config_lib
+    from rlhfkit.algorithms import grpo
+    from rlhfkit.engine import read_metrics
+
+    rows = [json.loads(x) for x in (toy_dir / "sft.jsonl").read_text().splitlines()]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in rows])
+    base = dict(model=str(toy_dir / "model"), data=str(prompts), output_dir=str(tmp_path / "run"), max_steps=8,
+                rollout_batch_size=2, num_generations=2, micro_batch_size=4, max_new_tokens=4, progress=False,
+                threads=1, monitor_prompts=str(prompts), monitor_every=1, monitor_n=2, monitor_max_new_tokens=4,
+                monitor_gold="test_monitor:const_gold", early_stop=True)
+    cfg = config_lib.resolve(grpo.Config, None, {**base, "monitor_patience": str(patience)})  # as the CLI does
+    assert cfg.monitor_patience == patience and cfg.monitor_config().patience == patience
+    grpo.train(cfg, reward_fn=const_gold)
+    assert len(read_metrics(tmp_path / "run")) == patience + 1

@@ -142,3 +142,12 @@ def test_monitor_wiring(toy_dir, prompts_file, tmp_path):
     assert any(k.startswith("monitor/") for k in ms[0]) and any(k.startswith("monitor/") for k in ms[2])
     assert not any(k.startswith("monitor/") for k in ms[1])
     assert len((tmp_path / "run" / "monitor.jsonl").read_text().splitlines()) == 2
+
+
+def test_train_validates_its_config_from_python(toy_dir, prompts_file, tmp_path):
+    """A Config built in Python (no resolve) is validated by train() itself, before any model loads."""
+    with pytest.raises(ValueError, match="critic"):
+        ppo.train(cfg_for(toy_dir, prompts_file, tmp_path / "run", critic="both"), reward_fn=digit_reward)
+    with pytest.raises(ValueError, match="monitor_patience must be >= 1"):
+        ppo.train(cfg_for(toy_dir, prompts_file, tmp_path / "run", monitor_patience=0), reward_fn=digit_reward)
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhfkit.algorithms import online as R
+from rlhfkit.algorithms import online
+from rlhfkit.rollout import episodes as R
+from rlhfkit.rollout import score
 
 V, EOS, PAD, STOP = 16, 1, 0, 9
 
@@ -57,7 +59,7 @@ def length_reward(prompts, responses):
 
 
 def stub_rollout(prompt_ids, max_new_tokens=8, **kw):
-    return R.rollout(StubLM(), prompt_ids, [str(p) for p in prompt_ids], R.python_reward(length_reward),
+    return R.rollout(StubLM(), prompt_ids, [str(p) for p in prompt_ids], score.python_reward(length_reward),
                      eos_id=EOS, pad_id=PAD, decode=decode, max_new_tokens=max_new_tokens,
                      generator=torch.Generator().manual_seed(0), forward_batch_size=2, **kw)
 
@@ -90,7 +92,7 @@ def test_stub_reference_kl_is_exactly_zero_and_values_aligned():
     stub = StubLM()
     ref = copy.deepcopy(stub)
     value_fn = lambda ids, attn: ids[:, :-1].float()  # "value" = the current token, to check the alignment
-    r = R.rollout(stub, [[6], [7, 8]], ["a", "b"], R.python_reward(length_reward), eos_id=EOS, pad_id=PAD,
+    r = R.rollout(stub, [[6], [7, 8]], ["a", "b"], score.python_reward(length_reward), eos_id=EOS, pad_id=PAD,
                   decode=decode, max_new_tokens=8, forward_batch_size=1, ref_policy=ref, value_fn=value_fn)
     assert torch.equal(r.logprobs, r.ref_logprobs)
     # values[t] belongs to the state that emits input_ids[t+1]: row 0 = [6 | 7 8 9 EOS] -> states 6,7,8,9
@@ -107,10 +109,10 @@ def test_temperature_zero_is_refused():
     (16, 3, 8, 1, 1, False), (16, 2, 4, 1, 1, False), (16, 1, 8, 1, 1, False)])
 def test_batch_semantics_divisibility(completions, mb, micro, acc, world, ok):
     if ok:
-        assert R.check_batch(completions, mb, micro, acc, world) == completions // mb
+        assert online.check_batch(completions, mb, micro, acc, world) == completions // mb
     else:
         with pytest.raises(ValueError, match="rollout_batch_size"):
-            R.check_batch(completions, mb, micro, acc, world)
+            online.check_batch(completions, mb, micro, acc, world)
 
 
 def test_real_model_ratio_one_and_kl_zero(toy_dir):
@@ -123,7 +125,7 @@ def test_real_model_ratio_one_and_kl_zero(toy_dir):
     model = models.load_causal_lm(str(toy_dir / "model"), tok)
     prompts = [[{"role": "user", "content": f"What is {a} plus 2?"}] for a in range(4)]
     ids = R.encode_prompts(tok, prompts, 64)
-    r = R.rollout(model, ids, prompts, R.python_reward(length_reward), eos_id=tok.eos_token_id,
+    r = R.rollout(model, ids, prompts, score.python_reward(length_reward), eos_id=tok.eos_token_id,
                   pad_id=tok.pad_token_id, decode=lambda x: tok.decode(x, skip_special_tokens=True),
                   max_new_tokens=6, temperature=0.7, generator=torch.Generator().manual_seed(1),
                   forward_batch_size=2, ref_policy=copy.deepcopy(model))
@@ -166,7 +168,7 @@ def test_rows_layout_gives_the_padded_rows_logprobs_and_entropy():
 def test_reference_logprobs_and_scores_are_normal_tensors_autograd_can_save():
     """chunked_logprobs and RewardModel scoring run under inference_mode for speed; what they return must still
     be usable in a loss that autograd differentiates (an inference tensor saved for backward is an error)."""
-    from rlhfkit.algorithms.online import chunked_logprobs
+    from rlhfkit.rollout.score import chunked_logprobs
 
     torch.manual_seed(0)
     from transformers import LlamaConfig, LlamaForCausalLM

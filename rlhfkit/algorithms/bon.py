@@ -27,7 +27,8 @@ from rlhfkit import config as config_lib
 from rlhfkit import data as data_lib
 from rlhfkit import models
 from rlhfkit.rollout.generate import sample
-from rlhfkit.algorithms.online import encode_prompts, load_reward_fn
+from rlhfkit.rollout.episodes import encode_prompts
+from rlhfkit.rollout.score import load_reward_fn
 
 
 @dataclass

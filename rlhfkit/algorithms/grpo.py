@@ -6,8 +6,8 @@ LOSS term (the k3 estimator: unbiased and non-negative, PITFALLS #3), not a rewa
 2025) drops the std scaling (scale_rewards=false) and the per-sequence length normalisation
 (aggregation=seq_mean_token_sum), both of which bias the update towards easy/hard groups and long wrong answers.
 RLOO (Kool et al. 2019; Ahmadian et al. 2024): A_i = r_i - mean of the OTHER G-1 scores (an unbiased baseline).
-REINFORCE++ (Hu 2025; `rlhfkit reinforce-pp`, reinforce_pp.py): the same loop with the KL in the per-token reward
-and the return normalised over the whole batch.
+REINFORCE++ (Hu 2025; `rlhfkit reinforce-pp`, `ReinforcePPConfig` below): the same loop with the KL in the
+per-token reward and the return normalised over the whole batch.
 
 The controls of the 2025 online-RL papers are flags on the same loop (docs/ppo.md has the equations):
 DAPO (Yu et al. 2025): epsilon_high > epsilon_low (clip-higher), aggregation token_mean, dynamic_sampling,
@@ -23,33 +23,33 @@ on-policy: the ratio is exactly 1 and is still formed, so the gradient is the po
 objective stays correct when num_iterations > 1. In that case the old log-probs are the update's own forward,
 detached (no extra forward pass); otherwise they are recomputed at rollout time at the sampling temperature.
 
-    from rlhfkit import grpo
+    from rlhfkit import grpo, reinforce_pp
     grpo.train(grpo.Config(model="runs/sft", data="prompts.jsonl", reward_model=["rlhfkit.world:correct_reward"]))
+    reinforce_pp.train(reinforce_pp.Config(model="runs/sft", data="prompts.jsonl",
+                                           reward_model=["rlhfkit.world:correct_reward"]))
 """
 
 from __future__ import annotations
 
-import time
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, ClassVar
 
 import torch
 
-from rlhfkit import config as config_lib
-from rlhfkit import models
 from rlhfkit.math.advantages import (
     grpo_advantages, informative_groups, overlong_penalty, reinforce_pp_advantages, rloo_advantages,
 )
-from rlhfkit.engine import Engine, StepSampler, seed_everything, setup_distributed, total_steps
+from rlhfkit.engine import Engine, StepSampler, total_steps
 from rlhfkit.math.kl import kl_k1, kl_k3
 from rlhfkit.math.logprobs import masked_mean
 from rlhfkit.math.losses import IMPORTANCE_SAMPLING_LEVELS, aggregate, cispo_policy_loss, entropy_bonus, ppo_policy_loss
 from rlhfkit.models.modeling import TokenLogprobs, rows_layout, use_packed
-from rlhfkit.algorithms.online import (
-    OnlineConfig, Rollout, as_reward_fn, build_monitor, check_batch, encode_prompts, load_prompts, mean_over_ranks,
-    micro_weight, rollout, rollout_generator,
-)
+from rlhfkit.algorithms import online
+from rlhfkit.algorithms.online import OnlineConfig, check_batch, mean_over_ranks, micro_weight
+from rlhfkit.rollout.episodes import Rollout, concat_rollouts, rollout_generator
 
 
 @dataclass
@@ -64,11 +64,12 @@ class Config(OnlineConfig):
     """Minibatches per pass over a rollout; one optimizer step each."""
     num_iterations: int = 1
     """Passes over each rollout (1: a single on-policy update, ratio == 1)."""
-    beta: float = 0.04
-    """Weight of the k3 KL-to-reference loss term (0: no reference model is loaded at all)."""
+    kl_coef: float = 0.04
+    """Weight of the k3 KL-to-reference loss term (0: no reference model is loaded at all); `beta` is its
+    deprecated name."""
     scale_rewards: bool = True
     """GRPO: divide group-centred scores by the group std; false = Dr. GRPO (centre only). Not used by rloo."""
-    DEPRECATED: ClassVar[dict[str, str]] = {"clip_range": "epsilon_low"}  # config.renamed
+    DEPRECATED: ClassVar[dict[str, str]] = {"clip_range": "epsilon_low", "beta": "kl_coef"}  # config.renamed
     epsilon_low: float = 0.2
     """Lower clip: the ratio is clipped at 1 - epsilon_low (PPO's epsilon; matters only when num_iterations > 1 or
     num_minibatches > 1)."""
@@ -128,8 +129,8 @@ class Config(OnlineConfig):
         if not 0 <= self.overlong_buffer <= self.max_new_tokens:
             raise ValueError(f"overlong_buffer must be in [0, max_new_tokens={self.max_new_tokens}], "
                              f"got {self.overlong_buffer}")
-        if self.num_iterations < 1 or self.beta < 0:
-            raise ValueError("num_iterations must be >= 1 and beta >= 0")
+        if self.num_iterations < 1 or self.kl_coef < 0:
+            raise ValueError("num_iterations must be >= 1 and kl_coef >= 0")
         per_iter = self.num_iterations * self.num_minibatches
         if self.save_every and self.save_every % per_iter:
             raise ValueError(f"save_every {self.save_every} must be a multiple of num_iterations x num_minibatches = "
@@ -144,6 +145,57 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
 def train_rloo(cfg: Config, reward_fn: Callable | None = None) -> Path:
     """RLOO (leave-one-out baselines); same config and loop as GRPO."""
     return _train(cfg, "rloo", reward_fn)
+
+
+# ----------------------------------------------------------------------------------------------- REINFORCE++
+@dataclass
+class ReinforcePPConfig(Config):
+    """`rlhfkit reinforce-pp`: REINFORCE++ (Hu 2025), critic-free policy gradient with a token-level KL reward.
+
+    REINFORCE++ ("REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models", sec. 3) keeps
+    PPO's per-token KL-shaped reward and clipped update but drops the critic: the advantage of token t is the
+    return from t, normalised over every response token of the batch (global normalisation, instead of GRPO's
+    per-prompt one):
+
+        r_t = I(t = last) * score - kl_coef * (log pi_old(y_t) - log pi_ref(y_t)),
+        G_t = sum_{s >= t} gamma^(s-t) r_s,   A_t = (G_t - mean(G)) / std(G)
+
+    (advantages.reinforce_pp_advantages). With group_baseline (the default, REINFORCE++-baseline of the same
+    paper) each prompt's num_generations scores are first centred on their mean; without it one sample per prompt
+    works. Everything else (batching, clipping, GSPO / CISPO / DAPO flags, entropy) is the GRPO loop.
+
+        from rlhfkit import reinforce_pp
+        reinforce_pp.train(reinforce_pp.Config(model="runs/sft", data="prompts.jsonl",
+                                               reward_model=["rlhfkit.world:correct_reward"]))
+    """
+
+    kl_coef: float = 0.04
+    """Weight of the per-token k1 KL penalty in the REWARD (REINFORCE++'s token-level KL; no KL loss term);
+    0: no reference model is loaded. `beta` is its deprecated name."""
+    group_baseline: bool = True
+    """Subtract each prompt's mean score before the global normalisation (REINFORCE++-baseline); false: plain
+    REINFORCE++, and num_generations may be 1."""
+    gamma: float = 1.0
+    """Discount of the return G_t (1: the undiscounted sum of the remaining rewards)."""
+
+    def min_generations(self) -> int:
+        return 2 if self.group_baseline else 1
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+
+
+def train_reinforce_pp(cfg: ReinforcePPConfig, reward_fn: Callable | None = None) -> Path:
+    """REINFORCE++ with the GRPO loop; `reward_fn` (Python API) overrides cfg.reward_model."""
+    return _train(cfg, "reinforce_pp", reward_fn)
+
+
+# `from rlhfkit import reinforce_pp` and `rlhfkit reinforce-pp` (rlhfkit.PUBLIC, cli.main.COMMANDS): REINFORCE++
+# under the two names every command has, Config and train
+reinforce_pp = SimpleNamespace(__doc__=inspect.cleandoc(ReinforcePPConfig.__doc__), Config=ReinforcePPConfig,
+                               train=train_reinforce_pp)
 
 
 def group_advantages(scores: torch.Tensor, group_size: int, estimator: str, scale_by_std: bool) -> torch.Tensor:
@@ -161,51 +213,11 @@ def shaped_scores(ro: Rollout, cfg: Config) -> torch.Tensor:
                                         cfg.overlong_penalty_factor).to(ro.scores.dtype)
 
 
-def _pad_cols(x: torch.Tensor, width: int, value) -> torch.Tensor:
-    """(B, W) -> (B, width), right-padded with `value`."""
-    return torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), value)], dim=1)
-
-
-def concat_rollouts(parts: list[tuple[Rollout, torch.Tensor]], pad_id: int) -> Rollout:
-    """The chosen rows (a 1-D index tensor per rollout) of several rollouts as one, right-padded to the widest.
-    Padding columns are padding (attention and masks False, log-probs 0), which the losses ignore."""
-    T = max(int(r.input_ids.shape[1]) for r, _ in parts)
-
-    def cat(name: str, value, width: int) -> torch.Tensor:
-        return torch.cat([_pad_cols(getattr(r, name)[i], width, value) for r, i in parts])
-
-    first = parts[0][0]
-    keys = [k for k in first.reward_parts
-            if all(k in r.reward_parts and r.reward_parts[k].dim() >= 1
-                   and r.reward_parts[k].shape[0] == r.scores.shape[0] for r, _ in parts)]
-    return Rollout(
-        prompts=[r.prompts[j] for r, i in parts for j in i.tolist()],
-        texts=[r.texts[j] for r, i in parts for j in i.tolist()],
-        input_ids=cat("input_ids", pad_id, T), attention=cat("attention", False, T),
-        response_mask=cat("response_mask", False, T), logprobs=cat("logprobs", 0.0, T - 1),
-        scores=torch.cat([r.scores[i] for r, i in parts]), has_eos=torch.cat([r.has_eos[i] for r, i in parts]),
-        ref_logprobs=None if first.ref_logprobs is None else cat("ref_logprobs", 0.0, T - 1),
-        reward_parts={k: torch.cat([r.reward_parts[k][i] for r, i in parts]) for k in keys},
-        gen_s=sum(r.gen_s for r, _ in parts))
-
-
 def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
-    cfg.validate()
-    seed_everything(cfg.seed)
-    dist = setup_distributed()
-    out = Path(cfg.output_dir)
-    prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)  # bad data fails before loading
-    tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    models.check_quantization(cfg.load_in_4bit)
-    policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, load_in_4bit=cfg.load_in_4bit)
-    policy = models.apply_lora(policy, cfg, cfg.model)
-    ref = None
-    if cfg.beta > 0:  # the initial policy (copied before a resume; under LoRA the policy, adapters off) or ref_model
-        ref = models.reference_policy(policy, cfg.ref_model, tokenizer, cfg.trust_remote_code)
-        if ref is not policy:
-            ref.to(dist.device)
-    counter: dict = {}
-    encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
+    """The loop of the family: `estimator` (grpo, rloo, reinforce_pp) picks the advantage and where the KL goes."""
+    # 0. set-up: prompts, policy, reference (only when the KL has a weight), engine, reward
+    run, _ = online.set_up(cfg, estimator, with_ref=cfg.kl_coef > 0)
+    dist, policy, ref = run.dist, run.policy, run.ref
     G = cfg.num_generations
     mb = check_batch(cfg.rollout_batch_size * G, cfg.num_minibatches, cfg.micro_batch_size,
                      cfg.gradient_accumulation_steps, dist.world_size)
@@ -214,20 +226,14 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
                          f"{dist.world_size} processes (a prompt's group stays on one process)")
     per_iter = cfg.num_iterations * cfg.num_minibatches
     on_policy = per_iter == 1
-    sampler = StepSampler(len(prompts), cfg.rollout_batch_size, cfg.seed)
+    sampler = StepSampler(len(run.prompts), cfg.rollout_batch_size, cfg.seed)
     n_steps = total_steps(cfg, sampler.steps_per_epoch * per_iter)
     engine = Engine(cfg, TokenLogprobs(policy), n_steps, name=estimator, dist_info=dist)
     packed = use_packed(policy, dist.device)  # the GPU layout for the update's forwards (modeling.use_packed)
     dev = engine.dist.device
-    reward = as_reward_fn(reward_fn, cfg.reward_model, cfg.reward_weights or None, dev, cfg.reward_batch_size)
-    monitor = build_monitor(cfg, tokenizer, out, reward, ref, dist.is_main)
-    if dist.is_main:
-        config_lib.save(cfg, out / "config.yaml")
-        if counter:
-            print(f"{estimator}: truncation counts {counter}")
+    online.start(run, engine, reward_fn)
     n_local = cfg.rollout_batch_size // dist.world_size
     c_local, mb_local = n_local * G, mb // dist.world_size
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     reinforce_pp = estimator == "reinforce_pp"
     # REINFORCE++ puts the KL to the reference into the reward, which needs the rollout-time log-probs
     recompute = not on_policy or (reinforce_pp and ref is not None)
@@ -239,24 +245,17 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
             chosen = sampler.indices(it)[dist.rank * n_local:(dist.rank + 1) * n_local]
         else:
             g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + it) * 1009 + dist.rank + 65_536 * round_)
-            chosen = torch.randint(len(prompts), (n_local,), generator=g).tolist()
+            chosen = torch.randint(len(run.prompts), (n_local,), generator=g).tolist()
         idx = [i for i in chosen for _ in range(G)]
-        return rollout(policy, [encoded[i] for i in idx], [prompts[i] for i in idx], reward,
-                       eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, decode=decode,
-                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, generator=rollout_generator(cfg.seed, it, dist.rank + 65_536 * round_, dev),
-                       forward_batch_size=cfg.micro_batch_size, ref_policy=ref, recompute_logprobs=recompute,
-                       share_prompt=cfg.share_prompt, autocast=engine.autocast)
+        gen = rollout_generator(cfg.seed, it, dist.rank + 65_536 * round_, dev)
+        return online.sample(run, engine, policy, idx, gen, recompute_logprobs=recompute, share_prompt=cfg.share_prompt)
 
     buf: dict = {}
-    last_entropy: float | None = None
-    t0 = time.perf_counter()
     for step in engine.remaining_steps():
         it, k = divmod(step, per_iter)
         if buf.get("it") != it:
             # 1. rollout: G completions of each of this process's prompts, contiguous per prompt (prompt-major)
             ro = sample(it, 0)
-            engine.count(gen_tokens=int(ro.lengths.sum()), gen_s=ro.gen_s)
             extra, rounds, dropped = 0, 0, 0
             if cfg.dynamic_sampling:
                 # 1b. DAPO dynamic sampling (Yu et al. 2025, sec. 3.2): keep the groups whose rewards differ, refill
@@ -266,7 +265,6 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
                 while n_keep < n_local and rounds < cfg.max_sampling_rounds:
                     rounds += 1
                     more = sample(it, rounds)
-                    engine.count(gen_tokens=int(more.lengths.sum()), gen_s=more.gen_s)
                     extra += len(more.texts)
                     k_more = informative_groups(shaped_scores(more, cfg), G)
                     dropped += int((~k_more).sum())
@@ -279,34 +277,28 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
                         need -= len(take)
                         if len(take):
                             groups.append((r, (take[:, None] * G + torch.arange(G, device=take.device)).flatten()))
-                    ro = concat_rollouts(groups, tokenizer.pad_token_id)
+                    ro = concat_rollouts(groups, run.tokenizer.pad_token_id)
             # 2. advantages: group-relative (GRPO / Dr. GRPO / RLOO, one per completion) or REINFORCE++ (per token)
             scores = shaped_scores(ro, cfg)
             loss_mask = ro.mask & ro.has_eos[:, None] if cfg.mask_truncated_completions else ro.mask  # DAPO sec. 3.4
             if reinforce_pp:
                 adv, _ = reinforce_pp_advantages(scores, ro.logprobs, ro.ref_logprobs if ref is not None
-                                                 else ro.logprobs, loss_mask, cfg.beta,
+                                                 else ro.logprobs, loss_mask, cfg.kl_coef,
                                                  G if cfg.group_baseline else None, cfg.gamma)
             else:
                 adv = group_advantages(scores, G, estimator, cfg.scale_rewards)
             group_std = scores.view(-1, G).std(dim=1) if G > 1 else torch.zeros(len(scores))
-            roll_metrics = mean_over_ranks({
-                "rollout/score": ro.scores.mean().item(),
+            roll_metrics = online.rollout_metrics(ro, {
                 "rollout/score_std": group_std.mean().item(),  # within-group spread: the learning signal
-                "rollout/frac_zero_std": (group_std == 0).float().mean().item(),  # groups with no signal
-                "rollout/length": ro.lengths.float().mean().item(),
-                "rollout/eos_fraction": ro.has_eos.float().mean().item(),
-                "kl/beta": cfg.beta,
+                "rollout/frac_zero_std": (group_std == 0).float().mean().item()}, {  # groups with no signal
+                "kl/beta": cfg.kl_coef,  # the KL weight, under the key every online trainer logs it as
                 **({"rollout/overlong_penalty": (scores - ro.scores).mean().item()} if cfg.overlong_buffer else {}),
                 **({"rollout/extra_generations": float(extra), "rollout/sampling_rounds": float(rounds),
-                    "rollout/zero_signal_groups": float(dropped)} if cfg.dynamic_sampling else {}),
-                **{f"rollout/{k}": v.float().mean().item() for k, v in ro.reward_parts.items() if v.dim() <= 1}})
+                    "rollout/zero_signal_groups": float(dropped)} if cfg.dynamic_sampling else {})})
             buf = {"it": it, "ro": ro, "adv": adv, "loss_mask": loss_mask}
         ro, adv = buf["ro"], buf["adv"]
         metrics = dict(roll_metrics)
-        if monitor is not None and monitor.due(step):
-            metrics.update(monitor.run(step, policy, entropy=last_entropy))
-            monitor.save_best(policy, tokenizer)
+        online.watch(run, step, policy, metrics)
         # 3. one optimizer step on minibatch j of pass `epoch` over the rollout
         epoch, j = divmod(k, cfg.num_minibatches)
         perm = (torch.arange(c_local) if on_policy else
@@ -320,7 +312,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
         high = cfg.epsilon_low if cfg.epsilon_high is None else cfg.epsilon_high
         for micro in rows.split(cfg.micro_batch_size):
             b = ro.rows(micro)
-            lay = (rows_layout(b["input_ids"], b["response_mask"], tokenizer.pad_token_id, packed)
+            lay = (rows_layout(b["input_ids"], b["response_mask"], run.tokenizer.pad_token_id, packed)
                    if cfg.share_prompt else None)
             with engine.autocast():
                 fwd = engine.model(b["input_ids"], b["attention"], b["response_mask"], cfg.temperature,
@@ -339,7 +331,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
                 if not reinforce_pp:
                     # KL as a loss term with the k3 estimator (GRPO eq. 4; PITFALLS #3), aggregated like the loss;
                     # REINFORCE++ has it in the reward instead
-                    loss = loss + cfg.beta * aggregate(kl_k3(lp, b["ref_logprobs"]), mask, cfg.aggregation)
+                    loss = loss + cfg.kl_coef * aggregate(kl_k3(lp, b["ref_logprobs"]), mask, cfg.aggregation)
                 stats["kl/token"] += micro_weight(mask, "token_mean", mb_tokens, mb) * float(
                     masked_mean(kl_k3(lp.detach(), b["ref_logprobs"]), mask))
                 stats["kl/seq"] += len(micro) / mb * float(
@@ -355,19 +347,10 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
                 stats["policy/is_weight"] += w * float(ps["is_weight"])
         if ref is None:
             del stats["kl/token"], stats["kl/seq"]
-        metrics.update({key: v * dist.world_size for key, v in mean_over_ranks(stats).items()})
-        metrics["train/elapsed_s"] = time.perf_counter() - t0
-        last_entropy = metrics["policy/entropy"]
-        engine.step(metrics, batch_info=f"iteration {it} pass {epoch} minibatch {j}")
-        # every process stops together (the monitor runs on the main process only)
-        if mean_over_ranks({"stop": float(monitor is not None and monitor.should_stop)})["stop"] > 0:
-            print(f"{estimator}: early stop at step {engine.step_count} (no held-out improvement)")
+        # 4. log the step; early stop
+        if online.end_step(run, engine, metrics, stats, f"iteration {it} pass {epoch} minibatch {j}"):
             break
-    engine.close()
-    if dist.is_main:
-        models.save(policy, tokenizer, out, merge=cfg.merge, metadata={"stage": estimator, "steps": engine.step_count,
-                                                      "truncation": counter, "skipped_steps": engine.skipped_steps})
-    return out
+    return online.finish(run, engine, policy)
 
 
 def bench_batch_overrides(batch: int) -> dict:

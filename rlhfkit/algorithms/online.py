@@ -1,83 +1,41 @@
-"""Rollouts for online RL (PPO, GRPO, RLOO): sample, pad, score, and recompute log-probs, in numbered steps.
-
-One function, `rollout(...)`, turns a batch of encoded prompts into everything the update needs. The steps follow
-"The N Implementation Details of RLHF with PPO" (Huang et al. 2024) and Ziegler et al. 2019:
-
-  1. sample with the KV-cache sampler: prompts LEFT-padded, temperature / top-k / top-p, stop at EOS, everything
-     after the first EOS dropped (generate.sample; PITFALLS PPO #5, #6);
-  2. build RIGHT-padded prompt+response tensors and a response mask (True on response tokens, EOS included: it
-     is an action the policy took and must be credited);
-  3. score the decoded response text with the reward function (reward models see text, so a policy and a reward
-     model with different tokenizers still work);
-  4. recompute the policy's log-probs with the SAME temperature as sampling (PITFALLS #7), and the reference's,
-     and the critic's values, in chunks of `forward_batch_size` rows at the rollout's full length, so the
-     trainer's first forward on a row has the same shapes and gives bit-identical numbers: the importance ratio is
-     exactly 1 at the first update and the KL exactly 0 while policy == reference.
-
-Tensor layout (docs/DESIGN.md): input_ids / attention / response_mask are (B, T); log-probs, values and `mask` are
-(B, T-1), aligned with input_ids[:, 1:] (the token being predicted), 0 outside the mask.
+"""What the online trainers (ppo.py, grpo.py) share: their config, set-up, the rollout call, the monitor and early
+stop, and the final save. Each trainer's loop stays in its own file; these are the steps that read the same in
+both. Sampling and scoring themselves live in rlhfkit.rollout (episodes.py, score.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from rlhfkit import config as config_lib
 from rlhfkit import data as data_lib
-from rlhfkit.rollout import generate
-from rlhfkit.engine import TrainConfig
+from rlhfkit import models
+from rlhfkit.engine import TrainConfig, seed_everything, setup_distributed
 from rlhfkit.math.losses import AGGREGATIONS
-from rlhfkit.models.modeling import TokenLogprobs, adapters_disabled, rows_layout, use_packed
-
-RewardFn = Callable[[list[Any], list[str]], dict[str, torch.Tensor]]
-
-
-@dataclass
-class Rollout:
-    """A scored batch of sampled responses, ready for advantage estimation."""
-
-    prompts: list[Any]  # the prompt of each row (repeated for each of its generations)
-    texts: list[str]  # decoded responses (special tokens dropped)
-    input_ids: torch.Tensor  # (B, T) prompt + response, right-padded
-    attention: torch.Tensor  # (B, T) bool
-    response_mask: torch.Tensor  # (B, T) bool, True on response tokens (EOS included)
-    logprobs: torch.Tensor  # (B, T-1) policy log-probs at sampling time (temperature-scaled)
-    scores: torch.Tensor  # (B,) reward
-    has_eos: torch.Tensor  # (B,) bool: the response ended with EOS (not cut at max_new_tokens)
-    ref_logprobs: torch.Tensor | None = None  # (B, T-1)
-    values: torch.Tensor | None = None  # (B, T-1) critic values V(s_t) of the state before each response token
-    reward_parts: dict[str, torch.Tensor] = field(default_factory=dict)  # extra reward outputs ("std", "score/i")
-    gen_s: float = 0.0  # seconds spent sampling
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """(B, T-1) bool response mask aligned with the log-probs."""
-        return self.response_mask[:, 1:]
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """(B,) response lengths in tokens."""
-        return self.response_mask.sum(-1)
-
-    def rows(self, idx: list[int] | torch.Tensor) -> dict[str, torch.Tensor]:
-        """The tensors of a subset of rows (a micro-batch), same T as the whole rollout."""
-        out = {"input_ids": self.input_ids[idx], "attention": self.attention[idx], "mask": self.mask[idx],
-               "response_mask": self.response_mask[idx], "logprobs": self.logprobs[idx]}
-        if self.ref_logprobs is not None:
-            out["ref_logprobs"] = self.ref_logprobs[idx]
-        if self.values is not None:
-            out["values"] = self.values[idx]
-        return out
+from rlhfkit.rollout.episodes import Rollout, encode_prompts, rollout
+from rlhfkit.rollout.score import RewardFn, as_reward_fn
 
 
 # ----------------------------------------------------------------------------------------------- config
+class DeprecatedNames(type):
+    """Metaclass of the online Configs: a retired field name (the class's `DEPRECATED = {old: new}`) given to the
+    constructor in Python is renamed with the same FutureWarning that YAML and the command line give
+    (config.renamed), so `grpo.Config(beta=0.04)` keeps working."""
+
+    def __call__(cls, *args, **kwargs):
+        source = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"  # grpo.Config, grpo.ReinforcePPConfig
+        return super().__call__(*args, **config_lib.renamed(cls, kwargs, source))
+
+
 @dataclass
-class OnlineConfig(TrainConfig):
+class OnlineConfig(TrainConfig, metaclass=DeprecatedNames):
     """Settings shared by the online trainers (ppo, grpo, rloo). Batch semantics: see ppo.py's docstring."""
 
     model: str = ""
@@ -136,6 +94,17 @@ class OnlineConfig(TrainConfig):
     early_stop: bool = False
     """Stop when the monitor's held-out score has not improved for its patience."""
 
+    monitor_patience: int = 3
+    """Early stop after this many monitor evaluations without a new best held-out score (gold, else proxy)."""
+
+    def __getattr__(self, name: str):
+        """A retired field name read from Python (`cfg.beta`) answers with its new field, with a warning."""
+        new = getattr(type(self), "DEPRECATED", {}).get(name)
+        if new is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        warnings.warn(f"{type(self).__name__}.{name} is deprecated, use {new}", FutureWarning, stacklevel=2)
+        return getattr(self, new)
+
     def validate_online(self, completions_per_prompt: int = 1) -> None:
         self.validate_common()
         if not self.model or not self.data:
@@ -149,61 +118,21 @@ class OnlineConfig(TrainConfig):
                              "log-probs would come from different distributions (the ratio would not start at 1)")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation: {self.aggregation!r} is not one of {sorted(AGGREGATIONS)}")
+        if self.monitor_patience < 1:
+            raise ValueError(f"monitor_patience must be >= 1, got {self.monitor_patience}")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_model):
             raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_model)} reward sources")
         check_batch(self.rollout_batch_size * completions_per_prompt, self.num_minibatches, self.micro_batch_size,
                     self.gradient_accumulation_steps, int(os.environ.get("WORLD_SIZE", "1")))
 
+    def monitor_config(self) -> "MonitorConfig":
+        """The over-optimisation monitor's settings (diagnostics.monitor.MonitorConfig) from these fields."""
+        from rlhfkit.diagnostics.monitor import MonitorConfig
 
-# ----------------------------------------------------------------------------------------------- prompts
-def encode_prompts(tokenizer, prompts: list[Any], max_prompt_length: int, counter: dict | None = None) -> list[list[int]]:
-    """Token ids of each prompt (chat template with the generation prompt), cut from the LEFT if too long."""
-    out = []
-    for p in prompts:
-        ids = data_lib.encode_prompt(tokenizer, p)
-        if max_prompt_length and len(ids) > max_prompt_length:
-            ids = ids[-max_prompt_length:]
-            if counter is not None:
-                counter["prompt_truncated"] = counter.get("prompt_truncated", 0) + 1
-        out.append(ids)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- rewards
-def python_reward(fn: Callable[[list[str], list[str]], Any]) -> RewardFn:
-    """Wrap f(prompts: list[str], responses: list[str]) -> list[float] as a RewardFn (prompt text = the last user
-    message of a conversational prompt, as the world's judges expect)."""
-
-    def reward(prompts: list[Any], responses: list[str]) -> dict[str, torch.Tensor]:
-        out = fn([data_lib.prompt_text(p) for p in prompts], list(responses))
-        if isinstance(out, dict):
-            return out
-        return {"score": torch.as_tensor(out, dtype=torch.float32).reshape(-1)}
-
-    return reward
-
-
-def load_reward_fn(specs: list[str], weights: list[float] | None = None, device: str | torch.device = "cpu",
-                   batch_size: int = 64) -> RewardFn:
-    """A reward function from specs (reward-model dir | http://127.0.0.1:PORT | module:function), via
-    rlhfkit.models.rewards; several specs are summed with `weights` (multi-objective, components as "score/<i>")."""
-    from rlhfkit.models import rewards
-
-    if not specs:
-        raise ValueError("no reward source given: set reward_model (a reward-model directory, "
-                         "http://127.0.0.1:PORT, or module:function)")
-    if len(specs) == 1 and not weights:
-        return rewards.load_reward(specs[0], device=device, batch_size=batch_size)
-    return rewards.load_rewards(list(specs), list(weights) if weights else None, device=device, batch_size=batch_size)
-
-
-def as_reward_fn(reward: Callable | None, specs: list[str], weights: list[float] | None, device,
-                 batch_size: int = 64) -> RewardFn:
-    """A reward passed in Python wins over the specs. Like a module:function spec it is called as
-    f(prompt texts, responses) and may return a list of floats or a {"score": ...} dict."""
-    if reward is None:
-        return load_reward_fn(specs, weights, device, batch_size)
-    return python_reward(reward)
+        return MonitorConfig(prompts=self.monitor_prompts, every=self.monitor_every, gold=self.monitor_gold,
+                             n=self.monitor_n, max_new_tokens=self.monitor_max_new_tokens or self.max_new_tokens,
+                             seed=self.seed, early_stop=self.early_stop, patience=self.monitor_patience,
+                             resume=self.resume)
 
 
 # ----------------------------------------------------------------------------------------------- batching
@@ -226,95 +155,8 @@ def check_batch(completions: int, num_minibatches: int, micro_batch_size: int, g
     return mb
 
 
-def rollout_generator(seed: int, iteration: int, rank: int, device) -> torch.Generator:
-    """The sampling RNG of one iteration, from (seed, iteration, rank) alone: a resumed run samples the same
-    responses as the run it continues."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + iteration) * 1009 + rank)
 
 
-# ----------------------------------------------------------------------------------------------- the rollout
-def chunked_logprobs(model: torch.nn.Module, input_ids, attention, response_mask, temperature: float,
-                     chunk: int, share_prompt_pad_id: int | None = None) -> torch.Tensor:
-    """Log-probs (B, T-1) of the response tokens, `chunk` rows per forward (same shapes as a training micro-batch).
-    With `share_prompt_pad_id`, rows of one prompt share its forward (modeling.rows_layout; same values)."""
-    lp = TokenLogprobs(model) if not isinstance(model, TokenLogprobs) else model
-    outs = []
-    with torch.inference_mode():  # cheaper per op than no_grad; the clone below makes the result a normal tensor
-        for i in range(0, input_ids.shape[0], chunk):
-            ids, att, rm = input_ids[i:i + chunk], attention[i:i + chunk], response_mask[i:i + chunk]
-            lay = (rows_layout(ids, rm, share_prompt_pad_id, use_packed(lp.model, ids.device))
-                   if share_prompt_pad_id is not None else None)
-            outs.append(lp(ids, att, rm, temperature, layout=lay)["logprobs"])
-        out = torch.cat(outs)
-    return out.clone()  # outside inference mode: the loss may save it for backward
-
-
-@torch.no_grad()
-def chunked(fn: Callable, input_ids, attention, chunk: int) -> torch.Tensor:
-    return torch.cat([fn(input_ids[i:i + chunk], attention[i:i + chunk]) for i in range(0, input_ids.shape[0], chunk)])
-
-
-def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[Any], reward_fn: RewardFn, *,
-            eos_id: int, pad_id: int, decode: Callable[[list[int]], str], max_new_tokens: int,
-            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
-            forward_batch_size: int = 8, ref_policy: torch.nn.Module | None = None,
-            value_fn: Callable | None = None, recompute_logprobs: bool = True, share_prompt: bool = False,
-            autocast: Callable = contextlib.nullcontext) -> Rollout:
-    """Sample one response per prompt (repeat prompts for several generations), score and annotate them.
-
-    policy / ref_policy: HF causal LMs (or anything `generate.sample` and `TokenLogprobs` accept);
-    value_fn(input_ids, attention) -> (b, T-1) values; decode(ids) -> text (special tokens dropped).
-    recompute_logprobs=False leaves `logprobs` zero: a trainer doing a single on-policy update uses its own
-    forward's log-probs detached as the old ones (the ratio is then 1 by construction, and one forward is saved).
-    share_prompt: the log-prob forwards share each prompt among its rows (exact; modeling.rows_layout).
-    autocast: the trainer's autocast (Engine.autocast): sampling and the log-prob forwards run in the precision
-    the update's forwards use, so the importance ratio starts at 1 there too.
-    """
-    if temperature <= 0:
-        raise ValueError("online RL needs temperature > 0 (log-probs are divided by it)")
-    device = next(policy.parameters()).device
-    # 1. sample (left-padded prompts, KV cache, stop at EOS, truncated after it)
-    t0 = time.perf_counter()
-    with autocast():
-        s = generate.sample(policy, prompt_ids, eos_id, pad_id, max_new_tokens, temperature, top_k, top_p, generator)
-    gen_s = time.perf_counter() - t0
-    # 2. right-padded prompt+response, response mask (EOS counts: it is an action)
-    seqs = [p + r for p, r in zip(s.prompt_ids, s.response_ids)]
-    masks = [[False] * len(p) + [True] * len(r) for p, r in zip(s.prompt_ids, s.response_ids)]
-    input_ids, attention, response_mask = (x.to(device) for x in data_lib.pad_right(seqs, pad_id, masks))
-    # 3. score the decoded text
-    texts = [decode(r) for r in s.response_ids]
-    out = reward_fn(prompts, texts)
-    scores = torch.as_tensor(out["score"], dtype=torch.float32).reshape(-1).to(device)
-    if scores.shape[0] != len(texts):
-        raise ValueError(f"reward returned {scores.shape[0]} scores for {len(texts)} responses")
-    parts = {k: torch.as_tensor(v).to(device) for k, v in out.items() if k != "score"}
-    # 4. log-probs at the sampling temperature (PITFALLS #7), reference log-probs, values; same chunking as training
-    was_training = policy.training
-    policy.eval()
-    share_pad = pad_id if share_prompt else None
-    with autocast():
-        if recompute_logprobs:
-            logprobs = chunked_logprobs(policy, input_ids, attention, response_mask, temperature, forward_batch_size,
-                                        share_pad)
-        else:
-            logprobs = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=device)
-        ref = None
-        if ref_policy is not None:  # a LoRA policy serving as its own reference: its adapters off
-            with adapters_disabled(ref_policy):
-                ref = chunked_logprobs(ref_policy, input_ids, attention, response_mask, temperature,
-                                       forward_batch_size, share_pad)
-        values = chunked(value_fn, input_ids, attention, forward_batch_size) if value_fn is not None else None
-    if was_training:
-        policy.train()
-    return Rollout(prompts=list(prompts), texts=texts, input_ids=input_ids, attention=attention,
-                   response_mask=response_mask, logprobs=logprobs, scores=scores,
-                   has_eos=torch.tensor(s.has_eos, dtype=torch.bool, device=device), ref_logprobs=ref,
-                   values=values, reward_parts=parts, gen_s=gen_s)
-
-
-# ----------------------------------------------------------------------------------------------- trainer helpers
-# Shared by ppo.py and grpo.py (the two online trainers); small on purpose.
 PROMPT_TYPES = (data_lib.DataType.PROMPT, data_lib.DataType.PROMPT_COMPLETION, data_lib.DataType.PREFERENCE,
                 data_lib.DataType.UNPAIRED, data_lib.DataType.CANDIDATES)  # the types whose rows carry a `prompt`
 
@@ -348,12 +190,130 @@ def mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
 
 
-def build_monitor(cfg, tokenizer, run_dir, reward_fn, ref_model, is_main: bool):
-    """The over-optimisation monitor (rlhfkit.diagnostics.monitor) when configured, on the main process; None otherwise."""
-    if not is_main or not getattr(cfg, "monitor_prompts", "") or getattr(cfg, "monitor_every", 0) <= 0:
-        return None
-    try:
+# ----------------------------------------------------------------------------------------------- set-up
+@dataclass
+class OnlineRun:
+    """One online run's data, tokenizer and models (set_up), then its reward and monitor (start); the steps
+    below read and update it."""
+
+    cfg: OnlineConfig
+    name: str  # the stage: ppo, grpo, rloo or reinforce_pp (metrics' batch info, messages, rlhfkit.json)
+    dist: Any  # engine.setup_distributed()
+    prompts: list[Any]
+    encoded: list[list[int]]  # the prompts' token ids, cut from the left to max_prompt_length
+    counter: dict  # truncation counts
+    tokenizer: Any
+    policy: torch.nn.Module
+    ref: torch.nn.Module | None
+    reward: RewardFn | None = None
+    monitor: Any = None  # diagnostics.monitor.Monitor on the main process when configured
+    last_entropy: float | None = None  # the latest policy/entropy, handed to the monitor
+    t0: float = 0.0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def set_up(cfg: OnlineConfig, name: str, *, with_ref: bool = True,
+           before_lora: Callable | None = None) -> tuple[OnlineRun, Any]:
+    """Validate, seed, read the prompts (bad data fails before any model loads), load the tokenizer, the policy
+    (LoRA applied) and the frozen reference. before_lora(policy, tokenizer) runs on the policy before its adapters
+    (PPO's critic); its result is returned alongside."""
+    cfg.validate()
+    seed_everything(cfg.seed)
+    dist = setup_distributed()
+    prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)
+    tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+    models.check_quantization(cfg.load_in_4bit)
+    policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, load_in_4bit=cfg.load_in_4bit)
+    extra = before_lora(policy, tokenizer) if before_lora is not None else None
+    policy = models.apply_lora(policy, cfg, cfg.model)
+    ref = None
+    if with_ref:
+        # The reference is the INITIAL policy (copied before a resume loads trained weights; under LoRA the policy
+        # itself with its adapters off) or ref_model; frozen.
+        ref = models.reference_policy(policy, cfg.ref_model, tokenizer, cfg.trust_remote_code)
+        if ref is not policy:
+            ref.to(dist.device)
+    counter: dict = {}
+    encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
+    return OnlineRun(cfg, name, dist, prompts, encoded, counter, tokenizer, policy, ref), extra
+
+
+def start(run: OnlineRun, engine, reward_fn: Callable | None) -> None:
+    """Once the Engine exists: the reward (a Python reward_fn wins over cfg.reward_model), the monitor on the main
+    process, config.yaml and the truncation counts."""
+    cfg = run.cfg
+    run.reward = as_reward_fn(reward_fn, cfg.reward_model, cfg.reward_weights or None, engine.dist.device,
+                              cfg.reward_batch_size)
+    if run.dist.is_main and cfg.monitor_prompts and cfg.monitor_every > 0:
         from rlhfkit.diagnostics.monitor import Monitor
-    except ImportError:  # an older checkout without the monitor
-        return None
-    return Monitor.from_config(cfg, tokenizer, run_dir, proxy=reward_fn, ref_model=ref_model)
+
+        run.monitor = Monitor.from_config(cfg.monitor_config(), run.tokenizer, run.out, proxy=run.reward,
+                                          ref_model=run.ref)
+    if run.dist.is_main:
+        config_lib.save(cfg, run.out / "config.yaml")
+        if run.counter:
+            print(f"{run.name}: truncation counts {run.counter}")
+    run.t0 = time.perf_counter()
+
+
+# ----------------------------------------------------------------------------------------------- the loop's steps
+def sample(run: OnlineRun, engine, policy: torch.nn.Module, idx: list[int], generator: torch.Generator,
+           **kwargs) -> Rollout:
+    """Rollout (rollout.episodes.rollout) of the prompts `idx`: sampled, scored, log-probs at the sampling
+    temperature in micro-batch-sized chunks under the engine's autocast; counted by the engine."""
+    cfg, tok = run.cfg, run.tokenizer
+    ro = rollout(policy, [run.encoded[i] for i in idx], [run.prompts[i] for i in idx], run.reward,
+                 eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=run.decode,
+                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                 generator=generator, forward_batch_size=cfg.micro_batch_size, ref_policy=run.ref,
+                 autocast=engine.autocast, **kwargs)
+    engine.count(gen_tokens=int(ro.lengths.sum()), gen_s=ro.gen_s)
+    return ro
+
+
+def rollout_metrics(ro: Rollout, first: dict[str, float], last: dict[str, float]) -> dict[str, float]:
+    """A rollout's metrics, averaged over processes: its mean score, the trainer's `first` numbers, length, EOS
+    fraction, the trainer's `last` numbers, and the reward's extra outputs (ensemble std, components)."""
+    return mean_over_ranks({
+        "rollout/score": ro.scores.mean().item(), **first,
+        "rollout/length": ro.lengths.float().mean().item(),
+        "rollout/eos_fraction": ro.has_eos.float().mean().item(), **last,
+        **{f"rollout/{k}": v.float().mean().item() for k, v in ro.reward_parts.items() if v.dim() <= 1}})
+
+
+def watch(run: OnlineRun, step: int, policy: torch.nn.Module, metrics: dict[str, float]) -> None:
+    """The over-optimisation monitor, when due: its numbers join this step's metrics, and run_dir/best/ is written
+    on a new best held-out score."""
+    if run.monitor is not None and run.monitor.due(step):
+        metrics.update(run.monitor.run(step, policy, entropy=run.last_entropy))
+        run.monitor.save_best(policy, run.tokenizer)
+
+
+def end_step(run: OnlineRun, engine, metrics: dict[str, float], stats: dict[str, float], batch_info: str) -> bool:
+    """One optimizer step and its log line; `stats` are this process's weighted sums over its micro-batches,
+    summed here over processes. True when the monitor asks for an early stop."""
+    metrics.update({key: v * run.dist.world_size for key, v in mean_over_ranks(stats).items()})
+    metrics["train/elapsed_s"] = time.perf_counter() - run.t0
+    run.last_entropy = metrics["policy/entropy"]
+    engine.step(metrics, batch_info=batch_info)
+    # every process stops together (the monitor runs on the main process only)
+    if mean_over_ranks({"stop": float(run.monitor is not None and run.monitor.should_stop)})["stop"] > 0:
+        print(f"{run.name}: early stop at step {engine.step_count} (no held-out improvement)")
+        return True
+    return False
+
+
+def finish(run: OnlineRun, engine, policy: torch.nn.Module, **metadata) -> Path:
+    """Close the engine and save the final policy (main process) with its rlhfkit.json metadata."""
+    engine.close()
+    if run.dist.is_main:
+        models.save(policy, run.tokenizer, run.out, merge=run.cfg.merge,
+                    metadata={"stage": run.name, "steps": engine.step_count, **metadata, "truncation": run.counter,
+                              "skipped_steps": engine.skipped_steps})
+    return run.out

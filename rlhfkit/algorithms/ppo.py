@@ -29,25 +29,22 @@ an iteration. gradient_accumulation_steps 2 instead would be an error: 64 / 4 = 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from rlhfkit import config as config_lib
 from rlhfkit import models
 from rlhfkit.math.advantages import explained_variance, gae, kl_penalised_rewards, whiten
-from rlhfkit.engine import Engine, StepSampler, seed_everything, setup_distributed, total_steps
+from rlhfkit.engine import Engine, StepSampler, total_steps
 from rlhfkit.math.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.math.logprobs import masked_mean
 from rlhfkit.math.losses import entropy_bonus, ppo_policy_loss, value_loss
 from rlhfkit.models.modeling import TokenLogprobs, backbone, position_ids
-from rlhfkit.algorithms.online import (
-    OnlineConfig, Rollout, as_reward_fn, build_monitor, check_batch, encode_prompts, load_prompts, mean_over_ranks,
-    micro_weight, rollout, rollout_generator,
-)
+from rlhfkit.algorithms import online
+from rlhfkit.algorithms.online import OnlineConfig, check_batch, mean_over_ranks, micro_weight
+from rlhfkit.rollout.episodes import Rollout, rollout_generator
 
 
 @dataclass
@@ -181,78 +178,45 @@ def ppo_advantages(ro: Rollout, beta: float, cfg: Config) -> dict[str, torch.Ten
 def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
     """Run PPO. `reward_fn` (Python API only) overrides cfg.reward_model: a RewardFn or
     f(prompts, responses) -> list[float]."""
-    cfg.validate()
-    seed_everything(cfg.seed)
-    dist = setup_distributed()
-    out = Path(cfg.output_dir)
-    prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)  # before any model loads
-    tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    models.check_quantization(cfg.load_in_4bit)
-    policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, load_in_4bit=cfg.load_in_4bit)
-    value = build_value(cfg, policy, tokenizer)
-    policy = models.apply_lora(policy, cfg, cfg.model)
-    # The reference is the INITIAL policy (copied before a resume loads trained weights; under LoRA the policy
-    # itself with its adapters off) or ref_model; frozen.
-    ref = models.reference_policy(policy, cfg.ref_model, tokenizer, cfg.trust_remote_code)
-    if ref is not policy:
-        ref.to(dist.device)
-    module = PolicyAndValue(policy, value)
-    counter: dict = {}
-    encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
+    # 0. set-up: prompts, policy, critic (built before the policy's LoRA adapters), reference, engine, reward
+    run, value = online.set_up(cfg, "ppo", before_lora=lambda policy, tok: build_value(cfg, policy, tok))
+    dist = run.dist
+    module = PolicyAndValue(run.policy, value)
     mb = check_batch(cfg.rollout_batch_size, cfg.num_minibatches, cfg.micro_batch_size,
                      cfg.gradient_accumulation_steps, dist.world_size)
     per_iter = cfg.ppo_epochs * cfg.num_minibatches
-    sampler = StepSampler(len(prompts), cfg.rollout_batch_size, cfg.seed)
+    sampler = StepSampler(len(run.prompts), cfg.rollout_batch_size, cfg.seed)
     n_steps = total_steps(cfg, sampler.steps_per_epoch * per_iter)
     ctl = (AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
            else FixedKLController(cfg.kl_coef))
     engine = Engine(cfg, module, n_steps, name="ppo", dist_info=dist, extra_state={"kl_ctl": ctl.state_dict()})
     ctl.load_state_dict(engine.extra_state["kl_ctl"])  # the resumed controller state, if any
     dev = engine.dist.device
-    reward = as_reward_fn(reward_fn, cfg.reward_model, cfg.reward_weights or None, dev, cfg.reward_batch_size)
-    monitor = build_monitor(cfg, tokenizer, out, reward, ref, dist.is_main)
-    if dist.is_main:
-        config_lib.save(cfg, out / "config.yaml")
-        if counter:
-            print(f"ppo: truncation counts {counter}")
+    online.start(run, engine, reward_fn)
     n_local, mb_local = cfg.rollout_batch_size // dist.world_size, mb // dist.world_size
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     buf: dict[str, Any] = {}
-    last_entropy: float | None = None
-    t0 = time.perf_counter()
     for step in engine.remaining_steps():
         it, k = divmod(step, per_iter)
         if buf.get("it") != it:
             # 1. rollout: this process's share of the iteration's prompts; log-probs, reference, values
             idx = sampler.indices(it)[dist.rank * n_local:(dist.rank + 1) * n_local]
-            ro = rollout(module.policy, [encoded[i] for i in idx], [prompts[i] for i in idx], reward,
-                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, decode=decode,
-                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                         top_p=cfg.top_p, generator=rollout_generator(cfg.seed, it, dist.rank, dev),
-                         forward_batch_size=cfg.micro_batch_size, ref_policy=ref, value_fn=module.value,
-                         autocast=engine.autocast)
-            engine.count(gen_tokens=int(ro.lengths.sum()), gen_s=ro.gen_s)
+            ro = online.sample(run, engine, module.policy, idx, rollout_generator(cfg.seed, it, dist.rank, dev),
+                               value_fn=module.value)
             # 2-5. KL-shaped rewards, GAE, whitening (with the beta of this iteration)
             beta = ctl.value
             a = ppo_advantages(ro, beta, cfg)
-            roll_metrics = mean_over_ranks({
-                "rollout/score": ro.scores.mean().item(),
+            roll_metrics = online.rollout_metrics(ro, {
                 "rollout/reward_total": a["reward_total"].mean().item(),
                 "kl/seq": a["kl"].sum(-1).mean().item(),  # sequence KL (k1 summed over tokens), PITFALLS #3
-                "kl/beta": beta,
-                "rollout/length": ro.lengths.float().mean().item(),
-                "rollout/eos_fraction": ro.has_eos.float().mean().item(),
-                "value/explained_variance": explained_variance(ro.values, a["returns"], ro.mask).item(),
-                **{f"rollout/{k}": v.float().mean().item() for k, v in ro.reward_parts.items() if v.dim() <= 1}})
+                "kl/beta": beta}, {
+                "value/explained_variance": explained_variance(ro.values, a["returns"], ro.mask).item()})
             # 6. adaptive KL controller (Ziegler et al. 2019, sec. 2.2): n_steps = episodes in this batch
             ctl.update(roll_metrics["kl/seq"], cfg.rollout_batch_size)
             engine.extra_state["kl_ctl"] = ctl.state_dict()
             buf = {"it": it, "ro": ro, **a}
         ro = buf["ro"]
         metrics = dict(roll_metrics)
-        if monitor is not None and monitor.due(step):
-            metrics.update(monitor.run(step, module.policy, entropy=last_entropy))
-            monitor.save_best(module.policy, tokenizer)
+        online.watch(run, step, module.policy, metrics)
         # 7. one optimizer step on minibatch k % num_minibatches of epoch k // num_minibatches
         epoch, j = divmod(k, cfg.num_minibatches)
         perm = torch.randperm(n_local, generator=torch.Generator().manual_seed(cfg.seed * 7919 + it * 131 + epoch))
@@ -280,21 +244,10 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
                            ("policy/ratio", ps["ratio"]), ("value/clipfrac", vs["vf_clipfrac"]),
                            ("policy/entropy", masked_mean(fwd["entropy"], b["mask"]))):
                 stats[key] += w * float(v.detach())
-        # weighted sums over this process's share -> sums over all processes
-        metrics.update({key: v * dist.world_size for key, v in mean_over_ranks(stats).items()})
-        metrics["train/elapsed_s"] = time.perf_counter() - t0
-        last_entropy = metrics["policy/entropy"]
-        engine.step(metrics, batch_info=f"iteration {it} epoch {epoch} minibatch {j}")
-        # every process stops together (the monitor runs on the main process only)
-        if mean_over_ranks({"stop": float(monitor is not None and monitor.should_stop)})["stop"] > 0:
-            print(f"ppo: early stop at step {engine.step_count} (no held-out improvement)")
+        # 8. log the step (weighted sums over this process's share -> sums over all processes); early stop
+        if online.end_step(run, engine, metrics, stats, f"iteration {it} epoch {epoch} minibatch {j}"):
             break
-    engine.close()
-    if dist.is_main:
-        models.save(module.policy, tokenizer, out, merge=cfg.merge,
-                    metadata={"stage": "ppo", "steps": engine.step_count, "kl_coef": ctl.value, "truncation": counter,
-                              "skipped_steps": engine.skipped_steps})
-    return out
+    return online.finish(run, engine, module.policy, kl_coef=ctl.value)
 
 
 def bench_batch_overrides(batch: int) -> dict:

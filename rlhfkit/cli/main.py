@@ -16,7 +16,7 @@ import typing
 
 import click
 
-# name -> (module, entry function, one-line help)
+# name -> (module, entry function, one-line help); "module:attribute" names an object holding Config and the entry
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("rlhfkit.demo", "run", "Run the whole pipeline on the built-in world and write a report."),
     "tokenizer": ("rlhfkit.data.tokenizer", "train", "Train a byte-level BPE tokenizer with a chat template."),
@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ppo": ("rlhfkit.algorithms.ppo", "train", "PPO with a KL-penalised reward, value model and GAE."),
     "grpo": ("rlhfkit.algorithms.grpo", "train", "GRPO: group-normalised advantages, KL as a loss term."),
     "rloo": ("rlhfkit.algorithms.grpo", "train_rloo", "RLOO: leave-one-out baselines."),
-    "reinforce-pp": ("rlhfkit.algorithms.reinforce_pp", "train",
+    "reinforce-pp": ("rlhfkit.algorithms.grpo:reinforce_pp", "train",
                      "REINFORCE++: token-level KL reward, returns normalised over the batch."),
     "merge": ("rlhfkit.tools.merge", "run", "Merge a saved LoRA adapter into its base model (plain transformers weights)."),
     "bon": ("rlhfkit.algorithms.bon", "run", "Best-of-n sampling with a reward model (optional rejection-sampling SFT)."),
@@ -68,7 +68,9 @@ def config_command(name: str, module_name: str, entry: str, help_text: str) -> c
     """A click command whose options are the fields of `module.Config`."""
     from rlhfkit import config as config_lib
 
-    module = importlib.import_module(module_name)
+    module_path, _, attr = module_name.partition(":")
+    module = importlib.import_module(module_path)
+    module = getattr(module, attr) if attr else module
     cls = module.Config
     hints = typing.get_type_hints(cls)
     docs = config_lib.field_docs(cls)

@@ -139,6 +139,32 @@ def is_world_gold(spec_or_fn: Any) -> bool:
     return spec_or_fn is gold_reward
 
 
+@dataclass(frozen=True)
+class Judge:
+    """A gold / held-out judge: its reward function, and whether it is the world's gold judge (rlhfkit.world), which
+    also reports per-component scores and bad-style rates on world prompts."""
+
+    fn: RewardFn
+    world: bool = False
+
+    @classmethod
+    def load(cls, spec: str) -> "Judge":
+        """A judge from a spec (load_judge); the world's gold spec (WORLD_GOLD) gives the world's judge."""
+        return cls(load_judge(spec), world=is_world_gold(spec))
+
+    @classmethod
+    def of(cls, judge: "Judge | str | RewardFn") -> "Judge":
+        """A Judge from a Judge, a spec or a plain reward function."""
+        if isinstance(judge, Judge):
+            return judge
+        if isinstance(judge, str):
+            return cls.load(judge)
+        return cls(judge, world=is_world_gold(judge))
+
+    def __call__(self, prompts: list, responses: list[str]) -> Any:
+        return self.fn(prompts, responses)
+
+
 # ----------------------------------------------------------------------------------------------- models
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The causal LM inside DDP / TokenLogprobs wrappers."""
@@ -244,9 +270,13 @@ def win_rate_between(samples_a: list[dict], samples_b: list[dict], key: str = "g
 
 
 def evaluate_texts(prompt_rows: list[dict], texts: list[str], lengths: list[int], *, judges: dict[str, RewardFn],
-                   world: bool = False, proxy: str | None = None, reference: dict | None = None,
-                   self_bleu_sample: int = 64, seed: int = 0) -> dict[str, Any]:
+                   gold: Judge | str | RewardFn | None = None, proxy: str | None = None,
+                   reference: dict | None = None, self_bleu_sample: int = 64, seed: int = 0) -> dict[str, Any]:
     """Every statistic that needs only the responses (not the model). See `evaluate_policy` for the keys."""
+    gold = None if gold is None else Judge.of(gold)
+    world = gold is not None and gold.world
+    if gold is not None and not world:  # any other gold judge is scored like the named ones, as "gold"
+        judges = {**judges, "gold": gold.fn}
     prompts = [r["prompt"] for r in prompt_rows]
     kinds = [_kind(r, world) for r in prompt_rows]
     ptexts = [data_lib.prompt_text(p) for p in prompts]
@@ -311,11 +341,13 @@ def evaluate_texts(prompt_rows: list[dict], texts: list[str], lengths: list[int]
 
 def evaluate_policy(policy_model, tokenizer, prompt_rows: list[dict], *, judges: dict[str, RewardFn] | None = None,
                     reference: dict | None = None, ref_model=None, ref_name: str = "sft", max_new_tokens: int = 64,
-                    temperature: float = 1.0, seed: int = 42, world: bool = False, proxy: str | None = None,
-                    batch_size: int = 64, self_bleu_sample: int = 64) -> dict[str, Any]:
-    """Sample `policy_model` on `prompt_rows` (fixed seed) and measure it. Returns:
+                    temperature: float = 1.0, seed: int = 42, gold: Judge | str | RewardFn | None = None,
+                    proxy: str | None = None, batch_size: int = 64, self_bleu_sample: int = 64) -> dict[str, Any]:
+    """Sample `policy_model` on `prompt_rows` (fixed seed) and measure it. `gold`: a gold / held-out Judge (or a
+    spec or function, Judge.of); the world's gold judge adds components and style rates on world prompts. Returns:
 
-      gold, gold_se, gold_components, style_rates   (world=True: the world's gold judge on world prompts)
+      gold, gold_se                                 (with a gold judge)
+      gold_components, style_rates                  (the world's gold judge on world prompts)
       judges: {name: {mean, se, disagreement?}}; proxy (the `proxy` judge, default the first one that is not
       "gold"), disagreement (its ensemble std)
       win_rate_vs_<name>: {mean, low, high, wins, ties, losses, n} for each `reference` (name -> samples, or an
@@ -330,7 +362,7 @@ def evaluate_policy(policy_model, tokenizer, prompt_rows: list[dict], *, judges:
     p_ids, r_ids, eos, texts = sample_responses(policy_model, tokenizer, prompts, max_new_tokens, temperature, seed,
                                                 batch_size)
     lengths = response_lengths(r_ids, tokenizer.eos_token_id)
-    res = evaluate_texts(prompt_rows, texts, lengths, judges=judges or {}, world=world, proxy=proxy,
+    res = evaluate_texts(prompt_rows, texts, lengths, judges=judges or {}, gold=gold, proxy=proxy,
                          reference=reference, self_bleu_sample=self_bleu_sample, seed=seed)
     res["finished_rate"] = M.mean([float(e) for e in eos])
     if ref_model is not None and temperature > 0:
@@ -370,15 +402,13 @@ def run(cfg: Config) -> dict[str, Any]:
 
     cfg.validate()
     torch.manual_seed(cfg.seed)
-    world = is_world_gold(cfg.gold) if cfg.gold else False
     judges: dict[str, RewardFn] = {name: load_judge(spec) for name, spec in cfg.judges.items()}
-    if cfg.gold and not world:
-        judges["gold"] = load_judge(cfg.gold)
+    gold = Judge.load(cfg.gold) if cfg.gold else None
     named = [_named(s) for s in cfg.policies]
     rows: list[dict] = []
     if cfg.prompts:
         rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
-    elif world:
+    elif gold is not None and gold.world:
         from rlhfkit.world import WorldConfig, heldout_prompts
 
         rows = heldout_prompts(WorldConfig())  # the default world's held-out split
@@ -404,7 +434,7 @@ def run(cfg: Config) -> dict[str, Any]:
                 ref_model = models.load_causal_lm(cfg.ref_model, tok, cfg.trust_remote_code).to(model.device)
             res = evaluate_policy(model, tok, rows, judges=judges, ref_model=ref_model, ref_name="ref",
                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
-                                  world=world, batch_size=cfg.batch_size, self_bleu_sample=cfg.self_bleu_sample)
+                                  gold=gold, batch_size=cfg.batch_size, self_bleu_sample=cfg.self_bleu_sample)
             res["length_unit"] = "tokens"
         else:  # pre-generated samples: scored as they are; no KL (there is no policy to score them under)
             srows = _load_sample_file(path)
@@ -416,7 +446,7 @@ def run(cfg: Config) -> dict[str, Any]:
                 lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
             else:
                 lengths = [len(t.split()) for t in texts]
-            res = evaluate_texts(srows, texts, lengths, judges=judges, world=world,
+            res = evaluate_texts(srows, texts, lengths, judges=judges, gold=gold,
                                  self_bleu_sample=cfg.self_bleu_sample, seed=cfg.seed)
             res["length_unit"] = "tokens" if cfg.tokenizer else "words"
         res["source"] = path

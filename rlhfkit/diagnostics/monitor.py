@@ -1,6 +1,6 @@
 """The over-optimisation monitor: is the policy improving, or learning to fool the reward model?
 
-Used inside the online trainers (ppo, grpo, rloo) and dpo. Every `monitor_every` steps it samples the policy on a
+Used inside the online trainers (ppo, grpo, rloo, reinforce-pp). Every `monitor_every` steps it samples the policy on a
 fixed held-out probe set and records, in run_dir/monitor.jsonl:
   proxy       the trainer's reward (the reward model it optimises), mean over probes
   gold        a gold / held-out judge, when given (the world's gold, a second reward model, ...)
@@ -17,12 +17,13 @@ Sampling is at temperature 1 with the same seed at every evaluation (common rand
 two evaluations is the policy's, not the dice's), and temperature 1 is what makes the Monte-Carlo KL an
 estimate of KL(policy || reference) of the distributions being trained.
 
-    monitor = Monitor.from_config(cfg, tokenizer, run_dir, proxy=reward_fn, ref_model=ref)  # None when off
+    monitor = Monitor.from_config(MonitorConfig(prompts="probe.jsonl", every=10), tokenizer, run_dir,
+                                  proxy=reward_fn, ref_model=ref)  # None when off
     ...
     if monitor is not None and monitor.due(step):
         metrics.update(monitor.run(step, policy, entropy=last_entropy))  # entropy: optional
         monitor.save_best(policy, tokenizer)          # run_dir/best/ when this step is the best so far
-        if monitor.should_stop: break                 # only with cfg.early_stop
+        if monitor.should_stop: break                 # only with early_stop
 
 Call it on the main process (rank 0) only; it writes files. With early stop under DDP, broadcast should_stop.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,30 @@ from rlhfkit.diagnostics import metrics as M
 
 ALARM_KINDS = ("proxy_up_gold_down", "length_drift", "disagreement_rising", "diversity_collapse",
                "entropy_collapse")
+
+
+@dataclass
+class MonitorConfig:
+    """What a trainer hands the monitor (the online trainers' monitor_* fields, OnlineConfig.monitor_config)."""
+
+    prompts: str = ""
+    """Held-out probe prompt file ("" disables the monitor)."""
+    every: int = 0
+    """Evaluate every N optimizer steps (0: never)."""
+    gold: str = ""
+    """Gold / held-out judge spec (evaluate.Judge.load); "" for none."""
+    n: int = 64
+    """Probe prompts used (the first n; 0: all)."""
+    max_new_tokens: int = 64
+    """Tokens per probe response."""
+    seed: int = 0
+    """Sampling seed, the same at every evaluation."""
+    early_stop: bool = False
+    """Let should_stop say stop once `patience` evaluations pass without a new best."""
+    patience: int = 3
+    """Evaluations without a new best held-out score before should_stop (with early_stop)."""
+    resume: bool = False
+    """Re-read an earlier monitor.jsonl / alarms.jsonl in the run directory instead of starting afresh."""
 
 
 class Monitor:
@@ -56,15 +82,13 @@ class Monitor:
     """diversity_collapse fires below ratio x the starting distinct-2."""
     entropy_ratio: float = 0.3
     """entropy_collapse fires below ratio x the starting policy entropy (set by the constructor argument)."""
-    patience: int = 3
-    """Early stop after this many evaluations without a new best (gold, else proxy)."""
     batch_size: int = 64
     """Probe prompts per generation batch."""
 
     def __init__(self, prompts: list, tokenizer, run_dir: str | Path, *, every: int, proxy=None, gold=None,
                  ref_model=None, max_new_tokens: int = 64, seed: int = 0, early_stop: bool = False,
-                 temperature: float = 1.0, world_gold: bool = False, kinds: list | None = None,
-                 resume: bool = False, entropy_ratio: float = 0.3):
+                 temperature: float = 1.0, kinds: list | None = None, resume: bool = False,
+                 entropy_ratio: float = 0.3, patience: int = 3):
         if every < 1:
             raise ValueError("monitor: every must be >= 1")
         self.prompts = list(prompts)
@@ -73,13 +97,21 @@ class Monitor:
         self.run_dir = Path(run_dir)
         self.every = every
         self.proxy = proxy
-        self.gold = gold
+        # gold: an evaluate.Judge (a spec or a plain function is wrapped: Judge.of), which knows whether it is the
+        # world's gold judge and so has components to report
+        self.gold = None
+        if gold is not None:
+            from rlhfkit.diagnostics.evaluate import Judge
+
+            self.gold = Judge.of(gold)
         self.ref_model = ref_model
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.early_stop = early_stop
         self.temperature = temperature
-        self.world_gold = world_gold
+        if patience < 1:
+            raise ValueError(f"monitor: patience must be >= 1, got {patience}")
+        self.patience = patience
         if not 0 < entropy_ratio < 1:
             raise ValueError(f"monitor: entropy_ratio must be in (0, 1), got {entropy_ratio}")
         self.entropy_ratio = entropy_ratio
@@ -100,37 +132,19 @@ class Monitor:
 
     # ------------------------------------------------------------------------------------------- building
     @classmethod
-    def from_config(cls, cfg, tokenizer, run_dir, proxy=None, ref_model=None) -> "Monitor | None":
-        """A monitor from a trainer config, or None when cfg.monitor_prompts is empty or cfg.monitor_every is 0.
-
-        Reads (each optional, with defaults): monitor_prompts, monitor_every (0), monitor_gold (""),
-        monitor_n (64), monitor_max_new_tokens (0 -> max_new_tokens, else 64), early_stop (False),
-        monitor_patience (3), seed (0), resume (False)."""
-        prompts_path = getattr(cfg, "monitor_prompts", "") or ""
-        every = int(getattr(cfg, "monitor_every", 0) or 0)
-        if not prompts_path or every <= 0:
+    def from_config(cls, cfg: MonitorConfig, tokenizer, run_dir, proxy=None, ref_model=None) -> "Monitor | None":
+        """A monitor from its settings, or None when cfg.prompts is empty or cfg.every is 0."""
+        if not cfg.prompts or cfg.every <= 0:
             return None
         from rlhfkit import data as data_lib
 
-        rows = data_lib.load_rows(prompts_path)
-        n = int(getattr(cfg, "monitor_n", 64) or 0)
-        if n > 0:
-            rows = rows[:n]
-        gold_spec = getattr(cfg, "monitor_gold", "") or ""
-        gold = None
-        world_gold = False
-        if gold_spec:
-            from rlhfkit.diagnostics.evaluate import is_world_gold, load_judge
-
-            gold = load_judge(gold_spec)
-            world_gold = is_world_gold(gold_spec)
-        max_new = int(getattr(cfg, "monitor_max_new_tokens", 0) or 0) or int(getattr(cfg, "max_new_tokens", 64) or 64)
-        mon = cls([r["prompt"] for r in rows], tokenizer, run_dir, every=every, proxy=proxy, gold=gold,
-                  ref_model=ref_model, max_new_tokens=max_new, seed=int(getattr(cfg, "seed", 0)),
-                  early_stop=bool(getattr(cfg, "early_stop", False)), world_gold=world_gold,
-                  kinds=[r.get("kind", r.get("category")) for r in rows], resume=bool(getattr(cfg, "resume", False)))
-        mon.patience = int(getattr(cfg, "monitor_patience", cls.patience) or cls.patience)
-        return mon
+        rows = data_lib.load_rows(cfg.prompts)
+        if cfg.n > 0:
+            rows = rows[:cfg.n]
+        return cls([r["prompt"] for r in rows], tokenizer, run_dir, every=cfg.every, proxy=proxy,
+                   gold=cfg.gold or None, ref_model=ref_model, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                   early_stop=cfg.early_stop, kinds=[r.get("kind", r.get("category")) for r in rows],
+                   resume=cfg.resume, patience=cfg.patience)
 
     def _load(self) -> None:
         """Resume: re-read earlier records and alarms, so trends and the best step carry over."""
@@ -175,7 +189,7 @@ class Monitor:
         if self.gold is not None:
             gscores, _ = call_judge(self.gold, self.prompts, texts)
             rec["gold"] = M.mean(gscores)
-            if self.world_gold:
+            if self.gold.world:
                 from rlhfkit import data as data_lib
                 from rlhfkit.world import COMPONENTS, gold
 

@@ -1,0 +1,79 @@
+"""Scoring for online RL: reward functions over (prompt, response text), and the chunked log-prob and value
+forwards of a rollout.
+
+Reward functions see text, so a policy and a reward model with different tokenizers still work. The log-prob
+forwards run `chunk` rows at a time at the rollout's full length: the same shapes as a training micro-batch, so
+the trainer's first forward on a row gives bit-identical numbers (the importance ratio is exactly 1 at the first
+update and the KL exactly 0 while policy == reference; Huang et al. 2024, "The N Implementation Details of RLHF
+with PPO").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from rlhfkit import data as data_lib
+from rlhfkit.models.modeling import TokenLogprobs, rows_layout, use_packed
+
+RewardFn = Callable[[list[Any], list[str]], dict[str, torch.Tensor]]
+
+
+# ----------------------------------------------------------------------------------------------- rewards
+def python_reward(fn: Callable[[list[str], list[str]], Any]) -> RewardFn:
+    """Wrap f(prompts: list[str], responses: list[str]) -> list[float] as a RewardFn (prompt text = the last user
+    message of a conversational prompt, as the world's judges expect)."""
+
+    def reward(prompts: list[Any], responses: list[str]) -> dict[str, torch.Tensor]:
+        out = fn([data_lib.prompt_text(p) for p in prompts], list(responses))
+        if isinstance(out, dict):
+            return out
+        return {"score": torch.as_tensor(out, dtype=torch.float32).reshape(-1)}
+
+    return reward
+
+
+def load_reward_fn(specs: list[str], weights: list[float] | None = None, device: str | torch.device = "cpu",
+                   batch_size: int = 64) -> RewardFn:
+    """A reward function from specs (reward-model dir | http://127.0.0.1:PORT | module:function), via
+    rlhfkit.models.rewards; several specs are summed with `weights` (multi-objective, components as "score/<i>")."""
+    from rlhfkit.models import rewards
+
+    if not specs:
+        raise ValueError("no reward source given: set reward_model (a reward-model directory, "
+                         "http://127.0.0.1:PORT, or module:function)")
+    if len(specs) == 1 and not weights:
+        return rewards.load_reward(specs[0], device=device, batch_size=batch_size)
+    return rewards.load_rewards(list(specs), list(weights) if weights else None, device=device, batch_size=batch_size)
+
+
+def as_reward_fn(reward: Callable | None, specs: list[str], weights: list[float] | None, device,
+                 batch_size: int = 64) -> RewardFn:
+    """A reward passed in Python wins over the specs. Like a module:function spec it is called as
+    f(prompt texts, responses) and may return a list of floats or a {"score": ...} dict."""
+    if reward is None:
+        return load_reward_fn(specs, weights, device, batch_size)
+    return python_reward(reward)
+
+
+# ----------------------------------------------------------------------------------------------- log-probs
+def chunked_logprobs(model: torch.nn.Module, input_ids, attention, response_mask, temperature: float,
+                     chunk: int, share_prompt_pad_id: int | None = None) -> torch.Tensor:
+    """Log-probs (B, T-1) of the response tokens, `chunk` rows per forward (same shapes as a training micro-batch).
+    With `share_prompt_pad_id`, rows of one prompt share its forward (modeling.rows_layout; same values)."""
+    lp = TokenLogprobs(model) if not isinstance(model, TokenLogprobs) else model
+    outs = []
+    with torch.inference_mode():  # cheaper per op than no_grad; the clone below makes the result a normal tensor
+        for i in range(0, input_ids.shape[0], chunk):
+            ids, att, rm = input_ids[i:i + chunk], attention[i:i + chunk], response_mask[i:i + chunk]
+            lay = (rows_layout(ids, rm, share_prompt_pad_id, use_packed(lp.model, ids.device))
+                   if share_prompt_pad_id is not None else None)
+            outs.append(lp(ids, att, rm, temperature, layout=lay)["logprobs"])
+        out = torch.cat(outs)
+    return out.clone()  # outside inference mode: the loss may save it for backward
+
+
+@torch.no_grad()
+def chunked(fn: Callable, input_ids, attention, chunk: int) -> torch.Tensor:
+    return torch.cat([fn(input_ids[i:i + chunk], attention[i:i + chunk]) for i in range(0, input_ids.shape[0], chunk)])
