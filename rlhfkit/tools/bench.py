@@ -20,9 +20,13 @@ import resource
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import click
+
+from rlhfkit.engine.logs import plain
 
 # trainer -> (module, entry, sample unit, fixed config overrides)
 TRAINERS: dict[str, tuple[str, str, str, dict]] = {
@@ -37,6 +41,48 @@ TRAINERS: dict[str, tuple[str, str, str, dict]] = {
 
 
 ONLINE = ("ppo", "grpo", "rloo")  # their tokens mix generated and trained ones: no steady training MFU
+
+
+class Throughput:
+    """One run's counters, kept by its Engine (`engine.count(...)`) and written to the run directory as
+    timing.json, which `bench_trainer` reads: samples and non-pad tokens that reach the loss, generated tokens and
+    generation seconds for online trainers, each optimizer step's seconds and the cumulative tokens at its end, the
+    last logged loss, and the training loop's wall time (model loading and the final save excluded)."""
+
+    def __init__(self, model):
+        self.timing: dict[str, Any] = {"samples": 0, "tokens": 0, "gen_tokens": 0, "gen_s": 0.0, "step_s": [],
+                                       "step_tokens": [],
+                                       "n_params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())}
+        self.t_start: float | None = None
+        self.t_end: float | None = None
+
+    def start(self, now: float) -> None:
+        self.t_start = now
+
+    def end(self, now: float) -> None:
+        self.t_end = now
+
+    def count(self, samples: int = 0, tokens: int = 0, gen_tokens: int = 0, gen_s: float = 0.0) -> None:
+        t = self.timing
+        t["samples"] += samples
+        t["tokens"] += tokens
+        t["gen_tokens"] += gen_tokens
+        t["gen_s"] += gen_s
+
+    def step(self, seconds: float, loss) -> None:
+        t = self.timing
+        t["step_s"].append(seconds)
+        t["step_tokens"].append(t["tokens"] + t["gen_tokens"])  # cumulative: mfu_steady differences them
+        t["final_loss"] = plain(loss)
+
+    def write(self, run_dir: Path) -> None:
+        """timing.json, once the training loop has started."""
+        if self.t_start is None:
+            return
+        t = dict(self.timing)
+        t["loop_s"] = (self.t_end or time.perf_counter()) - self.t_start
+        t["steps_run"] = len(t["step_s"])
+        (Path(run_dir) / "timing.json").write_text(json.dumps(t))
 
 
 def _extra_options(args: list[str]) -> dict[str, str]:
