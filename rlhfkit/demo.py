@@ -166,9 +166,9 @@ def _candidates(ctx: Context, prompts: str, split: str, offset: int) -> str:
     parts = []
     for i, (model, n) in enumerate((("sft", k - k // 2), ("base", k // 2))):
         out = ctx.path("prefs", f"candidates_{split}_{model}.jsonl")
-        sample.run(sample.Config(model=ctx.path(model), prompts=prompts, output=out, num_responses=n,
-                                 max_new_tokens=ctx.s["max_new_tokens"], temperature=1.0,
-                                 seed=ctx.cfg.seed + offset + 100 * i))
+        sample.write_candidates(sample.Config(model=ctx.path(model), prompts=prompts, output=out, num_responses=n,
+                                              max_new_tokens=ctx.s["max_new_tokens"], temperature=1.0,
+                                              seed=ctx.cfg.seed + offset + 100 * i))
         parts.append(data_lib.read_jsonl(out))
     rows = [dict(a, responses=a["responses"] + b["responses"], finished=a.get("finished", []) + b.get("finished", []))
             for a, b in zip(*parts)]
