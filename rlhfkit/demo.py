@@ -1,7 +1,7 @@
 """`rlhfkit demo`: the whole RLHF pipeline on the built-in world, on a laptop, with a report at the end.
 
     rlhfkit demo                      # runs/demo/summary.json and runs/demo/report.html
-    rlhfkit demo --seed 3 --out runs/demo-3
+    rlhfkit demo --seed 3 --output-dir runs/demo-3
     rlhfkit demo --force              # redo every stage
 
 Stages run in order, each through the same commands a user runs on a Hugging Face model (`tokenizer`,
@@ -40,6 +40,8 @@ from rlhfkit import config as config_lib
 
 @dataclass
 class Config:
+    FLAGS = {"out": "--output-dir"}  # the command line's name for a destination directory (--out: alias)
+
     out: str = "runs/demo"
     """Output directory: summary.json, report.html and one subdirectory per stage."""
     seed: int = 0
