@@ -50,9 +50,9 @@ class Throughput:
     last logged loss, and the training loop's wall time (model loading and the final save excluded)."""
 
     def __init__(self, model):
+        n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
         self.timing: dict[str, Any] = {"samples": 0, "tokens": 0, "gen_tokens": 0, "gen_s": 0.0, "step_s": [],
-                                       "step_tokens": [],
-                                       "n_params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())}
+                                       "step_tokens": [], "n_params": n_params}
         self.t_start: float | None = None
         self.t_end: float | None = None
 
