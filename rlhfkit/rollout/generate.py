@@ -226,15 +226,25 @@ def _sample_static(decoder, logits: torch.Tensor, eos_id: int, max_new_tokens: i
 def run(cfg: Config) -> Path:
     cfg.validate()  # as the command line does (config.resolve)
     torch.manual_seed(cfg.seed)
+    model, tokenizer, rows = load_inputs(cfg)
+    out_rows = generate_rows(model, tokenizer, rows, cfg)
+    out = write_output(cfg, out_rows)
+    print(f"generate: {len(out_rows)} samples -> {out}")
+    return out
+
+
+def load_inputs(cfg: SamplingConfig) -> tuple[Any, Any, list[dict]]:
+    """(model on the inference device, tokenizer, the prompt rows up to `limit`) for `generate` and `sample`."""
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code).to(models.inference_device())
     rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
-    if cfg.limit:
-        rows = rows[: cfg.limit]
-    out_rows = generate_rows(model, tokenizer, rows, cfg)
-    out = data_lib.write_jsonl(out_rows, cfg.output)
+    return model, tokenizer, rows[: cfg.limit] if cfg.limit else rows
+
+
+def write_output(cfg: SamplingConfig, rows: list[dict]) -> Path:
+    """`cfg.output`, and the config beside it (OUTPUT.config.yaml) so the file can be reproduced."""
+    out = data_lib.write_jsonl(rows, cfg.output)
     config_lib.save(cfg, Path(str(out) + ".config.yaml"))
-    print(f"generate: {len(out_rows)} samples -> {out}")
     return out
 
 

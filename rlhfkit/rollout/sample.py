@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfkit import config as config_lib
 from rlhfkit import data as data_lib
 from rlhfkit.rollout import generate
-from rlhfkit import models
 
 
 @dataclass
@@ -64,14 +62,9 @@ def write_candidates(cfg: Config) -> Path:
     """`run` without the check that the file alone makes pairs: the demo writes one policy's share of a candidates
     file at a time (one response each from two policies, at K = 2) and joins the shares itself."""
     generate.SamplingConfig.validate(cfg)
-    tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code).to(models.inference_device())
-    rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
-    if cfg.limit:
-        rows = rows[: cfg.limit]
+    model, tokenizer, rows = generate.load_inputs(cfg)
     out_rows = candidate_rows(model, tokenizer, rows, cfg)
-    out = data_lib.write_jsonl(out_rows, cfg.output)
-    config_lib.save(cfg, Path(str(out) + ".config.yaml"))
+    out = generate.write_output(cfg, out_rows)
     n_done = sum(sum(r["finished"]) for r in out_rows)
     print(f"sample: {len(out_rows)} prompts x {cfg.num_responses} responses ({n_done} ended with EOS) -> {out}")
     return out
