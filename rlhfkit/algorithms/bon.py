@@ -8,7 +8,7 @@ is an upper bound, tight when the reward has no ties):
 
 reported next to the outputs, so best-of-n sits on the same gold-vs-KL plot as PPO and DPO (Rafailov et al. 2023,
 Fig. 2). With `finetune`, the chosen responses become an SFT dataset (rejection sampling / "RAFT" / expert
-iteration) trained as `rlhfkit sft` trains (algorithms/lm_loop.py).
+iteration) trained as `rlhfkit sft` trains (algorithms/lm_step.py).
 
     from rlhfkit import bon
     bon.run(bon.Config(model="runs/sft", prompts="prompts.jsonl", reward_model=["runs/rm"], n=8))
@@ -27,7 +27,7 @@ from rlhfkit import config as config_lib
 from rlhfkit import data as data_lib
 from rlhfkit import models
 from rlhfkit.rollout.generate import sample
-from rlhfkit.algorithms.lm_loop import FinetuneConfig, finetune
+from rlhfkit.algorithms.lm_step import FinetuneConfig, finetune
 from rlhfkit.rollout.episodes import encode_prompts
 from rlhfkit.rollout.score import load_reward_fn
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from rlhfkit import data as data_lib
 from rlhfkit import models
 from rlhfkit.engine import TrainConfig, seed_everything
-from rlhfkit.algorithms.lm_loop import train_on_examples
+from rlhfkit.algorithms.lm_step import train_on_examples
 
 
 @dataclass

@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhfkit.algorithms.lm_loop import FinetuneConfig, finetune
+from rlhfkit.algorithms.lm_step import FinetuneConfig, finetune
 
 
 @dataclass
 class Config(FinetuneConfig):
-    """Every field is lm_loop.FinetuneConfig's (shared with `bon --finetune`)."""
+    """Every field is lm_step.FinetuneConfig's (shared with `bon --finetune`)."""
 
 
 def train(cfg: Config) -> Path:
