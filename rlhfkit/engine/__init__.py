@@ -20,8 +20,8 @@ and 1 process x 2 accumulated micro-batches produce the same gradient (DDP avera
 multiplies by world_size to turn that average back into a sum).
 
 Beside this file: `distributed` (the torchrun process group), `logs` (metrics.jsonl, TensorBoard / wandb, the
-progress bar), `checkpoint` (crash-safe checkpoints). The throughput counters behind each run's timing.json are
-`rlhfkit bench`'s (tools/bench.py `Throughput`); the engine only feeds them.
+progress bar), `checkpoint` (crash-safe checkpoints). Throughput counting is not the engine's: `rlhfkit bench`
+watches the engines a trainer builds through `observed` (tools/bench.py `Throughput`, which writes timing.json).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -276,6 +276,22 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+# ----------------------------------------------------------------------------------------------- observers
+_OBSERVERS: list[Callable[[Engine], Any]] = []
+
+
+@contextlib.contextmanager
+def observed(make: Callable[[Engine], Any]):
+    """Within the block, every Engine built is watched by `make(engine)`: an object with start(now),
+    count(samples, tokens, gen_tokens, gen_s), step(seconds, metrics), end(now) and close(). So a benchmark counts a
+    trainer's work (tools/bench.py `Throughput`) while the trainer and the engine know nothing of benchmarks."""
+    _OBSERVERS.append(make)
+    try:
+        yield
+    finally:
+        _OBSERVERS.remove(make)
+
+
 # ----------------------------------------------------------------------------------------------- the engine
 class Engine:
     """Holds the model (DDP-wrapped when distributed), optimizer, scheduler, checkpoints and logs for one run."""
@@ -327,9 +343,7 @@ class Engine:
         self._progress = None
         self._task = None
         self._t_last = time.perf_counter()
-        from rlhfkit.tools.bench import Throughput  # here, not at the top: tools/ sits above the engine
-
-        self.throughput = Throughput(model)  # every run writes timing.json, not only `rlhfkit bench` runs
+        self.observers = [make(self) for make in _OBSERVERS]
 
     # -- data
     def my_micro_batches(self, global_indices: list[int]) -> list[list[int]]:
@@ -348,11 +362,14 @@ class Engine:
             if progress is not None:
                 self._task = progress.add_task(self.name, total=self.total_steps, completed=self.step_count, info="")
             self._t_last = time.perf_counter()
-            self.throughput.start(self._t_last)
+            for o in self.observers:
+                o.start(self._t_last)
             while self.step_count < self.total_steps:
                 yield self.step_count
         self._progress = None
-        self.throughput.end(time.perf_counter())  # the loop's wall time ends here, before the final checkpoint
+        end = time.perf_counter()  # the loop's wall time ends here, before the final checkpoint
+        for o in self.observers:
+            o.end(end)
         if self.cfg.save_every == 0 and self.step_count > start:
             # save_every 0 is one checkpoint, at the end: --resume then finds the run finished (or extends it with a
             # larger max_steps) instead of finding no checkpoint. Reached only when the loop ran to the end.
@@ -431,7 +448,8 @@ class Engine:
         self.step_count += 1
         now = time.perf_counter()
         metrics.update({"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/step_s": now - self._t_last})
-        self.throughput.step(now - self._t_last, metrics.get("train/loss", float("nan")))
+        for o in self.observers:
+            o.step(now - self._t_last, metrics)
         self._t_last = now
         if self.dist.is_main and (self.step_count % cfg.log_every == 0 or self.step_count == self.total_steps
                                   or abort):
@@ -493,19 +511,15 @@ class Engine:
                   f"{self.total_steps}; nothing left to train (raise --max-steps to train on)")
 
     def count(self, samples: int = 0, tokens: int = 0, gen_tokens: int = 0, gen_s: float = 0.0) -> None:
-        """Add to the throughput counters (this process's share): tools.bench.Throughput.count."""
-        self.throughput.count(samples, tokens, gen_tokens, gen_s)
-
-    @property
-    def timing(self) -> dict[str, Any]:
-        """The throughput counters so far (what timing.json holds, less the loop's wall time)."""
-        return self.throughput.timing
+        """Report work done to the observers (this process's share): samples and non-pad tokens that reach the loss,
+        generated tokens and the seconds spent generating them."""
+        for o in self.observers:
+            o.count(samples, tokens, gen_tokens, gen_s)
 
     def close(self) -> None:
-        """Close logs and write timing.json (tools.bench.Throughput.write), on the main process."""
         self.log.close()
-        if self.dist.is_main:
-            self.throughput.write(self.run_dir)
+        for o in self.observers:
+            o.close()
 
 
 def rng_state() -> dict[str, Any]:
