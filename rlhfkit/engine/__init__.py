@@ -43,7 +43,7 @@ from rlhfkit.engine import checkpoint
 from rlhfkit.engine.distributed import (  # noqa: F401  (the engine's front door: trainers import these from here)
     Dist, _leave_process_group, all_reduce_sum, barrier, setup_distributed,
 )
-from rlhfkit.engine.logs import MetricsLog, plain, progress_bar, progress_info, read_metrics  # noqa: F401
+from rlhfkit.engine.logs import MetricsLog, progress_bar, progress_info, read_metrics  # noqa: F401
 
 
 @dataclass
