@@ -1,7 +1,7 @@
 """`rlhfkit demo`: the whole RLHF pipeline on the built-in world, on a laptop, with a report at the end.
 
     rlhfkit demo                      # runs/demo/summary.json and runs/demo/report.html
-    rlhfkit demo --seed 3 --out runs/demo-3
+    rlhfkit demo --seed 3 --output-dir runs/demo-3
     rlhfkit demo --force              # redo every stage
 
 Stages run in order, each through the same commands a user runs on a Hugging Face model (`tokenizer`,
@@ -40,6 +40,8 @@ from rlhfkit import config as config_lib
 
 @dataclass
 class Config:
+    FLAGS = {"out": "--output-dir"}  # the command line's name for a destination directory (--out: alias)
+
     out: str = "runs/demo"
     """Output directory: summary.json, report.html and one subdirectory per stage."""
     seed: int = 0
@@ -166,9 +168,9 @@ def _candidates(ctx: Context, prompts: str, split: str, offset: int) -> str:
     parts = []
     for i, (model, n) in enumerate((("sft", k - k // 2), ("base", k // 2))):
         out = ctx.path("prefs", f"candidates_{split}_{model}.jsonl")
-        sample.run(sample.Config(model=ctx.path(model), prompts=prompts, output=out, num_responses=n,
-                                 max_new_tokens=ctx.s["max_new_tokens"], temperature=1.0,
-                                 seed=ctx.cfg.seed + offset + 100 * i))
+        sample.write_candidates(sample.Config(model=ctx.path(model), prompts=prompts, output=out, num_responses=n,
+                                              max_new_tokens=ctx.s["max_new_tokens"], temperature=1.0,
+                                              seed=ctx.cfg.seed + offset + 100 * i))
         parts.append(data_lib.read_jsonl(out))
     rows = [dict(a, responses=a["responses"] + b["responses"], finished=a.get("finished", []) + b.get("finished", []))
             for a, b in zip(*parts)]

@@ -103,6 +103,8 @@ def run_rlhfkit(a) -> dict:
 
     from rlhfkit.diagnostics import eval_rm
     from rlhfkit.algorithms import rm
+    from rlhfkit.engine import observed
+    from rlhfkit.tools.bench import Throughput
 
     if a.device == "cpu" and torch.cuda.is_available():
         raise SystemExit("rlhfkit's engine takes CUDA when it sees it: run with CUDA_VISIBLE_DEVICES= for --device cpu")
@@ -111,7 +113,8 @@ def run_rlhfkit(a) -> dict:
     cfg = rm.Config(model=a.model, data=str(a.work / "train.jsonl"), output_dir=str(out), max_steps=a.steps,
                     micro_batch_size=a.batch, learning_rate=a.lr, lr_scheduler="linear", max_length=a.max_length,
                     seed=a.seed, threads=a.threads, progress=False, normalize=False)
-    rm.train(cfg)
+    with observed(Throughput):  # writes timing.json, as under `rlhfkit bench`
+        rm.train(cfg)
     t = json.loads((out / "timing.json").read_text())
     ev = eval_rm.run(eval_rm.Config(reward=str(out), data=str(a.work / "eval.jsonl"), output=str(out / "eval.json"),
                                     batch_size=64))

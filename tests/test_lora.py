@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 from conftest import kill_when_checkpointed, toy_rows, write_jsonl
 from test_dpo import pref_rows
 from rlhfkit import data as data_lib
-from rlhfkit.algorithms import dpo, grpo, ppo, rm, sft
+from rlhfkit.algorithms import dpo, grpo, lm_step, ppo, rm, sft
 from rlhfkit.rollout import fastdecode
 from rlhfkit import models
 from rlhfkit.engine import TrainConfig, read_metrics
@@ -108,7 +108,7 @@ def capture_saved(monkeypatch, module) -> dict:
 def test_only_adapters_train_and_every_adapter_does(toy_dir, pref, tmp_path, monkeypatch, trainer):
     """After a few steps every frozen weight is bit-identical to the base model's and every LoRA tensor (A and B of
     every adapted layer) differs from its initial value; the checkpoint holds the adapters alone."""
-    seen = capture_saved(monkeypatch, sft if trainer == "sft" else dpo)
+    seen = capture_saved(monkeypatch, lm_step if trainer == "sft" else dpo)
     out = tmp_path / trainer
     if trainer == "sft":
         sft.train(sft_cfg(toy_dir, out, save_every=2))
@@ -180,7 +180,7 @@ def test_saved_adapter_loads_in_plain_peft_and_merges_to_the_same_model(toy_dir,
     """The run dir is a standard peft adapter: transformers + peft.PeftModel.from_pretrained give the trained
     model's log-probs; rlhfkit's loaders take the directory as a model (merged); --merge writes a full model that
     plain transformers loads; `rlhfkit merge` writes the same."""
-    seen = capture_saved(monkeypatch, sft)
+    seen = capture_saved(monkeypatch, lm_step)
     out = sft.train(sft_cfg(toy_dir, tmp_path / "run"))
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
     assert not (out / "model.safetensors").exists()

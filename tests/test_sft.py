@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from conftest import toy_rows
 from rlhfkit.rollout import generate
-from rlhfkit.algorithms import pretrain, sft
+from rlhfkit.algorithms import lm_step, pretrain, sft
 from rlhfkit.engine import read_metrics
 
 
@@ -100,7 +100,7 @@ def test_packed_layout_trains_as_padded_rows(toy_dir, tmp_path, monkeypatch):
         return [r["train/loss"] for r in read_metrics(out)]
 
     padded = run("padded")
-    monkeypatch.setattr(sft, "use_packed", lambda model, device: True)
+    monkeypatch.setattr(lm_step, "use_packed", lambda model, device: True)
     packed = run("packed")
     assert len(packed) == 4 and packed[0] > 1
     assert packed == __import__("pytest").approx(padded, rel=1e-5)

@@ -8,7 +8,7 @@ is an upper bound, tight when the reward has no ties):
 
 reported next to the outputs, so best-of-n sits on the same gold-vs-KL plot as PPO and DPO (Rafailov et al. 2023,
 Fig. 2). With `finetune`, the chosen responses become an SFT dataset (rejection sampling / "RAFT" / expert
-iteration) trained with rlhfkit.algorithms.sft.
+iteration) trained as `rlhfkit sft` trains (algorithms/lm_step.py).
 
     from rlhfkit import bon
     bon.run(bon.Config(model="runs/sft", prompts="prompts.jsonl", reward_model=["runs/rm"], n=8))
@@ -27,6 +27,7 @@ from rlhfkit import config as config_lib
 from rlhfkit import data as data_lib
 from rlhfkit import models
 from rlhfkit.rollout.generate import sample
+from rlhfkit.algorithms.lm_step import FinetuneConfig, finetune
 from rlhfkit.rollout.episodes import encode_prompts
 from rlhfkit.rollout.score import load_reward_fn
 
@@ -161,11 +162,9 @@ def run(cfg: Config) -> Path:
           f"KL {summary['kl_analytic']:.4g} nats -> {out / 'bon.jsonl'}")
     # 4. optional rejection-sampling fine-tuning on the chosen responses
     if cfg.finetune:
-        from rlhfkit.algorithms import sft
-
-        sft.train(sft.Config(model=cfg.model, tokenizer=cfg.tokenizer, data=str(out / "bon.jsonl"),
-                             output_dir=str(out / "sft"), max_steps=cfg.finetune_steps,
-                             learning_rate=cfg.finetune_learning_rate, seed=cfg.seed,
-                             micro_batch_size=min(8, len(out_rows)), progress=False,
-                             trust_remote_code=cfg.trust_remote_code))
+        finetune(FinetuneConfig(model=cfg.model, tokenizer=cfg.tokenizer, data=str(out / "bon.jsonl"),
+                                output_dir=str(out / "sft"), max_steps=cfg.finetune_steps,
+                                learning_rate=cfg.finetune_learning_rate, seed=cfg.seed,
+                                micro_batch_size=min(8, len(out_rows)), progress=False,
+                                trust_remote_code=cfg.trust_remote_code))
     return out

@@ -15,7 +15,7 @@ from pathlib import Path
 from rlhfkit import data as data_lib
 from rlhfkit import models
 from rlhfkit.engine import TrainConfig, seed_everything
-from rlhfkit.algorithms.sft import train_on_examples
+from rlhfkit.algorithms.lm_step import train_on_examples
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Config(TrainConfig):
     world's 1 M-parameter model collapsed the embeddings of tokens that are unpredictable where they first
     appear (object names and colours: mean pairwise cosine 0.87-0.92 after pretraining), because the
     tied output layer pushes them towards one vector to spread probability evenly. The input then cannot tell
-    them apart, so nothing can be copied from the prompt (docs/benchmarks.md, session 9)."""
+    them apart, so nothing can be copied from the prompt (docs/benchmarks.md)."""
     learning_rate: float = 1e-3
     """Peak AdamW learning rate."""
     warmup_steps: int = 20
@@ -64,6 +64,7 @@ class Config(TrainConfig):
 
 
 def train(cfg: Config) -> Path:
+    cfg.validate()  # as the command line does (config.resolve)
     seed_everything(cfg.seed)
     rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid,  # before any model loads
                               expect=[data_lib.DataType.LM])

@@ -247,6 +247,7 @@ def micro_batch_inputs(ps: PairSet, uniq: list[int], pad_id: int, share_prompt: 
 # ----------------------------------------------------------------------------------------------- training
 def train(cfg: Config) -> Path:
     """Train one reward model, or `ensemble_size` members; returns the output directory."""
+    cfg.validate()  # as the command line does (config.resolve)
     out = Path(cfg.output_dir)
     if cfg.ensemble_size == 1:
         return train_one(cfg)

@@ -132,7 +132,8 @@ def import_items(
 @app.command()
 def export(
     db: str = DB,
-    out: Path = typer.Option(..., "--out", "-o", help="Output JSONL (TRL preference rows); '-' for stdout."),
+    out: Path = typer.Option(..., "--output", "--out", "-o",
+                             help="Output JSONL (TRL preference rows); '-' for stdout."),
     ties: str = typer.Option("drop", help="drop | keep: ties and 'both bad' labels (kept rows get outcome=tie/both_bad)."),
     rank_pairs: str = typer.Option("all", help="all | adjacent | best-worst: pairs taken from a ranking."),
 ) -> None:

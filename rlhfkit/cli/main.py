@@ -47,7 +47,9 @@ GROUPS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _option_for(f: dataclasses.Field, hint, doc: str) -> click.Option:
+def _option_for(f: dataclasses.Field, hint, doc: str, canonical: str = "") -> click.Option:
+    """The option of one config field; `canonical` (from the Config's FLAGS) is its spelling in --help, the
+    field's own flag then an alias that still parses."""
     flag = "--" + f.name.replace("_", "-")
     default = f.default if f.default is not dataclasses.MISSING else (
         f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
@@ -61,7 +63,8 @@ def _option_for(f: dataclasses.Field, hint, doc: str) -> click.Option:
         return click.Option([f"{flag}/--no-{f.name.replace('_', '-')}", f.name], default=None, help=doc + shown)
     kind = typing.get_origin(inner)
     extra = " (comma-separated)" if kind in (list, tuple) else " (key=value,...)" if kind is dict else ""
-    return click.Option([flag, f.name], default=None, help=doc + extra + shown, metavar="VALUE")
+    flags = [canonical, flag] if canonical and canonical != flag else [flag]
+    return click.Option([*flags, f.name], default=None, help=doc + extra + shown, metavar="VALUE")
 
 
 def config_command(name: str, module_name: str, entry: str, help_text: str) -> click.Command:
@@ -78,7 +81,11 @@ def config_command(name: str, module_name: str, entry: str, help_text: str) -> c
         click.Option(["--config", "config_file"], default=None, metavar="YAML",
                      help="YAML file of config values (command-line options override it).")
     ]
-    params += [_option_for(f, hints[f.name], docs.get(f.name, "")) for f in dataclasses.fields(cls)]
+    # One name per concept across commands: a destination directory is --output-dir, a destination file --output.
+    # A Config whose field is named otherwise (kept for its Python API) maps it in FLAGS = {field: "--flag"}.
+    canonical = getattr(cls, "FLAGS", {})
+    params += [_option_for(f, hints[f.name], docs.get(f.name, ""), canonical.get(f.name, ""))
+               for f in dataclasses.fields(cls)]
     # retired names still parse (config.renamed maps them and warns); hidden from --help
     params += [click.Option(["--" + old.replace("_", "-"), old], default=None, hidden=True)
                for old in getattr(cls, "DEPRECATED", {})]

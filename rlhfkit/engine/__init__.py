@@ -18,28 +18,32 @@ step; each process runs 2 forward/backward passes of 4 examples. An inexact divi
 Losses are normalised by a denominator of the global batch (examples or tokens), so 2 processes x 1 micro-batch
 and 1 process x 2 accumulated micro-batches produce the same gradient (DDP averages over ranks, so backward()
 multiplies by world_size to turn that average back into a sum).
+
+Beside this file: `distributed` (the torchrun process group), `logs` (metrics.jsonl, TensorBoard / wandb, the
+progress bar), `checkpoint` (crash-safe checkpoints). Throughput counting is not the engine's: `rlhfkit bench`
+watches the engines a trainer builds through `observed` (tools/bench.py `Throughput`, which writes timing.json).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import json
 import math
-import os
 import random
 import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from rlhfkit.engine import checkpoint
+from rlhfkit.engine.distributed import (  # noqa: F401  (the engine's front door: trainers import these from here)
+    Dist, _leave_process_group, all_reduce_sum, barrier, setup_distributed,
+)
+from rlhfkit.engine.logs import MetricsLog, progress_bar, progress_info, read_metrics  # noqa: F401
 
 
 @dataclass
@@ -149,60 +153,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         self.validate_common()
-
-
-# ----------------------------------------------------------------------------------------------- distribution
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed() -> Dist:
-    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA); single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        # torch._dynamo (imported by transformers' model code) keeps 10 references to a process group that exists
-        # when it is first imported, so destroy_process_group cannot free it: its gloo threads outlive the
-        # interpreter and abort a rank at exit ("terminate called without an active exception"; 4 of 42
-        # two-process KTO runs, 0 of 40 after). Imported before the group exists, it holds none.
-        import torch._dynamo as _dynamo  # noqa: F401  (binds only _dynamo: `torch` stays the module global)
-
-        dist.init_process_group(backend=backend)
-        # Leave the group before the interpreter tears down, so its threads are joined while Python still runs.
-        atexit.register(_leave_process_group)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device)
-
-
-def _leave_process_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def seed_everything(seed: int) -> None:
@@ -322,92 +272,24 @@ def enable_gradient_checkpointing(module: torch.nn.Module) -> int:
     return n
 
 
-# ----------------------------------------------------------------------------------------------- logging
-class MetricsLog:
-    """metrics.jsonl (one record per logged step) plus optional TensorBoard / wandb mirrors."""
-
-    def __init__(self, run_dir: Path, cfg: TrainConfig, enabled: bool, resume_step: int = 0):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = self.wandb = None
-        if not enabled:
-            return
-        if resume_step >= 0 and self.path.exists():
-            # Drop records a crashed run wrote after the checkpoint we resume from, so every step appears once.
-            keep = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by the crash
-                if rec.get("step", 0) <= resume_step:
-                    keep.append(line)
-            self.path.write_text("".join(k + "\n" for k in keep))
-        # a fresh run (resume_step < 0) starts a fresh log; a resumed one appends after the kept records
-        self.file = open(self.path, "a" if resume_step >= 0 else "w", buffering=1)
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        if cfg.wandb_project:
-            import wandb  # credentials come from the environment (WANDB_API_KEY), never from config files
-
-            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), resume="allow")
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        rec = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self.file.write(json.dumps(rec) + "\n")
-        if self.tb is not None:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(rec, step=step)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            if self.tb is not None:
-                self.tb.close()
-            if self.wandb is not None:
-                self.wandb.finish()
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN; keep it visible
-    return v
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-
-
-def progress_bar(enabled: bool):
-    """A rich progress bar with ETA; a no-op context when disabled or not on the main process."""
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        transient=False,
-    )
-
-
 class NonFiniteError(RuntimeError):
     pass
+
+
+# ----------------------------------------------------------------------------------------------- observers
+_OBSERVERS: list[Callable[[Engine], Any]] = []
+
+
+@contextlib.contextmanager
+def observed(make: Callable[[Engine], Any]):
+    """Within the block, every Engine built is watched by `make(engine)`: an object with start(now),
+    count(samples, tokens, gen_tokens, gen_s), step(seconds, metrics), end(now) and close(). So a benchmark counts a
+    trainer's work (tools/bench.py `Throughput`) while the trainer and the engine know nothing of benchmarks."""
+    _OBSERVERS.append(make)
+    try:
+        yield
+    finally:
+        _OBSERVERS.remove(make)
 
 
 # ----------------------------------------------------------------------------------------------- the engine
@@ -461,12 +343,7 @@ class Engine:
         self._progress = None
         self._task = None
         self._t_last = time.perf_counter()
-        # Throughput counters for `rlhfkit bench` (BENCHMARKS.md semantics): samples and non-pad tokens that
-        # reach the loss, generated tokens and generation seconds for online trainers.
-        self.timing: dict[str, Any] = {"samples": 0, "tokens": 0, "gen_tokens": 0, "gen_s": 0.0, "step_s": [], "step_tokens": [],
-                                       "n_params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())}
-        self._t_start: float | None = None
-        self._t_end: float | None = None
+        self.observers = [make(self) for make in _OBSERVERS]
 
     # -- data
     def my_micro_batches(self, global_indices: list[int]) -> list[list[int]]:
@@ -484,11 +361,15 @@ class Engine:
             self._progress = progress
             if progress is not None:
                 self._task = progress.add_task(self.name, total=self.total_steps, completed=self.step_count, info="")
-            self._t_start = self._t_last = time.perf_counter()
+            self._t_last = time.perf_counter()
+            for o in self.observers:
+                o.start(self._t_last)
             while self.step_count < self.total_steps:
                 yield self.step_count
         self._progress = None
-        self._t_end = time.perf_counter()  # the loop's wall time ends here, before the final checkpoint
+        end = time.perf_counter()  # the loop's wall time ends here, before the final checkpoint
+        for o in self.observers:
+            o.end(end)
         if self.cfg.save_every == 0 and self.step_count > start:
             # save_every 0 is one checkpoint, at the end: --resume then finds the run finished (or extends it with a
             # larger max_steps) instead of finding no checkpoint. Reached only when the loop ran to the end.
@@ -567,16 +448,14 @@ class Engine:
         self.step_count += 1
         now = time.perf_counter()
         metrics.update({"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/step_s": now - self._t_last})
-        self.timing["step_s"].append(now - self._t_last)
-        self.timing["step_tokens"].append(self.timing["tokens"] + self.timing["gen_tokens"])  # cumulative
-        self.timing["final_loss"] = _plain(metrics.get("train/loss", float("nan")))
+        for o in self.observers:
+            o.step(now - self._t_last, metrics)
         self._t_last = now
         if self.dist.is_main and (self.step_count % cfg.log_every == 0 or self.step_count == self.total_steps
                                   or abort):
             self.log.log(self.step_count, metrics)
         if self._progress is not None:
-            info = "  ".join(f"{k.split('/')[-1]}={_fmt(v)}" for k, v in metrics.items() if k in _SHOWN)
-            self._progress.update(self._task, advance=1, info=info)
+            self._progress.update(self._task, advance=1, info=progress_info(metrics))
         if abort:  # step_count numbers this step as metrics.jsonl does (from 1)
             raise NonFiniteError(
                 f"{self.nonfinite_run} consecutive steps with a non-finite loss or gradient norm; last at step "
@@ -632,29 +511,15 @@ class Engine:
                   f"{self.total_steps}; nothing left to train (raise --max-steps to train on)")
 
     def count(self, samples: int = 0, tokens: int = 0, gen_tokens: int = 0, gen_s: float = 0.0) -> None:
-        """Add to the throughput counters (this process's share)."""
-        t = self.timing
-        t["samples"] += samples
-        t["tokens"] += tokens
-        t["gen_tokens"] += gen_tokens
-        t["gen_s"] += gen_s
+        """Report work done to the observers (this process's share): samples and non-pad tokens that reach the loss,
+        generated tokens and the seconds spent generating them."""
+        for o in self.observers:
+            o.count(samples, tokens, gen_tokens, gen_s)
 
     def close(self) -> None:
-        """Close logs and write timing.json (loop wall time and counters, read by `rlhfkit bench`)."""
         self.log.close()
-        if self._t_start is not None and self.dist.is_main:
-            t = dict(self.timing)
-            t["loop_s"] = (self._t_end or time.perf_counter()) - self._t_start
-            t["steps_run"] = len(t["step_s"])
-            (self.run_dir / "timing.json").write_text(json.dumps(t))
-
-
-_SHOWN = ("train/loss", "rewards/accuracy", "rollout/score", "kl/seq", "train/grad_norm")
-
-
-def _fmt(v: Any) -> str:
-    v = v.item() if isinstance(v, torch.Tensor) else v
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+        for o in self.observers:
+            o.close()
 
 
 def rng_state() -> dict[str, Any]:

@@ -28,21 +28,22 @@ from rlhfkit.models.modeling import position_ids
 
 
 @dataclass
-class Config:
+class SamplingConfig:
+    """What `generate` and `sample` share: the model, the prompt file, the output file and the sampler's settings.
+    Each command adds how many samples it draws per prompt (`num_samples`, `num_responses`)."""
+
     model: str = ""
-    """Model to sample from: a local directory or hub id."""
+    """Model to sample from: a local directory or hub id of a causal LM."""
     tokenizer: str = ""
     """Tokenizer (default: the model's)."""
     prompts: str = ""
-    """Prompt file or hub id: any rows with a `prompt` column (string or messages); other columns are copied."""
+    """Prompt file or hub id: rows with a `prompt` column (string or messages); other columns are copied."""
     output: str = "samples.jsonl"
     """Output JSONL: each input row plus `completion` (same representation as the prompt) and `sample`."""
     split: str = "train"
     """Split for hub dataset ids."""
     column_map: dict[str, str] = field(default_factory=dict)
     """Rename columns before use, e.g. question=prompt."""
-    num_samples: int = 1
-    """Samples per prompt."""
     max_new_tokens: int = 64
     """Maximum tokens generated per sample."""
     temperature: float = 1.0
@@ -52,11 +53,11 @@ class Config:
     top_k: int = 0
     """Top-k filtering (0: off)."""
     batch_size: int = 64
-    """Prompts per generation batch."""
+    """Sequences (prompt x sample) per generation batch."""
     max_prompt_length: int = 512
     """Prompts longer than this are cut from the left (counted)."""
     seed: int = 42
-    """Sampling seed."""
+    """Sampling seed: the same seed gives the same samples."""
     limit: int = 0
     """Use only the first N prompts (0: all)."""
     trust_remote_code: bool = False
@@ -67,6 +68,12 @@ class Config:
             raise ValueError("model and prompts are required")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+@dataclass
+class Config(SamplingConfig):
+    num_samples: int = 1
+    """Samples per prompt."""
 
 
 @dataclass
@@ -217,16 +224,27 @@ def _sample_static(decoder, logits: torch.Tensor, eos_id: int, max_new_tokens: i
 
 
 def run(cfg: Config) -> Path:
+    cfg.validate()  # as the command line does (config.resolve)
     torch.manual_seed(cfg.seed)
+    model, tokenizer, rows = load_inputs(cfg)
+    out_rows = generate_rows(model, tokenizer, rows, cfg)
+    out = write_output(cfg, out_rows)
+    print(f"generate: {len(out_rows)} samples -> {out}")
+    return out
+
+
+def load_inputs(cfg: SamplingConfig) -> tuple[Any, Any, list[dict]]:
+    """(model on the inference device, tokenizer, the prompt rows up to `limit`) for `generate` and `sample`."""
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
     model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code).to(models.inference_device())
     rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
-    if cfg.limit:
-        rows = rows[: cfg.limit]
-    out_rows = generate_rows(model, tokenizer, rows, cfg)
-    out = data_lib.write_jsonl(out_rows, cfg.output)
+    return model, tokenizer, rows[: cfg.limit] if cfg.limit else rows
+
+
+def write_output(cfg: SamplingConfig, rows: list[dict]) -> Path:
+    """`cfg.output`, and the config beside it (OUTPUT.config.yaml) so the file can be reproduced."""
+    out = data_lib.write_jsonl(rows, cfg.output)
     config_lib.save(cfg, Path(str(out) + ".config.yaml"))
-    print(f"generate: {len(out_rows)} samples -> {out}")
     return out
 
 

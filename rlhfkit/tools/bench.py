@@ -20,9 +20,12 @@ import resource
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import click
+
 
 # trainer -> (module, entry, sample unit, fixed config overrides)
 TRAINERS: dict[str, tuple[str, str, str, dict]] = {
@@ -37,6 +40,52 @@ TRAINERS: dict[str, tuple[str, str, str, dict]] = {
 
 
 ONLINE = ("ppo", "grpo", "rloo")  # their tokens mix generated and trained ones: no steady training MFU
+
+
+class Throughput:
+    """An Engine's observer (`with engine.observed(Throughput): train(cfg)`) that counts its run and writes the
+    counts to the run directory as timing.json, which `bench_trainer` reads: samples and non-pad tokens that reach
+    the loss, generated tokens and generation seconds for online trainers (`engine.count`), each optimizer step's
+    seconds and the cumulative tokens at its end, the last step's loss, and the training loop's wall time (model
+    loading and the final save excluded)."""
+
+    def __init__(self, engine):
+        self.run_dir, self.is_main = engine.run_dir, engine.dist.is_main
+        n_params = sum(p.numel() for p in {id(p): p for p in engine.module.parameters()}.values())
+        self.timing: dict[str, Any] = {"samples": 0, "tokens": 0, "gen_tokens": 0, "gen_s": 0.0, "step_s": [],
+                                       "step_tokens": [], "n_params": n_params}
+        self.t_start: float | None = None
+        self.t_end: float | None = None
+
+    def start(self, now: float) -> None:
+        self.t_start = now
+
+    def end(self, now: float) -> None:
+        self.t_end = now
+
+    def count(self, samples: int = 0, tokens: int = 0, gen_tokens: int = 0, gen_s: float = 0.0) -> None:
+        t = self.timing
+        t["samples"] += samples
+        t["tokens"] += tokens
+        t["gen_tokens"] += gen_tokens
+        t["gen_s"] += gen_s
+
+    def step(self, seconds: float, metrics: dict[str, Any]) -> None:
+        from rlhfkit.engine.logs import plain
+
+        t = self.timing
+        t["step_s"].append(seconds)
+        t["step_tokens"].append(t["tokens"] + t["gen_tokens"])  # cumulative: mfu_steady differences them
+        t["final_loss"] = plain(metrics.get("train/loss", float("nan")))
+
+    def close(self) -> None:
+        """timing.json, on the main process, once the training loop has started."""
+        if self.t_start is None or not self.is_main:
+            return
+        t = dict(self.timing)
+        t["loop_s"] = (self.t_end or time.perf_counter()) - self.t_start
+        t["steps_run"] = len(t["step_s"])
+        (self.run_dir / "timing.json").write_text(json.dumps(t))
 
 
 def _extra_options(args: list[str]) -> dict[str, str]:
@@ -88,6 +137,7 @@ def bench_trainer(trainer: str, model: str, data: str, steps: int = 20, batch: i
     import torch
 
     from rlhfkit import config as config_lib
+    from rlhfkit.engine import observed
 
     torch.set_num_threads(threads)
     module_name, entry, unit, fixed = TRAINERS[trainer]
@@ -107,7 +157,8 @@ def bench_trainer(trainer: str, model: str, data: str, steps: int = 20, batch: i
         overrides["reward_model"] = reward_model
     overrides.update(extra or {})
     cfg = config_lib.resolve(module.Config, None, {k: v for k, v in overrides.items() if k in fields or k in (extra or {})})
-    getattr(module, entry)(cfg)
+    with observed(Throughput):  # every engine the trainer builds writes timing.json into its run directory
+        getattr(module, entry)(cfg)
     t = json.loads((Path(out_dir) / "timing.json").read_text())
     wall = t["loop_s"]
     steady = statistics.mean(t["step_s"][1:]) if len(t["step_s"]) > 1 else None

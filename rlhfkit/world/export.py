@@ -27,6 +27,8 @@ _W = WorldConfig()
 class Config:
     """Options of `rlhfkit world export`."""
 
+    FLAGS = {"out_dir": "--output-dir"}  # the command line's name for a destination directory (--out-dir: alias)
+
     out_dir: str = "runs/world"
     """Folder to write the files into (created if missing; existing files of the same names are replaced)."""
     seed: int = _W.seed

@@ -36,6 +36,8 @@ from rlhfkit.world.export import _atomic_write
 class Config:
     """Options of `rlhfkit world label`."""
 
+    FLAGS = {"out": "--output"}  # the command line's name for a destination file (--out: alias)
+
     candidates: str = "candidates.jsonl"
     """Input JSONL: rows {"prompt": str or messages, "responses": [str, ...]} (e.g. from `rlhfkit sample`)."""
     out: str = "preferences.jsonl"
