@@ -17,6 +17,8 @@ from rlhfkit.algorithms import dpo
 from rlhfkit import models
 from rlhfkit.engine import read_metrics
 from rlhfkit.math.losses import LossType
+from rlhfkit.models.layout import build_layout
+from rlhfkit.models.logps import SequenceLogprobs, continuation_logps, padded_logps, run_layout
 
 from conftest import toy_rows, write_jsonl
 
@@ -83,18 +85,18 @@ def test_packed_shared_prompt_layout_equals_padded_rows(toy_dir, pref):
     2B separate right-padded rows (float64 so the comparison is about the layout, not rounding)."""
     tok, items = _items(toy_dir, pref)
     model = models.load_causal_lm(str(toy_dir / "model"), tok).double().eval()
-    want = dpo.padded_logps(model, items, tok.pad_token_id)
+    want = padded_logps(model, items, tok.pad_token_id)
     for packing in (False, True):
-        lay = dpo.build_layout(items, tok.pad_token_id, packing)
-        got = dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu"))
+        lay = build_layout(items, tok.pad_token_id, packing)
+        got = run_layout(SequenceLogprobs(model), lay, torch.device("cpu"))
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         assert lay.tokens == sum(len(p) + len(c) + len(r) for p, (c, r) in items)  # the prompt once per pair
     # packing really packs when blocks fit: two short items share one row of the longest one's capacity
     short = [([1, 2], [[3], [4]]), ([1, 2], [[5], [6]]), ([1, 2, 3, 4, 5, 6, 7, 8], [[3, 4], [4, 5]])]
-    lay = dpo.build_layout(short, tok.pad_token_id, True)
+    lay = build_layout(short, tok.pad_token_id, True)
     assert lay.input_ids.shape[0] == 2
-    torch.testing.assert_close(dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu")),
-                               dpo.padded_logps(model, short, tok.pad_token_id), rtol=0, atol=1e-5)
+    torch.testing.assert_close(run_layout(SequenceLogprobs(model), lay, torch.device("cpu")),
+                               padded_logps(model, short, tok.pad_token_id), rtol=0, atol=1e-5)
 
 
 def test_kto_mismatched_logps_from_saved_prompt_keys_and_values(toy_dir, pref):
@@ -104,13 +106,13 @@ def test_kto_mismatched_logps_from_saved_prompt_keys_and_values(toy_dir, pref):
     model = models.load_causal_lm(str(toy_dir / "model"), tok).double().eval()
     prompts = [p for p, _ in items]
     mismatched = [items[(i + 1) % len(items)][1][1] for i in range(len(items))]
-    want = dpo.run_layout(dpo.SequenceLogprobs(model), dpo.build_layout(
+    want = run_layout(SequenceLogprobs(model), build_layout(
         [(p, [c]) for p, c in zip(prompts, mismatched)], tok.pad_token_id, True), torch.device("cpu"))
     for packing in (False, True):
-        lay = dpo.build_layout([(p, [cs[0]]) for p, cs in items], tok.pad_token_id, packing)
+        lay = build_layout([(p, [cs[0]]) for p, cs in items], tok.pad_token_id, packing)
         saved: dict = {}
-        dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu"), save_kv=saved)
-        got = dpo.continuation_logps(model, saved, lay, prompts, mismatched)
+        run_layout(SequenceLogprobs(model), lay, torch.device("cpu"), save_kv=saved)
+        got = continuation_logps(model, saved, lay, prompts, mismatched)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 

@@ -74,7 +74,7 @@ def test_packed_batches_give_the_padded_loss(toy_dir):
     from conftest import toy_rows
     from rlhfkit import data as D
     from rlhfkit import models
-    from rlhfkit.models.modeling import TokenLogprobs
+    from rlhfkit.models.logps import TokenLogprobs
 
     tok = models.load_tokenizer(str(toy_dir / "tok"))
     model = TokenLogprobs(models.load_causal_lm(str(toy_dir / "model"), tok))

@@ -24,7 +24,7 @@ KTO (Ethayarajh et al. 2024) trains on unpaired rows (prompt, completion, label)
 pair -> one desirable + one undesirable example, as TRL's unpair_preference_dataset). Its reference point z0 is
 estimated on mismatched (prompt, completion) pairs under no_grad over the whole global batch (see docs/dpo.md).
 When a step is one micro-batch, that pass continues the gradient forward's prompts from the keys and values it
-saved (`modeling.continuation_hidden_states`), so each prompt is forwarded once per step by the policy, not twice.
+saved (`models.logps.continuation_logps`), so each prompt is forwarded once per step by the policy, not twice.
 """
 
 from __future__ import annotations
@@ -43,12 +43,10 @@ from rlhfkit.engine import refcache
 from rlhfkit.engine import (
     Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, seed_everything, setup_distributed, total_steps,
 )
-from rlhfkit.math.logprobs import linear_logprobs
 from rlhfkit.math.losses import LossType, kto_reference_point, preference_loss
-from rlhfkit.models.modeling import (
-    Layout, backbone, build_layout, build_packed, continuation_hidden_states, layout_hidden_states,
-    packed_hidden_states, padding_free, to_device, use_packed,
-)
+from rlhfkit.models.layout import Layout, make_layout, to_device, use_packed
+from rlhfkit.models.logps import SequenceLogprobs, continuation_logps, run_layout
+from rlhfkit.models.modeling import backbone, padding_free
 
 
 @dataclass
@@ -208,76 +206,6 @@ def tokenise(cfg: Config, tokenizer, rows: list[dict], counter: dict) -> list[Ex
                     counter)
         examples.append(Example(p or [tokenizer.eos_token_id], (cs[0], cs[1])))
     return examples
-
-
-class SequenceLogprobs(torch.nn.Module):
-    """Wraps a causal LM: forward(layout tensors, or a `Packed` batch) -> (n_seqs,) summed completion log-probs.
-    The LM head runs only on the N completion positions. One module so DDP sees one forward."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, position_ids, mask, src, labels, seq, n_seqs: int, save_kv: dict | None = None,
-                packed=None):
-        if packed is not None:
-            h = packed_hidden_states(self.model, packed)  # (N, H)
-        else:
-            h = layout_hidden_states(self.model, input_ids, position_ids, mask, save_kv, needed=src)  # (N, H)
-        return summed_logps(self.model, h, labels, seq, n_seqs)
-
-
-def summed_logps(model: torch.nn.Module, h: torch.Tensor, labels: torch.Tensor, seq: torch.Tensor,
-                 n_seqs: int) -> torch.Tensor:
-    """(n_seqs,) sums of log p(labels[t]) from the hidden states h[t] (N, H) that predict them, by sequence seq[t]."""
-    head = model.get_output_embeddings()
-    if getattr(head, "bias", None) is None and type(head) is torch.nn.Linear:
-        token_logps = linear_logprobs(h, head.weight, labels).float()  # (N,), with a memory-lean backward
-    else:
-        logits = head(h).float()  # (N, V)
-        token_logps = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
-    return torch.zeros(n_seqs, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
-
-
-def make_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, packing: bool, packed: bool) -> Layout:
-    """A micro-batch's layout: packed (every token once, attention by documents; `modeling.use_packed`) or rows
-    under block masks (the CPU's, with `packing` putting several pairs in a row)."""
-    return build_packed(items) if packed else build_layout(items, pad_id, packing)
-
-
-def run_layout(module: torch.nn.Module, lay: Layout, device, save_kv: dict | None = None) -> torch.Tensor:
-    if lay.packed is not None:
-        return module(None, None, None, None, to_device(lay.labels, device), to_device(lay.seq, device), lay.n_seqs,
-                      packed=lay.packed.with_needed(lay.src).to(device))
-    return module(lay.input_ids.to(device), lay.position_ids.to(device), lay.mask.to(device), lay.src.to(device),
-                  lay.labels.to(device), lay.seq.to(device), lay.n_seqs, save_kv=save_kv)
-
-
-def continuation_logps(model: torch.nn.Module, saved_kv: dict, lay: Layout, prompts: list[list[int]],
-                       completions: list[list[int]]) -> torch.Tensor:
-    """(n,) summed log-probs of completions[i] after prompts[i], where prompts[i] is item i of `lay`, a layout
-    forward that saved its keys and values. Only each prompt's last token (its hidden state predicts the first
-    completion token) and the completion but its last token are forwarded; the rest of the prompt is read back."""
-    dev = next(model.parameters()).device
-    runs, labels, seq = [], [], []
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        start = int(lay.prompt_at[i])
-        runs.append((torch.arange(start, start + len(p) - 1), [p[-1]] + c[:-1], len(p) - 1))
-        labels += c
-        seq += [i] * len(c)
-    h = continuation_hidden_states(model, saved_kv, runs)
-    return summed_logps(model, h, torch.tensor(labels, device=dev), torch.tensor(seq, device=dev), len(prompts))
-
-
-def padded_logps(model: torch.nn.Module, items: list[tuple[list[int], list[list[int]]]], pad_id: int) -> torch.Tensor:
-    """The plain path, for tests: every prompt + completion its own right-padded row, the usual 2-D mask."""
-    from rlhfkit.models.modeling import TokenLogprobs
-
-    n, k = len(items), len(items[0][1])
-    seqs = [items[i][0] + items[i][1][j] for j in range(k) for i in range(n)]
-    masks = [[False] * len(items[i][0]) + [True] * len(items[i][1][j]) for j in range(k) for i in range(n)]
-    ids, att, loss_mask = data_lib.pad_right(seqs, pad_id, masks)
-    return TokenLogprobs(model)(ids, att, loss_mask)["logprobs"].sum(-1)
 
 
 # ----------------------------------------------------------------------------------------------- reference

@@ -46,7 +46,8 @@ from rlhfkit.engine import Engine, StepSampler, total_steps
 from rlhfkit.math.kl import kl_k1, kl_k3
 from rlhfkit.math.logprobs import masked_mean
 from rlhfkit.math.losses import IMPORTANCE_SAMPLING_LEVELS, aggregate, cispo_policy_loss, entropy_bonus, ppo_policy_loss
-from rlhfkit.models.modeling import TokenLogprobs, rows_layout, use_packed
+from rlhfkit.models.layout import rows_layout, use_packed
+from rlhfkit.models.logps import TokenLogprobs
 from rlhfkit.algorithms import online
 from rlhfkit.algorithms.online import OnlineConfig, check_batch, mean_over_ranks, micro_weight
 from rlhfkit.rollout.episodes import Rollout, concat_rollouts, rollout_generator

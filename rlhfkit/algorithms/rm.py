@@ -49,7 +49,7 @@ from rlhfkit import models
 from rlhfkit.engine import (
     Engine, StepSampler, TrainConfig, all_reduce_sum, seed_everything, setup_distributed, total_steps,
 )
-from rlhfkit.models.modeling import packed_hidden_states, shared_prompt_layout, to_device, use_packed
+from rlhfkit.models.layout import packed_hidden_states, shared_prompt_layout, to_device, use_packed
 from rlhfkit.models.rewards import (
     encode_scored, encode_scored_parts, forward_scores, is_last_token_model, layout_scores,
 )

@@ -23,7 +23,8 @@ from rlhfkit import models
 from rlhfkit.engine import (
     Engine, StepSampler, TrainConfig, all_reduce_sum, resolve_batch, seed_everything, setup_distributed, total_steps,
 )
-from rlhfkit.models.modeling import TokenLogprobs, sequences_layout, to_device, use_packed
+from rlhfkit.models.layout import sequences_layout, to_device, use_packed
+from rlhfkit.models.logps import TokenLogprobs
 
 
 @dataclass

@@ -205,7 +205,8 @@ def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[i
 
     Each batch is forwarded as a packed layout (modeling.rows_layout: sequences share rows, no padding between
     them), not as padded rows: the same log-probs up to fp32 rounding, ~30% faster on the demo's evaluation."""
-    from rlhfkit.models.modeling import TokenLogprobs, rows_layout
+    from rlhfkit.models.layout import rows_layout
+    from rlhfkit.models.logps import TokenLogprobs
 
     lm = unwrap(model)
     was_training = lm.training

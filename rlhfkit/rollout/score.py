@@ -15,7 +15,8 @@ from typing import Any, Callable
 import torch
 
 from rlhfkit import data as data_lib
-from rlhfkit.models.modeling import TokenLogprobs, rows_layout, use_packed
+from rlhfkit.models.layout import rows_layout, use_packed
+from rlhfkit.models.logps import TokenLogprobs
 
 RewardFn = Callable[[list[Any], list[str]], dict[str, torch.Tensor]]
 
