@@ -13,10 +13,12 @@ import sys
 import pytest
 import torch
 
+from rlhfkit import config as config_lib
 from rlhfkit.algorithms import dpo
 from rlhfkit import models
 from rlhfkit.engine import read_metrics
 from rlhfkit.math.losses import LossType
+from rlhfkit.data.preference import mismatched_partners
 from rlhfkit.models.layout import build_layout
 from rlhfkit.models.logps import SequenceLogprobs, continuation_logps, padded_logps, run_layout
 
@@ -163,7 +165,7 @@ def test_kto_on_unpaired_data(toy_dir, pref, tmp_path):
     tok = models.load_tokenizer(str(toy_dir / "model"))
     ex = dpo.tokenise(cfg(toy_dir, pref, tmp_path / "x", loss=["kto"]), tok, pref_rows(5), {})
     assert [e.label for e in ex] == [True, False] * 5
-    partner = dpo.mismatched_partners(10, seed=0)  # the KL completion comes from another example: a derangement
+    partner = mismatched_partners(10, seed=0)  # the KL completion comes from another example: a derangement
     assert sorted(partner) == list(range(10)) and all(p != i for i, p in enumerate(partner))
     comps = [e.completions[0] for e in ex]
     assert [e.completions[1] for e in ex] == [comps[p] for p in partner]
@@ -236,6 +238,26 @@ def test_config_is_checked():
     with pytest.raises(ValueError, match="length_alpha"):
         dpo.Config(model="m", data="d", length_alpha=-0.1).validate()
     dpo.Config(model="m", data="d", loss=["sigmoid", "sft"], length_alpha=0.05).validate()
+
+
+@pytest.mark.parametrize("bad, match", [({"loss": ["dpo"]}, "not in"), ({"beta": 0.0}, "beta must be > 0"),
+                                        ({"micro_batch_size": 0}, "micro_batch_size")])
+def test_train_checks_a_python_config_as_the_cli_does(toy_dir, pref, tmp_path, bad, match):
+    """A Config built in Python and passed straight to dpo.train fails with the CLI's error (the CLI resolves its
+    options through config.resolve, which runs the same checks), before any data, model or run directory is touched;
+    `rlhfkit dpo` itself prints that message and exits 2."""
+    fields = dict(model=str(toy_dir / "model"), data=str(pref), output_dir=str(tmp_path / "run"), **bad)
+    with pytest.raises(ValueError, match=match) as from_cli:
+        config_lib.resolve(dpo.Config, overrides=fields)
+    with pytest.raises(ValueError, match=match) as from_python:
+        dpo.train(dpo.Config(**fields))
+    assert str(from_python.value) == str(from_cli.value)
+    assert not (tmp_path / "run").exists()
+    if bad == {"loss": ["dpo"]}:
+        r = subprocess.run([sys.executable, "-m", "rlhfkit.cli.main", "dpo", "--model", fields["model"], "--data",
+                            fields["data"], "--output-dir", fields["output_dir"], "--loss", "dpo"],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and str(from_python.value) in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("layout", ["rows", "packed"])
