@@ -289,7 +289,7 @@ def test_kto_two_processes_equal_one_process(toy_dir, pref, tmp_path, layout):
 
 @pytest.mark.parametrize("loss", [["sigmoid"], ["kto"]])
 def test_packed_layout_trains_as_the_row_layout(toy_dir, pref, tmp_path, monkeypatch, loss):
-    """The packed layout (what CUDA and a CPU without the compiled kernels run; `modeling.use_packed`) gives the
+    """The packed layout (what CUDA and a CPU without the compiled kernels run; `layout.use_packed`) gives the
     row layout's metrics over 3 steps, up to fp32 rounding: every log-prob, reward and KTO reference point."""
     dpo.train(cfg(toy_dir, pref, tmp_path / "rows", loss=loss, max_steps=3))
     monkeypatch.setattr(dpo, "use_packed", lambda model, device: True)

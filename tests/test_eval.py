@@ -80,7 +80,7 @@ def test_sequence_logps_match_sampler(tiny):
 
 
 def test_sequence_logps_packed_equal_padded_and_empty_response_falls_back(tiny):
-    """sequence_logps packs each batch (modeling.rows_layout); the sums equal the padded forward's, and a batch
+    """sequence_logps packs each batch (layout.rows_layout); the sums equal the padded forward's, and a batch
     holding an empty response (nothing to pack) takes the padded path with a zero sum for that row."""
     from rlhfkit.models.logps import TokenLogprobs
 

@@ -1,4 +1,4 @@
-"""Padding-free layout forwards (modeling.layout_hidden_states): the same hidden states and gradients as the padded
+"""Padding-free layout forwards (layout.layout_hidden_states): the same hidden states and gradients as the padded
 rows, for every model family that takes that path, and untouched behaviour everywhere else."""
 
 import copy

@@ -138,7 +138,7 @@ def test_real_model_ratio_one_and_kl_zero(toy_dir):
 
 
 def test_rows_layout_gives_the_padded_rows_logprobs_and_entropy():
-    """G responses of each prompt as right-padded rows, forwarded prompt-shared (modeling.rows_layout): log-probs and
+    """G responses of each prompt as right-padded rows, forwarded prompt-shared (layout.rows_layout): log-probs and
     entropies land in the same (B, T-1) cells as the padded path's (float64), zero elsewhere, with fewer tokens."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
