@@ -91,13 +91,13 @@ def check_static(model, prompts, tol: float) -> float:
 def check_docs_attention(dev: str) -> str:
     """FlashAttention varlen (bf16, CUDA) against the padded-documents SDPA on the same documents, prompt-shared
     ones included: outputs and the gradients of q, k, v."""
-    from rlhfkit.models import modeling
+    from rlhfkit.models import layout as layout_lib, modeling
 
     g = torch.Generator().manual_seed(0)
     items = [([1] * p, [[2] * c for c in cs]) for p, cs in ((37, [5, 90]), (3, [1, 2]), (120, [64, 7]), (9, [33]))]
     # build_packed over token runs: only the document structure matters here
     items = [(list(range(len(p))), [list(range(len(c))) for c in cs]) for p, cs in items[:3]]
-    lay = modeling.build_packed(items)
+    lay = layout_lib.build_packed(items)
     T = lay.tokens
     q, k, v = (torch.randn(1, 8, T, 64, generator=g).to(dev, torch.bfloat16).requires_grad_() for _ in range(3))
     docs = lay.packed.to(dev)
@@ -126,7 +126,7 @@ def check_packed_logps(dev: str) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlhfkit.algorithms import dpo
-    from rlhfkit.models import modeling
+    from rlhfkit.models import layout as layout_lib, logps
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -138,8 +138,8 @@ def check_packed_logps(dev: str) -> str:
     res = []
     for prec in ("fp32", "bf16"):
         with torch.no_grad(), dpo.autocast_for(prec, torch.device(dev)):
-            a = dpo.run_layout(dpo.SequenceLogprobs(model), modeling.build_packed(items), dev).float()
-            b = dpo.run_layout(dpo.SequenceLogprobs(model), modeling.build_layout(items, 0), dev).float()
+            a = logps.run_layout(logps.SequenceLogprobs(model), layout_lib.build_packed(items), dev).float()
+            b = logps.run_layout(logps.SequenceLogprobs(model), layout_lib.build_layout(items, 0), dev).float()
         tol = 1e-3 if prec == "fp32" else 0.5  # bf16: sums over ~30 tokens of bf16-rounded log-probs
         err = (a - b).abs().max().item()
         if err > tol:

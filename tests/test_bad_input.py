@@ -91,7 +91,7 @@ def test_tampered_checkpoint_is_refused_in_one_line(toy_dir, tmp_path):
 
     from rlhfkit.engine import checkpoint
     from rlhfkit import models
-    from rlhfkit.models.modeling import TokenLogprobs
+    from rlhfkit.models.logps import TokenLogprobs
 
     run = tmp_path / "run"
     tok = models.load_tokenizer(str(toy_dir / "model"))

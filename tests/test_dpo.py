@@ -13,10 +13,14 @@ import sys
 import pytest
 import torch
 
+from rlhfkit import config as config_lib
 from rlhfkit.algorithms import dpo
 from rlhfkit import models
 from rlhfkit.engine import read_metrics
 from rlhfkit.math.losses import LossType
+from rlhfkit.data.preference import mismatched_partners
+from rlhfkit.models.layout import build_layout
+from rlhfkit.models.logps import SequenceLogprobs, continuation_logps, padded_logps, run_layout
 
 from conftest import toy_rows, write_jsonl
 
@@ -83,18 +87,18 @@ def test_packed_shared_prompt_layout_equals_padded_rows(toy_dir, pref):
     2B separate right-padded rows (float64 so the comparison is about the layout, not rounding)."""
     tok, items = _items(toy_dir, pref)
     model = models.load_causal_lm(str(toy_dir / "model"), tok).double().eval()
-    want = dpo.padded_logps(model, items, tok.pad_token_id)
+    want = padded_logps(model, items, tok.pad_token_id)
     for packing in (False, True):
-        lay = dpo.build_layout(items, tok.pad_token_id, packing)
-        got = dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu"))
+        lay = build_layout(items, tok.pad_token_id, packing)
+        got = run_layout(SequenceLogprobs(model), lay, torch.device("cpu"))
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         assert lay.tokens == sum(len(p) + len(c) + len(r) for p, (c, r) in items)  # the prompt once per pair
     # packing really packs when blocks fit: two short items share one row of the longest one's capacity
     short = [([1, 2], [[3], [4]]), ([1, 2], [[5], [6]]), ([1, 2, 3, 4, 5, 6, 7, 8], [[3, 4], [4, 5]])]
-    lay = dpo.build_layout(short, tok.pad_token_id, True)
+    lay = build_layout(short, tok.pad_token_id, True)
     assert lay.input_ids.shape[0] == 2
-    torch.testing.assert_close(dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu")),
-                               dpo.padded_logps(model, short, tok.pad_token_id), rtol=0, atol=1e-5)
+    torch.testing.assert_close(run_layout(SequenceLogprobs(model), lay, torch.device("cpu")),
+                               padded_logps(model, short, tok.pad_token_id), rtol=0, atol=1e-5)
 
 
 def test_kto_mismatched_logps_from_saved_prompt_keys_and_values(toy_dir, pref):
@@ -104,13 +108,13 @@ def test_kto_mismatched_logps_from_saved_prompt_keys_and_values(toy_dir, pref):
     model = models.load_causal_lm(str(toy_dir / "model"), tok).double().eval()
     prompts = [p for p, _ in items]
     mismatched = [items[(i + 1) % len(items)][1][1] for i in range(len(items))]
-    want = dpo.run_layout(dpo.SequenceLogprobs(model), dpo.build_layout(
+    want = run_layout(SequenceLogprobs(model), build_layout(
         [(p, [c]) for p, c in zip(prompts, mismatched)], tok.pad_token_id, True), torch.device("cpu"))
     for packing in (False, True):
-        lay = dpo.build_layout([(p, [cs[0]]) for p, cs in items], tok.pad_token_id, packing)
+        lay = build_layout([(p, [cs[0]]) for p, cs in items], tok.pad_token_id, packing)
         saved: dict = {}
-        dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu"), save_kv=saved)
-        got = dpo.continuation_logps(model, saved, lay, prompts, mismatched)
+        run_layout(SequenceLogprobs(model), lay, torch.device("cpu"), save_kv=saved)
+        got = continuation_logps(model, saved, lay, prompts, mismatched)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
@@ -161,7 +165,7 @@ def test_kto_on_unpaired_data(toy_dir, pref, tmp_path):
     tok = models.load_tokenizer(str(toy_dir / "model"))
     ex = dpo.tokenise(cfg(toy_dir, pref, tmp_path / "x", loss=["kto"]), tok, pref_rows(5), {})
     assert [e.label for e in ex] == [True, False] * 5
-    partner = dpo.mismatched_partners(10, seed=0)  # the KL completion comes from another example: a derangement
+    partner = mismatched_partners(10, seed=0)  # the KL completion comes from another example: a derangement
     assert sorted(partner) == list(range(10)) and all(p != i for i, p in enumerate(partner))
     comps = [e.completions[0] for e in ex]
     assert [e.completions[1] for e in ex] == [comps[p] for p in partner]
@@ -236,6 +240,26 @@ def test_config_is_checked():
     dpo.Config(model="m", data="d", loss=["sigmoid", "sft"], length_alpha=0.05).validate()
 
 
+@pytest.mark.parametrize("bad, match", [({"loss": ["dpo"]}, "not in"), ({"beta": 0.0}, "beta must be > 0"),
+                                        ({"micro_batch_size": 0}, "micro_batch_size")])
+def test_train_checks_a_python_config_as_the_cli_does(toy_dir, pref, tmp_path, bad, match):
+    """A Config built in Python and passed straight to dpo.train fails with the CLI's error (the CLI resolves its
+    options through config.resolve, which runs the same checks), before any data, model or run directory is touched;
+    `rlhfkit dpo` itself prints that message and exits 2."""
+    fields = dict(model=str(toy_dir / "model"), data=str(pref), output_dir=str(tmp_path / "run"), **bad)
+    with pytest.raises(ValueError, match=match) as from_cli:
+        config_lib.resolve(dpo.Config, overrides=fields)
+    with pytest.raises(ValueError, match=match) as from_python:
+        dpo.train(dpo.Config(**fields))
+    assert str(from_python.value) == str(from_cli.value)
+    assert not (tmp_path / "run").exists()
+    if bad == {"loss": ["dpo"]}:
+        r = subprocess.run([sys.executable, "-m", "rlhfkit.cli.main", "dpo", "--model", fields["model"], "--data",
+                            fields["data"], "--output-dir", fields["output_dir"], "--loss", "dpo"],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and str(from_python.value) in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("layout", ["rows", "packed"])
 def test_kto_two_processes_equal_one_process(toy_dir, pref, tmp_path, layout):
     """torchrun --nproc_per_node 2 (gloo), micro 4 each: every rank continues its own prompts' saved keys and values
@@ -265,7 +289,7 @@ def test_kto_two_processes_equal_one_process(toy_dir, pref, tmp_path, layout):
 
 @pytest.mark.parametrize("loss", [["sigmoid"], ["kto"]])
 def test_packed_layout_trains_as_the_row_layout(toy_dir, pref, tmp_path, monkeypatch, loss):
-    """The packed layout (what CUDA and a CPU without the compiled kernels run; `modeling.use_packed`) gives the
+    """The packed layout (what CUDA and a CPU without the compiled kernels run; `layout.use_packed`) gives the
     row layout's metrics over 3 steps, up to fp32 rounding: every log-prob, reward and KTO reference point."""
     dpo.train(cfg(toy_dir, pref, tmp_path / "rows", loss=loss, max_steps=3))
     monkeypatch.setattr(dpo, "use_packed", lambda model, device: True)

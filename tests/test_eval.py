@@ -80,9 +80,9 @@ def test_sequence_logps_match_sampler(tiny):
 
 
 def test_sequence_logps_packed_equal_padded_and_empty_response_falls_back(tiny):
-    """sequence_logps packs each batch (modeling.rows_layout); the sums equal the padded forward's, and a batch
+    """sequence_logps packs each batch (layout.rows_layout); the sums equal the padded forward's, and a batch
     holding an empty response (nothing to pack) takes the padded path with a zero sum for that row."""
-    from rlhfkit.models.modeling import TokenLogprobs
+    from rlhfkit.models.logps import TokenLogprobs
 
     tok, model = tiny
     prompts = [[{"role": "user", "content": f"What is {i} plus 2?"}] for i in range(5)]

@@ -94,7 +94,7 @@ def test_bench_batch_semantics(toy_dir, prompts_file, tmp_path):
 
 
 def test_shared_prompt_forward_equals_padded_rows(toy_dir, prompts_file, tmp_path):
-    """share_prompt forwards each prompt once for its G completions (modeling.rows_layout) in the update and the
+    """share_prompt forwards each prompt once for its G completions (layout.rows_layout) in the update and the
     reference forward: the same training as padded rows, up to float reassociation."""
     kw = dict(max_steps=3, beta=0.1, num_iterations=2)
     grpo.train(cfg_for(toy_dir, prompts_file, tmp_path / "shared", **kw), reward_fn=has_number)

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from rlhfkit.math.logprobs import (entropy_from_logits, linear_logprobs, masked_mean, masked_sum, masked_var,
-                              masked_whiten, sequence_logprobs, token_logprobs)
+from rlhfkit.math.logprobs import (entropy_from_logits, masked_mean, masked_sum, masked_var, masked_whiten,
+                                  sequence_logprobs, token_logprobs)
+from rlhfkit.models.logps import linear_logprobs
 
 
 def _naive(logits, labels, temperature=1.0):
@@ -175,10 +176,10 @@ def test_linear_logprobs_fp32_takes_the_c_passes_and_matches_float64(vocab, monk
     """In fp32 on the CPU the log-softmax runs in the C row passes (when they are built); values and gradients
     match the float64 formula to fp32 rounding."""
     from rlhfkit.kernels import cpukernel
-    from rlhfkit.math import logprobs
+    from rlhfkit.models import logps
 
     taken = []
-    monkeypatch.setattr(logprobs, "_fast_rows", lambda z, f=logprobs._fast_rows: taken.append(f(z)) or taken[-1])
+    monkeypatch.setattr(logps, "_fast_rows", lambda z, f=logps._fast_rows: taken.append(f(z)) or taken[-1])
     g = torch.Generator().manual_seed(1)
     h0, w0 = torch.randn(37, 16, generator=g) * 2, torch.randn(vocab, 16, generator=g)
     labels, weights = torch.randint(0, vocab, (37,), generator=g), torch.randn(37, generator=g)

@@ -27,7 +27,9 @@ from rlhfkit.rollout import fastdecode
 from rlhfkit import models
 from rlhfkit.engine import TrainConfig, read_metrics
 from rlhfkit.rollout.generate import _HFDecoder
-from rlhfkit.models.modeling import TokenLogprobs, adapters_disabled, backbone, padding_free
+from rlhfkit.models.layout import build_layout
+from rlhfkit.models.logps import SequenceLogprobs, TokenLogprobs, padded_logps, run_layout
+from rlhfkit.models.modeling import adapters_disabled, backbone, padding_free
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +166,13 @@ def test_layout_forwards_see_the_adapters(toy_dir, pref):
     model = model.double()
     c = dpo_cfg(toy_dir, pref, toy_dir / "unused")
     items = [(e.prompt, list(e.completions)) for e in dpo.tokenise(c, tok, pref_rows(6, seed=2), {})]
-    want = dpo.padded_logps(model, items, tok.pad_token_id)
+    want = padded_logps(model, items, tok.pad_token_id)
     for packing in (False, True):
-        lay = dpo.build_layout(items, tok.pad_token_id, packing)
-        got = dpo.run_layout(dpo.SequenceLogprobs(model), lay, torch.device("cpu"))
+        lay = build_layout(items, tok.pad_token_id, packing)
+        got = run_layout(SequenceLogprobs(model), lay, torch.device("cpu"))
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)  # as tests/test_dpo.py's layout test
     with adapters_disabled(model):
-        off = dpo.padded_logps(model, items, tok.pad_token_id)
+        off = padded_logps(model, items, tok.pad_token_id)
     assert (want - off).abs().max() > 1e-3
 
 

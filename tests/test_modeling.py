@@ -1,4 +1,4 @@
-"""Padding-free layout forwards (modeling.layout_hidden_states): the same hidden states and gradients as the padded
+"""Padding-free layout forwards (layout.layout_hidden_states): the same hidden states and gradients as the padded
 rows, for every model family that takes that path, and untouched behaviour everywhere else."""
 
 import copy
@@ -9,7 +9,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 from rlhfkit.kernels import cpukernel, fusedops
-from rlhfkit.models import modeling
+from rlhfkit.models import layout as layout_lib, logps, modeling
 
 V = 50
 DIMS = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -42,7 +42,7 @@ def _hidden_and_grads(m, lay, layout: bool):
     mask (the reference), and the parameters' gradients of sum(h[src]^2)."""
     m.zero_grad()
     if layout:
-        h = modeling.layout_hidden_states(m, lay.input_ids, lay.position_ids, lay.mask)
+        h = layout_lib.layout_hidden_states(m, lay.input_ids, lay.position_ids, lay.mask)
     else:
         h = modeling.backbone(m)(input_ids=lay.input_ids, attention_mask=lay.mask,
                                  position_ids=lay.position_ids.clamp(min=0)).last_hidden_state.flatten(0, 1)
@@ -57,7 +57,7 @@ def test_padding_free_equals_padded_rows(name, model):
     model = model.double().eval()
     padded = copy.deepcopy(model)
     for packing in (True, False):
-        lay = modeling.build_layout(_items(), pad_id=0, packing=packing)
+        lay = layout_lib.build_layout(_items(), pad_id=0, packing=packing)
         assert (lay.position_ids < 0).any(), "the test needs rows that end in padding"
         outs = [_hidden_and_grads(model, lay, layout=True), _hidden_and_grads(padded, lay, layout=False)]
         assert model.config._attn_implementation == modeling.ROWS_ATTENTION
@@ -84,16 +84,16 @@ def test_continuation_from_saved_keys_and_values_equals_a_full_forward(name, mod
     g = torch.Generator().manual_seed(1)
     conts = [torch.randint(1, V, (n,), generator=g).tolist() for n in (4, 1, 6, 3)]
     for packing in (True, False):
-        lay = modeling.build_layout(items, pad_id=0, packing=packing)
+        lay = layout_lib.build_layout(items, pad_id=0, packing=packing)
         saved: dict = {}
         with torch.no_grad():
-            modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask, save_kv=saved)
+            layout_lib.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask, save_kv=saved)
             assert sorted(saved) == list(range(model.config.num_hidden_layers))
             runs = [(torch.arange(int(lay.prompt_at[i]), int(lay.prompt_at[i]) + len(p) - 1), [p[-1]] + c, len(p) - 1)
                     for i, ((p, _), c) in enumerate(zip(items, conts))]
-            got = modeling.continuation_hidden_states(model, saved, runs)
-            full = modeling.build_layout([(p, [c]) for (p, _), c in zip(items, conts)], pad_id=0, packing=packing)
-            h = modeling.layout_hidden_states(model, full.input_ids, full.position_ids, full.mask)
+            got = layout_lib.continuation_hidden_states(model, saved, runs)
+            full = layout_lib.build_layout([(p, [c]) for (p, _), c in zip(items, conts)], pad_id=0, packing=packing)
+            h = layout_lib.layout_hidden_states(model, full.input_ids, full.position_ids, full.mask)
         # the hidden states that predict each continuation token: the prompt's last, then the run's own but its last
         want = h[full.src[torch.argsort(full.seq, stable=True)]]  # src runs in row order; sort by item
         keep = torch.cat([torch.arange(len(c)) + sum(len(x) + 1 for x in conts[:i]) for i, c in enumerate(conts)])
@@ -111,7 +111,7 @@ def test_fp32_layout_forward_uses_the_block_attention_kernel(name, model, monkey
     calls = []
     monkeypatch.setattr(fusedops.BlockAttention, "apply",
                         lambda *a, _apply=fusedops.BlockAttention.apply: calls.append(1) or _apply(*a))
-    lay = modeling.build_layout(_items(), pad_id=0)
+    lay = layout_lib.build_layout(_items(), pad_id=0)
     outs = [(h[lay.src].double(), {n: g.double() for n, g in grads.items()})
             for h, grads in (_hidden_and_grads(model, lay, layout=True), _hidden_and_grads(ref, lay, layout=False))]
     assert len(calls) == DIMS["num_hidden_layers"]
@@ -126,14 +126,14 @@ def test_needed_tokens_only_equal_the_full_forward(name, model):
     once per completion), with the same gradients, in float64, and the last layer's MLP sees only the distinct
     needed tokens."""
     model = model.double()
-    lay = modeling.build_layout(_items(), pad_id=0)
+    lay = layout_lib.build_layout(_items(), pad_id=0)
     seen = []
     body = modeling.backbone(model)
     hook = body.layers[-1].mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
     outs = []
     for needed in (None, lay.src):
         model.zero_grad()
-        h = modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask, needed=needed)
+        h = layout_lib.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask, needed=needed)
         h = h[lay.src] if needed is None else h
         (h ** 2 * torch.linspace(0, 1, h.shape[-1])).sum().backward()
         outs.append((h.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
@@ -144,15 +144,15 @@ def test_needed_tokens_only_equal_the_full_forward(name, model):
         torch.testing.assert_close(outs[1][1][n], outs[0][1][n], rtol=1e-10, atol=1e-12, msg=n)
     with pytest.raises(ValueError, match="padding"):
         pad = (lay.position_ids.reshape(-1) < 0).nonzero()[0]
-        modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask, needed=pad)
+        layout_lib.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask, needed=pad)
 
 
 def test_other_forwards_are_plain_sdpa():
     """Once switched, a model's ordinary padded forward (generation, scoring) is exactly SDPA's."""
     model = LlamaForCausalLM(LlamaConfig(**DIMS)).double().eval()
     ref = copy.deepcopy(model)
-    lay = modeling.build_layout(_items(), pad_id=0)
-    modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask)
+    lay = layout_lib.build_layout(_items(), pad_id=0)
+    layout_lib.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask)
     assert model.config._attn_implementation == modeling.ROWS_ATTENTION
     assert ref.config._attn_implementation == "sdpa"
     ids = torch.randint(1, V, (3, 8))
@@ -168,9 +168,9 @@ def test_unlisted_family_uses_padded_rows():
     the -1 that marks padding) and equals the separate-rows forward."""
     model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)).double().eval()
     prompt, comps = [3, 4, 5], [[6, 7], [8]]
-    lay = modeling.build_layout([(prompt, comps), ([9], [[10, 11, 12], [13]])], pad_id=0)
+    lay = layout_lib.build_layout([(prompt, comps), ([9], [[10, 11, 12], [13]])], pad_id=0)
     with torch.no_grad():
-        h = modeling.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask)
+        h = layout_lib.layout_hidden_states(model, lay.input_ids, lay.position_ids, lay.mask)
         alone = model.transformer(input_ids=torch.tensor([prompt + comps[1]])).last_hidden_state[0]
     assert model.config._attn_implementation != modeling.ROWS_ATTENTION
     # sequence 2 = completion 1 of item 0; its last token's hidden state equals the separate row's
@@ -184,10 +184,10 @@ def _packed_logps_and_grads(m, items, packed: bool):
     m.zero_grad()
     head = m.get_output_embeddings()
     if packed:
-        lay = modeling.build_packed(items)
-        h = modeling.packed_hidden_states(m, lay.packed.with_needed(lay.src))
+        lay = layout_lib.build_packed(items)
+        h = layout_lib.packed_hidden_states(m, lay.packed.with_needed(lay.src))
     else:
-        lay = modeling.build_layout(items, pad_id=0, packing=True)
+        lay = layout_lib.build_layout(items, pad_id=0, packing=True)
         h = modeling.backbone(m)(input_ids=lay.input_ids, attention_mask=lay.mask,
                                  position_ids=lay.position_ids.clamp(min=0)).last_hidden_state.flatten(0, 1)[lay.src]
     tok = torch.log_softmax(head(h), -1).gather(-1, lay.labels[:, None]).squeeze(-1)
@@ -224,9 +224,9 @@ def test_sequences_layout_equals_padded_token_logprobs():
     from rlhfkit import data as data_lib
 
     ids, att, tgt = data_lib.pad_right(seqs, 0, masks)
-    lp = modeling.TokenLogprobs(m)
+    lp = logps.TokenLogprobs(m)
     want = lp(ids, att, tgt)["logprobs"]
-    got = lp(ids, att, tgt, layout=modeling.sequences_layout(ids, att, tgt))["logprobs"]
+    got = lp(ids, att, tgt, layout=layout_lib.sequences_layout(ids, att, tgt))["logprobs"]
     assert want.shape == got.shape == (4, 6) and (want != 0).sum() == 3 + 1 + 4 + 0
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
@@ -237,7 +237,7 @@ def test_use_packed_is_the_one_seam(monkeypatch):
     llama = LlamaForCausalLM(LlamaConfig(**DIMS))
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=2))
     monkeypatch.setattr(cpukernel, "available", lambda: True)
-    assert not modeling.use_packed(llama, "cpu") and modeling.use_packed(llama, "cuda")
-    assert not modeling.use_packed(gpt2, "cuda")
+    assert not layout_lib.use_packed(llama, "cpu") and layout_lib.use_packed(llama, "cuda")
+    assert not layout_lib.use_packed(gpt2, "cuda")
     monkeypatch.setattr(cpukernel, "available", lambda: False)
-    assert modeling.use_packed(llama, "cpu")
+    assert layout_lib.use_packed(llama, "cpu")

@@ -76,11 +76,11 @@ def test_directory_spec_scores_untrained_classifier(toy_dir, tmp_path):
 @pytest.mark.parametrize("packed", [False, True])
 def test_decoder_reward_model_shares_prompts_and_scores_like_padded_rows(toy_dir, tmp_path, monkeypatch, packed):
     """Responses to one prompt are scored in one prefix-shared block (rows under block masks, or packed: the GPU
-    layout, modeling.use_packed); each score equals the plain padded forward of prompt + response
+    layout, layout.use_packed); each score equals the plain padded forward of prompt + response
     (forward_scores), for groups of 3, single prompts, and any batch size."""
-    from rlhfkit.models import modeling
+    from rlhfkit.models import layout
 
-    monkeypatch.setattr(modeling, "use_packed", lambda model, device: packed)
+    monkeypatch.setattr(layout, "use_packed", lambda model, device: packed)
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from rlhfkit.models.rewards import forward_scores

@@ -215,7 +215,7 @@ def test_encoder_backbone(toy_dir, tmp_path):
 
 
 def test_shared_prompt_layout_equals_padded_rows(toy_dir, tmp_path):
-    """share_prompt forwards each prompt once for all its responses (modeling.build_layout); the rewards must be those
+    """share_prompt forwards each prompt once for all its responses (layout.build_layout); the rewards must be those
     of separate right-padded rows (same positions, same visible tokens), and training must follow the same losses."""
     rows = []
     for r in pref_rows(12):  # 3 responses per prompt -> 3 pairs, responses of different lengths

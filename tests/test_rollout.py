@@ -119,7 +119,7 @@ def test_real_model_ratio_one_and_kl_zero(toy_dir):
     """Tiny Llama: the log-probs a trainer recomputes on the same rows (same chunk shapes) equal the rollout's
     exactly, at the sampling temperature; a frozen copy as reference gives KL exactly 0."""
     from rlhfkit import models
-    from rlhfkit.models.modeling import TokenLogprobs
+    from rlhfkit.models.logps import TokenLogprobs
 
     tok = models.load_tokenizer(str(toy_dir / "tok"))
     model = models.load_causal_lm(str(toy_dir / "model"), tok)
@@ -138,12 +138,13 @@ def test_real_model_ratio_one_and_kl_zero(toy_dir):
 
 
 def test_rows_layout_gives_the_padded_rows_logprobs_and_entropy():
-    """G responses of each prompt as right-padded rows, forwarded prompt-shared (modeling.rows_layout): log-probs and
+    """G responses of each prompt as right-padded rows, forwarded prompt-shared (layout.rows_layout): log-probs and
     entropies land in the same (B, T-1) cells as the padded path's (float64), zero elsewhere, with fewer tokens."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlhfkit import data as data_lib
-    from rlhfkit.models.modeling import TokenLogprobs, rows_layout
+    from rlhfkit.models.layout import rows_layout
+    from rlhfkit.models.logps import TokenLogprobs
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -74,7 +74,7 @@ def test_packed_batches_give_the_padded_loss(toy_dir):
     from conftest import toy_rows
     from rlhfkit import data as D
     from rlhfkit import models
-    from rlhfkit.models.modeling import TokenLogprobs
+    from rlhfkit.models.logps import TokenLogprobs
 
     tok = models.load_tokenizer(str(toy_dir / "tok"))
     model = TokenLogprobs(models.load_causal_lm(str(toy_dir / "model"), tok))
@@ -91,7 +91,7 @@ def test_packed_batches_give_the_padded_loss(toy_dir):
 
 
 def test_packed_layout_trains_as_padded_rows(toy_dir, tmp_path, monkeypatch):
-    """SFT through the packed layout (CUDA's, and a CPU's without the compiled kernels: modeling.use_packed) gives
+    """SFT through the packed layout (CUDA's, and a CPU's without the compiled kernels: layout.use_packed) gives
     the padded batches' losses over 4 steps, up to fp32 rounding."""
     def run(name):
         out = sft.train(sft.Config(model=str(toy_dir / "model"), data=str(toy_dir / "sft.jsonl"),

@@ -5,26 +5,14 @@
     rlhfkit dpo --model runs/sft --data prefs.jsonl --loss sigmoid,sft --loss-weights 1.0,0.2
 
 The loss is a list of `losses.LossType` members (sigmoid = DPO / cDPO, ipo, hinge, simpo, orpo, kto, sft), combined
-with `loss_weights`; the loop asks each member what it needs (reference log-probs? per-token averages?) and
-never branches on names. The math lives in losses.py; this file turns data into sequence log-probs, fast:
-
-  * One forward per pair: the prompt is encoded ONCE and chosen and rejected both attend to it, in one row
-    [prompt | chosen | rejected] with a 4-D mask (prompt causal; each completion sees the prompt and its own past,
-    never the other completion) and position ids that restart after the prompt. This is exactly the computation
-    of two separate rows (tests/test_dpo.py checks it against the padded two-row path), with 2P+C+R tokens
-    becoming P+C+R.
-  * Packing: pairs of a micro-batch share rows (first-fit decreasing, row capacity = the longest pair), so rows
-    are full where lengths differ, and no row is longer than the padded layout's (attention stays per-row
-    quadratic, never over the whole micro-batch).
-  * The LM head runs only at completion positions (N x V logits, not B x T x V).
-  * Reference log-probs: precomputed once and cached on disk (refcache.py), or on the fly under inference_mode
-    with the same layout. Reference-free losses (simpo, orpo, sft) never load a reference model. Under LoRA
-    (`--lora-r`) the on-the-fly reference is the policy itself with its adapters off: no second model in memory.
-KTO (Ethayarajh et al. 2024) trains on unpaired rows (prompt, completion, label); paired rows are unpaired (each
-pair -> one desirable + one undesirable example, as TRL's unpair_preference_dataset). Its reference point z0 is
-estimated on mismatched (prompt, completion) pairs under no_grad over the whole global batch (see docs/dpo.md).
-When a step is one micro-batch, that pass continues the gradient forward's prompts from the keys and values it
-saved (`modeling.continuation_hidden_states`), so each prompt is forwarded once per step by the policy, not twice.
+with `loss_weights`; the loop asks each member what it needs (reference log-probs? per-token averages?) and never
+branches on names. Each pair is one block [prompt | chosen | rejected] with the prompt encoded once, exactly two
+rows' computation (`models.layout`; the LM head only at completion positions, `models.logps`). Reference log-probs
+are precomputed once and cached on disk, or computed on the fly in the same layout; reference-free losses (simpo,
+orpo, sft) never load a reference, and under LoRA the reference is the policy with its adapters off. KTO
+(Ethayarajh et al. 2024) trains on unpaired rows (`data.preference`); its reference point z0 comes from mismatched
+pairs over the whole global batch (docs/dpo.md). `train`'s loop: batch -> reference log-probs -> policy log-probs,
+loss and backward (`paired_step`, `kto_step`) -> optimiser step and metrics (`StepTotals`).
 """
 
 from __future__ import annotations
@@ -39,16 +27,16 @@ import torch
 from rlhfkit import config as config_lib
 from rlhfkit import data as data_lib
 from rlhfkit import models
-from rlhfkit.engine import refcache
+from rlhfkit.data.preference import Example, tokenise
 from rlhfkit.engine import (
-    Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, seed_everything, setup_distributed, total_steps,
+    Engine, StepSampler, TrainConfig, all_reduce_sum, barrier, refcache, seed_everything, setup_distributed,
+    total_steps,
 )
-from rlhfkit.math.logprobs import linear_logprobs
 from rlhfkit.math.losses import LossType, kto_reference_point, preference_loss
-from rlhfkit.models.modeling import (
-    Layout, backbone, build_layout, build_packed, continuation_hidden_states, layout_hidden_states,
-    packed_hidden_states, padding_free, to_device, use_packed,
-)
+from rlhfkit.models import autocast_for
+from rlhfkit.models.layout import Layout, make_layout, to_device, use_packed
+from rlhfkit.models.logps import SequenceLogprobs, continuation_logps, run_layout
+from rlhfkit.models.modeling import backbone, padding_free
 
 
 @dataclass
@@ -133,167 +121,10 @@ class Config(TrainConfig):
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
 
 
-# ----------------------------------------------------------------------------------------------- examples
-@dataclass
-class Example:
-    """A prompt and the completions that attend to it: (chosen, rejected) for pairs, (completion, mismatched
-    completion for KTO's reference point) for unpaired data. `label`: KTO's desirable flag (None for pairs)."""
-
-    prompt: list[int]
-    completions: tuple[list[int], list[int]]
-    label: bool | None = None
-
-
-def fit(prompt: list[int], completions: list[list[int]], max_length: int, max_prompt_length: int,
-        counter: dict) -> tuple[list[int], list[list[int]]]:
-    """One prompt cut for all completions (they share it), so each prompt + completion fits max_length: the prompt
-    is cut from the LEFT first, a completion from the right only if it alone is too long. Every cut is counted."""
-    longest = max(completions, key=len)
-    p, _ = data_lib.truncate_pair(prompt, longest, max_length, max_prompt_length)
-    if len(p) < len(prompt):
-        data_lib._count(counter, "prompt_truncated")
-    room = max_length - len(p)
-    out = []
-    for c in completions:
-        if len(c) > room:
-            c = c[:room]
-            data_lib._count(counter, "completion_truncated")
-        out.append(c)
-    return p, out
-
-
-def unpair(rows: list[dict]) -> list[dict]:
-    """Preference rows -> unpaired rows: each pair gives (prompt, chosen, True) and (prompt, rejected, False),
-    as TRL's unpair_preference_dataset (interleaved here; order is irrelevant after shuffling)."""
-    out = []
-    for row in rows:
-        prompt, chosen, rejected = data_lib.preference_parts(row)
-        out += [{"prompt": prompt, "completion": chosen, "label": True},
-                {"prompt": prompt, "completion": rejected, "label": False}]
-    return out
-
-
-def mismatched_partners(n: int, seed: int) -> list[int]:
-    """A fixed derangement: example i borrows the completion of partner[i] != i for KTO's reference point. Fixed
-    per dataset (not per batch, as TRL) so the reference log-probs of the mismatched pairs can be cached."""
-    if n < 2:
-        raise ValueError("kto needs at least 2 examples")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=g).tolist()
-    partner = [0] * n
-    for k, i in enumerate(order):
-        partner[i] = order[(k + 1) % n]
-    return partner
-
-
-def tokenise(cfg: Config, tokenizer, rows: list[dict], counter: dict) -> list[Example]:
-    examples = []
-    if cfg.unpaired:
-        if "chosen" in rows[0]:
-            rows = unpair(rows)
-        comps = [data_lib.encode_completion(tokenizer, r["prompt"], r["completion"]) for r in rows]
-        partner = mismatched_partners(len(rows), cfg.seed)
-        for i, r in enumerate(rows):
-            p, cs = fit(data_lib.encode_prompt(tokenizer, r["prompt"]), [comps[i], comps[partner[i]]],
-                        cfg.max_length, cfg.max_prompt_length, counter)
-            examples.append(Example(p or [tokenizer.eos_token_id], (cs[0], cs[1]), bool(r["label"])))
-        return examples
-    if "chosen" not in rows[0]:
-        raise data_lib.DataError(f"{cfg.data}: loss {cfg.loss} needs paired preference rows (prompt, chosen, "
-                                 "rejected); unpaired rows (prompt, completion, label) train with loss kto")
-    for r in rows:
-        prompt, chosen, rejected = data_lib.preference_parts(r)
-        p, cs = fit(data_lib.encode_prompt(tokenizer, prompt), [data_lib.encode_completion(tokenizer, prompt, chosen),
-                    data_lib.encode_completion(tokenizer, prompt, rejected)], cfg.max_length, cfg.max_prompt_length,
-                    counter)
-        examples.append(Example(p or [tokenizer.eos_token_id], (cs[0], cs[1])))
-    return examples
-
-
-class SequenceLogprobs(torch.nn.Module):
-    """Wraps a causal LM: forward(layout tensors, or a `Packed` batch) -> (n_seqs,) summed completion log-probs.
-    The LM head runs only on the N completion positions. One module so DDP sees one forward."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, position_ids, mask, src, labels, seq, n_seqs: int, save_kv: dict | None = None,
-                packed=None):
-        if packed is not None:
-            h = packed_hidden_states(self.model, packed)  # (N, H)
-        else:
-            h = layout_hidden_states(self.model, input_ids, position_ids, mask, save_kv, needed=src)  # (N, H)
-        return summed_logps(self.model, h, labels, seq, n_seqs)
-
-
-def summed_logps(model: torch.nn.Module, h: torch.Tensor, labels: torch.Tensor, seq: torch.Tensor,
-                 n_seqs: int) -> torch.Tensor:
-    """(n_seqs,) sums of log p(labels[t]) from the hidden states h[t] (N, H) that predict them, by sequence seq[t]."""
-    head = model.get_output_embeddings()
-    if getattr(head, "bias", None) is None and type(head) is torch.nn.Linear:
-        token_logps = linear_logprobs(h, head.weight, labels).float()  # (N,), with a memory-lean backward
-    else:
-        logits = head(h).float()  # (N, V)
-        token_logps = logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
-    return torch.zeros(n_seqs, dtype=token_logps.dtype, device=token_logps.device).index_add(0, seq, token_logps)
-
-
-def make_layout(items: list[tuple[list[int], list[list[int]]]], pad_id: int, packing: bool, packed: bool) -> Layout:
-    """A micro-batch's layout: packed (every token once, attention by documents; `modeling.use_packed`) or rows
-    under block masks (the CPU's, with `packing` putting several pairs in a row)."""
-    return build_packed(items) if packed else build_layout(items, pad_id, packing)
-
-
-def run_layout(module: torch.nn.Module, lay: Layout, device, save_kv: dict | None = None) -> torch.Tensor:
-    if lay.packed is not None:
-        return module(None, None, None, None, to_device(lay.labels, device), to_device(lay.seq, device), lay.n_seqs,
-                      packed=lay.packed.with_needed(lay.src).to(device))
-    return module(lay.input_ids.to(device), lay.position_ids.to(device), lay.mask.to(device), lay.src.to(device),
-                  lay.labels.to(device), lay.seq.to(device), lay.n_seqs, save_kv=save_kv)
-
-
-def continuation_logps(model: torch.nn.Module, saved_kv: dict, lay: Layout, prompts: list[list[int]],
-                       completions: list[list[int]]) -> torch.Tensor:
-    """(n,) summed log-probs of completions[i] after prompts[i], where prompts[i] is item i of `lay`, a layout
-    forward that saved its keys and values. Only each prompt's last token (its hidden state predicts the first
-    completion token) and the completion but its last token are forwarded; the rest of the prompt is read back."""
-    dev = next(model.parameters()).device
-    runs, labels, seq = [], [], []
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        start = int(lay.prompt_at[i])
-        runs.append((torch.arange(start, start + len(p) - 1), [p[-1]] + c[:-1], len(p) - 1))
-        labels += c
-        seq += [i] * len(c)
-    h = continuation_hidden_states(model, saved_kv, runs)
-    return summed_logps(model, h, torch.tensor(labels, device=dev), torch.tensor(seq, device=dev), len(prompts))
-
-
-def padded_logps(model: torch.nn.Module, items: list[tuple[list[int], list[list[int]]]], pad_id: int) -> torch.Tensor:
-    """The plain path, for tests: every prompt + completion its own right-padded row, the usual 2-D mask."""
-    from rlhfkit.models.modeling import TokenLogprobs
-
-    n, k = len(items), len(items[0][1])
-    seqs = [items[i][0] + items[i][1][j] for j in range(k) for i in range(n)]
-    masks = [[False] * len(items[i][0]) + [True] * len(items[i][1][j]) for j in range(k) for i in range(n)]
-    ids, att, loss_mask = data_lib.pad_right(seqs, pad_id, masks)
-    return TokenLogprobs(model)(ids, att, loss_mask)["logprobs"].sum(-1)
-
-
 # ----------------------------------------------------------------------------------------------- reference
-def autocast_for(precision: str, device: torch.device):
-    """The Engine's autocast, for work done before the Engine exists (reference precomputation)."""
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def load_reference(cfg: Config, tokenizer, policy: torch.nn.Module) -> torch.nn.Module:
     """The frozen reference model: ref_model, or the policy's initial weights: a copy, or under LoRA the policy
-    itself, which `reference_logps` runs with its adapters off (models.reference_policy). (Tests monkeypatch this
-    to prove that reference-free losses never get here.)"""
+    itself, which `reference_logps` runs with its adapters off (models.reference_policy)."""
     return models.reference_policy(policy, cfg.ref_model, tokenizer, cfg.trust_remote_code)
 
 
@@ -329,8 +160,7 @@ def precompute_reference(cfg: Config, tokenizer, policy, examples: list[Example]
         return torch.stack([cached["ref_a"], cached["ref_b"]])
     t0 = time.perf_counter()
     if dist.is_main:
-        # With no ref_model the reference IS the policy before any update (under LoRA: with its adapters off):
-        # use it directly, no copy in memory.
+        # no ref_model: the reference IS the policy before any update (under LoRA, adapters off); no copy
         ref = (load_reference(cfg, tokenizer, policy) if cfg.ref_model else policy.eval()).to(dist.device)
         autocast = lambda: autocast_for(cfg.precision, dist.device)  # noqa: E731
         out = torch.zeros(2, len(examples))
@@ -348,170 +178,216 @@ def precompute_reference(cfg: Config, tokenizer, policy, examples: list[Example]
     return torch.stack([cached["ref_a"], cached["ref_b"]])
 
 
-# ----------------------------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------------------------- one step
 METRIC_KEYS = ("train/loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy",
                "logps/chosen", "logps/rejected", "kl/logratio_chosen", "kl/logratio_rejected", "kl/z0")
 
 
+@dataclass
+class StepContext:
+    """What the step functions read; built once by `train`."""
+
+    cfg: Config
+    engine: Engine
+    examples: list[Example]
+    pad_id: int
+    device: torch.device
+    packed: bool  # micro-batches in the packed layout (`models.layout.use_packed`), else rows under block masks
+    global_batch: int  # examples per optimiser step over all processes: every loss is a sum divided by it
+    reuse_prompt_kv: bool  # KTO's z0 pass may continue the gradient forward's prompts from their keys and values
+    ref_table: torch.Tensor | None  # (2, len(examples)) precomputed reference log-probs
+    ref_model: torch.nn.Module | None  # or the reference on the fly
+
+    def layout(self, items: list[tuple[list[int], list[list[int]]]]) -> Layout:
+        return make_layout(items, self.pad_id, self.cfg.packing, self.packed)
+
+    def reference(self, micro: list[int]) -> torch.Tensor | None:
+        """(2, len(micro)) reference log-probs of both completions; None for reference-free losses."""
+        if self.ref_table is not None:
+            return self.ref_table[:, micro]
+        if self.ref_model is not None:
+            return reference_logps(self.ref_model, self.examples, micro, self.pad_id, self.cfg.packing, self.device,
+                                   self.engine.autocast)
+        return None
+
+    def backward(self, losses: torch.Tensor, n: int, tokens: int) -> None:
+        """Backpropagates a micro-batch's loss: a sum over examples / the global batch, as accumulation requires."""
+        self.engine.backward(losses.sum() / self.global_batch)
+        self.engine.count(samples=n, tokens=tokens)
+
+
+class StepTotals:
+    """Sums of a step's per-example values over the global batch, kept on the device and read once per step (a read
+    is a host sync), and how many values each holds (known on the host)."""
+
+    SUMS = ("loss", "rewards_chosen", "rewards_rejected", "accuracy", "logps_chosen", "logps_rejected",
+            "logratio_chosen", "logratio_rejected")
+    COUNTS = ("examples", "rewards_chosen", "rewards_rejected", "accuracy", "logps_chosen", "logps_rejected")
+
+    def __init__(self, device: torch.device):
+        self.device, self.counts = device, [0] * len(self.COUNTS)  # counts: known on the host
+        self.sums = torch.zeros(len(self.SUMS), dtype=torch.float64, device=device)
+
+    def add(self, n_examples: int, losses: torch.Tensor, rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor,
+            accuracy: torch.Tensor, logps_chosen: torch.Tensor, logps_rejected: torch.Tensor,
+            ref_chosen: torch.Tensor | None, ref_rejected: torch.Tensor | None) -> None:
+        """A micro-batch's losses, implicit rewards, 1.0 where those agree with the preference (or KTO label), and the
+        policy's (detached) and reference's (None: reference-free) log-probs; "chosen" includes desirable examples."""
+        with torch.no_grad():
+            parts = [losses.detach().sum(), rewards_chosen.sum(), rewards_rejected.sum(), accuracy.sum(),
+                     logps_chosen.sum(), logps_rejected.sum()]
+            if ref_chosen is not None:  # k1 = log pi / pi_ref per sequence
+                parts += [(logps_chosen - ref_chosen).sum(), (logps_rejected - ref_rejected).sum()]
+            else:
+                parts += [logps_chosen.new_zeros(())] * 2
+            self.sums += torch.stack(parts).double()
+        sizes = (n_examples, len(rewards_chosen), len(rewards_rejected), len(accuracy), len(logps_chosen),
+                 len(logps_rejected))
+        self.counts = [c + k for c, k in zip(self.counts, sizes)]
+
+    def metrics(self, has_reference: bool, z0: torch.Tensor | None) -> dict[str, float]:
+        """METRIC_KEYS, the same in every run: NaN where a quantity does not exist (no reference, not KTO)."""
+        counts = torch.tensor(self.counts, dtype=torch.float64).to(self.device)
+        values = all_reduce_sum(torch.cat([self.sums, counts])).tolist()
+        sums, counts = dict(zip(self.SUMS, values)), dict(zip(self.COUNTS, values[len(self.SUMS):]))
+
+        def mean(name: str, count: str = "", defined: bool = True) -> float:
+            n = counts[count or name]
+            return sums[name] / n if defined and n > 0 else float("nan")
+
+        return {"train/loss": mean("loss", "examples"), "rewards/chosen": mean("rewards_chosen"),
+                "rewards/rejected": mean("rewards_rejected"), "rewards/accuracy": mean("accuracy"),
+                "rewards/margin": mean("rewards_chosen") - mean("rewards_rejected"),
+                "logps/chosen": mean("logps_chosen"), "logps/rejected": mean("logps_rejected"),
+                "kl/logratio_chosen": mean("logratio_chosen", "logps_chosen", has_reference),
+                "kl/logratio_rejected": mean("logratio_rejected", "logps_rejected", has_reference),
+                "kl/z0": z0.item() if z0 is not None else float("nan")}
+
+
+def paired_step(ctx: StepContext, micros: list[list[int]], refs: list, totals: StepTotals) -> None:
+    """Each micro-batch of pairs: one forward of [prompt | chosen | rejected], the paired losses (DPO / cDPO / R-DPO
+    sigmoid, IPO, hinge, SimPO, ORPO, SFT; `losses.preference_loss`), the backward. Returns None (no z0)."""
+    cfg, dev = ctx.cfg, ctx.device
+    weights = cfg.loss_weights or [1.0] * len(cfg.loss)
+    for m, r in zip(micros, refs):
+        n = len(m)
+        lay = ctx.layout([(ctx.examples[i].prompt, list(ctx.examples[i].completions)) for i in m])
+        with ctx.engine.autocast():
+            logps = run_layout(ctx.engine.model, lay, dev).float()  # (2n,): chosen [:n], rejected [n:]
+        lengths = to_device(lay.lengths, dev).float()  # completion tokens: SimPO / ORPO averages, R-DPO
+        pc, pr = logps[:n], logps[n:]
+        lc, lr_ = (to_device(r[0], dev), to_device(r[1], dev)) if r is not None else (None, None)
+        losses, cr, rj = preference_loss(
+            cfg.loss_types, policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=lc,
+            ref_rejected_logps=lr_, chosen_lengths=lengths[:n], rejected_lengths=lengths[n:], beta=cfg.beta,
+            label_smoothing=cfg.label_smoothing, length_alpha=cfg.length_alpha, gamma=cfg.gamma, loss_weights=weights)
+        ctx.backward(losses, n, lay.tokens)
+        totals.add(n, losses, cr, rj, (cr > rj).float(), pc.detach(), pr.detach(), lc, lr_)
+
+
+def kto_z0(ctx: StepContext, micros: list[list[int]], refs: list[torch.Tensor], saved_kv: dict | None = None,
+           lay: Layout | None = None) -> torch.Tensor:
+    """KTO's reference point z0 = max(0, mean log pi/pi_ref) on the mismatched (prompt, completion) pairs of the
+    WHOLE global batch (Ethayarajh et al. 2024, sec. 4.1; TRL: per micro-batch), under no_grad and summed on the
+    device. A micro-batch's pairs are a forward of their own or, given its gradient forward's `lay` and saved keys
+    and values, continue that forward's prompts (`models.logps.continuation_logps`): no prompt forwarded twice."""
+    kl_sum = torch.zeros(2, device=ctx.device)
+    for m, r in zip(micros, refs):
+        prompts, comps = [ctx.examples[i].prompt for i in m], [ctx.examples[i].completions[1] for i in m]
+        with torch.no_grad(), ctx.engine.autocast():
+            if saved_kv is None:
+                pol = run_layout(ctx.engine.module, ctx.layout([(p, [c]) for p, c in zip(prompts, comps)]), ctx.device)
+            else:
+                pol = continuation_logps(ctx.engine.module.model, saved_kv, lay, prompts, comps)
+        ctx.engine.count(tokens=sum(len(p) + len(c) for p, c in zip(prompts, comps)))  # the same either way
+        kl_sum[0] += (pol.float() - to_device(r[1], ctx.device)).sum()
+        kl_sum[1] += len(pol)
+    kl_sum = all_reduce_sum(kl_sum)
+    return kto_reference_point(kl_sum[0:1] / kl_sum[1], torch.zeros(1, device=ctx.device))
+
+
+def kto_step(ctx: StepContext, micros: list[list[int]], refs: list[torch.Tensor], totals: StepTotals) -> torch.Tensor:
+    """KTO: z0, then each micro-batch's forward of its examples' own completions (only they carry a gradient), the
+    loss, the backward. A step of one micro-batch gets z0 after its forward, from the keys and values it saved.
+    Returns z0."""
+    cfg, dev = ctx.cfg, ctx.device
+    from_saved_kv = ctx.reuse_prompt_kv and len(micros) == 1  # z0 is needed before the first micro-batch's loss
+    z0 = None if from_saved_kv else kto_z0(ctx, micros, refs)
+    for m, r in zip(micros, refs):
+        lay = ctx.layout([(ctx.examples[i].prompt, [ctx.examples[i].completions[0]]) for i in m])
+        saved_kv = {} if from_saved_kv else None
+        with ctx.engine.autocast():
+            logps = run_layout(ctx.engine.model, lay, dev, save_kv=saved_kv).float()  # (n,)
+        if from_saved_kv:
+            z0 = kto_z0(ctx, micros, refs, saved_kv, lay)
+            saved_kv.clear()  # before the backward: not needed any more
+        labels = [ctx.examples[i].label for i in m]
+        pos = to_device(torch.tensor([k for k, l in enumerate(labels) if l], dtype=torch.long), dev)
+        neg = to_device(torch.tensor([k for k, l in enumerate(labels) if not l], dtype=torch.long), dev)
+        ref = to_device(r[0], dev)  # KTO always has a reference
+        losses, cr, rj = preference_loss(
+            cfg.loss_types, policy_chosen_logps=logps[pos], policy_rejected_logps=logps[neg],
+            ref_chosen_logps=ref[pos], ref_rejected_logps=ref[neg], beta=cfg.beta, kto_kl=z0,
+            desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
+        ctx.backward(losses, len(m), lay.tokens)
+        accuracy = torch.cat([(cr > 0).float(), (rj < 0).float()])  # the reward's sign agrees with the label
+        totals.add(len(m), losses, cr, rj, accuracy, logps[pos].detach(), logps[neg].detach(), ref[pos], ref[neg])
+    return z0
+
+
+# ----------------------------------------------------------------------------------------------- training
 def train(cfg: Config) -> Path:
+    cfg.validate()  # the checks the CLI runs (config.resolve), for Python callers too
     seed_everything(cfg.seed)
     dist = setup_distributed()
     out = Path(cfg.output_dir)
     # Data first, then its tokens (which checks it suits the loss), and only then the model: bad input fails fast.
     stats: dict = {}
-    expect = [data_lib.DataType.PREFERENCE, data_lib.DataType.IMPLICIT_PREFERENCE, data_lib.DataType.UNPAIRED]
-    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid, expect=expect, stats=stats)
+    rows = data_lib.load_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid, stats=stats, expect=[
+        data_lib.DataType.PREFERENCE, data_lib.DataType.IMPLICIT_PREFERENCE, data_lib.DataType.UNPAIRED])
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
-    counter: dict = {}
-    examples = tokenise(cfg, tokenizer, rows, counter)
+    truncation: dict = {}
+    examples = tokenise(cfg, tokenizer, rows, truncation)
     models.check_quantization(cfg.load_in_4bit)
     model = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, dtype="fp32",
                                   load_in_4bit=cfg.load_in_4bit)
     model = models.apply_lora(model, cfg, cfg.model)
     if dist.is_main:
         config_lib.save(cfg, out / "config.yaml")
-        print(f"dpo: {len(examples)} {'unpaired examples' if cfg.unpaired else 'pairs'}; truncation counts {counter}")
-    types, weights = cfg.loss_types, cfg.loss_weights or [1.0] * len(cfg.loss)
-    pad = tokenizer.pad_token_id
+        print(f"dpo: {len(examples)} {'unpaired examples' if cfg.unpaired else 'pairs'}; truncation counts "
+              f"{truncation}")
 
-    # 1. the reference: cached log-probs (computed once, before any update), a frozen model, or nothing at all
-    ref_table, ref = None, None
-    if cfg.needs_reference:
-        if cfg.precompute_ref:
-            ref_table = precompute_reference(cfg, tokenizer, model, examples, stats, dist)
-        else:
-            # before Engine: a resume loads later weights (under LoRA the reference is the policy, adapters off)
-            ref = load_reference(cfg, tokenizer, model).to(dist.device)
+    # The reference: cached log-probs (computed once, before any update), a frozen model, or nothing at all; both
+    # before the Engine, as a resume loads later weights (under LoRA the reference is the policy, adapters off).
+    precompute, on_the_fly = cfg.needs_reference and cfg.precompute_ref, cfg.needs_reference and not cfg.precompute_ref
+    ref_table = precompute_reference(cfg, tokenizer, model, examples, stats, dist) if precompute else None
+    ref_model = load_reference(cfg, tokenizer, model).to(dist.device) if on_the_fly else None
 
     global_batch = cfg.micro_batch_size * cfg.gradient_accumulation_steps * dist.world_size
     sampler = StepSampler(len(examples), global_batch, cfg.seed)
-    n_steps = total_steps(cfg, sampler.steps_per_epoch)
     model.train()
-    engine = Engine(cfg, SequenceLogprobs(model), n_steps, name="dpo", dist_info=dist)
-    dev = dist.device
-
-    def ref_for(micro: list[int]) -> torch.Tensor | None:
-        if ref_table is not None:
-            return ref_table[:, micro]
-        if ref is not None:
-            return reference_logps(ref, examples, micro, pad, cfg.packing, dev, engine.autocast)
-        return None
-
-    has_ref = cfg.needs_reference
-    packed = use_packed(model, dev)
-    # KTO's z0 pass may read the gradient forward's prompt keys and values back (the step must be one micro-batch:
-    # z0 is needed before the first micro-batch's loss) on a padding-free model family in the CPU's row layout.
+    engine = Engine(cfg, SequenceLogprobs(model), total_steps(cfg, sampler.steps_per_epoch), name="dpo",
+                    dist_info=dist)
+    packed = use_packed(model, dist.device)
+    # KTO's z0 pass may read the gradient forward's prompt keys and values back (padding-free, the CPU's row layout)
     reuse_prompt_kv = cfg.unpaired and not packed and padding_free(backbone(model))
+    ctx = StepContext(cfg, engine, examples, tokenizer.pad_token_id, dist.device, packed, global_batch,
+                      reuse_prompt_kv, ref_table, ref_model)
 
-    def layout(items: list[tuple[list[int], list[list[int]]]]) -> Layout:
-        return make_layout(items, pad, cfg.packing, packed)
-
-    def mismatched(m: list[int]) -> tuple[list[list[int]], list[list[int]]]:
-        return [examples[i].prompt for i in m], [examples[i].completions[1] for i in m]
-
-    def mismatched_logps(m: list[int]) -> torch.Tensor:  # a forward of its own: prompts and mismatched completions
-        lay = layout([(p, [c]) for p, c in zip(*mismatched(m))])
-        with torch.no_grad(), engine.autocast():
-            out = run_layout(engine.module, lay, dev)
-        engine.count(tokens=lay.tokens)
-        return out
-
-    def kto_z0(policy_logps: list[torch.Tensor], refs: list[torch.Tensor]) -> torch.Tensor:
-        kl_sum = torch.zeros(2, device=dev)  # on the device: no host sync inside the step
-        for pol, r in zip(policy_logps, refs):
-            kl_sum[0] += (pol.float() - to_device(r[1], dev)).sum()
-            kl_sum[1] += len(pol)
-        kl_sum = all_reduce_sum(kl_sum)
-        return kto_reference_point(kl_sum[0:1] / kl_sum[1], torch.zeros(1, device=dev))
-
-    # Metric sums over the global batch, kept on the device and read once per step (a read is a host sync).
-    SUMS = ("loss", "r_c", "r_r", "acc", "lp_c", "lp_r", "kl_c", "kl_r")
     t0 = time.perf_counter()
     for step in engine.remaining_steps():
+        # 1. batch: the step's global batch, and this process's micro-batches of it
         idx = sampler.indices(step)
         micros = engine.my_micro_batches(idx)
-        refs = [ref_for(m) for m in micros]  # (2, b) each, or None
-
-        # 2. KTO's reference point z0 = max(0, E[log pi/pi_ref]) on mismatched (prompt, completion) pairs
-        #    (Ethayarajh et al. 2024, sec. 4.1), under no_grad and over the WHOLE global batch, so gradient
-        #    accumulation and process count do not change it (TRL estimates it per micro-batch). With one
-        #    micro-batch it is computed after the gradient forward, from the keys and values that forward saved.
-        z0, saved_kv = None, None
-        if cfg.unpaired:
-            if reuse_prompt_kv and len(micros) == 1:
-                saved_kv = {}
-            else:
-                z0 = kto_z0([mismatched_logps(m) for m in micros], refs)
-
-        # 3. forward/backward per micro-batch; the loss is a sum over examples divided by the global batch size
-        sums = torch.zeros(len(SUMS), dtype=torch.float64, device=dev)
-        counts = dict.fromkeys(("n", "r_c", "r_r", "acc", "lp_c", "lp_r"), 0)  # known on the host
-        for m, r in zip(micros, refs):
-            n = len(m)
-            if cfg.unpaired:  # only the real completion carries a gradient
-                lay = layout([(examples[i].prompt, [examples[i].completions[0]]) for i in m])
-            else:
-                lay = layout([(examples[i].prompt, list(examples[i].completions)) for i in m])
-            with engine.autocast():
-                logps = run_layout(engine.model, lay, dev, save_kv=saved_kv).float()  # (n_seqs,)
-            if saved_kv is not None:
-                prompts, comps = mismatched(m)
-                with torch.no_grad(), engine.autocast():
-                    z0 = kto_z0([continuation_logps(engine.module.model, saved_kv, lay, prompts, comps)], refs)
-                # counted as the separate pass counts them (prompt + completion), so tokens/s stays comparable
-                engine.count(tokens=sum(len(p) + len(c) for p, c in zip(prompts, comps)))
-                saved_kv.clear()
-            lengths = to_device(lay.lengths, dev).float()
-            if cfg.unpaired:
-                labels = [examples[i].label for i in m]
-                pos = to_device(torch.tensor([k for k, l in enumerate(labels) if l], dtype=torch.long), dev)
-                neg = to_device(torch.tensor([k for k, l in enumerate(labels) if not l], dtype=torch.long), dev)
-                rr = to_device(r[0], dev) if r is not None else None
-                losses, cr, rj = preference_loss(
-                    types, policy_chosen_logps=logps[pos], policy_rejected_logps=logps[neg],
-                    ref_chosen_logps=rr[pos], ref_rejected_logps=rr[neg], beta=cfg.beta, kto_kl=z0,
-                    desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
-                pc, pr = logps[pos].detach(), logps[neg].detach()
-                lc, lr_ = (rr[pos], rr[neg])
-                acc = torch.cat([(cr > 0).float(), (rj < 0).float()])  # reward sign agrees with the label
-                n_c, n_r = len(pos), len(neg)
-            else:
-                pc, pr = logps[:n], logps[n:]
-                lc, lr_ = (to_device(r[0], dev), to_device(r[1], dev)) if r is not None else (None, None)
-                losses, cr, rj = preference_loss(
-                    types, policy_chosen_logps=pc, policy_rejected_logps=pr, ref_chosen_logps=lc,
-                    ref_rejected_logps=lr_, chosen_lengths=lengths[:n], rejected_lengths=lengths[n:], beta=cfg.beta,
-                    label_smoothing=cfg.label_smoothing, length_alpha=cfg.length_alpha, gamma=cfg.gamma,
-                    loss_weights=weights)
-                pc, pr = pc.detach(), pr.detach()
-                acc = (cr > rj).float()
-                n_c = n_r = n
-            engine.backward(losses.sum() / global_batch)
-            engine.count(samples=n, tokens=lay.tokens)
-            with torch.no_grad():
-                parts = [losses.detach().sum(), cr.sum(), rj.sum(), acc.sum(), pc.sum(), pr.sum()]
-                parts += [(pc - lc).sum(), (pr - lr_).sum()] if lc is not None else [pc.new_zeros(())] * 2
-                sums += torch.stack(parts).double()
-            for key, k in (("n", n), ("r_c", len(cr)), ("r_r", len(rj)), ("acc", len(acc)), ("lp_c", n_c),
-                           ("lp_r", n_r)):
-                counts[key] += k
-
-        # 4. update and log (the same keys in every run; NaN where a quantity does not exist, e.g. no reference)
-        sums = torch.cat([sums, torch.tensor(list(counts.values()), dtype=torch.float64).to(dev)])
-        tot = dict(zip(SUMS + tuple(k + "#" for k in counts), all_reduce_sum(sums).tolist()))
-        def mean(key: str, count: str, defined: bool = True) -> float:
-            return tot[key] / tot[count] if defined and tot[count] > 0 else float("nan")
-
-        metrics = {
-            "train/loss": mean("loss", "n#"), "rewards/chosen": mean("r_c", "r_c#"),
-            "rewards/rejected": mean("r_r", "r_r#"), "rewards/margin": mean("r_c", "r_c#") - mean("r_r", "r_r#"),
-            "rewards/accuracy": mean("acc", "acc#"), "logps/chosen": mean("lp_c", "lp_c#"),
-            "logps/rejected": mean("lp_r", "lp_r#"), "kl/logratio_chosen": mean("kl_c", "lp_c#", has_ref),
-            "kl/logratio_rejected": mean("kl_r", "lp_r#", has_ref),
-            "kl/z0": z0.item() if z0 is not None else float("nan"),
-        }
-        engine.step(metrics, batch_info=f"indices {idx}")
+        # 2. reference log-probs of both completions, (2, b) per micro-batch (None for reference-free losses)
+        refs = [ctx.reference(m) for m in micros]
+        # 3. policy log-probs, loss and backward per micro-batch (KTO: its reference point z0 first)
+        totals = StepTotals(dist.device)
+        z0 = kto_step(ctx, micros, refs, totals) if cfg.unpaired else paired_step(ctx, micros, refs, totals)
+        # 4. optimiser step, and the step's metrics over the global batch
+        engine.step(totals.metrics(cfg.needs_reference, z0), batch_info=f"indices {idx}")
     engine.close()
+
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
@@ -519,5 +395,6 @@ def train(cfg: Config) -> Path:
         print(f"dpo: peak memory {peak_mib:.0f} MiB ({'CUDA allocated' if torch.cuda.is_available() else 'RSS'})")
         models.save(model, tokenizer, out, merge=cfg.merge, metadata={
             "stage": "dpo", "loss": cfg.loss, "steps": engine.step_count, "skipped_steps": engine.skipped_steps,
-            "truncation": counter, "peak_memory_mib": round(peak_mib, 1), "train_seconds": time.perf_counter() - t0})
+            "truncation": truncation, "peak_memory_mib": round(peak_mib, 1),
+            "train_seconds": time.perf_counter() - t0})
     return out

@@ -46,7 +46,8 @@ from rlhfkit.engine import Engine, StepSampler, total_steps
 from rlhfkit.math.kl import kl_k1, kl_k3
 from rlhfkit.math.logprobs import masked_mean
 from rlhfkit.math.losses import IMPORTANCE_SAMPLING_LEVELS, aggregate, cispo_policy_loss, entropy_bonus, ppo_policy_loss
-from rlhfkit.models.modeling import TokenLogprobs, rows_layout, use_packed
+from rlhfkit.models.layout import rows_layout, use_packed
+from rlhfkit.models.logps import TokenLogprobs
 from rlhfkit.algorithms import online
 from rlhfkit.algorithms.online import OnlineConfig, check_batch, mean_over_ranks, micro_weight
 from rlhfkit.rollout.episodes import Rollout, concat_rollouts, rollout_generator
@@ -101,7 +102,7 @@ class Config(OnlineConfig):
     (they still count in their group's advantages)."""
     share_prompt: bool = True
     """Forward each prompt once for the completions of it in a micro-batch (the G samples of a group), in the
-    update and in the reference forward: exact (modeling.rows_layout), fewer tokens. Off: padded rows."""
+    update and in the reference forward: exact (layout.rows_layout), fewer tokens. Off: padded rows."""
 
     def min_generations(self) -> int:
         """The smallest group the advantage estimator accepts."""
@@ -229,7 +230,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
     sampler = StepSampler(len(run.prompts), cfg.rollout_batch_size, cfg.seed)
     n_steps = total_steps(cfg, sampler.steps_per_epoch * per_iter)
     engine = Engine(cfg, TokenLogprobs(policy), n_steps, name=estimator, dist_info=dist)
-    packed = use_packed(policy, dist.device)  # the GPU layout for the update's forwards (modeling.use_packed)
+    packed = use_packed(policy, dist.device)  # the GPU layout for the update's forwards (layout.use_packed)
     dev = engine.dist.device
     online.start(run, engine, reward_fn)
     n_local = cfg.rollout_batch_size // dist.world_size

@@ -19,7 +19,8 @@ from rlhfkit import models
 from rlhfkit.engine import (
     Engine, StepSampler, TrainConfig, all_reduce_sum, resolve_batch, seed_everything, setup_distributed, total_steps,
 )
-from rlhfkit.models.modeling import TokenLogprobs, sequences_layout, to_device, use_packed
+from rlhfkit.models.layout import sequences_layout, to_device, use_packed
+from rlhfkit.models.logps import TokenLogprobs
 
 
 @dataclass
@@ -108,7 +109,7 @@ def train_on_examples(cfg: TrainConfig, model, tokenizer, examples: list[data_li
     model.train()
     engine = Engine(cfg, TokenLogprobs(model), n_steps, name=name, dist_info=dist)
     pad, dev = tokenizer.pad_token_id, engine.dist.device
-    packed = use_packed(model, dev)  # the GPU layout (modeling.use_packed): every token once, attention by example
+    packed = use_packed(model, dev)  # the GPU layout (layout.use_packed): every token once, attention by example
     t0 = time.perf_counter()
     tokens_seen = 0
     for step in engine.remaining_steps():

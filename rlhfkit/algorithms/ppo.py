@@ -41,7 +41,8 @@ from rlhfkit.engine import Engine, StepSampler, total_steps
 from rlhfkit.math.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.math.logprobs import masked_mean
 from rlhfkit.math.losses import entropy_bonus, ppo_policy_loss, value_loss
-from rlhfkit.models.modeling import TokenLogprobs, backbone, position_ids
+from rlhfkit.models.logps import TokenLogprobs
+from rlhfkit.models.modeling import backbone, position_ids
 from rlhfkit.algorithms import online
 from rlhfkit.algorithms.online import OnlineConfig, check_batch, mean_over_ranks, micro_weight
 from rlhfkit.rollout.episodes import Rollout, rollout_generator

@@ -14,7 +14,7 @@ that already is a one-label sequence classifier keeps its head.
 Chosen and rejected go through the model in ONE forward pass; identical sequences in a micro-batch (a response
 shared by several pairs of one prompt) are forwarded once. With a causal-LM backbone (`share_prompt`, default) the
 prompt is forwarded once too: a micro-batch becomes rows of [prompt | response_1 | response_2 ...] blocks where each
-response sees the prompt and itself only, with the positions of a separate row (modeling.build_layout, the layout
+response sees the prompt and itself only, with the positions of a separate row (layout.build_layout, the layout
 DPO uses), and the head reads each response's last token: the same rewards as separate right-padded rows, with
 fewer tokens. Encoders attend both ways, so they keep the padded rows. `group_by_prompt` makes a
 training unit one prompt with all its pairs (a K-way ranking expands into K(K-1)/2 pairs), its loss the mean over
@@ -49,7 +49,7 @@ from rlhfkit import models
 from rlhfkit.engine import (
     Engine, StepSampler, TrainConfig, all_reduce_sum, seed_everything, setup_distributed, total_steps,
 )
-from rlhfkit.models.modeling import packed_hidden_states, shared_prompt_layout, to_device, use_packed
+from rlhfkit.models.layout import packed_hidden_states, shared_prompt_layout, to_device, use_packed
 from rlhfkit.models.rewards import (
     encode_scored, encode_scored_parts, forward_scores, is_last_token_model, layout_scores,
 )
@@ -221,7 +221,7 @@ class PairScorer(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 last: torch.Tensor | None = None, packed=None) -> torch.Tensor:
-        if packed is not None:  # `packed` asks for each sequence's final token (modeling.build_packed)
+        if packed is not None:  # `packed` asks for each sequence's final token (layout.build_packed)
             return self.model.score(packed_hidden_states(self.model, packed)).squeeze(-1).float()
         if last is None:
             return forward_scores(self.model, input_ids, attention_mask)
@@ -232,7 +232,7 @@ def micro_batch_inputs(ps: PairSet, uniq: list[int], pad_id: int, share_prompt: 
                        packed: bool = False) -> tuple[dict, int]:
     """PairScorer inputs on `device` for the unique sequences `uniq` (reward i belongs to uniq[i]), and the tokens
     processed. `share_prompt`: one block per distinct prompt prefix holding all its responses, as rows under
-    block masks or `packed` (modeling.use_packed); else padded rows."""
+    block masks or `packed` (layout.use_packed); else padded rows."""
     if not share_prompt:
         ids, attn, _ = data_lib.pad_right([ps.seqs[s] for s in uniq], pad_id)
         return {"input_ids": to_device(ids, device), "attention_mask": to_device(attn, device)}, int(attn.sum())

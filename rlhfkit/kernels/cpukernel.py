@@ -2,14 +2,13 @@
 - `linear`: a decode step's matmul with few rows. At a decode step's 1-8 rows, MKL's sgemm reads the weights at
   5-8 GB/s; `csrc/decode_matmul.c` streams each weight row once per 8 input rows with the accumulators in
   registers. On the 2-core benchmark machine the 17 matmuls of a batch-8 step of the 5 M-parameter benchmark model
-  took 1.4 ms, against 3.2-3.6 ms for the best torch form (docs/benchmarks.md, session 6).
+  took 1.4 ms, against 3.2-3.6 ms for the best torch form (docs/benchmarks.md).
 - `swiglu_*`, `rmsnorm_*`: a training step's SwiGLU and RMSNorm, forward and backward, one pass each
-  (`csrc/train_elementwise.c`; wrapped for autograd in `rlhfkit/kernels/fusedops.py`; session 12).
+  (`csrc/train_elementwise.c`; wrapped for autograd in `rlhfkit/kernels/fusedops.py`).
 - `logsumexp_rows`, `logsoftmax_grad_rows_`: an LM head's log-softmax forward and backward passes over the logits
-  (`csrc/train_elementwise.c`; used by `logprobs.linear_logprobs`; session 13).
+  (`csrc/train_elementwise.c`; used by `models.logps.linear_logprobs`).
 - `block_attention_*`: attention under a padding-free layout's block masks, forward and backward, computing only
-  the 16 x 16 score tiles the mask lets through (`csrc/block_attention.c`; wrapped in `rlhfkit/kernels/fusedops.py`;
-  session 13).
+  the 16 x 16 score tiles the mask lets through (`csrc/block_attention.c`; wrapped in `rlhfkit/kernels/fusedops.py`).
 
 The C files are compiled together on first use with the system's C compiler (`$CC`, else `cc` or `gcc`) into
 `$XDG_CACHE_HOME/rlhfkit/` (default `~/.cache/rlhfkit/`), named by a hash of the sources, the flags and the

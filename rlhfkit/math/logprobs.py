@@ -5,14 +5,12 @@ Conventions (docs/DESIGN.md):
     log p(labels[b, t] | tokens <= t), aligned with the label token. Masks are sliced the same way.
   * Masks are bool, True = the position counts. A reduction over an all-False mask returns 0, never NaN.
 
-Imports only torch, and rlhfkit's compiled loops (`cpukernel`), which `linear_logprobs` uses for its log-softmax on
-fp32 CPU logits.
+Imports only torch. The fused LM head + log-softmax with the compiled loops (`linear_logprobs`) is in
+`models.logps`; `token_logprobs` here is its reference.
 """
 from __future__ import annotations
 
 import torch
-
-from rlhfkit.kernels import cpukernel
 
 # Rows of (B*T, V) logits processed at once. Bounds the float32 temporaries (the tempered copy, exp(x - max)) at
 # CHUNK_ROWS * V floats instead of B * T * V: with V = 150k that is ~600 MB per 1024 rows instead of gigabytes.
@@ -26,7 +24,7 @@ def _row_chunks(logits: torch.Tensor, chunk_rows: int):
         yield start, min(start + chunk_rows, flat.size(0)), flat[start:start + chunk_rows]
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     # log-softmax in bf16/fp16 loses ~3 significant digits, enough to make the PPO ratio != 1 at step 0;
     # compute in at least float32 (float64 inputs stay float64).
     return torch.promote_types(dtype, torch.float32)
@@ -50,7 +48,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
-    dtype = _compute_dtype(logits.dtype)
+    dtype = compute_dtype(logits.dtype)
     flat_labels = labels.reshape(-1)  # (N,)
     valid = flat_labels >= 0
     safe_labels = flat_labels.clamp(min=0)
@@ -73,7 +71,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0,
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    dtype = _compute_dtype(logits.dtype)
+    dtype = compute_dtype(logits.dtype)
     out = []
     for _, _, chunk in _row_chunks(logits, chunk_rows):
         z = chunk.to(dtype)
@@ -126,49 +124,3 @@ def sequence_logprobs(token_logps: torch.Tensor, mask: torch.Tensor, average: bo
     """Per-sequence log-prob: (B, T) token log-probs -> (B,) sum over masked tokens, or their mean if `average`
     (the length-normalised log-prob of SimPO / ORPO). An empty row gives 0."""
     return masked_mean(token_logps, mask, dim=-1) if average else masked_sum(token_logps, mask, dim=-1)
-
-
-def _fast_rows(logits: torch.Tensor) -> bool:
-    return (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
-            and logits.is_contiguous() and cpukernel.available())
-
-
-class _LinearLogprobs(torch.autograd.Function):
-    """log softmax(h @ weight^T)[labels] with a lean backward: the (N, V) logits are the only (N, V) buffer kept,
-    and the backward turns them into their own gradient in place, softmax - onehot(labels), scaled per row."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = torch.nn.functional.linear(h, weight).to(_compute_dtype(h.dtype))  # (N, V)
-        # fp32 on the CPU: the C passes (two reads, no (N, V) temporary; docs/benchmarks.md, session 13)
-        ctx.fast = _fast_rows(logits)
-        logz = cpukernel.logsumexp_rows(logits) if ctx.fast else torch.logsumexp(logits, dim=-1)  # (N,)
-        ctx.save_for_backward(h, weight, labels, logz)
-        ctx.logits = logits  # not saved through autograd: the backward overwrites it
-        return logits.gather(-1, labels[:, None]).squeeze(-1) - logz
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        h, weight, labels, logz = ctx.saved_tensors
-        logits, ctx.logits = ctx.logits, None
-        if logits is None:
-            raise RuntimeError("linear_logprobs: backward through the same graph twice is not supported")
-        # d logp_i / d z_ij = onehot_ij - softmax_ij (the usual log-softmax gradient)
-        if ctx.fast:
-            grad_logits = cpukernel.logsoftmax_grad_rows_(logits, logz, grad, labels)
-        else:
-            grad_logits = logits.sub_(logz[:, None]).exp_().mul_(-grad[:, None])
-            grad_logits[torch.arange(len(labels), device=labels.device), labels] += grad
-        grad_logits = grad_logits.to(h.dtype)
-        return grad_logits @ weight.to(h.dtype), (grad_logits.t() @ h).to(weight.dtype), None
-
-
-def linear_logprobs(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(N,) log softmax(h @ weight^T)[labels] for hidden states h (N, H), an LM head's weight (V, H) and labels (N,),
-    computed in at least float32. Equal to `token_logprobs(F.linear(h, weight), labels)`, but its backward needs
-    no (N, V) buffer beyond the logits themselves (autograd's keeps three: the logits, exp(z - logZ) and the gather's
-    zero-filled gradient), which cuts a DPO step of the benchmark model by ~7 ms of ~340 (docs/benchmarks.md,
-    session 12). Labels must be valid token ids (no -100)."""
-    if h.dim() != 2 or labels.shape != h.shape[:1]:
-        raise ValueError(f"h {tuple(h.shape)} must be (N, H) and labels {tuple(labels.shape)} (N,)")
-    return _LinearLogprobs.apply(h, weight, labels)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -34,7 +35,6 @@ class ModelError(ValueError):
 
 def _loading(what: str, name_or_path: str):
     """Turn the library's many loading errors into one clear message naming the path."""
-    import contextlib
 
     @contextlib.contextmanager
     def ctx():
@@ -96,6 +96,14 @@ def inference_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The Engine's autocast (`--precision`), for work done before the Engine exists (DPO's reference
+    precomputation)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:

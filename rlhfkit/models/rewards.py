@@ -98,9 +98,9 @@ def forward_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
 
 def layout_scores(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
                   last: torch.Tensor) -> torch.Tensor:
-    """Scalar rewards of a decoder reward model on a `modeling.build_layout` batch: the head reads each sequence's
+    """Scalar rewards of a decoder reward model on a `layout.build_layout` batch: the head reads each sequence's
     final token (`last`, flat indices). Same values as `forward_scores` on the sequences as padded rows."""
-    from rlhfkit.models.modeling import layout_hidden_states
+    from rlhfkit.models.layout import layout_hidden_states
 
     return model.score(layout_hidden_states(model, input_ids, position_ids, mask, needed=last)).squeeze(-1).float()
 
@@ -152,22 +152,22 @@ class RewardModel:
     def _raw_scores(self, model, tokenizer, max_length: int, prompts: list[Any], responses: list[Any]) -> torch.Tensor:
         """Unnormalised scores (B,) of one member, in input order.
 
-        Decoder reward models forward each distinct prompt once for all its responses (modeling.shared_prompt_layout:
+        Decoder reward models forward each distinct prompt once for all its responses (layout.shared_prompt_layout:
         the G samples of a GRPO group, best-of-n's n candidates); the scores equal the padded rows' (tested).
         Encoders, which see the whole sequence bidirectionally, get length-sorted padded batches."""
         parts = [encode_scored_parts(tokenizer, p, r, max_length, self.truncation) for p, r in zip(prompts, responses)]
         out = torch.empty(len(parts), dtype=torch.float32)
         if is_last_token_model(model):
-            from rlhfkit.models import modeling
+            from rlhfkit.models import layout
 
-            packed = modeling.use_packed(model, self.device)  # the GPU layout (modeling.use_packed)
+            packed = layout.use_packed(model, self.device)  # the GPU layout (layout.use_packed)
             order = sorted(range(len(parts)), key=lambda i: (parts[i][0], len(parts[i][1])))  # one prompt together
             for s in range(0, len(order), self.batch_size):
                 idx = order[s : s + self.batch_size]
-                lay = modeling.shared_prompt_layout([parts[i][0] for i in idx], [parts[i][1] for i in idx],
+                lay = layout.shared_prompt_layout([parts[i][0] for i in idx], [parts[i][1] for i in idx],
                                                     tokenizer.pad_token_id, packed)
                 if packed:
-                    h = modeling.packed_hidden_states(model, lay.packed.with_needed(lay.last).to(self.device))
+                    h = layout.packed_hidden_states(model, lay.packed.with_needed(lay.last).to(self.device))
                     out[idx] = model.score(h).squeeze(-1).float().cpu()
                 else:
                     out[idx] = layout_scores(model, lay.input_ids.to(self.device), lay.position_ids.to(self.device),

@@ -104,7 +104,7 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
     value_fn(input_ids, attention) -> (b, T-1) values; decode(ids) -> text (special tokens dropped).
     recompute_logprobs=False leaves `logprobs` zero: a trainer doing a single on-policy update uses its own
     forward's log-probs detached as the old ones (the ratio is then 1 by construction, and one forward is saved).
-    share_prompt: the log-prob forwards share each prompt among its rows (exact; modeling.rows_layout).
+    share_prompt: the log-prob forwards share each prompt among its rows (exact; layout.rows_layout).
     autocast: the trainer's autocast (Engine.autocast): sampling and the log-prob forwards run in the precision
     the update's forwards use, so the importance ratio starts at 1 there too.
     """

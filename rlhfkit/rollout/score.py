@@ -15,7 +15,8 @@ from typing import Any, Callable
 import torch
 
 from rlhfkit import data as data_lib
-from rlhfkit.models.modeling import TokenLogprobs, rows_layout, use_packed
+from rlhfkit.models.layout import rows_layout, use_packed
+from rlhfkit.models.logps import TokenLogprobs
 
 RewardFn = Callable[[list[Any], list[str]], dict[str, torch.Tensor]]
 
@@ -61,7 +62,7 @@ def as_reward_fn(reward: Callable | None, specs: list[str], weights: list[float]
 def chunked_logprobs(model: torch.nn.Module, input_ids, attention, response_mask, temperature: float,
                      chunk: int, share_prompt_pad_id: int | None = None) -> torch.Tensor:
     """Log-probs (B, T-1) of the response tokens, `chunk` rows per forward (same shapes as a training micro-batch).
-    With `share_prompt_pad_id`, rows of one prompt share its forward (modeling.rows_layout; same values)."""
+    With `share_prompt_pad_id`, rows of one prompt share its forward (layout.rows_layout; same values)."""
     lp = TokenLogprobs(model) if not isinstance(model, TokenLogprobs) else model
     outs = []
     with torch.inference_mode():  # cheaper per op than no_grad; the clone below makes the result a normal tensor
