@@ -15,6 +15,7 @@ Stages run in order, each through the same commands a user runs on a Hugging Fac
     rm         a Bradley-Terry reward model (initialised from SFT), evaluated against the annotator ceiling
     ppo_*      PPO against the reward model at several KL coefficients (small, moderate, large)
     dpo        DPO on the same preferences
+    ai_feedback  RLAIF: the rule-based judge relabels the same pairs; rm and dpo rerun on its labels (optional)
     bon        best-of-n against the reward model for several n
     eval       every policy on held-out prompts with the gold judge the policies never saw
     report     report.html
@@ -61,6 +62,8 @@ class Config:
     default: still enough that annotators prefer padded answers and PPO at a small KL coefficient pads and
     over-optimises, while DPO and best-of-n, which follow the labels more literally, are not swamped by it
     (seed 0, gold: SFT -0.24; at 1.0 best-of-16 -0.27 and DPO -0.20, at 0.5 -0.15 and -0.12; docs/benchmarks.md)."""
+    ai_feedback: bool = True
+    """Run the AI-feedback stage (RLAIF from the rule-based judge's labels on the same pairs; `cai.demo_stage`)."""
     stop_after: str = ""
     """Stop after this stage (e.g. sft); empty runs them all."""
 
@@ -198,14 +201,14 @@ def rm_settings(s: dict) -> dict:
                 group_by_prompt=False, normalize=True)
 
 
-def stage_rm(ctx: Context) -> dict:
+def stage_rm(ctx: Context, name: str = "rm", labels: str = "") -> dict:
     from rlhfkit.diagnostics import eval_rm
     from rlhfkit.algorithms import rm
 
-    rm.train(rm.Config(**ctx.common("rm"), model=ctx.path("sft"), data=ctx.path("prefs", "train.jsonl"),
+    rm.train(rm.Config(**ctx.common(name), model=ctx.path("sft"), data=labels or ctx.path("prefs", "train.jsonl"),
                        **rm_settings(ctx.s)))
-    res = eval_rm.run(eval_rm.Config(reward=ctx.path("rm"), data=ctx.path("prefs", "heldout.jsonl"),
-                                     output=ctx.path("rm", "eval.json"), world=True,
+    res = eval_rm.run(eval_rm.Config(reward=ctx.path(name), data=ctx.path("prefs", "heldout.jsonl"),
+                                     output=ctx.path(name, "eval.json"), world=True,
                                      verbosity_scale=ctx.cfg.annotator_verbosity))
     return {"rm": {k: res.get(k) for k in ("accuracy", "ceiling", "ece", "length_correlation", "n_pairs")}}
 
@@ -302,19 +305,30 @@ def ppo_stage(beta: float) -> Callable[[Context], dict]:
     return stage
 
 
-def stage_dpo(ctx: Context) -> dict:
+def stage_dpo(ctx: Context, name: str = "dpo", labels: str = "") -> dict:
     """DPO (Rafailov et al. 2023) on the same annotator preferences the reward model learnt from, with R-DPO's
     length term (Park et al. 2024): plain DPO learns the annotators' length bias along with their judgement
     (docs/dpo.md: on seed 0 it lengthened answers and its win rate against SFT was 0.512 [0.482, 0.543])."""
     from rlhfkit.algorithms import dpo
 
     s = ctx.s
-    dpo.train(dpo.Config(**ctx.common("dpo"), model=ctx.path("sft"), data=ctx.path("prefs", "train.jsonl"),
+    dpo.train(dpo.Config(**ctx.common(name), model=ctx.path("sft"), data=labels or ctx.path("prefs", "train.jsonl"),
                          loss=["sigmoid"], beta=s["dpo_beta"], length_alpha=s["dpo_length_alpha"],
                          num_epochs=s["dpo_epochs"],
                          micro_batch_size=s["dpo_batch"], learning_rate=s["dpo_lr"], max_length=128,
                          precompute_ref=True, warmup_steps=5))
-    return {"path": ctx.path("dpo")}
+    return {"path": ctx.path(name)}
+
+
+def stage_ai_feedback(ctx: Context) -> dict:
+    """RLAIF on the annotators' own pairs (`cai.demo_stage`): the rule-based judge relabels them, and the rm and dpo
+    stages' code and settings train on its labels (`rm_ai`, `dpo_ai`; the eval stage judges `dpo_ai` with gold)."""
+    from rlhfkit.cai import demo_stage
+
+    res = demo_stage.relabel(ctx.path("prefs", "train.jsonl"), ctx.path("ai_feedback"))
+    res["rm"] = stage_rm(ctx, "rm_ai", res["train"])["rm"]
+    stage_dpo(ctx, "dpo_ai", res["train"])
+    return {"ai_feedback": res}
 
 
 def bon_candidates(ctx: Context) -> dict:
@@ -427,6 +441,7 @@ def stage_eval(ctx: Context) -> dict:
     """Every trained policy on the held-out prompts (base and SFT again too: the proxy judge exists now)."""
     names = ["base", "sft"] + [_beta_name(b) for b in ctx.cfg.ppo_betas]
     names += [n for n in ("dpo",) if (ctx.root / n / "config.json").exists()]
+    names += ["dpo_ai"] if ctx.cfg.ai_feedback else []
     return {"policies": evaluate_models(ctx, names)}
 
 
@@ -453,6 +468,7 @@ def stages(cfg: Config) -> list[Stage]:
     coefficient reruns one PPO stage, the evaluation, best-of-n and the report, not the pretraining."""
     betas = [_beta_name(b) for b in cfg.ppo_betas]
     verbosity = {"annotator_verbosity": cfg.annotator_verbosity}
+    ai = ("ai_feedback",) if cfg.ai_feedback else ()  # it reads prefs; eval judges its policy
     return [
         Stage("world", stage_world, (), {}),
         Stage("tokenizer", stage_tokenizer, ("world",), {}),
@@ -465,10 +481,11 @@ def stages(cfg: Config) -> list[Stage]:
         *[Stage(_beta_name(b), ppo_stage(b), ("world", "sft", "rm"),
                 {"kl_coef": b, "iterations": ppo_iterations(cfg, b)}) for b in cfg.ppo_betas],
         Stage("dpo", stage_dpo, ("sft", "prefs"), {}),
-        Stage("eval", stage_eval, ("world", "sft", "rm", *betas, "dpo"), {"ppo_betas": list(cfg.ppo_betas)}),
+        *[Stage(a, stage_ai_feedback, ("sft", "prefs"), verbosity) for a in ai],
+        Stage("eval", stage_eval, ("world", "sft", "rm", *betas, "dpo", *ai), {"ppo_betas": list(cfg.ppo_betas)}),
         # reads eval/sft.json, SFT's held-out answers, as its win-rate reference
         Stage("bon", stage_bon, ("world", "sft", "rm", "eval"), {"bon_n": list(cfg.bon_n), **verbosity}),
-        Stage("report", stage_report, ("eval_sft", "eval", "bon", *betas), {}),
+        Stage("report", stage_report, ("eval_sft", "eval", "bon", *betas, *ai), {}),
     ]
 
 
@@ -519,6 +536,9 @@ def _summary_from_results(ctx: Context) -> dict:
     out["frontier"] = {p: {"kl_to_sft": v.get("kl_to_sft"), "gold": v.get("gold"), "proxy": v.get("proxy")}
                        for p, v in out["policies"].items()}
     out["alarms"] = [a for res in ctx.results.values() for a in res.get("alarms", [])]
+    if "ai_feedback" in ctx.results:  # after the loop: it reads the eval stage's gold of dpo_ai and dpo
+        from rlhfkit.cai.demo_stage import summary as ai_summary
+        out["ai_feedback"] = ai_summary(ctx.results["ai_feedback"]["ai_feedback"], out["policies"])
     return out
 
 

@@ -45,6 +45,51 @@ def test_summary_has_the_contract_keys(toy_demo):
     assert (toy_demo / "report.html").exists()
 
 
+def test_ai_feedback_keys(toy_demo):
+    """The AI-feedback stage: the rule-based judge relabelled the annotators' own pairs (no new samples), its
+    agreement numbers are proportions over those pairs, and both DPO policies were judged with gold."""
+    s = json.loads((toy_demo / "summary.json").read_text())
+    ai = s["ai_feedback"]
+    n = ai["pairs"]
+    assert n["annotated"] == s["labels"]["n"] and n["train"] + n["judge_ties"] == n["annotated"] and n["train"] > 0
+    assert max(n["judge_vs_gold"], n["judge_vs_annotators"]) <= n["train"]
+    for k in ("judge_gold_accuracy", "judge_annotator_accuracy", "annotator_gold_accuracy", "position_consistency"):
+        assert 0.0 <= ai[k] <= 1.0, k
+    assert -1.0 <= ai["judge_annotator_kappa"] <= 1.0
+    assert ai["position_consistency"] == 1.0 and ai["first_shown_wins"] == 0.5  # the rule judge is symmetric
+    for role, name in (("rlaif", "dpo_ai"), ("human", "dpo")):
+        p = ai["policies"][role]
+        assert p["policy"] == name and p["gold"] == s["policies"][name]["gold"]
+        w = p["win_rate_vs_sft"]
+        assert set(w) == {"mean", "low", "high"} and 0 <= w["low"] <= w["mean"] <= w["high"] <= 1
+    assert 0.0 <= ai["rm"]["accuracy"] <= 1.0 and ai["rm"]["ceiling"] == s["rm"]["ceiling"]  # same held-out labels
+    ai_rows = [json.loads(x) for x in (toy_demo / "ai_feedback" / "labels.jsonl").read_text().splitlines()]
+    human = [json.loads(x) for x in (toy_demo / "prefs" / "train.jsonl").read_text().splitlines()]
+    assert [sorted((str(r["chosen"]), str(r["rejected"]))) for r in ai_rows] == \
+        [sorted((str(r["chosen"]), str(r["rejected"]))) for r in human]  # the same pairs, in order
+    assert 'id="ai"' in (toy_demo / "report.html").read_text()
+
+
+def test_ai_feedback_off_leaves_every_other_result_unchanged(toy_demo, tmp_path, capsys):
+    """--no-ai-feedback on a finished run reuses every stage up to dpo, drops the stage and its keys, and every
+    other result in summary.json is what the run with the stage gave: the stage changes no other stage's inputs."""
+    run = tmp_path / "run"
+    shutil.copytree(toy_demo, run)
+    capsys.readouterr()
+    demo.run(demo.Config(out=str(run), scale="toy", threads=1, ai_feedback=False))
+    printed = capsys.readouterr().out
+    reused = {line.split()[2].rstrip(":") for line in printed.splitlines() if line.endswith("earlier)")}
+    assert reused == {st.name for st in demo.stages(demo.Config(scale="toy"))} - {"ai_feedback", "eval", "bon",
+                                                                                   "report"}
+    on, off = (json.loads((d / "summary.json").read_text()) for d in (toy_demo, run))
+    assert "ai_feedback" not in off and "dpo_ai" not in off["policies"] and "ai_feedback" not in off["stages"]
+    for d in (on["policies"], on["frontier"]):
+        del d["dpo_ai"]
+    for k in ("config", "stages", "ai_feedback"):
+        on.pop(k), off.pop(k, None)
+    assert on == off
+
+
 def test_rerun_reuses_finished_stages(toy_demo, capsys):
     before = (toy_demo / "stages" / "sft.json").read_text()
     demo.run(demo.Config(out=str(toy_demo), scale="toy", threads=1))
@@ -80,8 +125,10 @@ def test_fingerprints_follow_what_each_stage_reads(monkeypatch):
     assert _changed(out="elsewhere", force=True, stop_after="sft") == set()
     assert _changed(seed=1) == every and _changed(threads=1) == every
     assert _changed(bon_n=[2, 4]) == {"bon", "report"}
-    later = {"prefs", "rm", "ppo_beta_0.01", "ppo_beta_0.1", "ppo_beta_0.5", "dpo", "eval", "bon", "report"}
+    later = {"prefs", "rm", "ppo_beta_0.01", "ppo_beta_0.1", "ppo_beta_0.5", "dpo", "ai_feedback", "eval", "bon",
+             "report"}
     assert _changed(annotator_verbosity=1.0) == later
+    assert _changed(ai_feedback=False) == {"ai_feedback", "eval", "bon", "report"}  # the stage, and its readers
     # a new KL coefficient (not the smallest): its own PPO stage, and what reads every PPO run
     assert _changed(ppo_betas=[0.01, 0.1, 0.5, 0.05]) == {"ppo_beta_0.05", "eval", "bon", "report"}
     # a new smallest coefficient: the old smallest now runs the shorter budget, so it is redone too
@@ -107,3 +154,13 @@ def test_other_bon_n_reruns_only_best_of_n_and_the_report(toy_demo, tmp_path, ca
     s = json.loads((run / "summary.json").read_text())
     assert s["bon_selectors"]["n"] == [1, 2, 3] and {"bon_2", "bon_3"} <= set(s["policies"])
     assert "bon_4" not in s["policies"]
+
+
+def test_stage_list_and_stop_after_follow_ai_feedback():
+    """The stage sits after dpo and before eval; off, it is gone from the pipeline and from --stop-after's choices."""
+    on = [st.name for st in demo.stages(demo.Config(scale="toy"))]
+    assert on.index("dpo") < on.index("ai_feedback") < on.index("eval")
+    assert "ai_feedback" not in [st.name for st in demo.stages(demo.Config(scale="toy", ai_feedback=False))]
+    demo.Config(scale="toy", stop_after="ai_feedback").validate()
+    with pytest.raises(ValueError, match="stop_after"):
+        demo.Config(scale="toy", ai_feedback=False, stop_after="ai_feedback").validate()

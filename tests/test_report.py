@@ -68,6 +68,7 @@ def make_demo_dir(root: Path) -> Path:
                                  "reward_model": [0.40, 0.52, 0.471], "annotators_blind": [0.40, 0.50, 0.512],
                                  "annotators": [0.40, 0.61, 0.74],
                                  "gold": [0.40, 0.83, 0.97]},
+               "ai_feedback": ai_feedback(0.58, 0.63),
                "alarms": [{"policy": "ppo_small", "kind": "proxy_up_gold_down", "step": 8},
                           {"policy": "ppo_small", "kind": "length_drift", "step": 10}],
                "stages": {"tokenizer": {"seconds": 3}, "pretrain": {"seconds": 60}, "sft": {"seconds": 30},
@@ -81,6 +82,26 @@ def make_demo_dir(root: Path) -> Path:
     _jsonl(root / "dpo" / "metrics.jsonl", [{"step": s, "train/loss": 0.69 - 0.02 * s, "rewards/margin": 0.1 * s,
                                              "rewards/accuracy": 0.5 + 0.02 * s} for s in range(1, 11)])
     return root
+
+
+def ai_feedback(rlaif: float, human: float, half: float = 0.06) -> dict:
+    """summary.json's `ai_feedback` (the demo's RLAIF stage) with win rates `rlaif` / `human` against SFT, each
+    +- `half`, and model text carrying the payload."""
+    def policy(name, wr):
+        return {"policy": name, "gold": wr - 0.7, "gold_se": 0.02,
+                "win_rate_vs_sft": {"mean": wr, "low": wr - half, "high": wr + half}}
+
+    return {"judge": "rule", "judge_gold_accuracy": 0.99, "judge_gold_kappa": 0.98, "judge_annotator_accuracy": 0.64,
+            "judge_annotator_kappa": 0.28, "annotator_gold_accuracy": 0.66, "annotator_gold_kappa": 0.31,
+            "position_consistency": 1.0, "first_shown_wins": 0.5,
+            "pairs": {"annotated": 900, "judge_ties": 200, "train": 700, "judge_vs_gold": 650,
+                      "judge_vs_annotators": 700, "annotators_vs_gold": 850},
+            "prefers_longer": {"judge": 0.41, "annotators": 0.68, "gold": 0.40},
+            "rm": {"accuracy": 0.612, "ceiling": 0.76},
+            "policies": {"rlaif": policy(f"dpo_ai{PAYLOAD}", rlaif), "human": policy("dpo", human)},
+            "disagreements": [{"prompt": f"What is 2 plus 3? {PAYLOAD}", "judge_prefers": "5.",
+                               "annotators_prefer": f"Great question! 2 plus 3 is 5. {PAYLOAD}",
+                               "gold_sides_with": "judge"}]}
 
 
 def make_user_runs(root: Path) -> list[Path]:
@@ -105,7 +126,7 @@ def test_demo_report_has_every_section(tmp_path):
     out = R.run(R.Config(run_dirs=[str(d)]))
     assert out == d / "report.html"
     html = out.read_text()
-    for sid in ("pipeline", "glance", "rm", "curves", "overopt", "frontier", "length", "alarms", "samples"):
+    for sid in ("pipeline", "glance", "rm", "curves", "overopt", "frontier", "length", "alarms", "ai", "samples"):
         assert f'<section id="{sid}">' in html, sid
     _check_inert(html)
     assert html.count("<img ") >= 9  # rm, 4 curves, over-optimisation, frontier, best-of-n pickers, length
@@ -124,7 +145,7 @@ def test_user_runs_report_without_gold(tmp_path):
     html = out.read_text()
     for sid in ("pipeline", "curves", "overopt", "length", "alarms", "samples"):
         assert f'<section id="{sid}">' in html, sid
-    for sid in ("glance", "rm", "frontier"):  # gold-only / demo-only parts are left out
+    for sid in ("glance", "rm", "frontier", "ai"):  # gold-only / demo-only parts are left out
         assert f'<section id="{sid}">' not in html, sid
     assert "gold-only parts are left out" in html
     _check_inert(html)
@@ -219,3 +240,32 @@ def test_bon_steps_row_and_verdict(step, verdict):
     assert "+0.140 [+0.120, +0.160]" in html
     assert f"{step['mean']:+.3f} [{step['low']:+.3f}, {step['high']:+.3f}]" in html
     assert "From best-of-8 to best-of-16" in html and verdict in html
+
+
+@pytest.mark.parametrize("rlaif, human, verdict", [
+    (0.70, 0.55, "AI labels beat the human ones"),
+    (0.45, 0.62, "AI labels trail the human ones"),
+    (0.58, 0.63, "indistinguishable at this sample size"),  # [0.52, 0.64] overlaps [0.57, 0.69]
+])
+def test_ai_feedback_section(rlaif, human, verdict):
+    """The AI-feedback section: agreement with Wilson intervals, both policies' gold and win rates, and a verdict
+    read off the win-rate intervals (overlap = indistinguishable); model text stays escaped text."""
+    html = R.section_ai_feedback({"ai_feedback": ai_feedback(rlaif, human), "rm": {"accuracy": 0.71}})
+    assert verdict in html and sum(v in html for v in ("beat the", "trail the", "indistinguishable")) == 1
+    assert f"{rlaif:.3f} [{rlaif - 0.06:.3f}, {rlaif + 0.06:.3f}]" in html
+    assert f"{human - 0.7:.3f} &plusmn; 0.020" in html  # gold with its standard error
+    # 0.99 of 650 pairs: Wilson [0.979, 0.995]; the annotators' 0.66 of 850: [0.627, 0.691]; so "closer to gold"
+    assert "0.990 [0.979, 0.995]" in html and "0.660 [0.627, 0.691]" in html
+    assert "closer to gold than the annotators" in html and "close to an oracle" in html
+    assert "0.612" in html and "0.710" in html  # the two reward models on the annotators' held-out labels
+    _check_inert(html)
+    assert R.section_ai_feedback({"policies": {}}) == ""  # a demo run without the stage: no section
+
+
+def test_ai_feedback_section_without_the_eval():
+    """Stopped after the stage (no gold for the policies yet): the agreement shows, no verdict is made up."""
+    ai = ai_feedback(0.6, 0.6)
+    ai["policies"] = {k: {"policy": p["policy"], "gold": None, "gold_se": None, "win_rate_vs_sft": None}
+                      for k, p in ai["policies"].items()}
+    html = R.section_ai_feedback({"ai_feedback": ai})
+    assert "AI judge vs gold" in html and "labels beat" not in html and "indistinguishable" not in html

@@ -16,7 +16,9 @@ containing `<script>` is shown as text. Sections (gold-only parts are left out f
   6. the frontier: gold reward against KL to SFT for PPO, DPO and best-of-n (Rafailov et al. 2023, Fig. 2)
   7. length drift
   8. alarms raised by the over-optimisation monitor
-  9. sample responses per policy, with their gold components
+  9. AI feedback: the demo's RLAIF stage, its judge against gold and the annotators, and the gold of the policy
+     trained on its labels beside the human-label one                   (summary.json ai_feedback; report_ai.py)
+ 10. sample responses per policy, with their gold components
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from rlhfkit.diagnostics.report_sections import (  # noqa: F401
     CURVE_GROUPS, PREFERRED, SELECTORS, STEPS, bon_selectors_part, pick_curves, section_alarms, section_curves,
     section_frontier, section_glance, section_length, section_overopt, section_pipeline, section_rm, section_samples,
 )
+from rlhfkit.diagnostics.report_ai import section_ai_feedback
 
 
 POSITIONAL = "run_dirs"  # `rlhfkit report RUN_DIR...`
@@ -153,6 +156,7 @@ def render(summary: dict, runs: list[Run], cfg: Config) -> str:
         ("frontier", "Frontier", section_frontier(summary, plots) if has_gold else ""),
         ("length", "Length drift", section_length(summary, runs, plots)),
         ("alarms", "Alarms", section_alarms(summary, runs)),
+        ("ai", "AI feedback", section_ai_feedback(summary)),
         ("samples", "Samples", section_samples(summary, runs, cfg.samples_per_policy)),
     ]
     nav = "".join(f'<a href="#{sid}">{esc(t)}</a>' for sid, t, body in sections if body)
