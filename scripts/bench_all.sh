@@ -27,9 +27,9 @@ for r in $(seq "$ROUNDS"); do
       kto)  $TRL kto $C --results $R/trl_kto.jsonl >/dev/null
             $RK kto --model $D/small --data $D/preference.jsonl $C --results $R/rlhfkit_kto.jsonl >/dev/null ;;
       grpo) $TRL grpo $C --beta 0.04 --num-generations 4 --max-new-tokens 32 --results $R/trl_grpo.jsonl >/dev/null
-            $RK grpo $RL $C --beta 0.04 --results $R/rlhfkit_grpo.jsonl >/dev/null ;;
+            $RK grpo $RL $C --kl-coef 0.04 --results $R/rlhfkit_grpo.jsonl >/dev/null ;;
       rloo) $TRL rloo $C --beta 0.05 --num-generations 4 --max-new-tokens 32 --results $R/trl_rloo.jsonl >/dev/null
-            $RK rloo $RL $C --beta 0.05 --results $R/rlhfkit_rloo.jsonl >/dev/null ;;
+            $RK rloo $RL $C --kl-coef 0.05 --results $R/rlhfkit_rloo.jsonl >/dev/null ;;
       ppo)  $RK ppo $RL $C --results $R/rlhfkit_ppo.jsonl >/dev/null ;;
     esac
     echo "round $r $t done" >&2

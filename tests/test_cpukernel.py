@@ -115,7 +115,8 @@ def test_normalised_rows_equal_rms_norm_then_linear(rows):
 def test_first_use_under_inference_mode_loads_the_kernels():
     """The kernels may first be asked for inside inference_mode (a reference forward) or an autograd Function's
     forward; their load-time self-test (run at every load, cached build or not) computes reference gradients and
-    must still run. A fresh process, so this is the first use. (Session 12's code raised here.)"""
+    must still run. A fresh process, so this is the first use. (A kernel load that ran its self-test under
+    the caller's grad mode raised here.)"""
     code = ("import torch\nfrom rlhfkit.kernels import cpukernel\nwith torch.inference_mode():\n"
             "    ok = cpukernel.available()\nprint(ok, cpukernel.why_unavailable())\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

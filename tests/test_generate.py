@@ -83,8 +83,8 @@ def test_draw_matches_the_distribution_and_never_picks_a_zero():
 
 
 def test_inference_device_prefers_cuda_only_when_present(monkeypatch):
-    """Inference-only commands (generate, sample, eval, eval-rm, serve-rm, bon) run on CUDA when there is one: on
-    session 4's GPU run they had silently stayed on the CPU. An explicit device always wins."""
+    """Inference-only commands (generate, sample, eval, eval-rm, serve-rm, bon) run on CUDA when there is one; without
+    this they silently stay on the CPU. An explicit device always wins."""
     from rlhfkit import models
     from rlhfkit.models.rewards import RewardModel
 

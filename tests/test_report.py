@@ -229,7 +229,7 @@ def test_frontier_plot_on_its_square_root_axis_takes_edge_cases(frontier):
     ({"mean": -0.009, "low": -0.025, "high": 0.007}, "within the noise"),
 ])
 def test_bon_steps_row_and_verdict(step, verdict):
-    """With `reward_model_steps` (summaries since session 15) the table gains a row of changes with their
+    """With `reward_model_steps` (when the summary has them) the table gains a row of changes with their
     intervals, and one sentence says whether the last step is a fall, a gain or noise."""
     sel = {"n": [1, 8, 16], "kl": [0.0, 1.204, 1.835], "reward_model": [-0.2, -0.06, -0.06 + step["mean"]],
            "annotators": [-0.2, 0.3, 0.5], "gold": [-0.2, 0.4, 0.6],

@@ -119,7 +119,7 @@ def _what(value: Any) -> str:
 
 def _turns_problem(value: Any, field: str) -> str | None:
     """Why `value` is not a prompt or a response: a string, or a non-empty list of {"role", "content"} messages
-    with string values. (Anything else used to be shown with str(): "1", "None", a dict's repr.)"""
+    with string values. (Anything else would show as str(): "1", "None", a dict's repr.)"""
     if isinstance(value, str):
         return None
     if not isinstance(value, list) or not value:

@@ -290,7 +290,7 @@ def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
     if not isinstance(sel, dict) or not sel.get("n"):
         return ""
     ns = sel["n"]
-    pickers = [p for p in SELECTORS if isinstance(sel.get(p[0]), list)]  # summaries before session 14 have three
+    pickers = [p for p in SELECTORS if isinstance(sel.get(p[0]), list)]  # older summaries have three pickers
     out = ["<h3>Who picks the best of n?</h3>",
            f"<p>The same SFT samples, with the best of n picked {len(pickers)} ways. Each value is the expected gold "
            "over every way of drawing n of the samples per prompt (not one draw), so the curves are smooth. The "
@@ -317,7 +317,7 @@ def bon_selectors_part(sel: dict | None, plots: Plots) -> str:
         out.append(plots.img(fig, "best-of-n gold against n, picked by the reward model, by the annotators "
                                   "(with and without correctness) and by gold"))
     rows = [[esc(label)] + [fmt(_num(v)) for v in sel[key]] for key, label, _ in pickers]
-    steps = [st for st in sel.get("reward_model_steps") or [] if isinstance(st, dict)]  # summaries since session 15
+    steps = [st for st in sel.get("reward_model_steps") or [] if isinstance(st, dict)]  # absent from older summaries
     if steps:
         by_to = {st.get("to"): st for st in steps}
         rows.insert(1, ["the reward model: change from the previous n [95% interval]"] + [

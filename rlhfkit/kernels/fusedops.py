@@ -7,12 +7,12 @@ The linear layers are still the model's own modules (so LoRA, hooks and DDP see 
 call whose tensors are not fp32 on the CPU (a GPU, autocast to bf16), runs the module's own transformers forward.
 Without the compiled kernels (`cpukernel.available()` False, e.g. `RLHFKIT_CPU_KERNEL=0`) nothing is changed.
 
-Why (docs/benchmarks.md, session 12): eager torch runs silu(g) * u as two ops forward and three backward, and
+Why (docs/benchmarks.md, "fused SwiGLU and RMSNorm"): eager torch runs silu(g) * u as two ops forward and three backward, and
 transformers' RMSNorm as six forward and more backward, each a pass over a (tokens, width) tensor. In a DPO step of
 the benchmark model, swapping in the fused versions saved ~11 ms of ~335 (paired timings). The
 results equal transformers' to fp32 rounding (tests/test_fusedops.py, per family).
 
-`BlockAttention` (session 13): a layout row's mask lets through ~36% of its scores on the DPO benchmark; SDPA under
+`BlockAttention`: a layout row's mask lets through ~36% of its scores on the DPO benchmark; SDPA under
 a mask computes all of them. The C kernel computes only the 16 x 16 tiles with an allowed entry: a benchmark batch's
 attention over its 4 layers, forward + backward, took ~19 ms instead of ~44 ms (paired timings, docs/benchmarks.md).
 """

@@ -104,7 +104,7 @@ def correctness_blind_utilities(prompts: list[str], responses: list[str],
     share of correct claims among these responses of the same prompt kind. Everything else (length, fillers,
     refusals, admitting not knowing, a confident tone, agreement) is scored as it is. Best-of-n by this utility
     shows about what a reward model that cannot check answers can gain from more samples (docs/benchmarks.md,
-    session 14: base rates per kind, confident tone, padding and length gave nearly the same curves)."""
+    the best-of-n sections: base rates per kind, confident tone, padding and length gave nearly the same curves)."""
     parsed = []
     for p, r in zip(prompts, responses, strict=True):
         task = parse_prompt(p)

@@ -11,8 +11,8 @@ for t in sft rm dpo kto grpo rloo ppo; do
     rm) $RK bench rm --model $D/small-rm --data $D/preference.jsonl $C --normalize false ;;
     dpo) $RK bench dpo --model $D/small --data $D/preference.jsonl $C --loss sigmoid ;;
     kto) $RK bench kto --model $D/small --data $D/preference.jsonl $C ;;
-    grpo) $RK bench grpo $RL $C --beta 0.04 ;;
-    rloo) $RK bench rloo $RL $C --beta 0.05 ;;
+    grpo) $RK bench grpo $RL $C --kl-coef 0.04 ;;
+    rloo) $RK bench rloo $RL $C --kl-coef 0.05 ;;
     ppo) $RK bench ppo $RL $C ;;
   esac > /tmp/b.json 2> /tmp/b.err || { echo "bench $t FAILED"; tail -20 /tmp/b.err; cat /tmp/b.err >> $OUT/bench_fail.err; }
   cat /tmp/b.json | tee -a $OUT/bench_gpu.jsonl

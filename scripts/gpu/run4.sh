@@ -23,9 +23,9 @@ run() {  # name, command...: one JSON line to $OUT/gpu_bench.jsonl and a short s
 }
 if [ "${PHASE:-a}" = d ]; then  # CUDA-graph reuse in generation, rloo, bf16 weights, gradient checkpointing
   timeout 70 python3 scripts/gpu/gen_bench.py /tmp/gw/big /tmp/bd/rl_prompts.jsonl 16 64 2>&1 | tail -4 | tee $OUT/gen_bench.jsonl
-  run rloo $RK bench rloo $RL --precision bf16 --beta 0.05
+  run rloo $RK bench rloo $RL --precision bf16 --kl-coef 0.05
   run trl-rloo $TRL rloo --gpu $RL --beta 0.05 --results /dev/null
-  run grpo $RK bench grpo $RL --precision bf16 --beta 0.04
+  run grpo $RK bench grpo $RL --precision bf16 --kl-coef 0.04
   run sft-bf16w $RK bench sft $SFT --precision bf16 --weights-dtype bf16
   run dpo-bf16w $RK bench dpo $PREF --precision bf16 --weights-dtype bf16 --loss sigmoid
   run dpo-gc $RK bench dpo $PREF --precision bf16 --loss sigmoid --gradient-checkpointing true
@@ -39,7 +39,7 @@ elif [ "${PHASE:-a}" = a ]; then  # dpo, sft and grpo against TRL, DPO first
   run trl-dpo $TRL dpo --gpu $PREF --results /dev/null
   run sft $RK bench sft $SFT --precision bf16
   run trl-sft $TRL sft --gpu $SFT --results /dev/null
-  run grpo $RK bench grpo $RL --precision bf16 --beta 0.04
+  run grpo $RK bench grpo $RL --precision bf16 --kl-coef 0.04
   run trl-grpo $TRL grpo --gpu $RL --beta 0.04 --results /dev/null
 else  # generation's parts, the rest of the trainers, then where an SFT step spends its time
   timeout 70 python3 scripts/gpu/gen_bench.py /tmp/gw/big /tmp/bd/rl_prompts.jsonl 16 64 2>&1 | tail -4 | tee $OUT/gen_bench.jsonl
@@ -47,7 +47,7 @@ else  # generation's parts, the rest of the trainers, then where an SFT step spe
   run trl-kto $TRL kto --gpu $PREF --results /dev/null
   run rm $RK bench rm $PREF --precision bf16 --normalize false
   run trl-rm $TRL reward --gpu $PREF --results /dev/null
-  run rloo $RK bench rloo $RL --precision bf16 --beta 0.05
+  run rloo $RK bench rloo $RL --precision bf16 --kl-coef 0.05
   run trl-rloo $TRL rloo --gpu $RL --beta 0.05 --results /dev/null
   run ppo $RK bench ppo $RL --precision bf16
   if [ $((SECONDS - T0)) -lt 330 ]; then
