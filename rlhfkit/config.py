@@ -156,6 +156,28 @@ def renamed(cls: type, data: dict, source: str) -> dict:
         out[key] = value
     return out
 
+class DeprecatedNames(type):
+    """Metaclass of `DeprecatedFields`: a retired field name (the class's `DEPRECATED = {old: new}`) given to the
+    constructor in Python is renamed with the same FutureWarning that YAML and the command line give
+    (`renamed`), so `grpo.Config(beta=0.04)` keeps working."""
+
+    def __call__(cls, *args, **kwargs):
+        source = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"  # grpo.Config, grpo.ReinforcePPConfig
+        return super().__call__(*args, **renamed(cls, kwargs, source))
+
+
+class DeprecatedFields(metaclass=DeprecatedNames):
+    """Base of a Config whose `DEPRECATED = {old: new}` names also work from Python, with a warning."""
+
+    def __getattr__(self, name: str):
+        """A retired field name read from Python (`cfg.beta`) answers with its new field, with a warning."""
+        new = getattr(type(self), "DEPRECATED", {}).get(name)
+        if new is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        warnings.warn(f"{type(self).__name__}.{name} is deprecated, use {new}", FutureWarning, stacklevel=2)
+        return getattr(self, new)
+
+
 
 def check_keys(cls: type, data: dict, source: str) -> None:
     valid = [f.name for f in dataclasses.fields(cls)]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,18 +23,8 @@ from rlhfkit.rollout.score import RewardFn, as_reward_fn
 
 
 # ----------------------------------------------------------------------------------------------- config
-class DeprecatedNames(type):
-    """Metaclass of the online Configs: a retired field name (the class's `DEPRECATED = {old: new}`) given to the
-    constructor in Python is renamed with the same FutureWarning that YAML and the command line give
-    (config.renamed), so `grpo.Config(beta=0.04)` keeps working."""
-
-    def __call__(cls, *args, **kwargs):
-        source = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"  # grpo.Config, grpo.ReinforcePPConfig
-        return super().__call__(*args, **config_lib.renamed(cls, kwargs, source))
-
-
 @dataclass
-class OnlineConfig(TrainConfig, metaclass=DeprecatedNames):
+class OnlineConfig(TrainConfig, config_lib.DeprecatedFields):
     """Settings shared by the online trainers (ppo, grpo, rloo). Batch semantics: see ppo.py's docstring."""
 
     model: str = ""
@@ -96,14 +85,6 @@ class OnlineConfig(TrainConfig, metaclass=DeprecatedNames):
 
     monitor_patience: int = 3
     """Early stop after this many monitor evaluations without a new best held-out score (gold, else proxy)."""
-
-    def __getattr__(self, name: str):
-        """A retired field name read from Python (`cfg.beta`) answers with its new field, with a warning."""
-        new = getattr(type(self), "DEPRECATED", {}).get(name)
-        if new is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        warnings.warn(f"{type(self).__name__}.{name} is deprecated, use {new}", FutureWarning, stacklevel=2)
-        return getattr(self, new)
 
     def validate_online(self, completions_per_prompt: int = 1) -> None:
         self.validate_common()
