@@ -269,3 +269,17 @@ def test_ai_feedback_section_without_the_eval():
                       for k, p in ai["policies"].items()}
     html = R.section_ai_feedback({"ai_feedback": ai})
     assert "AI judge vs gold" in html and "labels beat" not in html and "indistinguishable" not in html
+
+
+def test_ai_feedback_interval_helpers():
+    """Worked by hand. interval_order compares whole intervals: (0.6, 0.7) lies above (0.4, 0.5); touching or
+    crossing is an overlap. accuracy_interval(0.5, 100) is the 95% Wilson interval of 50/100: centre
+    (0.5 + z^2/200) / (1 + z^2/100) = 0.5, half-width 1.96 * sqrt(0.0025 + 3.8416/40000) / 1.038416 = 0.09617,
+    so (0.40383, 0.59617); without a count there is no interval."""
+    from rlhfkit.diagnostics import report_ai
+    assert report_ai.interval_order((0.6, 0.7), (0.4, 0.5)) == "above"
+    assert report_ai.interval_order((0.4, 0.5), (0.6, 0.7)) == "below"
+    assert report_ai.interval_order((0.4, 0.6), (0.6, 0.7)) == "overlap"
+    lo, hi = report_ai.accuracy_interval(0.5, 100)
+    assert lo == pytest.approx(0.40383, abs=2e-4) and hi == pytest.approx(0.59617, abs=2e-4)
+    assert report_ai.accuracy_interval(0.5, 0) is None and report_ai.accuracy_interval(None, 100) is None
