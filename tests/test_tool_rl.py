@@ -238,3 +238,66 @@ def test_tool_options_are_validated(tool_dir, tmp_path):
     with pytest.raises(ValueError, match=r"overlong_buffer must be in \[0, max_episode_tokens=640\]"):
         cfg_for(grpo.Config, tool_dir, tmp_path, overlong_buffer=700).validate()
     cfg_for(grpo.Config, tool_dir, tmp_path, overlong_buffer=100).validate()  # > max_new_tokens is fine with tools
+
+
+# ----------------------------------------------------------------------------------------------- rlhfkit eval
+def test_eval_reports_tool_metrics_of_a_scripted_policy(tool_dir):
+    """Four prompts, each answered by a scripted policy in a known way:
+
+        case A: a good call, then the right answer        calls 1, malformed 0, solved
+        case B: a malformed call, then a wrong answer     calls 0, malformed 1
+        case C: the right answer at once, no call         calls 0, malformed 0, solved
+        case D: a good call, then a wrong answer          calls 1, malformed 0
+
+    tool_call_validity = 1 - 1 malformed / 3 attempted = 2/3; calls_per_episode = 2 / 4 = 0.5; task_success (the
+    rows' `answer`) = 2 / 4 = 0.5; with a success function "right and used a tool": 1 / 4."""
+    from rlhfkit.diagnostics.tool_eval import evaluate_tool_policy
+    from rlhfkit.rollout.tools import ToolRunner, load_tools
+
+    tok = models.load_tokenizer(str(tool_dir / "model"))
+    model = models.load_causal_lm(str(tool_dir / "model"), tok)
+    first = {"A": CALL, "B": MALFORMED, "C": RIGHT, "D": CALL}
+    then = {"A": RIGHT, "B": WRONG, "D": WRONG}
+
+    def generate(prompt_ids, max_new_tokens):
+        out = []
+        for ids in prompt_ids:
+            text = tok.decode(ids)
+            case = text.split("case ")[1][0]
+            reply = then[case] if "<tool_response>" in text else first[case]
+            out.append(tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        return out
+
+    rows = [{"prompt": f"case {c}: what is 123 times 456?", "answer": "56088"} for c in "ABCD"]
+    with ToolRunner(load_tools(["calculator"])) as runner:
+        res = evaluate_tool_policy(model, tok, rows, runner, max_tokens=640, generate=generate, judges={})
+        assert res["tool_call_validity"] == pytest.approx(2 / 3) and res["calls_per_episode"] == 0.5
+        assert res["task_success"] == 0.5 and res["finished_rate"] == 1.0 and res["tools"]["turns"] == 1.75
+        assert [s["episode"]["success"] for s in res["samples"]] == [1.0, 0.0, 1.0, 0.0]
+        assert [s["response"] for s in res["samples"]] == [RIGHT, WRONG, RIGHT, WRONG]
+
+        def right_with_a_tool(prompts, answers, *, episodes):
+            return [float(answer_correct(a, "56088") and e.calls > 0) for a, e in zip(answers, episodes)]
+
+        res = evaluate_tool_policy(model, tok, rows, runner, max_tokens=640, generate=generate, judges={},
+                                   success=right_with_a_tool)
+        assert res["task_success"] == 0.25
+        res = evaluate_tool_policy(model, tok, [{"prompt": r["prompt"]} for r in rows], runner, max_tokens=640,
+                                   generate=generate, judges={})
+        assert "task_success" not in res  # no answers, no success function: not reported
+
+
+def test_eval_command_with_tools(tool_dir, tmp_path):
+    """`rlhfkit eval --tools ...` on a model directory: the tool metrics are in eval.json, with the KL to the
+    reference summed over the policy's tokens (0: the reference is the policy itself)."""
+    import json
+
+    from rlhfkit.cli.main import main
+
+    out = tmp_path / "eval.json"
+    main(["eval", "--policies", f"p={tool_dir / 'model'}", "--prompts", str(tool_dir / "prompts.jsonl"),
+          "--tools", "calculator", "--max-turns", "2", "--max-new-tokens", "8", "--max-episode-tokens", "640",
+          "--limit", "4", "--ref-model", str(tool_dir / "model"), "--output", str(out)])
+    res = json.loads(out.read_text())["policies"]["p"]
+    assert 0 <= res["tool_call_validity"] <= 1 and res["calls_per_episode"] >= 0 and "task_success" in res
+    assert res["kl_to_ref"] == pytest.approx(0.0, abs=1e-6) and res["n"] == 4

@@ -13,6 +13,10 @@ set, this measures:
     rlhfkit eval --policies runs/sft,runs/ppo --prompts heldout.jsonl --judges rm=runs/rm \\
         --gold rlhfkit.world:gold_reward --reference sft --ref-model runs/sft --output eval.json
 
+With `--tools calculator --max-turns 4` model policies are sampled as multi-turn tool episodes, the judges score
+their final answers, and tool_call_validity, calls_per_episode and task_success (a row's `answer`, or `--success
+module:function`) are added (diagnostics/tool_eval.py).
+
 The demo calls `evaluate_policy(model, tokenizer, rows, judges=...)` directly with already-loaded models.
 Sampling: a fixed seed per call (the same prompts and the same random stream for every policy, so differences
 are the policies', not the dice's); temperature 1 by default (temperature 0 = greedy; then no KL is reported,
@@ -81,10 +85,24 @@ class Config:
     """Sampling seed (the same for every policy)."""
     trust_remote_code: bool = False
     """Allow model code from the hub."""
+    tools: list[str] = field(default_factory=list)
+    """Sample model policies as multi-turn tool episodes with these tools (calculator, lookup=TABLE,
+    package.module:function) and report tool_call_validity, calls_per_episode and task_success (tool_eval.py)."""
+    max_turns: int = 4
+    """Assistant turns per tool episode."""
+    max_episode_tokens: int = 512
+    """Token budget of a whole tool episode (prompt, turns, tool results)."""
+    success: str = ""
+    """Task success of a tool episode, package.module:function f(prompts, answers, *, episodes, rows) -> 0/1 each
+    (default: the final answer states the row's `answer` column, when the rows have one)."""
 
     def validate(self) -> None:
         if not self.policies:
             raise ValueError("policies: give at least one model directory or sample file")
+        if self.tools and (self.max_turns < 1 or self.max_episode_tokens <= self.max_new_tokens):
+            raise ValueError("with tools: max_turns must be >= 1 and max_episode_tokens > max_new_tokens")
+        if self.success and not self.tools:
+            raise ValueError("success scores tool episodes: give tools too")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -408,7 +426,12 @@ def run(cfg: Config) -> dict[str, Any]:
     named = [_named(s) for s in cfg.policies]
     rows: list[dict] = []
     if cfg.prompts:
-        rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
+        if cfg.tools:
+            from rlhfkit.data.tools import load_tool_rows
+
+            rows = load_tool_rows(cfg.prompts, cfg.split, cfg.column_map)
+        else:
+            rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
     elif gold is not None and gold.world:
         from rlhfkit.world import WorldConfig, heldout_prompts
 
@@ -427,15 +450,33 @@ def run(cfg: Config) -> dict[str, Any]:
 
     ref_model = None
     results: dict[str, dict] = {}
+    runner = None
+    if cfg.tools:  # tool episodes: the tools in a worker process (rollout.tools), closed at the end
+        from rlhfkit.rollout.tools import ToolRunner, load_tools
+
+        runner = ToolRunner(load_tools(cfg.tools))
+    success = None
+    if cfg.success:  # a plain function, called with the prompts as the rows hold them
+        module, _, attr = cfg.success.partition(":")
+        success = getattr(importlib.import_module(module), attr)
     for name, path in named:
         if Path(path).is_dir():
             tok = tokenizer_for(path)
             model = models.load_causal_lm(path, tok, cfg.trust_remote_code).to(models.inference_device())
             if cfg.ref_model and ref_model is None:
                 ref_model = models.load_causal_lm(cfg.ref_model, tok, cfg.trust_remote_code).to(model.device)
-            res = evaluate_policy(model, tok, rows, judges=judges, ref_model=ref_model, ref_name="ref",
-                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
-                                  gold=gold, batch_size=cfg.batch_size, self_bleu_sample=cfg.self_bleu_sample)
+            if runner is not None:
+                from rlhfkit.diagnostics.tool_eval import evaluate_tool_policy
+
+                res = evaluate_tool_policy(model, tok, rows, runner, max_turns=cfg.max_turns,
+                                           max_tokens=cfg.max_episode_tokens, max_new_tokens=cfg.max_new_tokens,
+                                           temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size,
+                                           success=success, ref_model=ref_model, judges=judges, gold=gold,
+                                           self_bleu_sample=cfg.self_bleu_sample)
+            else:
+                res = evaluate_policy(model, tok, rows, judges=judges, ref_model=ref_model, ref_name="ref",
+                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
+                                      gold=gold, batch_size=cfg.batch_size, self_bleu_sample=cfg.self_bleu_sample)
             res["length_unit"] = "tokens"
         else:  # pre-generated samples: scored as they are; no KL (there is no policy to score them under)
             srows = _load_sample_file(path)
@@ -452,7 +493,8 @@ def run(cfg: Config) -> dict[str, Any]:
             res["length_unit"] = "tokens" if cfg.tokenizer else "words"
         res["source"] = path
         results[name] = res
-        line = ", ".join(f"{k} {res[k]:.3f}" for k in ("gold", "proxy", "kl_to_ref", "mean_length") if k in res)
+        line = ", ".join(f"{k} {res[k]:.3f}" for k in ("gold", "proxy", "kl_to_ref", "mean_length", "task_success",
+                                                       "tool_call_validity", "calls_per_episode") if k in res)
         print(f"eval: {name}: {line}")
     # win rates against the reference policy, paired by prompt
     if cfg.reference:
@@ -466,6 +508,8 @@ def run(cfg: Config) -> dict[str, Any]:
                 wr = res[f"win_rate_vs_{cfg.reference}"]
                 print(f"eval: {name} vs {cfg.reference}: win rate {wr['mean']:.3f} "
                       f"[{wr['low']:.3f}, {wr['high']:.3f}] on {key}")
+    if runner is not None:
+        runner.close()
     for res in results.values():
         res["samples"] = res["samples"][: cfg.n_samples_kept]
     out = {"config": config_lib.to_dict(cfg), "policies": results}
