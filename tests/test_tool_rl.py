@@ -183,13 +183,16 @@ def cfg_for(cls, tool_dir, out, **kw):
     return cls(**base)
 
 
-@pytest.mark.parametrize("entry", [grpo.train, grpo.train_rloo])
-def test_grpo_and_rloo_train_on_policy_tokens_only(tool_dir, tmp_path, scripted_sampler, grads, entry):
+@pytest.mark.parametrize("entry,cls,kw", [(grpo.train, grpo.Config, {}), (grpo.train_rloo, grpo.Config, {}),
+                                           (grpo.reinforce_pp.train, grpo.reinforce_pp.Config, {"gamma": 0.9})],
+                         ids=["grpo", "rloo", "reinforce_pp"])
+def test_grpo_family_trains_on_policy_tokens_only(tool_dir, tmp_path, scripted_sampler, grads, entry, cls, kw):
     """Two passes over one rollout of 2 prompts x 4 episodes (num_iterations 2: the old log-probs are the
-    rollout-time forward, recomputed on the assembled episodes), with the KL to the reference as a loss term."""
+    rollout-time forward, recomputed on the assembled episodes), with the KL to the reference as a loss term (GRPO,
+    RLOO) or in the per-token reward (REINFORCE++, its return discounted over the policy's own steps)."""
     tok = tool_tokenizer()
-    entry(cfg_for(grpo.Config, tool_dir, tmp_path / "run", max_steps=2, num_iterations=2, rollout_batch_size=2,
-                  num_generations=4, micro_batch_size=4, gradient_accumulation_steps=2, kl_coef=0.1))
+    entry(cfg_for(cls, tool_dir, tmp_path / "run", max_steps=2, num_iterations=2, rollout_batch_size=2,
+                  num_generations=4, micro_batch_size=4, gradient_accumulation_steps=2, kl_coef=0.1, **kw))
     first, second = read_metrics(tmp_path / "run")
     # before any update the recomputed log-probs are those of the sampled tokens exactly
     assert first["policy/ratio"] == 1.0 and first["policy/clipfrac"] == 0.0 and first["kl/token"] == 0.0
