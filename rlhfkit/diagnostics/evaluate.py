@@ -10,8 +10,15 @@ set, this measures:
   - mean response length in tokens, distinct-n, self-BLEU (mode collapse), refusal rate;
   - a per-category breakdown (the world's prompt `kind`, or a user's `category` column).
 
+  - with `--judge` (LLM-as-judge, Zheng et al. 2023): the win rate of each policy against the reference by a pairwise
+    AI judge (`rlhfkit cai`'s judges: rule | hf | http), both presentation orders averaged, with its Wilson interval,
+    the judge's position consistency and first-position preference, and its agreement with gold on the same pairs.
+
     rlhfkit eval --policies runs/sft,runs/ppo --prompts heldout.jsonl --judges rm=runs/rm \\
         --gold rlhfkit.world:gold_reward --reference sft --ref-model runs/sft --output eval.json
+    rlhfkit eval --policies sft=runs/sft,dpo=runs/dpo --reference sft --gold rlhfkit.world:gold_reward --judge rule
+    OPENAI_API_KEY=... rlhfkit eval --policies ... --reference sft --judge http --base-url https://.../v1 \\
+        --judge-model gpt-4o-mini --requests-per-second 5
 
 With `--tools calculator --max-turns 4` model policies are sampled as multi-turn tool episodes, the judges score
 their final answers, and tool_call_validity, calls_per_episode and task_success (a row's `answer`, or `--success
@@ -37,6 +44,8 @@ import torch
 
 from rlhfkit import config as config_lib
 from rlhfkit import data as data_lib
+from rlhfkit.cai.options import JudgeConfig
+from rlhfkit.data.tools import load_tool_rows
 from rlhfkit.diagnostics import metrics as M
 
 RewardFn = Callable[[list, list], Any]  # fn(prompts, responses) -> {"score": (B,) tensor, "std"?: (B,)}
@@ -44,7 +53,11 @@ WORLD_GOLD = "rlhfkit.world:gold_reward"
 
 
 @dataclass
-class Config:
+class Config(JudgeConfig):
+    judge: str = ""  # type: ignore[assignment]
+    """A pairwise AI judge for win rates against `reference` (LLM-as-judge): "rule" (the built-in world's
+    rule-based constitutional judge), "hf" (a local causal LM at --judge-model) or "http" (an OpenAI-compatible
+    endpoint at --base-url); empty: none. The judge options are those of `rlhfkit cai label`."""
     policies: list[str] = field(default_factory=list)
     """Policies to evaluate: model directories (sampled here) or JSONL/JSON files of `prompt`, `completion` rows
     (scored as they are). Name each as name=path, or the directory / file stem is the name."""
@@ -107,6 +120,10 @@ class Config:
             raise ValueError("temperature must be >= 0")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
+        if self.judge:
+            self.validate_judge()
+            if not self.reference:
+                raise ValueError("--judge needs --reference: the policy the judge's win rates are measured against")
 
 
 # ----------------------------------------------------------------------------------------------- judges
@@ -271,21 +288,56 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": m, "se": sd / math.sqrt(n) if n else 0.0}
 
 
-def win_rate_between(samples_a: list[dict], samples_b: list[dict], key: str = "gold") -> dict[str, float]:
-    """Win rate of A over B on the judge `key`, pairing samples by prompt (in order of occurrence)."""
+def paired(samples_a: list[dict], samples_b: list[dict]) -> list[tuple[dict, dict]]:
+    """The samples of A and B on the same prompts, paired in order of occurrence (the k-th sample of a prompt in A
+    with the k-th of the same prompt in B)."""
     def keyed(samples):
         seen: dict[str, int] = {}
         out = {}
         for s in samples:
             j = seen[s["prompt"]] = seen.get(s["prompt"], -1) + 1
-            out[(s["prompt"], j)] = s["scores"][key]
+            out[(s["prompt"], j)] = s
         return out
 
     a, b = keyed(samples_a), keyed(samples_b)
     common = [k for k in a if k in b]
     if not common:
         raise ValueError("win rate: the two policies share no prompts")
-    return M.win_rate([a[k] for k in common], [b[k] for k in common])
+    return [(a[k], b[k]) for k in common]
+
+
+def win_rate_between(samples_a: list[dict], samples_b: list[dict], key: str = "gold") -> dict[str, float]:
+    """Win rate of A over B on the judge `key`, pairing samples by prompt (in order of occurrence)."""
+    pairs = paired(samples_a, samples_b)
+    return M.win_rate([a["scores"][key] for a, _ in pairs], [b["scores"][key] for _, b in pairs])
+
+
+def judge_win_rate(judge, samples_a: list[dict], samples_b: list[dict], swap: bool = True) -> dict[str, Any]:
+    """Win rate of A over B by a pairwise AI judge (`rlhfkit.cai.judges.Judge`), paired by prompt.
+
+    A pair is a win when the judge's P(a better), averaged over both presentation orders, is above 1/2, a tie
+    (half a win) when it is exactly 1/2; the interval is Wilson's (metrics.win_rate). Also:
+      mean_p             the mean P(a better), a softer win rate;
+      consistency        the share of pairs with the same winner in both orders (swap only);
+      first_position     the mean probability that the response shown first wins, over both orders (0.5: no
+                         position preference; Zheng et al. 2023, Sec. 3.3);
+      gold_agreement     where both samples carry a gold score that differs: the share of pairs where the judge's
+                         winner is gold's (judge ties count half), and `gold_pairs`, how many such pairs.
+    """
+    pairs = paired(samples_a, samples_b)
+    v = judge.compare_detailed([a["prompt"] for a, _ in pairs], [a["response"] for a, _ in pairs],
+                               [b["response"] for _, b in pairs], swap=swap)
+    out: dict[str, Any] = {**M.win_rate(v.p, [0.5] * len(v.p)), "judge": getattr(judge, "name", "judge"),
+                           "mean_p": M.mean(v.p)}
+    if swap:
+        out["consistency"] = M.mean([float(c) for c in v.consistent])
+        out["first_position"] = M.mean([*v.p_ab, *(1.0 - x for x in v.p_ba)])
+    gold = [(p, a["scores"]["gold"] - b["scores"]["gold"]) for p, (a, b) in zip(v.p, pairs)
+            if "gold" in a["scores"] and "gold" in b["scores"] and a["scores"]["gold"] != b["scores"]["gold"]]
+    if gold:
+        out["gold_agreement"] = M.mean([0.5 if p == 0.5 else float((p > 0.5) == (d > 0)) for p, d in gold])
+        out["gold_pairs"] = len(gold)
+    return out
 
 
 def evaluate_texts(prompt_rows: list[dict], texts: list[str], lengths: list[int], *, judges: dict[str, RewardFn],
@@ -426,12 +478,7 @@ def run(cfg: Config) -> dict[str, Any]:
     named = [_named(s) for s in cfg.policies]
     rows: list[dict] = []
     if cfg.prompts:
-        if cfg.tools:
-            from rlhfkit.data.tools import load_tool_rows
-
-            rows = load_tool_rows(cfg.prompts, cfg.split, cfg.column_map)
-        else:
-            rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
+        rows = (load_tool_rows if cfg.tools else data_lib.load_rows)(cfg.prompts, cfg.split, cfg.column_map)
     elif gold is not None and gold.world:
         from rlhfkit.world import WorldConfig, heldout_prompts
 
@@ -450,15 +497,10 @@ def run(cfg: Config) -> dict[str, Any]:
 
     ref_model = None
     results: dict[str, dict] = {}
-    runner = None
-    if cfg.tools:  # tool episodes: the tools in a worker process (rollout.tools), closed at the end
-        from rlhfkit.rollout.tools import ToolRunner, load_tools
+    from rlhfkit.diagnostics import tool_eval
 
-        runner = ToolRunner(load_tools(cfg.tools))
-    success = None
-    if cfg.success:  # a plain function, called with the prompts as the rows hold them
-        module, _, attr = cfg.success.partition(":")
-        success = getattr(importlib.import_module(module), attr)
+    runner = tool_eval.runner(cfg.tools) if cfg.tools else None  # tool episodes: closed at the end
+    success = tool_eval.load_success(cfg.success) if cfg.success else None
     for name, path in named:
         if Path(path).is_dir():
             tok = tokenizer_for(path)
@@ -466,13 +508,12 @@ def run(cfg: Config) -> dict[str, Any]:
             if cfg.ref_model and ref_model is None:
                 ref_model = models.load_causal_lm(cfg.ref_model, tok, cfg.trust_remote_code).to(model.device)
             if runner is not None:
-                from rlhfkit.diagnostics.tool_eval import evaluate_tool_policy
-
-                res = evaluate_tool_policy(model, tok, rows, runner, max_turns=cfg.max_turns,
-                                           max_tokens=cfg.max_episode_tokens, max_new_tokens=cfg.max_new_tokens,
-                                           temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size,
-                                           success=success, ref_model=ref_model, judges=judges, gold=gold,
-                                           self_bleu_sample=cfg.self_bleu_sample)
+                res = tool_eval.evaluate_tool_policy(model, tok, rows, runner, max_turns=cfg.max_turns,
+                                                     max_tokens=cfg.max_episode_tokens,
+                                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                                     seed=cfg.seed, batch_size=cfg.batch_size, success=success,
+                                                     ref_model=ref_model, judges=judges, gold=gold,
+                                                     self_bleu_sample=cfg.self_bleu_sample)
             else:
                 res = evaluate_policy(model, tok, rows, judges=judges, ref_model=ref_model, ref_name="ref",
                                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
@@ -510,6 +551,18 @@ def run(cfg: Config) -> dict[str, Any]:
                       f"[{wr['low']:.3f}, {wr['high']:.3f}] on {key}")
     if runner is not None:
         runner.close()
+    if cfg.judge:  # LLM-as-judge win rates against the reference, beside the gold and reward-model ones
+        from rlhfkit.cai.options import build_judge
+
+        judge = build_judge(cfg, default_cache=str(Path(cfg.output).with_suffix(".judge-cache.jsonl")))
+        ref = results[cfg.reference]
+        for name, res in results.items():
+            if name != cfg.reference:
+                wr = res[f"judge_win_rate_vs_{cfg.reference}"] = judge_win_rate(judge, res["samples"],
+                                                                                ref["samples"], cfg.swap)
+                extra = f", consistency {wr['consistency']:.3f}" if "consistency" in wr else ""
+                print(f"eval: {name} vs {cfg.reference}: judge ({cfg.judge}) win rate {wr['mean']:.3f} "
+                      f"[{wr['low']:.3f}, {wr['high']:.3f}]{extra}")
     for res in results.values():
         res["samples"] = res["samples"][: cfg.n_samples_kept]
     out = {"config": config_lib.to_dict(cfg), "policies": results}

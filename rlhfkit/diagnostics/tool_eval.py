@@ -28,6 +28,21 @@ from rlhfkit.rollout import multiturn
 from rlhfkit.rollout.score import answer_correct
 
 
+def runner(specs: list[str]):
+    """The tools of `specs` (calculator, lookup=TABLE, module:function) in a worker process (rollout.tools)."""
+    from rlhfkit.rollout.tools import ToolRunner, load_tools
+
+    return ToolRunner(load_tools(specs))
+
+
+def load_success(spec: str) -> Callable:
+    """A success function from `package.module:function`, called as in `successes`."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def sample_episodes(model, tokenizer, prompts: list, runner, *, max_turns: int, max_tokens: int,
                     max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64,
                     generate: multiturn.Generate | None = None) -> list[multiturn.Episode]:
