@@ -152,6 +152,39 @@ def test_ppo_gae_runs_over_the_policy_tokens_only():
     assert not torch.allclose(ppo.ppo_advantages(ro, 0.05, cfg)["advantages"], want_adv, atol=1e-3)
 
 
+def test_overlong_penalty_measures_the_whole_episode():
+    """With tools DAPO's overlong penalty reads the episode's whole length (prompt, turns, tool results) against
+    max_episode_tokens: buffer 20 of 100, episodes of 70, 90 and 100 tokens -> 0, (80 - 90) / 20 = -0.5, -1."""
+    cfg = grpo.Config(model="m", data="d", tools=["calculator"], max_episode_tokens=100, max_new_tokens=10,
+                      overlong_buffer=20)
+    attention = torch.arange(100)[None] < torch.tensor([[70], [90], [100]])
+    response_mask = attention & (torch.arange(100)[None] >= 60)  # the policy's tokens: 10, 30, 40 of them
+    ro = Rollout(prompts=["q"] * 3, texts=["a"] * 3, input_ids=torch.zeros(3, 100, dtype=torch.long),
+                 attention=attention, response_mask=response_mask, logprobs=torch.zeros(3, 99),
+                 scores=torch.tensor([1.0, 1.0, 1.0]), has_eos=torch.ones(3, dtype=torch.bool))
+    assert grpo.shaped_scores(ro, cfg).tolist() == [1.0, 0.5, 0.0]
+    cfg.tools, cfg.overlong_buffer = [], 5  # single-turn: 10, 30, 40 policy tokens vs max_new_tokens 10: -1 each
+    assert grpo.shaped_scores(ro, cfg).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_concat_rollouts_keeps_the_episodes():
+    """Dynamic sampling joins rows of several rollouts: the episodes follow their rows."""
+    from rlhfkit.rollout.episodes import concat_rollouts
+
+    tok = tool_tokenizer()
+    model = models.build_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+
+    def ro_of(lengths, answers):
+        eps = [M.Episode([M.Segment(M.PROMPT, [5] * 2, ""), M.Segment(M.POLICY, [6] * n + [2], "")], [], answer=a,
+                         stop="answer", has_eos=True) for n, a in zip(lengths, answers)]
+        return episode_rollout(model, eps, ["q"] * len(eps), lambda p, r: {"score": torch.ones(len(r))}, pad_id=0)
+
+    a, b = ro_of([1, 2], ["a0", "a1"]), ro_of([5], ["b0"])
+    ro = concat_rollouts([(a, torch.tensor([1])), (b, torch.tensor([0]))], pad_id=0)
+    assert [ep.answer for ep in ro.episodes] == ro.texts == ["a1", "b0"]
+    assert ro.mask.sum(-1).tolist() == [3, 6]
+
+
 # ----------------------------------------------------------------------------------------------- rewards
 @pytest.mark.parametrize("text,expected,ok", [
     ("The answer is 56,088.", "56088", True), ("56088 or 7", "56088", False), ("It is 0.5", "1/2", True),
