@@ -274,6 +274,9 @@ def test_tool_options_are_validated(tool_dir, tmp_path):
     with pytest.raises(ValueError, match=r"overlong_buffer must be in \[0, max_episode_tokens=640\]"):
         cfg_for(grpo.Config, tool_dir, tmp_path, overlong_buffer=700).validate()
     cfg_for(grpo.Config, tool_dir, tmp_path, overlong_buffer=100).validate()  # > max_new_tokens is fine with tools
+    with pytest.raises(ValueError, match="monitor .* does not run with tools"):
+        cfg_for(ppo.Config, tool_dir, tmp_path, rollout_batch_size=2, micro_batch_size=1, monitor_prompts="p.jsonl",
+                monitor_every=5).validate()
 
 
 # ----------------------------------------------------------------------------------------------- rlhfkit eval
