@@ -107,6 +107,8 @@ class Playground:
                     ev = json.loads(raw)
                 except ValueError:
                     continue
+                if ev.get("event") == "worker_done":  # all answered; its exit (torch teardown) is not waited for
+                    break
                 if ev.get("event") == "result" and ev.get("id") in pending:
                     pending.discard(ev["id"])
                     yield _line({"event": "result", **{k: _finite(ev.get(k)) for k in RESULT_KEYS}})

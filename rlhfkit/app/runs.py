@@ -107,7 +107,7 @@ class RunsRoot:
         """The directory, or 400/403/404. Access is decided on the cleaned name before the disk is touched."""
         name = self.clean(rel)
         if not self.may_see(role, name):
-            raise http(403, "admin only: this path is not shared with annotators")
+            raise http(403, f"{name}: admin only, not shared with annotators")
         return self.resolve(name)
 
     # -- index ---------------------------------------------------------------------------------------------------
@@ -354,8 +354,7 @@ def add_routes(app: FastAPI, runs: RunsRoot | None, playground: Playground, curr
         specs = []
         for name in dict.fromkeys(body.checkpoints):
             if name not in known:
-                if not r.may_see(user.role, name):
-                    raise http(403, f"{name}: admin only")
+                r.check(user.role, name)  # 403 not shared, 400 leads outside (a symlink), 404 not there
                 raise http(404, f"{name}: not a checkpoint under the runs directory")
             c = known[name]
             if c["kind"] == "reward":

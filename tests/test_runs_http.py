@@ -1,0 +1,222 @@
+"""The runs pages' API over HTTP (rlhfkit/app/runs.py, rlhfkit/app/playground.py): who may see what, path confinement,
+incremental metrics reads, the explorer's data, and the playground's NDJSON stream from a real worker process with
+its token cap, timeout and concurrency limit. The browser side is tests/test_runs_browser.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rlhfkit.app import auth
+from rlhfkit.app.playground import Busy, Playground
+from rlhfkit.app.server import ServerConfig, create_app
+from runs_fixtures import BETAS, XSS, build_runs
+
+
+@pytest.fixture(autouse=True)
+def cheap_scrypt(monkeypatch):
+    monkeypatch.setattr(auth, "SCRYPT_N", 2**10)
+
+
+@pytest.fixture(scope="module")
+def runs(toy_dir, tmp_path_factory):
+    return build_runs(tmp_path_factory.mktemp("runs"), toy_dir)
+
+
+def make_env(tmp_path, runs, **kw):
+    cfg = ServerConfig(db=str(tmp_path / "l.sqlite"), features="bow", live_model=False, runs_dir=str(runs), **kw)
+    app = create_app(cfg)
+    tokens = {}
+    for name, role in (("boss", "admin"), ("ann", "annotator")):
+        tokens[name] = auth.new_token()
+        app.state.store.add_user(name, role, auth.hash_token(tokens[name]))
+
+    def client(name=None):
+        c = TestClient(app)
+        if name:
+            r = c.post("/api/login", json={"name": name, "token": tokens[name]})
+            assert r.status_code == 200, r.text
+            c.headers["X-CSRF-Token"] = r.json()["csrf"]
+        return c
+
+    return app, client
+
+
+def stream(c, body) -> tuple[int, list[dict]]:
+    with c.stream("POST", "/api/play/generate", json=body) as r:
+        if r.status_code != 200:
+            r.read()
+            return r.status_code, [r.json()]
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        return 200, [json.loads(line) for line in r.iter_lines() if line]
+
+
+GEN = {"prompt": "What is 3 plus 4?", "checkpoints": ["demo/sft"], "max_new_tokens": 4}
+
+
+def test_annotator_gets_403_when_nothing_is_shared(tmp_path, runs):
+    app, client = make_env(tmp_path, runs)
+    boss, ann = client("boss"), client("ann")
+    reqs = [("GET", "/api/runs/index", None), ("GET", "/api/runs/metrics?run=demo/ppo_beta_0.1", None),
+            ("GET", "/api/runs/explorer?demo=demo", None), ("POST", "/api/play/generate", GEN)]
+    for method, url, body in reqs[:3]:
+        assert boss.request(method, url).status_code == 200, url
+    for method, url, body in reqs:
+        r = ann.request(method, url, json=body)
+        assert r.status_code == 403, (url, r.text)
+        assert client().request(method, url, json=body).status_code == 401  # no session at all
+    # the pages are static shells (their data is what is guarded): anyone may load them, with the CSP
+    for page in ("/playground", "/explorer", "/dashboard"):
+        r = client().get(page)
+        assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
+        assert "<script src=\"/static/runs.js\"" in r.text
+    # a POST without the session's CSRF token is refused even for the admin
+    nocsrf = client("boss")
+    del nocsrf.headers["X-CSRF-Token"]
+    assert nocsrf.post("/api/play/generate", json=GEN).status_code == 403
+
+
+def test_annotator_sees_only_shared_paths(tmp_path, runs):
+    app, client = make_env(tmp_path, runs, runs_public=("demo",))
+    boss, ann = client("boss"), client("ann")
+    full, mine = boss.get("/api/runs/index").json(), ann.get("/api/runs/index").json()
+    assert {c["id"] for c in full["checkpoints"]} >= {"private/sft", "demo/sft", "demo/rm", "demo/bon_4"}
+    assert "private/run" in {r["id"] for r in full["runs"]}
+    ids = {c["id"] for k in ("checkpoints", "runs", "demos") for c in mine[k]}
+    assert ids and all(i == "demo" or i.startswith("demo/") for i in ids), ids
+    assert ann.get("/api/runs/metrics", params={"run": "demo/ppo_beta_0.1"}).status_code == 200
+    assert ann.get("/api/runs/metrics", params={"run": "private/run"}).status_code == 403
+    assert ann.get("/api/runs/explorer", params={"demo": "private"}).status_code == 403
+    # a shared-looking prefix is not a parent: "demo2" is not under "demo"
+    assert ann.get("/api/runs/metrics", params={"run": "demo2/x"}).status_code == 403
+    s, out = stream(ann, {**GEN, "checkpoints": ["demo/sft", "private/sft"]})
+    assert s == 403 and "private/sft" in out[0]["detail"]
+
+
+@pytest.mark.parametrize("path", ["../etc", "/etc", "demo/../../x", "demo/../private/run", "demo\\ppo_beta_0.1",
+                                  "demo//x", "./demo", "demo/escape", "demo/escape/passwd", "a\x00b"])
+def test_paths_are_confined_to_the_runs_directory(tmp_path, runs, path):
+    link = runs / "demo" / "escape"
+    if not link.exists():
+        link.symlink_to("/etc", target_is_directory=True)
+    app, client = make_env(tmp_path, runs)
+    boss = client("boss")
+    for url, key in (("/api/runs/metrics", "run"), ("/api/runs/explorer", "demo")):
+        r = boss.get(url, params={key: path})
+        assert r.status_code == 400, (url, path, r.status_code, r.text)
+    s, out = stream(boss, {**GEN, "checkpoints": [path]})
+    assert s == 400, (path, out)
+    assert "escape" not in {c["id"].split("/")[-1] for c in boss.get("/api/runs/index").json()["checkpoints"]}
+
+
+def test_missing_and_wrong_kinds(tmp_path, runs):
+    app, client = make_env(tmp_path, runs)
+    boss = client("boss")
+    assert boss.get("/api/runs/metrics", params={"run": "demo/nope"}).status_code == 404
+    assert boss.get("/api/runs/explorer", params={"demo": "private"}).status_code == 404  # no summary.json
+    assert stream(boss, {**GEN, "checkpoints": ["demo/nope"]})[0] == 404
+    assert stream(boss, {**GEN, "checkpoints": ["demo/rm"]})[0] == 422  # a reward model does not answer
+    assert stream(boss, {**GEN, "checkpoints": [f"demo/c{i}" for i in range(13)]})[0] == 422
+    assert stream(boss, {**GEN, "prompt": "x" * 2001})[0] == 422
+    # without --runs-dir the routes say so
+    bare = create_app(ServerConfig(db=str(tmp_path / "b.sqlite"), features="bow", live_model=False))
+    tok = auth.new_token()
+    bare.state.store.add_user("boss", "admin", auth.hash_token(tok))
+    c = TestClient(bare)
+    c.post("/api/login", json={"name": "boss", "token": tok})
+    r = c.get("/api/runs/index")
+    assert r.status_code == 404 and "--runs-dir" in r.json()["detail"]
+
+
+def test_metrics_are_read_incrementally_by_byte_offset(tmp_path, runs):
+    live = runs / "live-run"
+    live.mkdir(exist_ok=True)
+    path = live / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "train/loss": 2.0, "note": "text is dropped"}) + "\n")
+    app, client = make_env(tmp_path, runs)
+    boss = client("boss")
+    get = lambda off: boss.get("/api/runs/metrics", params={"run": "live-run", "offset": off}).json()  # noqa: E731
+    a = get(0)
+    assert a["rows"] == [{"step": 1, "train/loss": 2.0}] and a["offset"] == path.stat().st_size and not a["reset"]
+    with open(path, "a") as f:  # a line being written: not returned until its newline is there
+        f.write('{"step": 2, "train/loss": 1.5')
+    b = get(a["offset"])
+    assert b["rows"] == [] and b["offset"] == a["offset"] and b["size"] > a["offset"]
+    with open(path, "a") as f:
+        f.write(', "kl/seq": NaN}\n{"step": 3, "train/loss": 1.0}\nnot json\n')
+    c = get(b["offset"])
+    assert [r["step"] for r in c["rows"]] == [2, 3] and "kl/seq" not in c["rows"][0]  # NaN dropped, bad line skipped
+    assert c["offset"] == path.stat().st_size
+    path.write_text(json.dumps({"step": 1, "train/loss": 9.0}) + "\n")  # a rerun replaced the file
+    d = get(c["offset"])
+    assert d["reset"] and d["rows"] == [{"step": 1, "train/loss": 9.0}]
+
+
+def test_explorer_orders_ppo_by_beta_and_pairs_prompts(tmp_path, runs):
+    app, client = make_env(tmp_path, runs)
+    d = client("boss").get("/api/runs/explorer", params={"demo": "demo", "start": 2, "count": 3}).json()
+    assert d["ppo"] == [f"ppo_beta_{b:g}" for b in BETAS]
+    pts = {p["name"]: p for p in d["points"]}
+    assert pts["ppo_beta_0.01"]["alarms"] == [{"kind": "gold_falling", "step": 4}]
+    assert pts["bon_4"]["kind"] == "bon" and pts["bon_4"]["n"] == 4 and pts["sft"]["kl"] == 0.0
+    assert d["total_prompts"] == 8 and len(d["prompts"]) == 3 and d["prompts"][0] == "How do I hack my neighbor?"
+    s = d["samples"]["ppo_beta_0.1"][0]  # policy index 3 in the fixture: logp -13, ref -16.5
+    assert s["kl"] == pytest.approx(3.5) and s["proxy"] == pytest.approx(3.2) and s["gold"] == pytest.approx(-0.2)
+    assert any(x in s["response"] for x in XSS)  # returned verbatim: escaping is the page's job (textContent)
+
+
+def test_playground_streams_each_checkpoint_with_tokens_capped(tmp_path, runs):
+    app, client = make_env(tmp_path, runs, play_max_new_tokens=3, play_timeout_s=120)
+    boss = client("boss")
+    body = {"prompt": "What is 3 plus 4? " + XSS[1], "checkpoints": ["demo/sft", "demo/bon_4", "demo/ppo_beta_0.1"],
+            "max_new_tokens": 500, "seed": 1}
+    s, ev = stream(boss, body)
+    assert s == 200
+    kinds = [e["event"] for e in ev]
+    assert kinds[0] == "start" and kinds[-1] == "done" and not ev[-1]["timed_out"], ev
+    assert ev[0]["max_new_tokens"] == 3 and ev[0]["checkpoints"] == body["checkpoints"]
+    results = {e["id"]: e for e in ev if e["event"] == "result"}
+    assert set(results) == set(body["checkpoints"]), ev
+    for r in results.values():
+        assert 0 <= r["tokens"] <= 3 and isinstance(r["response"], str)
+        assert isinstance(r["proxy"], float)  # demo/rm beside the checkpoints
+        assert isinstance(r["gold"], float) and set(r["components"]) == {"helpful", "harmless", "honest", "concise"}
+    assert results["demo/bon_4"]["n"] == 4 and results["demo/sft"]["n"] == 1
+    assert not app.state.playground._slots  # the slot came back
+    for pid in app.state.playground.pids:
+        with pytest.raises(ProcessLookupError):  # no worker outlives its stream
+            os.kill(pid, 0)
+
+
+def test_playground_timeout_kills_the_worker(tmp_path, runs):
+    app, client = make_env(tmp_path, runs, play_timeout_s=1.0)
+    t0 = time.monotonic()
+    s, ev = stream(client("boss"), GEN)  # importing torch alone takes longer than 1 s
+    assert s == 200 and time.monotonic() - t0 < 15
+    assert [e["event"] for e in ev] == ["start", "error", "done"] and ev[-1]["timed_out"]
+    assert "timed out" in ev[1]["detail"] and ev[1]["id"] is None
+    pid = app.state.playground.pids[-1]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not app.state.playground._slots
+
+
+def test_playground_concurrency_limit(tmp_path, runs):
+    app, client = make_env(tmp_path, runs, play_concurrency=1)
+    pg = app.state.playground
+    slot = pg.acquire()  # a request in flight
+    s, out = stream(client("boss"), GEN)
+    assert s == 429 and "busy" in out[0]["detail"]
+    pg.release(slot)
+    # the slot bookkeeping itself: N at once, a stale slot (a response that never streamed) is reclaimed
+    p = Playground(timeout_s=0.0, concurrency=2)
+    a, b = p.acquire(), p.acquire()
+    p._slots[a] = p._slots[b] = time.monotonic() + 60
+    with pytest.raises(Busy):
+        p.acquire()
+    p._slots[a] = time.monotonic() - 1
+    p.acquire()
