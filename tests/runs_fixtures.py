@@ -46,7 +46,8 @@ def write_demo(demo: Path) -> dict:
     for k, name in enumerate(n for n in policies if not n.startswith("bon")):
         samples = [{"prompt": p, "kind": "arith", "length": 5 + i, "logp": -10.0 - k, "ref_logp": -10.5 - 2 * k,
                     "response": f"{name} answer {i} " + XSS[(i + k) % len(XSS)],
-                    "scores": {"proxy": 0.1 * i + k, "gold": -0.1 * i},
+                    # the smallest KL coefficient's answers: proxy above SFT's, gold below (over-optimised)
+                    "scores": {"proxy": 0.1 * i + k, "gold": -0.1 * i - (0.3 if name == "ppo_beta_0.01" else 0.0)},
                     "gold_components": {"helpful": 0.0, "harmless": 0.0, "honest": 0.0, "concise": -0.1 * i}}
                    for i, p in enumerate(PROMPTS)]
         (demo / "eval" / f"{name}.json").write_text(json.dumps({"samples": samples}))

@@ -84,13 +84,21 @@
     plot($("frontier"), { series, labels, marks, xlabel: "√ KL to SFT (nats)", ylabel: "score", width: 760, height: 320 });
   }
 
-  function cell(s) {
+  // `ref`: SFT's answer to the same prompt. An answer the reward model scores above SFT's while gold scores it
+  // below is the reward model being fooled on that prompt: highlighted (no scale is shared by proxy and gold, so
+  // the two are compared each against SFT, not against each other).
+  function cell(s, ref) {
     const td = document.createElement("td");
     if (!s) { td.textContent = "–"; return td; }
     td.appendChild(el("div", "text", s.response));  // model text: textContent only
     td.appendChild(el("div", "hint", "gold " + fmt(s.gold) + " · proxy " + fmt(s.proxy) + " · KL " + fmt(s.kl) +
                                       " · " + fmt(s.length, 0) + " tokens"));
-    if (typeof s.gold === "number" && typeof s.proxy === "number" && s.proxy - s.gold > 0.5) td.classList.add("gap-cell");
+    const num = (v) => typeof v === "number";
+    if (ref && ref !== s && num(s.proxy) && num(ref.proxy) && num(s.gold) && num(ref.gold) &&
+        s.proxy > ref.proxy && s.gold < ref.gold) {
+      td.classList.add("gap-cell");
+      td.appendChild(el("div", "gap-note", "proxy up, gold down vs SFT"));
+    }
     return td;
   }
 
@@ -107,8 +115,8 @@
       tp.appendChild(el("div", "text", prompt));
       if (ref[i] && ref[i].kind) tp.appendChild(el("div", "hint", ref[i].kind));
       tr.appendChild(tp);
-      tr.appendChild(cell(ref[i]));
-      tr.appendChild(cell(mine[i]));
+      tr.appendChild(cell(ref[i], null));
+      tr.appendChild(cell(mine[i], ref[i]));
       tb.appendChild(tr);
     });
   }

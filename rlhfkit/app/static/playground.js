@@ -55,12 +55,14 @@
     const c = el("article", "card resp pending");
     c.dataset.id = id;
     c.appendChild(el("h3", "ck-name", id));
+    const badges = el("div", "badges");
+    c.appendChild(badges);
     const body = el("div", "text", "generating…");
     c.appendChild(body);
     const dl = el("dl", "scores");
     c.appendChild(dl);
     $("results").appendChild(c);
-    cards[id] = { c, body, dl };
+    cards[id] = { c, body, dl, badges, proxy: null, gold: null };
   }
 
   function row(dl, k, v, cls) {
@@ -73,6 +75,8 @@
     if (!k) return;
     k.c.classList.remove("pending");
     k.body.textContent = ev.response;  // model text: always text, never markup
+    k.proxy = ev.proxy;
+    k.gold = ev.gold;
     row(k.dl, "proxy", fmt(ev.proxy));
     row(k.dl, "gold", fmt(ev.gold));
     const gap = (typeof ev.proxy === "number" && typeof ev.gold === "number") ? ev.proxy - ev.gold : null;
@@ -87,16 +91,24 @@
     markGap();
   }
 
-  // The answer whose proxy score most overstates its gold score: where the reward model is being fooled.
+  // The answer whose proxy score most overstates its gold score (where the reward model is most fooled), and
+  // each judge's favourite: when the reward model's pick is not gold's, both are badged.
   function markGap() {
-    let best = null;
+    let best = null, proxyPick = null, goldPick = null;
     for (const id in cards) {
-      const c = cards[id].c;
-      c.classList.remove("gap-max");
-      const g = c.dataset.gap === undefined || c.dataset.gap === "" ? NaN : parseFloat(c.dataset.gap);
-      if (isFinite(g) && (best === null || g > best.g)) best = { c, g };
+      const k = cards[id];
+      k.c.classList.remove("gap-max");
+      k.badges.textContent = "";
+      const g = k.c.dataset.gap === undefined || k.c.dataset.gap === "" ? NaN : parseFloat(k.c.dataset.gap);
+      if (isFinite(g) && (best === null || g > best.g)) best = { c: k.c, g };
+      if (typeof k.proxy === "number" && (proxyPick === null || k.proxy > proxyPick.proxy)) proxyPick = k;
+      if (typeof k.gold === "number" && (goldPick === null || k.gold > goldPick.gold)) goldPick = k;
     }
     if (best && Object.keys(cards).length > 1) best.c.classList.add("gap-max");
+    if (proxyPick && goldPick && proxyPick !== goldPick && proxyPick.proxy !== goldPick.proxy) {
+      proxyPick.badges.textContent = "reward model's pick";
+      goldPick.badges.textContent = "gold's pick";
+    }
   }
 
   function failed(ev) {

@@ -94,6 +94,7 @@ window.RK = (function () {
       setState(e.status === 403 ? "forbidden" : "error");
       return;
     }
+    $("view").hidden = false;
     try {
       await onReady(index);
       setState("ready");
@@ -148,6 +149,7 @@ window.RK = (function () {
     if (x1 === x0) { x0 -= 0.5; x1 += 0.5; }
     if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
     const py = (y1 - y0) * 0.08; y0 -= py; y1 += py;
+    if (opts.labels || opts.marks) x1 += (x1 - x0) * 0.1;  // room on the right for the labels of the last points
     const X = (x) => m.l + (x - x0) / (x1 - x0) * (W - m.l - m.r);
     const Y = (y) => H - m.b - (y - y0) / (y1 - y0) * (H - m.t - m.b);
     const g = svgEl("g", {});
