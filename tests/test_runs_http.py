@@ -220,3 +220,24 @@ def test_playground_concurrency_limit(tmp_path, runs):
         p.acquire()
     p._slots[a] = time.monotonic() - 1
     p.acquire()
+
+
+def test_documented_serve_flags_parse(tmp_path):
+    """The docs' command line (docs/labelling.md) and the bounds flags reach ServerConfig's fields."""
+    import typer.main
+
+    from rlhfkit.cli import label
+
+    group = typer.main.get_command(label.app)
+    cmd = group.get_command(None, "serve")
+    params = cmd.make_context("serve", ["--db", "labels.sqlite", "--runs-dir", str(tmp_path), "--runs-public",
+                                        "demo,other/sft", "--play-timeout", "30", "--play-max-new-tokens", "32",
+                                        "--play-concurrency", "2"]).params
+    assert params["runs_dir"] == tmp_path and params["runs_public"] == "demo,other/sft"
+    assert (params["play_timeout"], params["play_max_new_tokens"], params["play_concurrency"]) == (30.0, 32, 2)
+    with pytest.raises(ValueError, match="runs-public"):
+        create_app(ServerConfig(db=str(tmp_path / "x.sqlite"), runs_dir=str(tmp_path), runs_public=("../up",),
+                                live_model=False, features="bow"))
+    with pytest.raises(ValueError, match="not a directory"):
+        create_app(ServerConfig(db=str(tmp_path / "y.sqlite"), runs_dir=str(tmp_path / "none"), live_model=False,
+                                features="bow"))

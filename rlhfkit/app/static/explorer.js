@@ -68,7 +68,7 @@
 
   function frontier(p) {
     const pts = st.data.points;
-    const ppo = st.data.ppo.map(point);
+    const ppo = st.data.ppo.map(point).slice().sort((a, b) => sqrtKL(a) - sqrtKL(b));  // a curve along KL
     const bon = pts.filter((q) => q.kind === "bon").sort((a, b) => a.n - b.n);
     const others = pts.filter((q) => q.kind !== "ppo" && q.kind !== "bon" && q.gold !== null);
     const series = [

@@ -18,21 +18,33 @@
     return c.id + (c.reward ? "" : "  (no reward model)");
   }
 
-  function defaultChecked(c) {
-    const last = c.id.split("/").pop();
-    return /^(sft|dpo|ppo_beta_.*|bon_4|base)$/.test(last);
+  const MAX_CHECKED = 12;  // the server's limit per request
+  const parent = (id) => (id.includes("/") ? id.slice(0, id.lastIndexOf("/")) : ".");
+
+  // The first demo's policies are ticked at first: base, SFT, each PPO run, DPO, best-of-4.
+  function defaultChecked(c, home) {
+    return parent(c.id) === home && /^(sft|dpo|ppo_beta_[^/]*|bon_4|base)$/.test(c.id.split("/").pop());
+  }
+
+  function applyFilter() {
+    const q = $("ck-filter").value.trim().toLowerCase();
+    for (const lab of document.querySelectorAll("#ckpts label")) {
+      lab.hidden = !!q && !lab.dataset.id.toLowerCase().includes(q) && !lab.querySelector("input").checked;
+    }
   }
 
   async function ready(index) {
     const list = $("ckpts");
     const policies = index.checkpoints.filter((c) => c.kind !== "reward");
     if (!policies.length) { message("No checkpoints under the runs directory.", true); }
+    const home = index.demos.length ? index.demos[0].id : (policies.length ? parent(policies[0].id) : ".");
     for (const c of policies) {
       const lab = el("label", "ck");
+      lab.dataset.id = c.id;
       const box = document.createElement("input");
       box.type = "checkbox";
       box.value = c.id;
-      box.checked = defaultChecked(c);
+      box.checked = defaultChecked(c, home);
       lab.appendChild(box);
       lab.appendChild(el("span", null, checkpointLabel(c)));
       list.appendChild(lab);
@@ -48,6 +60,9 @@
       } catch (e) { /* prompts from a demo are a convenience */ }
     }
     pick.addEventListener("change", () => { if (pick.value) $("prompt").value = pick.value; });
+    $("ck-filter").value = home === "." ? "" : home + "/";
+    $("ck-filter").addEventListener("input", applyFilter);
+    applyFilter();
     $("generate").addEventListener("click", generate);
   }
 
@@ -130,6 +145,7 @@
     const prompt = $("prompt").value.trim();
     const chosen = Array.from(document.querySelectorAll("#ckpts input:checked")).map((b) => b.value);
     if (!prompt || !chosen.length) { $("play-status").textContent = "Type a prompt and pick at least one checkpoint."; return; }
+    if (chosen.length > MAX_CHECKED) { $("play-status").textContent = "At most " + MAX_CHECKED + " checkpoints at once."; return; }
     const btn = $("generate");
     btn.disabled = true;
     document.body.dataset.play = "running";

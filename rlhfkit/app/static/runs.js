@@ -134,7 +134,7 @@ window.RK = (function () {
   // vlines: [{x, label}]; labels: [{x, y, text}]. Draws into the <svg> `svg` (cleared first).
   function plot(svg, opts) {
     clear(svg);
-    const W = opts.width || 560, H = opts.height || 260, m = { l: 56, r: 12, t: 12, b: 40 };
+    const W = opts.width || 560, H = opts.height || 260, m = { l: 56, r: 12, t: 26, b: 40 };  // legend above
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     svg.setAttribute("role", "img");
     const pts = [];
@@ -197,10 +197,10 @@ window.RK = (function () {
     opts.series.forEach((s, i) => {
       if (!s.name) return;
       const color = s.color || COLORS[i % COLORS.length];
-      const line = svgEl("line", { x1: lx, x2: lx + 16, y1: m.t + 10, y2: m.t + 10, stroke: color, "stroke-width": 2.5 });
+      const line = svgEl("line", { x1: lx, x2: lx + 16, y1: 10, y2: 10, stroke: color, "stroke-width": 2.5 });
       if (s.dash) line.setAttribute("stroke-dasharray", "4 2");
       g.appendChild(line);
-      const t = svgEl("text", { x: lx + 20, y: m.t + 14, class: "legend" }, s.name);
+      const t = svgEl("text", { x: lx + 20, y: 14, class: "legend" }, s.name);
       g.appendChild(t);
       lx += 28 + 6.5 * String(s.name).length;
     });
