@@ -46,13 +46,20 @@ def make_env(tmp_path, runs, **kw):
     return app, client
 
 
-def stream(c, body) -> tuple[int, list[dict]]:
+def stream(c, body, times: list | None = None) -> tuple[int, list[dict]]:
+    """Status and NDJSON events of a generate request; `times` gets each line's arrival (monotonic seconds)."""
     with c.stream("POST", "/api/play/generate", json=body) as r:
         if r.status_code != 200:
             r.read()
             return r.status_code, [r.json()]
         assert r.headers["content-type"].startswith("application/x-ndjson")
-        return 200, [json.loads(line) for line in r.iter_lines() if line]
+        out = []
+        for line in r.iter_lines():
+            if line:
+                out.append(json.loads(line))
+                if times is not None:
+                    times.append(time.monotonic())
+        return 200, out
 
 
 GEN = {"prompt": "What is 3 plus 4?", "checkpoints": ["demo/sft"], "max_new_tokens": 4}
@@ -174,8 +181,11 @@ def test_playground_streams_each_checkpoint_with_tokens_capped(tmp_path, runs):
     boss = client("boss")
     body = {"prompt": "What is 3 plus 4? " + XSS[1], "checkpoints": ["demo/sft", "demo/bon_4", "demo/ppo_beta_0.1"],
             "max_new_tokens": 500, "seed": 1}
-    s, ev = stream(boss, body)
+    times: list[float] = []
+    s, ev = stream(boss, body, times)
     assert s == 200
+    # streamed, not buffered: "start" arrives before the worker has even imported torch (> 1 s)
+    assert times[1] - times[0] > 1.0, times
     kinds = [e["event"] for e in ev]
     assert kinds[0] == "start" and kinds[-1] == "done" and not ev[-1]["timed_out"], ev
     assert ev[0]["max_new_tokens"] == 3 and ev[0]["checkpoints"] == body["checkpoints"]
@@ -241,3 +251,22 @@ def test_documented_serve_flags_parse(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         create_app(ServerConfig(db=str(tmp_path / "y.sqlite"), runs_dir=str(tmp_path / "none"), live_model=False,
                                 features="bow"))
+
+
+def test_broken_demo_files_are_4xx_or_skipped_never_500(tmp_path, runs):
+    bad = runs / "broken"
+    (bad / "eval").mkdir(parents=True, exist_ok=True)
+    app, client = make_env(tmp_path, runs)
+    boss = client("boss")
+    for text in ("[1, 2]", "{not json", '"x"'):
+        (bad / "summary.json").write_text(text)
+        assert boss.get("/api/runs/explorer", params={"demo": "broken"}).status_code == 422, text
+    (bad / "summary.json").write_text(json.dumps({"policies": {"sft": {"gold": "high", "gold_components": [1]},
+                                                              "../../etc": {}, "dpo": 3}, "alarms": "none"}))
+    (bad / "eval" / "sft.json").write_text(json.dumps({"samples": [1, {"response": 2, "scores": [], "logp": "x"}]}))
+    d = boss.get("/api/runs/explorer", params={"demo": "broken"}).json()
+    assert [p["name"] for p in d["points"]] == ["sft"] and d["points"][0]["gold"] is None
+    assert d["samples"]["sft"] == [{"prompt": "", "response": "2", "kind": None, "gold": None, "proxy": None,
+                                    "length": None, "kl": None, "components": {}}]
+    (bad / "eval" / "sft.json").write_text("{half")
+    assert boss.get("/api/runs/explorer", params={"demo": "broken"}).json()["evaluated"] == []

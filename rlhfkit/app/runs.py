@@ -238,7 +238,8 @@ def _eval_samples(path: Path) -> list[dict]:
         if len(_EVAL_CACHE) > 64:
             _EVAL_CACHE.clear()
         data = json.loads(path.read_text())
-        _EVAL_CACHE[key] = data.get("samples", []) if isinstance(data, dict) else []
+        rows = data.get("samples") if isinstance(data, dict) else None
+        _EVAL_CACHE[key] = rows if isinstance(rows, list) else []
     return _EVAL_CACHE[key]
 
 
@@ -267,9 +268,11 @@ def explorer(demo: Path, start: int, count: int) -> dict[str, Any]:
         summary = json.loads((demo / "summary.json").read_text())
     except (OSError, ValueError) as e:
         raise http(422, f"summary.json unreadable: {type(e).__name__}") from None
-    policies = summary.get("policies") or {}
+    if not isinstance(summary, dict):
+        raise http(422, "summary.json is not a JSON object")
+    policies = summary.get("policies") if isinstance(summary.get("policies"), dict) else {}
     alarms: dict[str, list[dict]] = {}
-    for a in summary.get("alarms") or []:
+    for a in summary.get("alarms") if isinstance(summary.get("alarms"), list) else []:
         if isinstance(a, dict):
             alarms.setdefault(str(a.get("policy")), []).append({"kind": str(a.get("kind", "")), "step": a.get("step")})
     points = []
@@ -282,13 +285,17 @@ def explorer(demo: Path, start: int, count: int) -> dict[str, Any]:
                        "n": int(x) if kind == "bon" else None, "kl": _num(p.get("kl_to_sft")),
                        "gold": _num(p.get("gold")), "proxy": _num(p.get("proxy")),
                        "length": _num(p.get("mean_length")), "alarms": run_alarms,
-                       "components": {k: _num(v) for k, v in (p.get("gold_components") or {}).items()}})
+                       "components": {k: _num(v) for k, v in _dict(p.get("gold_components")).items()}})
     ppo = sorted((pt for pt in points if pt["kind"] == "ppo"), key=lambda pt: pt["beta"])
     evaluated = [pt["name"] for pt in points if (demo / "eval" / f"{pt['name']}.json").is_file()]
     samples: dict[str, list[dict]] = {}
     total = 0
-    for name in evaluated:
-        rows = _eval_samples(demo / "eval" / f"{name}.json")
+    for name in list(evaluated):
+        try:
+            rows = [r for r in _eval_samples(demo / "eval" / f"{name}.json") if isinstance(r, dict)]
+        except (OSError, ValueError):  # a file being written, or not JSON: that policy has no samples to show
+            evaluated.remove(name)
+            continue
         total = max(total, len(rows))
         samples[name] = [_sample(s) for s in rows[start : start + count]]
     ref = samples.get("sft") or next(iter(samples.values()), [])
@@ -298,12 +305,16 @@ def explorer(demo: Path, start: int, count: int) -> dict[str, Any]:
 
 
 def _sample(s: dict) -> dict:
-    scores = s.get("scores") if isinstance(s.get("scores"), dict) else {}
+    scores = _dict(s.get("scores"))
     lp, lr = _num(s.get("logp")), _num(s.get("ref_logp"))
     return {"prompt": str(s.get("prompt", "")), "response": str(s.get("response", "")), "kind": s.get("kind"),
             "gold": _num(scores.get("gold")), "proxy": _num(scores.get("proxy")), "length": _num(s.get("length")),
             "kl": None if lp is None or lr is None else lp - lr,
-            "components": {str(k): _num(v) for k, v in (s.get("gold_components") or {}).items()}}
+            "components": {str(k): _num(v) for k, v in _dict(s.get("gold_components")).items()}}
+
+
+def _dict(v: Any) -> dict:
+    return v if isinstance(v, dict) else {}
 
 
 # -- routes ------------------------------------------------------------------------------------------------------
