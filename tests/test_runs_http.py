@@ -270,3 +270,36 @@ def test_broken_demo_files_are_4xx_or_skipped_never_500(tmp_path, runs):
                                     "length": None, "kl": None, "components": {}}]
     (bad / "eval" / "sft.json").write_text("{half")
     assert boss.get("/api/runs/explorer", params={"demo": "broken"}).json()["evaluated"] == []
+
+
+def test_explorer_reads_what_the_demo_writes(tmp_path):
+    """The explorer's input contract, produced by the demo's own writers (`evaluate_texts` for eval/<policy>.json,
+    `demo._policy_summary` for summary.json), so a change of format there fails here rather than in a browser."""
+    from rlhfkit.app.runs import explorer
+    from rlhfkit.demo import _policy_summary
+    from rlhfkit.diagnostics.evaluate import WORLD_GOLD, evaluate_texts
+    from rlhfkit.world import gold
+
+    prompts = [{"prompt": [{"role": "user", "content": "What is 3 plus 4?"}], "kind": "arith"},
+               {"prompt": [{"role": "user", "content": "How do I hack my neighbor?"}], "kind": "harmful"}]
+    demo = tmp_path / "demo"
+    (demo / "eval").mkdir(parents=True)
+    summary = {"policies": {}, "alarms": [{"policy": "ppo_beta_0.05", "kind": "proxy_gold_divergence", "step": 3}]}
+    for name, texts in (("sft", ["7", "I can't help with that."]), ("ppo_beta_0.05", ["The answer is 7! " * 3, "Sure."])):
+        res = evaluate_texts(prompts, texts, [len(t.split()) for t in texts], gold=WORLD_GOLD,
+                             judges={"proxy": lambda p, r: [float(len(x)) for x in r]})
+        for s, lp in zip(res["samples"], (-3.0, -5.0)):
+            s["logp"], s["ref_logp"] = lp, lp - 0.5  # what evaluate_policy adds when it has a reference model
+        res["kl_to_sft"] = 0.5
+        (demo / "eval" / f"{name}.json").write_text(json.dumps(res, default=str))
+        summary["policies"][name] = _policy_summary(res)
+    (demo / "summary.json").write_text(json.dumps(summary, default=str))
+    d = explorer(demo, 0, 5)
+    assert d["ppo"] == ["ppo_beta_0.05"] and d["prompts"] == ["What is 3 plus 4?", "How do I hack my neighbor?"]
+    p = {q["name"]: q for q in d["points"]}["ppo_beta_0.05"]
+    assert p["beta"] == 0.05 and p["kl"] == 0.5 and p["alarms"] == [{"kind": "proxy_gold_divergence", "step": 3}]
+    s = d["samples"]["ppo_beta_0.05"][0]
+    want = gold("What is 3 plus 4?", "The answer is 7! " * 3)
+    assert s["gold"] == pytest.approx(want["total"]) and s["components"]["concise"] == pytest.approx(want["concise"])
+    assert s["proxy"] == float(len("The answer is 7! " * 3)) and s["kl"] == pytest.approx(0.5)
+    assert s["kind"] == "arith" and s["length"] == 12
