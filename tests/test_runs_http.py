@@ -177,9 +177,14 @@ def test_explorer_orders_ppo_by_beta_and_pairs_prompts(tmp_path, runs):
 
 
 def test_playground_streams_each_checkpoint_with_tokens_capped(tmp_path, runs):
+    broken = runs / "demo" / "broken"  # a checkpoint that cannot load: its own error line, the others still answer
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     app, client = make_env(tmp_path, runs, play_max_new_tokens=3, play_timeout_s=120)
     boss = client("boss")
-    body = {"prompt": "What is 3 plus 4? " + XSS[1], "checkpoints": ["demo/sft", "demo/bon_4", "demo/ppo_beta_0.1"],
+    body = {"prompt": "What is 3 plus 4? " + XSS[1], "checkpoints": ["demo/sft", "demo/broken", "demo/bon_4",
+                                                                      "demo/ppo_beta_0.1"],
             "max_new_tokens": 500, "seed": 1}
     times: list[float] = []
     s, ev = stream(boss, body, times)
@@ -190,7 +195,8 @@ def test_playground_streams_each_checkpoint_with_tokens_capped(tmp_path, runs):
     assert kinds[0] == "start" and kinds[-1] == "done" and not ev[-1]["timed_out"], ev
     assert ev[0]["max_new_tokens"] == 3 and ev[0]["checkpoints"] == body["checkpoints"]
     results = {e["id"]: e for e in ev if e["event"] == "result"}
-    assert set(results) == set(body["checkpoints"]), ev
+    assert set(results) == set(body["checkpoints"]) - {"demo/broken"}, ev
+    assert [e["id"] for e in ev if e["event"] == "error"] == ["demo/broken"]
     for r in results.values():
         assert 0 <= r["tokens"] <= 3 and isinstance(r["response"], str)
         assert isinstance(r["proxy"], float)  # demo/rm beside the checkpoints
@@ -303,3 +309,11 @@ def test_explorer_reads_what_the_demo_writes(tmp_path):
     assert s["gold"] == pytest.approx(want["total"]) and s["components"]["concise"] == pytest.approx(want["concise"])
     assert s["proxy"] == float(len("The answer is 7! " * 3)) and s["kl"] == pytest.approx(0.5)
     assert s["kind"] == "arith" and s["length"] == 12
+
+
+def test_playground_worker_that_cannot_start_ends_the_stream_cleanly(tmp_path, runs):
+    app, client = make_env(tmp_path, runs)
+    app.state.playground.python = str(tmp_path / "no-such-python")
+    s, ev = stream(client("boss"), GEN)
+    assert s == 200 and [e["event"] for e in ev] == ["start", "error", "done"]
+    assert "could not start the worker" in ev[1]["detail"] and not app.state.playground._slots

@@ -76,9 +76,14 @@ class Playground:
                          "max_new_tokens": req["max_new_tokens"], "timeout_s": self.timeout_s})
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                 [str(Path(rlhfkit.__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-            proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", WORKER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, limit=2**20)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self.python, "-m", WORKER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, limit=2**20)
+            except OSError as e:  # no interpreter there, no processes left: said in the stream, which has begun
+                yield _line({"event": "error", "id": None, "detail": f"could not start the worker: {e}"})
+                yield _line({"event": "done", "seconds": round(time.monotonic() - t0, 3), "timed_out": False})
+                return
             self.pids.append(proc.pid)
             proc.stdin.write(json.dumps(req).encode())
             proc.stdin.close()

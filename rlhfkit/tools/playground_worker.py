@@ -34,6 +34,7 @@ from typing import Any
 
 MAX_NEW_TOKENS = 512  # the worker's own ceiling, whatever the request says (the server caps lower)
 MAX_N = 32  # best-of-n
+MAX_PROMPT_TOKENS = 512
 
 
 def gold_scores(prompt: str, response: str) -> tuple[float | None, dict | None]:
@@ -84,7 +85,8 @@ def answer(models: Models, req: dict, ck: dict) -> dict:
         raise ValueError("best-of-n needs a reward model")
     prompt = req["prompt"]
     messages = [{"role": "user", "content": prompt}]
-    ids = data_lib.encode_prompt(tok, messages if tok.chat_template else prompt)
+    # the prompt's last MAX_PROMPT_TOKENS tokens (the chat template's assistant prefix is at the end), as evaluation
+    ids = data_lib.encode_prompt(tok, messages if tok.chat_template else prompt)[-MAX_PROMPT_TOKENS:]
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(int(req.get("seed", 0)))
     max_new = max(1, min(int(req.get("max_new_tokens", 48)), MAX_NEW_TOKENS))
