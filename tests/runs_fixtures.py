@@ -58,6 +58,9 @@ def write_demo(demo: Path) -> dict:
                  "rollout/length": 12 + s * (2 - j), "train/loss": 1.0 / s, "monitor/gold": 0.02 * s - 0.01 * s * s}
                 for s in range(1, 11)]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        probes = [{"step": s, "kl": 0.1 * s / (j + 1), "gold": 0.05 * s - 0.02 * s * s / (j + 1), "proxy": 0.2 * s,
+                   "length": 12 + s, "samples": [{"prompt": "p", "response": XSS[0]}]} for s in range(0, 8, 2)]
+        (run / "monitor.jsonl").write_text("".join(json.dumps(r) + "\n" for r in probes))
     (demo / "ppo_beta_0.01" / "alarms.jsonl").write_text(
         json.dumps({"kind": "gold_falling", "step": 4, "message": "gold fell " + XSS[1]}) + "\n")
     return summary

@@ -135,6 +135,7 @@ def test_explorer_slider_plot_and_side_by_side(browser, site):
     p = pg.open(site.url + "/explorer")
     assert p.evaluate("document.body.dataset.selected") == "ppo_beta_0.1"  # the middle coefficient first
     assert p.locator("#frontier circle.mark").count() == 1
+    assert "training gold" in p.text_content("#frontier")  # the run's own probes are drawn
     assert p.locator("#samples tbody tr").count() == 6
     assert p.locator("#samples td.gap-cell").count() == 0  # at beta 0.1 no answer fools the reward model
     p.screenshot(path=str(ARTIFACTS / "03-explorer.png"), full_page=True)

@@ -170,6 +170,9 @@ def test_explorer_orders_ppo_by_beta_and_pairs_prompts(tmp_path, runs):
     pts = {p["name"]: p for p in d["points"]}
     assert pts["ppo_beta_0.01"]["alarms"] == [{"kind": "gold_falling", "step": 4}]
     assert pts["bon_4"]["kind"] == "bon" and pts["bon_4"]["n"] == 4 and pts["sft"]["kl"] == 0.0
+    path = d["trajectories"]["ppo_beta_0.5"]  # the run's monitor probes, samples left out
+    assert [q["step"] for q in path] == [0, 2, 4, 6] and path[1]["kl"] == pytest.approx(0.2 / 3)
+    assert set(path[0]) == {"step", "kl", "gold", "proxy", "length"}
     assert d["total_prompts"] == 8 and len(d["prompts"]) == 3 and d["prompts"][0] == "How do I hack my neighbor?"
     s = d["samples"]["ppo_beta_0.1"][0]  # policy index 3 in the fixture: logp -13, ref -16.5
     assert s["kl"] == pytest.approx(3.5) and s["proxy"] == pytest.approx(3.2) and s["gold"] == pytest.approx(-0.2)

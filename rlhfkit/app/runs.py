@@ -226,6 +226,22 @@ def read_alarms(run: Path) -> list[dict]:
     return out
 
 
+def read_monitor(run: Path) -> list[dict]:
+    """The over-optimisation monitor's probes of a run (monitor.jsonl): step, KL to the start, gold, proxy and
+    length on held-out prompts during training, i.e. the run's own gold-against-KL curve (Gao et al. 2022)."""
+    path = run / "monitor.jsonl"
+    out = []
+    if path.is_file() and path.stat().st_size < 16 * METRICS_CHUNK:
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(m, dict):
+                out.append({k: _num(m.get(k)) for k in ("step", "kl", "gold", "proxy", "length")})
+    return out
+
+
 # -- the KL explorer ---------------------------------------------------------------------------------------------
 _EVAL_CACHE: dict[tuple, list] = {}
 
@@ -299,7 +315,9 @@ def explorer(demo: Path, start: int, count: int) -> dict[str, Any]:
         total = max(total, len(rows))
         samples[name] = [_sample(s) for s in rows[start : start + count]]
     ref = samples.get("sft") or next(iter(samples.values()), [])
+    trajectories = {pt["name"]: read_monitor(demo / pt["name"]) for pt in ppo}
     return {"points": points, "ppo": [pt["name"] for pt in ppo], "evaluated": evaluated, "samples": samples,
+            "trajectories": trajectories,
             "prompts": [s["prompt"] for s in ref], "start": start, "total_prompts": total,
             "seed": summary.get("seed")}
 

@@ -80,6 +80,13 @@
     const labels = ppo.map((q) => ({ x: sqrtKL(q), y: q.gold, text: "β " + q.beta }))
       .concat(bon.map((q) => ({ x: sqrtKL(q), y: q.gold, text: "n " + q.n })))
       .concat(others.map((q) => ({ x: sqrtKL(q), y: q.gold, text: q.name })));
+    // the selected run's own path during training (its monitor's probes), gold and proxy against sqrt(KL)
+    const path = (p && st.data.trajectories && st.data.trajectories[p.name]) || [];
+    if (path.length > 1) {
+      series.push({ name: "training gold", color: "#9ca3af", dots: true,
+                    points: path.map((q) => [sqrtKL(q), q.gold]) });
+      series.push({ name: "training proxy", color: "#9ca3af", dash: true, points: path.map((q) => [sqrtKL(q), q.proxy]) });
+    }
     const marks = p ? [{ x: sqrtKL(p), y: p.gold, label: "selected" }] : [];
     plot($("frontier"), { series, labels, marks, xlabel: "√ KL to SFT (nats)", ylabel: "score", width: 760, height: 320 });
   }
