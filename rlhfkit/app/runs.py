@@ -61,10 +61,13 @@ class RunsRoot:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ValueError(f"--runs-dir {root}: not a directory")
-        try:
-            self.public = tuple(self.clean(p) for p in public)
-        except HTTPException as e:
-            raise ValueError(f"--runs-public {public}: {e.detail}") from None
+        cleaned = []
+        for p in public:
+            try:
+                cleaned.append(self.clean(p))
+            except HTTPException as e:
+                raise ValueError(f"--runs-public {p!r}: {e.detail}") from None
+        self.public = tuple(cleaned)
 
     # -- paths ---------------------------------------------------------------------------------------------------
     @staticmethod

@@ -94,6 +94,9 @@ def serve(
     where = getattr(store, "url", db)  # a Postgres URL with its password hidden
     features = application.state.model.features.name
     typer.echo(f"labelling app on http://{host}:{port}/  (db {where}, live model on {features} features)", err=True)
+    if runs_dir:
+        shared = f"; annotators see {runs_public}" if runs_public else " (admin only)"
+        typer.echo(f"runs in {runs_dir}: http://{host}:{port}/playground, /explorer, /dashboard{shared}", err=True)
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (its default), so anyone
     # on the machine could pick the address the login limits count; the app reads it from --trusted-proxies only.
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False)
