@@ -320,3 +320,54 @@ def test_playground_worker_that_cannot_start_ends_the_stream_cleanly(tmp_path, r
     s, ev = stream(client("boss"), GEN)
     assert s == 200 and [e["event"] for e in ev] == ["start", "error", "done"]
     assert "could not start the worker" in ev[1]["detail"] and not app.state.playground._slots
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Child processes of `pid` running the playground worker (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+            cmd = open(f"/proc/{d}/cmdline", "rb").read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"playground_worker" in cmd and stat.rsplit(")", 1)[1].split()[0] != "Z":
+            out.append(int(d))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads child processes from /proc (Linux)")
+def test_client_that_goes_away_kills_its_worker(tmp_path, runs):
+    """A real `label serve` process: close the stream after its first line; the worker is gone within seconds."""
+    import httpx
+
+    from rlhfkit.app.loadgen import Server, add_users
+
+    db = tmp_path / "labels.sqlite"
+    tok = add_users(db, ["boss"], admin=True)["boss"]
+    with Server(db, log=tmp_path / "server.log", args=("--runs-dir", str(runs), "--play-timeout", "120")) as srv:
+        c = httpx.Client(base_url=srv.url, timeout=30)
+        csrf = c.post("/api/login", json={"name": "boss", "token": tok}).json()["csrf"]
+        with c.stream("POST", "/api/play/generate", json=GEN, headers={"X-CSRF-Token": csrf}) as r:
+            lines = r.iter_lines()  # held: a dropped iterator closes the response (a disconnect already)
+            first = json.loads(next(lines))
+            assert first["event"] == "start"
+            deadline = time.monotonic() + 10
+            while not _workers_of(srv.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _workers_of(srv.proc.pid), "the worker never started"
+            assert _workers_of(srv.proc.pid)  # closed while the worker is still importing torch
+        c.close()  # the page navigated away / pressed stop
+        # within a second: far sooner than the worker could import torch, load a model and finish by itself
+        deadline = time.monotonic() + 1.0
+        while _workers_of(srv.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _workers_of(srv.proc.pid), "the worker outlived its client"
+        # and its slot came back: the next request is not a 429
+        c = httpx.Client(base_url=srv.url, timeout=30)
+        csrf = c.post("/api/login", json={"name": "boss", "token": tok}).json()["csrf"]
+        with c.stream("POST", "/api/play/generate", json=GEN, headers={"X-CSRF-Token": csrf}) as r:
+            assert r.status_code == 200
