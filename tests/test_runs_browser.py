@@ -108,6 +108,14 @@ def test_playground_streams_answers_and_keeps_model_text_inert(browser, site):
     assert p.locator("#results .gap-max").count() == 1
     p.screenshot(path=str(ARTIFACTS / "01-playground-live.png"), full_page=True)
 
+    # Stop while the worker is starting: the fetch is aborted (the server kills the worker: test_runs_http.py)
+    p.click("#generate")
+    p.wait_for_selector("#results .resp.pending")
+    p.click("#stop")
+    p.wait_for_selector("body[data-play=done]", state="attached")
+    assert p.inner_text("#play-status") == "stopped" and p.locator("#results .failed").count() == 3
+    assert p.is_hidden("#stop")
+
     # Model text that is markup: the stream is replaced by a canned one, every answer a payload.
     events = [{"event": "start", "checkpoints": ["a", "b", "c"], "max_new_tokens": 6, "timeout_s": 60}]
     for i, (name, proxy, gold) in enumerate((("a", 2.5, -0.5), ("b", 0.2, 0.1), ("c", None, None))):

@@ -133,7 +133,7 @@
       k.c.classList.add("failed");
       k.body.textContent = "error: " + ev.detail;
     } else {
-      $("play-status").textContent = "error: " + ev.detail;
+      if (ev.detail !== "stopped") $("play-status").textContent = "error: " + ev.detail;
       for (const id in cards) if (cards[id].c.classList.contains("pending")) {
         cards[id].c.classList.replace("pending", "failed");
         cards[id].body.textContent = "no answer";
@@ -148,6 +148,9 @@
     if (chosen.length > MAX_CHECKED) { $("play-status").textContent = "At most " + MAX_CHECKED + " checkpoints at once."; return; }
     const btn = $("generate");
     btn.disabled = true;
+    const abort = new AbortController();  // Stop: the server sees the disconnect and kills the worker
+    $("stop").hidden = false;
+    $("stop").onclick = () => abort.abort();
     document.body.dataset.play = "running";
     clear($("results"));
     for (const k in cards) delete cards[k];
@@ -166,10 +169,16 @@
         else if (ev.event === "done") {
           if (!ev.timed_out) $("play-status").textContent = "done in " + fmt(ev.seconds, 1) + " s";
         }
-      });
+      }, abort.signal);
     } catch (e) {
-      $("play-status").textContent = (e.status === 429 ? "busy: " : "error: ") + e.message;
+      if (abort.signal.aborted) {
+        $("play-status").textContent = "stopped";
+        failed({ id: null, detail: "stopped" });
+      } else {
+        $("play-status").textContent = (e.status === 429 ? "busy: " : "error: ") + e.message;
+      }
     } finally {
+      $("stop").hidden = true;
       btn.disabled = false;
       document.body.dataset.play = "done";
     }

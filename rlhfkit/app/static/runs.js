@@ -45,9 +45,9 @@ window.RK = (function () {
   }
 
   // POST that answers NDJSON: onEvent(obj) per line as lines arrive.
-  async function postStream(path, body, onEvent) {
+  async function postStream(path, body, onEvent, signal) {
     const r = await fetch(path, {
-      method: "POST", credentials: "same-origin", body: JSON.stringify(body),
+      method: "POST", credentials: "same-origin", body: JSON.stringify(body), signal,
       headers: { "Content-Type": "application/json", "X-CSRF-Token": state.csrf || "" },
     });
     if (!r.ok) throw await httpError(r);
