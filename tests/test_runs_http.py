@@ -371,3 +371,35 @@ def test_client_that_goes_away_kills_its_worker(tmp_path, runs):
         csrf = c.post("/api/login", json={"name": "boss", "token": tok}).json()["csrf"]
         with c.stream("POST", "/api/play/generate", json=GEN, headers={"X-CSRF-Token": csrf}) as r:
             assert r.status_code == 200
+
+
+def test_warm_worker_is_reused_and_stopped_with_the_server(tmp_path, runs):
+    """--play-keep-warm: the second request is answered by the same process (no torch import, models loaded);
+    a timed-out request still kills its worker; shutting the app down stops the idle one."""
+    app, _ = make_env(tmp_path, runs, play_keep_warm=True, play_timeout_s=120)
+    pg = app.state.playground
+    tok = auth.new_token()
+    app.state.store.add_user("warm", "admin", auth.hash_token(tok))
+    with TestClient(app) as c:  # runs the lifespan: its end stops the warm worker
+        c.headers["X-CSRF-Token"] = c.post("/api/login", json={"name": "warm", "token": tok}).json()["csrf"]
+        t0 = time.monotonic()
+        s, first = stream(c, GEN)
+        t1 = time.monotonic()
+        s2, second = stream(c, {**GEN, "seed": 3})
+        t2 = time.monotonic()
+        assert s == s2 == 200 and first[1]["event"] == second[1]["event"] == "result", (first, second)
+        assert len(pg.pids) == 1 and len(pg._idle) == 1  # one process answered both
+        assert t2 - t1 < (t1 - t0) / 2, (t1 - t0, t2 - t1)  # no second start-up
+        warm = pg.pids[0]
+        os.kill(warm, 0)  # alive between requests
+        pg.timeout_s = 0.001  # too short even for a warm worker loading two more models: killed, not kept
+        s3, third = stream(c, {**GEN, "checkpoints": ["private/sft", "demo/ppo_beta_0.1"], "max_new_tokens": 64})
+        assert third[-1]["timed_out"] and not pg._idle
+        with pytest.raises(ProcessLookupError):
+            os.kill(warm, 0)
+        pg.timeout_s = 120
+        stream(c, GEN)  # a fresh worker, kept warm again
+        assert len(pg.pids) == 2 and len(pg._idle) == 1
+        fresh = pg.pids[-1]
+    with pytest.raises(ProcessLookupError):  # the app's shutdown stopped it
+        os.kill(fresh, 0)

@@ -38,9 +38,13 @@ class Playground:
     most `max_new_tokens` tokens per answer."""
 
     def __init__(self, timeout_s: float = 60.0, max_new_tokens: int = 64, concurrency: int = 1, threads: int = 1,
-                 python: str = sys.executable):
+                 python: str = sys.executable, keep_warm: bool = False, idle_s: float = 300.0):
         self.timeout_s, self.max_new_tokens, self.concurrency = timeout_s, max_new_tokens, concurrency
         self.threads, self.python = threads, python
+        # keep_warm: a worker that answered in time waits (at most idle_s) for the next request, torch imported and
+        # its models loaded; one that timed out or lost its client is killed as always
+        self.keep_warm, self.idle_s = keep_warm, idle_s
+        self._idle: list[Worker] = []
         self._slots: dict[int, float] = {}  # slot -> the time after which it is stale (a stream that never ran)
         self._next = 0
         self.pids: deque[int] = deque(maxlen=64)  # recent worker pids (tests check none outlives its stream)
@@ -68,26 +72,23 @@ class Playground:
     async def stream(self, req: dict, slot: int) -> AsyncIterator[bytes]:
         """NDJSON lines: start, one result or error per checkpoint as the worker finishes it, done."""
         t0 = time.monotonic()
-        proc = drain = None
-        timed_out = False
-        stderr_tail: deque[bytes] = deque(maxlen=20)
+        w: Worker | None = None
+        timed_out = reusable = False
         try:
             yield _line({"event": "start", "checkpoints": [c["id"] for c in req["checkpoints"]],
                          "max_new_tokens": req["max_new_tokens"], "timeout_s": self.timeout_s})
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-                [str(Path(rlhfkit.__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    self.python, "-m", WORKER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, limit=2**20)
-            except OSError as e:  # no interpreter there, no processes left: said in the stream, which has begun
-                yield _line({"event": "error", "id": None, "detail": f"could not start the worker: {e}"})
-                yield _line({"event": "done", "seconds": round(time.monotonic() - t0, 3), "timed_out": False})
-                return
-            self.pids.append(proc.pid)
-            proc.stdin.write(json.dumps(req).encode())
-            proc.stdin.close()
-            drain = asyncio.ensure_future(_drain(proc.stderr, stderr_tail))
+            w = self._take_idle()
+            if w is None:
+                try:
+                    w = await self._spawn()
+                except OSError as e:  # no interpreter there, no processes left: said in the stream, which has begun
+                    yield _line({"event": "error", "id": None, "detail": f"could not start the worker: {e}"})
+                    yield _line({"event": "done", "seconds": round(time.monotonic() - t0, 3), "timed_out": False})
+                    return
+            proc, stderr_tail = w.proc, w.tail
+            proc.stdin.write(json.dumps(req).encode() + b"\n")
+            if not self.keep_warm:
+                proc.stdin.close()  # one request: the worker exits after it
             deadline = t0 + self.timeout_s
             pending = {c["id"] for c in req["checkpoints"]}
             while True:
@@ -102,7 +103,7 @@ class Playground:
                     break
                 if not raw:  # the worker exited
                     await proc.wait()
-                    await drain
+                    await w.drain
                     if pending:
                         tail = b"".join(stderr_tail).decode("utf-8", "replace").strip().splitlines()[-3:]
                         yield _line({"event": "error", "id": None, "detail": f"worker exited ({proc.returncode})"
@@ -113,6 +114,7 @@ class Playground:
                 except ValueError:
                     continue
                 if ev.get("event") == "worker_done":  # all answered; its exit (torch teardown) is not waited for
+                    reusable = self.keep_warm
                     break
                 if ev.get("event") == "result" and ev.get("id") in pending:
                     pending.discard(ev["id"])
@@ -122,15 +124,59 @@ class Playground:
                     yield _line({"event": "error", "id": ev["id"], "detail": str(ev.get("detail", ""))[:500]})
             yield _line({"event": "done", "seconds": round(time.monotonic() - t0, 3), "timed_out": timed_out})
         finally:  # also when the client went away mid-stream (the generator is closed or cancelled)
-            if proc is not None and proc.returncode is None:
-                _kill(proc)
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
-                    pass
-            if drain is not None:
-                drain.cancel()
+            if w is not None:
+                if reusable and w.proc.returncode is None and len(self._idle) < self.concurrency:
+                    w.since = time.monotonic()
+                    self._idle.append(w)
+                else:
+                    await w.stop()
             self.release(slot)
+
+    async def _spawn(self) -> "Worker":
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(rlhfkit.__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        args = ["--serve"] if self.keep_warm else []
+        proc = await asyncio.create_subprocess_exec(
+            self.python, "-m", WORKER, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, limit=2**20)
+        self.pids.append(proc.pid)
+        return Worker(proc)
+
+    def _take_idle(self) -> "Worker | None":
+        """A warm worker that is still alive, or None; ones idle longer than idle_s are stopped on the way."""
+        now = time.monotonic()
+        while self._idle:
+            w = self._idle.pop()
+            if w.proc.returncode is None and now - w.since < self.idle_s:
+                return w
+            _kill(w.proc)
+            w.drain.cancel()
+        return None
+
+    async def close(self) -> None:
+        """Stop the warm workers (the server is shutting down)."""
+        idle, self._idle = self._idle, []
+        for w in idle:
+            await w.stop()
+
+
+class Worker:
+    """One worker process, the task reading its stderr, and the last lines it wrote there."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.tail: deque[bytes] = deque(maxlen=20)
+        self.drain = asyncio.ensure_future(_drain(proc.stderr, self.tail))
+        self.since = time.monotonic()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            _kill(self.proc)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+        self.drain.cancel()
 
 
 def _line(obj: dict) -> bytes:

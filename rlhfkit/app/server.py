@@ -120,6 +120,9 @@ class ServerConfig:
     """Playground worker processes at once; a request beyond that is answered 429."""
     play_threads: int = 1
     """torch threads in each playground worker."""
+    play_keep_warm: bool = False
+    """Keep a playground worker that answered in time for the next request (torch imported, models loaded; stopped
+    after 5 idle minutes); off: a fresh process per request."""
 
 
 # -- request bodies --------------------------------------------------------------------------------------------
@@ -269,7 +272,8 @@ def _prompt_messages(prompt: Any) -> list[dict]:
 def create_app(cfg: ServerConfig) -> FastAPI:
     trusted_proxies = auth.parse_networks(cfg.trusted_proxies)  # first: a typo is an error before anything is made
     runs = RunsRoot(cfg.runs_dir, cfg.runs_public) if cfg.runs_dir else None  # a missing directory: ValueError
-    playground = Playground(cfg.play_timeout_s, cfg.play_max_new_tokens, cfg.play_concurrency, cfg.play_threads)
+    playground = Playground(cfg.play_timeout_s, cfg.play_max_new_tokens, cfg.play_concurrency, cfg.play_threads,
+                            keep_warm=cfg.play_keep_warm)
     store = open_store(cfg.db, synchronous=cfg.synchronous, lease_s=cfg.lease_s)
     model = LiveModel(store, retrain_every=cfg.retrain_every, features=cfg.features)  # first: may refuse --features
     # The secret and the export dir default to beside the database file; Postgres has none: the working directory.
@@ -290,6 +294,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             model.start()
         yield
         model.stop()
+        await playground.close()  # warm playground workers, if any
 
     app = FastAPI(title="rlhfkit label", version="1", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", lifespan=lifespan)

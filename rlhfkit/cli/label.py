@@ -62,6 +62,9 @@ def serve(
                                             help="Most new tokens per playground answer."),
     play_concurrency: int = typer.Option(1, "--play-concurrency", min=1, max=16,
                                          help="Playground worker processes at once (more requests: 429)."),
+    play_keep_warm: bool = typer.Option(False, "--play-keep-warm", help="Keep a playground worker that answered "
+                                        "in time for the next request (torch imported, models loaded) instead of a "
+                                        "fresh process per request; it is still killed on a timeout."),
 ) -> None:
     """Run the app with uvicorn (one process; SQLite in WAL mode, or Postgres)."""
     import uvicorn
@@ -76,7 +79,7 @@ def serve(
                        runs_dir=str(runs_dir) if runs_dir else None,
                        runs_public=tuple(x.strip() for x in runs_public.split(",") if x.strip()),
                        play_timeout_s=play_timeout, play_max_new_tokens=play_max_new_tokens,
-                       play_concurrency=play_concurrency)
+                       play_concurrency=play_concurrency, play_keep_warm=play_keep_warm)
     try:
         application = create_app(cfg)
     except (ValueError, ImportError) as e:  # bad --db URL, --features, --trusted-proxies, --runs-*, a missing extra

@@ -22,6 +22,9 @@ Lines written (one per checkpoint, in request order, then a last one):
     {"event": "worker_done"}
 
 `gold` is the built-in world's gold judge, on prompts that are world prompts (null on any other text).
+
+With `--serve` (the server's --play-keep-warm) the worker reads one request per line and answers each in turn,
+keeping torch imported and its models loaded; the server still kills it on a timeout or a lost client.
 """
 
 from __future__ import annotations
@@ -49,17 +52,35 @@ def gold_scores(prompt: str, response: str) -> tuple[float | None, dict | None]:
 
 
 class Models:
-    """Checkpoints and reward models loaded once per request (a best-of-n entry reuses its policy's)."""
+    """Checkpoints and reward models loaded once (a best-of-n entry reuses its policy's). A warm worker (--serve)
+    keeps them between requests: at most MAX_CACHED of each, and one whose files changed is loaded again."""
+
+    MAX_CACHED = 8
 
     def __init__(self):
         self.policies: dict[str, tuple[Any, Any]] = {}
         self.rewards: dict[str, Any] = {}
+        self.stamps: dict[str, float] = {}
+
+    @staticmethod
+    def stamp(path: str) -> float:
+        from pathlib import Path
+
+        files = [f for f in Path(path).glob("*") if f.suffix in (".safetensors", ".json")]
+        return max((f.stat().st_mtime for f in files), default=0.0)
+
+    def forget_changed(self) -> None:
+        for cache in (self.policies, self.rewards):
+            for path in list(cache):
+                if len(cache) > self.MAX_CACHED or self.stamps.get(path) != self.stamp(path):
+                    del cache[path]
 
     def policy(self, path: str):
         if path not in self.policies:
             from rlhfkit import models
 
             tok = models.load_tokenizer(path)
+            self.stamps[path] = self.stamp(path)
             self.policies[path] = (models.load_causal_lm(path, tok).to(models.inference_device()), tok)
         return self.policies[path]
 
@@ -67,6 +88,7 @@ class Models:
         if path not in self.rewards:
             from rlhfkit.models.rewards import load_reward
 
+            self.stamps[path] = self.stamp(path)
             self.rewards[path] = load_reward(path)
         return self.rewards[path]
 
@@ -117,17 +139,24 @@ def main() -> int:
         out.write(json.dumps(event, ensure_ascii=False) + "\n")
         out.flush()
 
-    req = json.loads(sys.stdin.read())
     import torch
 
-    torch.set_num_threads(max(1, int(req.get("threads", 1))))
+    serve = "--serve" in sys.argv[1:]
     models = Models()
-    for ck in req["checkpoints"]:
-        try:
-            emit(answer(models, req, ck))
-        except Exception as e:  # one checkpoint failing (bad files, no reward model) does not stop the others
-            emit({"event": "error", "id": ck.get("id"), "detail": f"{type(e).__name__}: {e}"[:500]})
-    emit({"event": "worker_done"})
+    # one request (the whole of stdin), or with --serve one per line until stdin closes (the server kept it warm)
+    for line in (sys.stdin if serve else [sys.stdin.read()]):
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        torch.set_num_threads(max(1, int(req.get("threads", 1))))
+        if serve:
+            models.forget_changed()
+        for ck in req["checkpoints"]:
+            try:
+                emit(answer(models, req, ck))
+            except Exception as e:  # one checkpoint failing (bad files, no reward model) does not stop the others
+                emit({"event": "error", "id": ck.get("id"), "detail": f"{type(e).__name__}: {e}"[:500]})
+        emit({"event": "worker_done"})
     return 0
 
 
