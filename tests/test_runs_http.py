@@ -322,6 +322,15 @@ def test_playground_worker_that_cannot_start_ends_the_stream_cleanly(tmp_path, r
     assert "could not start the worker" in ev[1]["detail"] and not app.state.playground._slots
 
 
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (killed, not yet reaped by its parent)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _workers_of(pid: int) -> list[int]:
     """Child processes of `pid` running the playground worker (from /proc)."""
     out = []
@@ -397,9 +406,21 @@ def test_warm_worker_is_reused_and_stopped_with_the_server(tmp_path, runs):
         assert third[-1]["timed_out"] and not pg._idle
         with pytest.raises(ProcessLookupError):
             os.kill(warm, 0)
-        pg.timeout_s = 120
-        stream(c, GEN)  # a fresh worker, kept warm again
+        pg.timeout_s, pg.idle_s = 120, 0.5
+        stream(c, GEN)  # a fresh worker, kept warm again, for half a second
         assert len(pg.pids) == 2 and len(pg._idle) == 1
+        idle = pg.pids[-1]
+        deadline = time.monotonic() + 5
+        while pg._idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pg._idle
+        deadline = time.monotonic() + 5
+        while _alive(idle) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(idle)  # idle too long: stopped
+        pg.idle_s = 300
+        stream(c, GEN)
+        assert len(pg.pids) == 3 and len(pg._idle) == 1
         fresh = pg.pids[-1]
     with pytest.raises(ProcessLookupError):  # the app's shutdown stopped it
         os.kill(fresh, 0)

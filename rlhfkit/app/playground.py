@@ -128,6 +128,7 @@ class Playground:
                 if reusable and w.proc.returncode is None and len(self._idle) < self.concurrency:
                     w.since = time.monotonic()
                     self._idle.append(w)
+                    asyncio.get_running_loop().call_later(self.idle_s + 0.05, self._reap)
                 else:
                     await w.stop()
             self.release(slot)
@@ -152,6 +153,14 @@ class Playground:
             _kill(w.proc)
             w.drain.cancel()
         return None
+
+    def _reap(self) -> None:
+        """Stop the warm workers idle for idle_s or more (scheduled each time one goes idle)."""
+        now = time.monotonic()
+        for w in [w for w in self._idle if now - w.since >= self.idle_s]:
+            self._idle.remove(w)
+            _kill(w.proc)
+            w.drain.cancel()
 
     async def close(self) -> None:
         """Stop the warm workers (the server is shutting down)."""
