@@ -2,7 +2,9 @@
 in time, tokens and concurrency, its answers streamed to the page as NDJSON, one line per checkpoint.
 
 The app never imports torch; the worker does, in its own process group, so a timeout or a client that goes away
-kills everything it started (`os.killpg`). Lines streamed to the page:
+kills everything it started (`os.killpg`). By default each request gets a fresh process; with keep_warm
+(`--play-keep-warm`) a worker that answered in time waits for the next one (`--serve`: one request per line), until
+it has been idle `idle_s` seconds or the server stops. Lines streamed to the page:
 
     {"event": "start", "checkpoints": [ids], "max_new_tokens", "timeout_s"}
     {"event": "result", "id", "response", "tokens", "finished", "proxy", "gold", "components", "n", "seconds"}
