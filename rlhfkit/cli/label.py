@@ -52,6 +52,19 @@ def serve(
     trusted_proxies: str = typer.Option("", "--trusted-proxies", help="Comma-separated addresses or networks "
                                         "(127.0.0.1,10.0.0.0/8) of reverse proxies whose X-Forwarded-For names the "
                                         "client for the login limits. Default: none (the TCP peer counts)."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Directory of runs (a demo's output, checkpoints, "
+                                            "metrics.jsonl) for the /playground, /explorer and /dashboard pages."),
+    runs_public: str = typer.Option("", "--runs-public", help="Comma-separated paths under --runs-dir that "
+                                    "annotators may also see ('.' = all); the rest is admin only."),
+    play_timeout: float = typer.Option(60.0, "--play-timeout", min=1.0, help="Seconds one playground request "
+                                       "may run; its worker process is killed then."),
+    play_max_new_tokens: int = typer.Option(64, "--play-max-new-tokens", min=1, max=512,
+                                            help="Most new tokens per playground answer."),
+    play_concurrency: int = typer.Option(1, "--play-concurrency", min=1, max=16,
+                                         help="Playground worker processes at once (more requests: 429)."),
+    play_keep_warm: bool = typer.Option(False, "--play-keep-warm", help="Keep a playground worker that answered "
+                                        "in time for the next request (torch imported, models loaded) instead of a "
+                                        "fresh process per request; it is still killed on a timeout."),
 ) -> None:
     """Run the app with uvicorn (one process; SQLite in WAL mode, or Postgres)."""
     import uvicorn
@@ -62,10 +75,14 @@ def serve(
                        export_dir=str(export_dir) if export_dir else None,
                        secret_file=str(secret_file) if secret_file else None, secure_cookies=secure_cookies,
                        synchronous=synchronous.upper(), features=features.lower(),
-                       trusted_proxies=tuple(x.strip() for x in trusted_proxies.split(",") if x.strip()))
+                       trusted_proxies=tuple(x.strip() for x in trusted_proxies.split(",") if x.strip()),
+                       runs_dir=str(runs_dir) if runs_dir else None,
+                       runs_public=tuple(x.strip() for x in runs_public.split(",") if x.strip()),
+                       play_timeout_s=play_timeout, play_max_new_tokens=play_max_new_tokens,
+                       play_concurrency=play_concurrency, play_keep_warm=play_keep_warm)
     try:
         application = create_app(cfg)
-    except (ValueError, ImportError) as e:  # bad --db URL, --features or --trusted-proxies, a missing extra, ...
+    except (ValueError, ImportError) as e:  # bad --db URL, --features, --trusted-proxies, --runs-*, a missing extra
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     imp = application.state.imported
@@ -80,6 +97,9 @@ def serve(
     where = getattr(store, "url", db)  # a Postgres URL with its password hidden
     features = application.state.model.features.name
     typer.echo(f"labelling app on http://{host}:{port}/  (db {where}, live model on {features} features)", err=True)
+    if runs_dir:
+        shared = f"; annotators see {runs_public}" if runs_public else " (admin only)"
+        typer.echo(f"runs in {runs_dir}: http://{host}:{port}/playground, /explorer, /dashboard{shared}", err=True)
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (its default), so anyone
     # on the machine could pick the address the login limits count; the app reads it from --trusted-proxies only.
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False)
