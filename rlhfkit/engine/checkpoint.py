@@ -6,6 +6,8 @@ file. A crash (kill -9, full disk, exception) at any point leaves either the pre
 staging directory that `latest()` ignores. Retention never deletes the only complete checkpoint.
 
 Layout:  <run>/checkpoints/step-000120/{model.safetensors, state.pt, manifest.json, COMPLETE}
+With --fsdp (engine/sharding.py): step-000120/{sharded/ (torch.distributed.checkpoint: model and optimizer, one
+file per rank), state-rank<r>.pt, manifest.json, COMPLETE}; the manifest covers the files under sharded/ too.
 model.safetensors holds every weight, or only the trainable ones when some are frozen (LoRA): frozen weights are
 reloaded from the model the run starts from, so a resume is exact either way.
 """
@@ -81,19 +83,37 @@ def _write_files(staging: Path, model: torch.nn.Module, state: dict[str, Any]) -
 
 def save(ckpt_dir: str | Path, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int = 2) -> Path:
     """Write checkpoint `step` atomically and apply retention. Returns the final directory."""
-    ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:08d}"
-    staging = ckpt_dir / f".staging-{name}"
-    final = ckpt_dir / name
+    staging = begin(ckpt_dir, step)
+    _write_files(staging, model, state)
+    return commit(ckpt_dir, staging, step, keep)
+
+
+def staging_path(ckpt_dir: str | Path, step: int) -> Path:
+    return Path(ckpt_dir) / f".staging-step-{step:08d}"
+
+
+def begin(ckpt_dir: str | Path, step: int) -> Path:
+    """An empty staging directory for checkpoint `step` (the files go there, then `commit`)."""
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    staging = staging_path(ckpt_dir, step)
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
-    _write_files(staging, model, state)
-    files = sorted(p for p in staging.iterdir() if p.is_file())
+    return staging
+
+
+def commit(ckpt_dir: str | Path, staging: Path, step: int, keep: int = 2) -> Path:
+    """fsync every file written into `staging` (subdirectories too: a sharded checkpoint's), hash them into the
+    manifest, rename the directory into place, mark it COMPLETE and apply retention."""
+    ckpt_dir = Path(ckpt_dir)
+    final = ckpt_dir / f"step-{step:08d}"
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
     for p in files:
         _fsync_file(p)
-    manifest = {"step": step, "files": {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}}
+    for d in sorted({p.parent for p in files}):
+        _fsync_dir(d)
+    manifest = {"step": step, "files": {str(p.relative_to(staging)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+                                        for p in files}}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     _fsync_file(staging / MANIFEST)
     _fsync_dir(staging)
