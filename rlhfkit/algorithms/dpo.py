@@ -367,7 +367,7 @@ def train(cfg: Config) -> Path:
     sampler = StepSampler(len(examples), global_batch, cfg.seed)
     model.train()
     engine = Engine(cfg, SequenceLogprobs(model), total_steps(cfg, sampler.steps_per_epoch), name="dpo",
-                    dist_info=dist)
+                    dist_info=dist, frozen=[ref_model])
     packed = use_packed(model, dist.device)
     # KTO's z0 pass may read the gradient forward's prompt keys and values back (padding-free, the CPU's row layout)
     reuse_prompt_kv = cfg.unpaired and not packed and padding_free(backbone(model))

@@ -245,7 +245,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
     on_policy = per_iter == 1
     sampler = StepSampler(len(run.prompts), cfg.rollout_batch_size, cfg.seed)
     n_steps = total_steps(cfg, sampler.steps_per_epoch * per_iter)
-    engine = Engine(cfg, TokenLogprobs(policy), n_steps, name=estimator, dist_info=dist)
+    engine = Engine(cfg, TokenLogprobs(policy), n_steps, name=estimator, dist_info=dist, frozen=[ref])
     packed = use_packed(policy, dist.device)  # the GPU layout for the update's forwards (layout.use_packed)
     dev = engine.dist.device
     online.start(run, engine, reward_fn)

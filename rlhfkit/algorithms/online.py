@@ -104,6 +104,9 @@ class OnlineConfig(TrainConfig, config_lib.DeprecatedFields):
             raise ValueError("model and data are required")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0 for online RL (log-probs are divided by it)")
+        if self.fsdp and self.monitor_prompts and self.monitor_every > 0:
+            raise ValueError("monitor_prompts: the monitor runs on the main process alone, which --fsdp's sharded "
+                             "layers cannot serve; monitor without --fsdp, or evaluate the saved checkpoints")
         if not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("top_p must be in (0, 1] and top_k >= 0")
         if self.lora_dropout:
@@ -283,6 +286,9 @@ def start(run: OnlineRun, engine, reward_fn: Callable | None) -> None:
     cfg = run.cfg
     run.reward = as_reward_fn(reward_fn, cfg.reward_model, cfg.reward_weights or None, engine.dist.device,
                               cfg.reward_batch_size)
+    for fn in getattr(run.reward, "fns", [run.reward]):  # --fsdp: in-process reward models sharded too
+        for member in getattr(fn, "members", []):
+            engine.shard_frozen(member[0])
     if run.dist.is_main and cfg.monitor_prompts and cfg.monitor_every > 0:
         from rlhfkit.diagnostics.monitor import Monitor
 
@@ -301,21 +307,21 @@ def sample(run: OnlineRun, engine, policy: torch.nn.Module, idx: list[int], gene
     """Rollout (rollout.episodes.rollout) of the prompts `idx`: sampled, scored, log-probs at the sampling
     temperature in micro-batch-sized chunks under the engine's autocast; counted by the engine."""
     cfg, tok = run.cfg, run.tokenizer
-    if run.runner is not None:  # multi-turn tool episodes; the response mask is the policy's tokens only
-        kwargs.pop("share_prompt", None)  # an episode is not one prompt + one completion: padded rows
-        ro = tool_rollout(policy, [run.prompts[i] for i in idx], run.reward, tokenizer=tok, runner=run.runner,
-                          rows=[run.rows[i] for i in idx], max_turns=cfg.max_turns,
-                          max_tokens=cfg.max_episode_tokens, max_new_tokens=cfg.max_new_tokens,
-                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator,
-                          forward_batch_size=cfg.micro_batch_size, ref_policy=run.ref, autocast=engine.autocast,
-                          **kwargs)
-        engine.count(gen_tokens=int(ro.lengths.sum()), gen_s=ro.gen_s)
-        return ro
-    ro = rollout(policy, [run.encoded[i] for i in idx], [run.prompts[i] for i in idx], run.reward,
-                 eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=run.decode,
-                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                 generator=generator, forward_batch_size=cfg.micro_batch_size, ref_policy=run.ref,
-                 autocast=engine.autocast, **kwargs)
+    with engine.full_weights():  # --fsdp: ranks sample different lengths, so the layers are gathered once
+        if run.runner is not None:  # multi-turn tool episodes; the response mask is the policy's tokens only
+            kwargs.pop("share_prompt", None)  # an episode is not one prompt + one completion: padded rows
+            ro = tool_rollout(policy, [run.prompts[i] for i in idx], run.reward, tokenizer=tok, runner=run.runner,
+                              rows=[run.rows[i] for i in idx], max_turns=cfg.max_turns,
+                              max_tokens=cfg.max_episode_tokens, max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator,
+                              forward_batch_size=cfg.micro_batch_size, ref_policy=run.ref,
+                              autocast=engine.autocast, **kwargs)
+        else:
+            ro = rollout(policy, [run.encoded[i] for i in idx], [run.prompts[i] for i in idx], run.reward,
+                         eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=run.decode,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                         top_p=cfg.top_p, generator=generator, forward_batch_size=cfg.micro_batch_size,
+                         ref_policy=run.ref, autocast=engine.autocast, **kwargs)
     engine.count(gen_tokens=int(ro.lengths.sum()), gen_s=ro.gen_s)
     return ro
 

@@ -203,7 +203,8 @@ def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
     n_steps = total_steps(cfg, sampler.steps_per_epoch * per_iter)
     ctl = (AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon) if cfg.adaptive_kl
            else FixedKLController(cfg.kl_coef))
-    engine = Engine(cfg, module, n_steps, name="ppo", dist_info=dist, extra_state={"kl_ctl": ctl.state_dict()})
+    engine = Engine(cfg, module, n_steps, name="ppo", dist_info=dist, extra_state={"kl_ctl": ctl.state_dict()},
+                    frozen=[run.ref])
     ctl.load_state_dict(engine.extra_state["kl_ctl"])  # the resumed controller state, if any
     dev = engine.dist.device
     online.start(run, engine, reward_fn)

@@ -505,18 +505,10 @@ class Engine:
         }
 
     def save_checkpoint(self) -> None:
-        if self.layers:  # sharded: every rank writes its part into one staging directory
-            ckpt_dir = self.run_dir / "checkpoints"
-            staging = checkpoint.begin(ckpt_dir, self.step_count) if self.dist.is_main else None
-            barrier()
-            state = self.state()
-            del state["optimizer"]  # in the sharded files
-            sharding.save(staging or checkpoint.staging_path(ckpt_dir, self.step_count), self.model, self.optimizer,
-                          state)
-            barrier()
-            if self.dist.is_main:
-                checkpoint.commit(ckpt_dir, staging, self.step_count, self.cfg.keep_checkpoints)
-            barrier()
+        if self.layers:  # sharded: every rank writes its part (the optimizer's too) into one staging directory
+            state = {k: v for k, v in self.state().items() if k != "optimizer"}
+            sharding.save(self.run_dir / "checkpoints", self.step_count, self.cfg.keep_checkpoints, self.model,
+                          self.optimizer, state)
             return
         if self.dist.is_main:
             checkpoint.save(self.run_dir / "checkpoints", self.step_count, self.module, self.state(), self.cfg.keep_checkpoints)
@@ -560,6 +552,11 @@ class Engine:
         generated tokens and the seconds spent generating them."""
         for o in self.observers:
             o.count(samples, tokens, gen_tokens, gen_s)
+
+    def shard_frozen(self, model: torch.nn.Module) -> None:
+        """--fsdp under torchrun: shard a frozen model built after the Engine (a reward model); else nothing."""
+        if self.layers:
+            sharding.shard_frozen(model, self.dist.device, self.cfg.precision)
 
     def full_weights(self):
         """Sampling: every FSDP layer gathered for the block (ranks run different numbers of forwards)."""

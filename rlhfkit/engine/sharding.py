@@ -147,15 +147,26 @@ def _options(**kw):
     return StateDictOptions(ignore_frozen_params=True, **kw)
 
 
-def save(staging: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Every rank writes its shards of the model and optimizer (torch.distributed.checkpoint) and its own state
-    (RNG, counters) into `staging`, which the main process created."""
+def save(ckpt_dir: Path, step: int, keep: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         state: dict[str, Any]) -> None:
+    """Checkpoint `step`, crash-safe as `checkpoint.save`: the main process creates the staging directory, every rank
+    writes its shards of the model and optimizer (torch.distributed.checkpoint) and its own state (RNG, counters)
+    there, and the main process commits it (manifest, rename, COMPLETE) once all have written."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    from rlhfkit.engine import checkpoint
+
+    main = dist.get_rank() == 0
+    staging = checkpoint.begin(ckpt_dir, step) if main else checkpoint.staging_path(ckpt_dir, step)
+    dist.barrier()
     msd, osd = get_state_dict(module, optimizer, options=_options())
     dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(staging / SHARDED_DIR))
     torch.save(state, staging / STATE_FILE.format(rank=dist.get_rank()))
+    dist.barrier()
+    if main:
+        checkpoint.commit(ckpt_dir, staging, step, keep)
+    dist.barrier()
 
 
 def load(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
