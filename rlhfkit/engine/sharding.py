@@ -72,6 +72,13 @@ def _shard(module: torch.nn.Module, device: torch.device, precision: str) -> lis
     # The root must be initialised before any layer runs: a reference or rollout forward reaches the layers without
     # the root's forward, and a layer that runs first would claim to be a root itself.
     module._get_fsdp_state()._lazy_init()
+    # FSDP creates a layer's full-size parameters at its first all-gather; were that inside torch.inference_mode (a
+    # reference or rollout pass, before any training forward), they would be inference tensors that training may
+    # not write to. Created here, outside it, they are ordinary tensors that inference passes may refill.
+    with torch.no_grad():
+        for layer in layers:
+            layer.unshard()
+            layer.reshard()
     return layers
 
 
@@ -194,20 +201,30 @@ def is_sharded(path: Path) -> bool:
 
 
 def consolidate(module: torch.nn.Module, is_main: bool) -> None:
-    """Gather the full (fp32) weights onto the main process's CPU and put them in `module` there as plain
-    parameters, so the usual save (save_pretrained: one safetensors model, or a peft adapter) writes the whole
-    model. Every rank must call it. After it, the main process's module is for saving only."""
+    """Gather the full (fp32) weights on the main process and make its `module` a plain model again: the gathered
+    weights as ordinary parameters (on its device) and FSDP's forward hooks removed. So the usual save
+    (save_pretrained: one safetensors model, or a peft adapter) writes the whole model, and what a trainer does with
+    the model after training on the main process alone (the reward model's normalisation) runs without the other
+    ranks. Every rank must call it; the other ranks' modules stay sharded."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
 
     full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not is_main:
         return
+    DTensor = _dtensor()
     done: dict[int, torch.nn.Parameter] = {}
     with torch.no_grad():
         for name, p in list(module.named_parameters(remove_duplicate=False)):
             if id(p) not in done:
-                value = full[name] if name in full else p.detach().cpu()
-                done[id(p)] = torch.nn.Parameter(value.detach().clone(), requires_grad=p.requires_grad)
+                value = full[name] if name in full else p.detach()
+                device = p.to_local().device if isinstance(p, DTensor) else p.device
+                done[id(p)] = torch.nn.Parameter(value.detach().to(device).clone(), requires_grad=p.requires_grad)
             owner, _, attr = name.rpartition(".")
-            parent = module.get_submodule(owner) if owner else module
-            parent._parameters[attr] = done[id(p)]
+            (module.get_submodule(owner) if owner else module)._parameters[attr] = done[id(p)]
+    for m in module.modules():
+        if isinstance(m, FSDPModule):  # fully_shard = forward hooks + a subclass: undo both
+            state = m._get_fsdp_state()
+            for handle in {state._pre_forward_hook_handle, state._post_forward_hook_handle}:
+                handle.remove()
+            m.__class__ = next(c for c in type(m).__bases__ if c is not FSDPModule)
