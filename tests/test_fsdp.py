@@ -213,6 +213,11 @@ def test_fsdp_config_checks():
 
     with pytest.raises(ValueError, match="monitor_prompts"):
         grpo.Config(model="m", data="d", fsdp=True, monitor_prompts="p.jsonl", monitor_every=5).validate()
+    from rlhfkit.algorithms import ppo
+
+    with pytest.raises(ValueError, match="critic shared"):
+        ppo.Config(model="m", data="d", fsdp=True, lora_r=4).validate()
+    ppo.Config(model="m", data="d", fsdp=True, lora_r=4, critic="shared").validate()
 
 
 def test_one_process_fsdp_is_a_plain_run(toy_dir, sft_runs, tmp_path):

@@ -102,6 +102,9 @@ class Config(OnlineConfig):
             raise ValueError(f"critic: {self.critic!r} is not one of separate, shared")
         if self.critic == "shared" and self.value_model:
             raise ValueError("value_model initialises a separate critic; it has no meaning with critic=shared")
+        if self.fsdp and self.lora_r and self.critic == "separate" and not self.value_model:
+            raise ValueError("critic: a separate critic under LoRA shares the policy's frozen weights, which --fsdp "
+                             "cannot shard twice; use --critic shared (or --value-model DIR)")
         if self.ppo_epochs < 1 or self.entropy_coef < 0:
             raise ValueError("ppo_epochs must be >= 1 and entropy_coef >= 0")
         per_iter = self.ppo_epochs * self.num_minibatches
