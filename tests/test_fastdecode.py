@@ -253,6 +253,33 @@ def test_static_buffers_are_reused_across_calls_and_follow_weight_updates():
     assert seen[0] == seen[1]  # the same buffers: a CUDA graph recorded over them stays valid
 
 
+def test_static_buffers_are_rebuilt_when_a_parameter_moves():
+    """--fsdp frees a gathered layer's storage after each rollout and allocates it again, elsewhere, for the next
+    (FSDP2's resize_(0) / resize_(n)); a graph reading a parameter in place would replay the old address. The
+    static path then builds its buffers anew, and the logits are still the transformers forward's."""
+    model = _llama(num_key_value_heads=2)
+    ids, att = data_lib.pad_left([PROMPTS[0], PROMPTS[1]], 0)
+    kept = []
+    for call in range(2):
+        if call:  # what FSDP does to a parameter between two rollouts
+            with torch.no_grad():
+                norm = model.model.norm.weight
+                value = norm.detach().clone()
+                storage, old = norm.untyped_storage(), norm.data_ptr()
+                storage.resize_(0)
+                blocker = torch.empty_like(value)  # holds the freed block, so the new one is elsewhere
+                storage.resize_(value.numel() * value.element_size())
+                norm.copy_(value)
+                assert norm.data_ptr() != old and blocker is not None
+        fast, hf = fastdecode.for_model(model), _HFDecoder(model)
+        torch.testing.assert_close(fast.start(ids, att, 3, static=True), hf.start(ids, att, 3), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast.step_all(torch.tensor([3, 4])), hf.step(torch.tensor([3, 4])), atol=1e-5,
+                                   rtol=1e-5)
+        kept.append(fastdecode._STATIC[model])
+    moved = any(t is model.model.norm.weight for t, _ in kept[0]["ptrs"])
+    assert moved and kept[1] is not kept[0]
+
+
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # inside peft 0.18
 def test_static_buffers_never_write_into_a_lora_base_weight():
     """A LoRA policy sampled with its adapters disabled (the reference) keeps some base weights as they are in

@@ -121,6 +121,13 @@ def _aliases_change(old: dict, new: dict) -> bool:
     return any(isinstance(o, torch.nn.Parameter) and o is not n for o, n in pairs)
 
 
+def _storage_moved(st: dict) -> bool:
+    """Whether a parameter the kept graph reads in place now lives at another address: FSDP (`--fsdp`) frees a
+    gathered layer's storage after a rollout and allocates it anew for the next, and a CUDA graph replays the
+    addresses it was captured with."""
+    return any(t.data_ptr() != ptr for t, ptr in st.get("ptrs", []))
+
+
 class LlamaDecoder:
     """`start(input_ids, attention)` runs the (left-padded) prompts and returns the last logits; `step(ids)` feeds
     one token per row and returns the next logits; `keep(index)` drops finished rows from the cache."""
@@ -281,7 +288,7 @@ class LlamaDecoder:
         key = (B, -(-L // STATIC_LEN_STEP) * STATIC_LEN_STEP, self.dtype, device)
         st = _STATIC.get(self.model)
         weights = {"layers": self.layers, "final_norm": self.final_norm, "lm": self.lm, "lm_bias": self.lm_bias}
-        fresh = st is None or st["key"] != key or _aliases_change(st["weights"], weights)
+        fresh = st is None or st["key"] != key or _aliases_change(st["weights"], weights) or _storage_moved(st)
         if fresh:
             Lb = key[1]
             st = {"key": key, "weights": weights, "graph": None, "logits": None,
@@ -292,6 +299,9 @@ class LlamaDecoder:
                   "slot": torch.zeros(1, dtype=torch.long, device=device),
                   "pos": torch.zeros(B, 1, dtype=torch.long, device=device),
                   "rope": self._rope_table(Lb, self.dtype, device)}
+            st["ptrs"] = [(t, t.data_ptr()) for t in [*(t for layer in self.layers for t in layer.values()),
+                                                      self.final_norm, self.lm, self.lm_bias]
+                          if isinstance(t, torch.nn.Parameter)]
             _STATIC[self.model] = st
         else:  # the graph reads these buffers: this call's weights go into them (the model may have trained since)
             old = st["weights"]
