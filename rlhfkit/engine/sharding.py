@@ -17,6 +17,9 @@ trainers do (each rank has the same number of micro-batches and rollout chunks).
 Sampling runs `full_weights()`: the layers are all-gathered once for the whole rollout and resharded after, because
 ranks sample different lengths and so run different numbers of forwards (a per-layer all-gather would deadlock).
 The full policy is then resident during sampling only.
+
+Two private details of FSDP2 (torch 2.13) are used, both marked where they are: the root's `_lazy_init` and the
+forward-hook handles `consolidate` removes. After a torch upgrade, tests/test_fsdp.py says whether they still hold.
 """
 
 from __future__ import annotations
