@@ -324,7 +324,7 @@ def step_rm(cfg: Config, start: Start, k: int, rdir: Path, labels: list[dict], c
     groups = sorted(heldout_groups(cfg, k, len(cands)))
     held = [r for r in labels if r["heldout"]]
     gold_pairs = judge_order(start, cands, groups)
-    res = {"train_pairs": len(rows), "init": init, "labels": rm_accuracy(dirs, cands, label_pairs(held, cands))}
+    res = {"train_pairs": len(rows), "init": "start" if init == start.model else f"round_{k - 1}/rm", "labels": rm_accuracy(dirs, cands, label_pairs(held, cands))}
     if gold_pairs is not None:
         res["gold"] = rm_accuracy(dirs, cands, gold_pairs)
     return res
@@ -421,7 +421,7 @@ def run_round(cfg: Config, start: Start, k: int, policy: str, prev_rm: str) -> d
     lap("eval")
     for ckpt in rdir.glob("*/checkpoints"):  # only for resuming a killed trainer; the round is done
         shutil.rmtree(ckpt)
-    return {"round": k, "policy": new_policy, "from_policy": policy, "rm": str(rdir / "rm"),
+    return {"round": k, "policy": f"round_{k}/policy", "rm": f"round_{k}/rm",
             "labels": {"pairs": len(labels), "heldout_pairs": sum(r["heldout"] for r in labels),
                        "prompts": len(cands)},
             "rm_eval": rm_res, "eval": ev, "seconds": seconds}
@@ -436,7 +436,7 @@ def _atomic_json(path: Path, obj: Any) -> None:
 def check_state(cfg: Config) -> None:
     """Refuse to resume a loop that ran with other settings (a larger `rounds` is fine); record this one's."""
     path = Path(cfg.out) / "loop_state.json"
-    mine = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in VOLATILE}
+    mine = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in VOLATILE + ("out",)}
     if path.exists():
         theirs = json.loads(path.read_text()).get("config", {})
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -491,14 +491,14 @@ def run(cfg: Config) -> Path:
             print(f"loop: round {k} of {cfg.rounds}" if k else "loop: round 0: the start policy")
             if k == 0:
                 rdir.mkdir(parents=True)
-                m = {"round": 0, "policy": start.model, "eval": step_eval(cfg, start, start.model, "", rdir)}
+                m = {"round": 0, "policy": "start", "eval": step_eval(cfg, start, start.model, "", rdir)}
             else:
                 m = run_round(cfg, start, k, policy, prev_rm)
             _atomic_json(marker, m)
             check_state(cfg)
         rounds.append(m)
-        if k:
-            policy, prev_rm = m["policy"], m["rm"]
+        if k:  # the next round starts from this round's policy and reward model
+            policy, prev_rm = str(rdir / "policy"), str(rdir / "rm")
     summary = summarize(cfg, rounds)
     _atomic_json(root / "summary.json", summary)
     from rlhfkit.diagnostics import report_loop
