@@ -59,15 +59,15 @@ def rounds_plot(summary: dict, plots: Plots) -> str:
                          yerr=[[d["accuracy"] - d["low"] for _, d in pts], [d["high"] - d["accuracy"] for _, d in pts]],
                          marker="o", capsize=3, color=color,
                          label=f"{key} retraining" + (" (last round's RM)" if key == "before" else " (new RM)"))
-    ax1.set(xlabel="round", ylabel="accuracy", title="reward model on the newest policy's samples")
+    ax1.set(xlabel="round", ylabel="pairwise accuracy", title="reward model on the newest policy's samples")
     ax1.legend(fontsize=8)
     pts = [(r["round"], r["eval"]) for r in rounds if _num((r.get("eval") or {}).get("gold")) is not None]
     if pts:
         ax2.errorbar([k for k, _ in pts], [e["gold"] for _, e in pts], yerr=[1.96 * e["gold_se"] for _, e in pts],
                      marker="o", capsize=3, color="#1f77b4")
     ax2.set(xlabel="round (0: start policy)", ylabel="gold", title="policy gold on held-out prompts (95% CI)")
-    for ax in (ax1, ax2):
-        ax.set_xticks([r["round"] for r in rounds])
+    ax1.set_xticks([r["round"] for r in rounds if r["round"]])
+    ax2.set_xticks([r["round"] for r in rounds])
     return plots.img(fig, "reward-model accuracy and policy gold by round")
 
 
