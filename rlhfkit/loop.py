@@ -41,9 +41,11 @@ from typing import Any, NamedTuple
 
 from rlhfkit import config as config_lib
 
-# Per scale: prompts per round and K; every training setting comes from the demo's scale (demo.SCALES)
-SIZES: dict[str, dict[str, int]] = {"default": {"prompts_per_round": 384, "num_responses": 4},
-                                    "toy": {"prompts_per_round": 16, "num_responses": 3}}
+# Per scale: prompts per round, K and PPO iterations per round (half the demo's 40 at a moderate KL coefficient:
+# three rounds then train 60 in all, and a round takes about two minutes on 2 uncontended cores); every other
+# training setting is the demo's at the same scale (demo.SCALES)
+SIZES: dict[str, dict[str, int]] = {"default": {"prompts_per_round": 256, "num_responses": 4, "ppo_iterations": 20},
+                                    "toy": {"prompts_per_round": 16, "num_responses": 3, "ppo_iterations": 2}}
 CHOICES = {"label_source": ("world", "app"), "rm_mode": ("retrain", "continue"), "algorithm": ("ppo", "dpo"),
            "kl_reference": ("start", "current")}
 # settings a resumed loop may change: how many rounds, and how it waits for people
@@ -76,7 +78,7 @@ class Config:
     """Gold judge, package.module:function, for step 5 and for ordering the held-out pairs of step 3 (--world: the
     world's gold judge; empty elsewhere: step 5 reports the proxy reward and step 3 uses the labels)."""
     prompts_per_round: int = 0
-    """Prompts sampled per round (0: the scale's, 384 by default)."""
+    """Prompts sampled per round (0: the scale's, 256 by default)."""
     num_responses: int = 0
     """K responses per prompt (0: the scale's, 4 by default); the annotators rank them into K(K-1)/2 pairs."""
     heldout_fraction: float = 0.25
@@ -102,7 +104,7 @@ class Config:
     kl_reference: str = "start"
     """The policy the KL is measured to in step 4: the start policy, or the current one (pi_(k-1))."""
     policy_steps: int = 0
-    """PPO iterations or DPO epochs per round (0: the demo's at this scale: 40 and 3 by default)."""
+    """PPO iterations or DPO epochs per round (0: the scale's, 20 and 3 by default)."""
     threads: int = 2
     """torch CPU threads."""
 
@@ -150,7 +152,7 @@ def sizes(cfg: Config) -> dict[str, Any]:
     s = {**demo.SCALES[cfg.scale], **SIZES[cfg.scale]}
     for k in ("prompts_per_round", "num_responses"):
         s[k] = getattr(cfg, k) or s[k]
-    s["policy_steps"] = cfg.policy_steps or (s["ppo_steps"] if cfg.algorithm == "ppo" else s["dpo_epochs"])
+    s["policy_steps"] = cfg.policy_steps or (s["ppo_iterations"] if cfg.algorithm == "ppo" else s["dpo_epochs"])
     return s
 
 
@@ -434,9 +436,11 @@ def _atomic_json(path: Path, obj: Any) -> None:
 
 
 def check_state(cfg: Config) -> None:
-    """Refuse to resume a loop that ran with other settings (a larger `rounds` is fine); record this one's."""
+    """Refuse to resume a loop that ran with other settings, its scale's sizes included (a larger `rounds` is
+    fine); record this one's."""
     path = Path(cfg.out) / "loop_state.json"
     mine = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in VOLATILE + ("out",)}
+    mine["sizes"] = sizes(cfg)
     if path.exists():
         theirs = json.loads(path.read_text()).get("config", {})
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
