@@ -169,3 +169,25 @@ def test_own_model_needs_the_app_source_and_the_cli_says_so(tmp_path):
         loop.Config(out=str(tmp_path)).validate()
     r = CliRunner().invoke(app, ["loop", "--model", "m", "--prompts", "p", "--output-dir", str(tmp_path / "x")])
     assert r.exit_code == 2 and "label_source world labels with the built-in world" in r.output, r.output
+
+
+def test_app_rounds_push_count_and_export_by_prefix(tmp_path):
+    """Items of two rounds in one database: pushing again adds nothing, counts and exports see only their round,
+    and every exported pair says which candidates row it came from."""
+    from rlhfkit.app import auth, rounds
+    from rlhfkit.app.db import open_store
+
+    store = open_store(str(tmp_path / "db.sqlite"))
+    cands = [{"prompt": f"p{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(3)]
+    assert rounds.push(store, cands, "r1-") == 3 and rounds.push(store, cands, "r1-") == 0
+    assert rounds.push(store, cands[:1], "r2-") == 1
+    uid = store.add_user("ann", "annotator", auth.hash_token("t"))
+    labelled = {}
+    while (a := store.next_assignment(uid, overlap=1)) is not None:
+        item = store.item(a["item_id"])
+        store.add_label(uid, a["item_id"], uuid.uuid4().hex, "left")
+        labelled[item["ext_id"]] = json.loads(item["responses_json"])[json.loads(a["shown_order"])[0]]
+    assert rounds.labelled(store, "r1-") == 3 and rounds.labelled(store, "r2-") == 1
+    rows = rounds.export(store, "r1-")
+    assert sorted(r["group"] for r in rows) == [0, 1, 2]
+    assert all(r["chosen"] == labelled[r["item_id"]] and r["prompt"] == f"p{r['group']}" for r in rows)
