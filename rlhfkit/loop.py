@@ -11,8 +11,8 @@ judgement is worst; so each round labels the current policy's own outputs again 
       3 reward    a reward model on every label so far except this round's held-out prompts: retrained from the
                   start policy (`rm_mode retrain`) or continued from the last round's (`continue`). The last
                   round's and the new reward model are both measured on the held-out prompts' pairs of pi_(k-1)'s
-                  samples, ordered by the gold judge where there is one (else by the labels): `rm.before`,
-                  `rm.after`, and their paired change with an interval over prompts
+                  samples, ordered by the gold judge where there is one and by the labels: `before`, `after`,
+                  their paired change with an interval over prompts, and how often the labels agree with gold
       4 policy    PPO against the new reward model, or DPO on the round's labels, from pi_(k-1) -> pi_k; the KL is
                   to the start policy (`kl_reference start`) or to pi_(k-1) (`current`)
       5 evaluate  pi_k on the held-out prompts: gold with its 95% interval, win rate against the start policy,
@@ -241,9 +241,9 @@ def app_labels(cfg: Config, k: int, cands: list[dict]) -> list[dict]:
     return rows
 
 
-def judge_order(start: Start, cands: list[dict], groups: list[int]) -> list[tuple[int, int, int]] | None:
-    """(group, i, j) for every pair of responses of the held-out candidates rows that the gold judge orders,
-    response i the better one; None without a gold judge."""
+def gold_scores(start: Start, cands: list[dict], groups: list[int]) -> dict[tuple[int, int], float] | None:
+    """The gold judge's score of every response of the candidates rows `groups`, keyed (group, response); None
+    without a gold judge."""
     if not start.gold:
         return None
     from rlhfkit.diagnostics.evaluate import Judge, call_judge
@@ -252,7 +252,11 @@ def judge_order(start: Start, cands: list[dict], groups: list[int]) -> list[tupl
     items = [(g, i) for g in groups for i in range(len(cands[g]["responses"]))]
     scores, _ = call_judge(judge.fn, [cands[g]["prompt"] for g, _ in items],
                            [cands[g]["responses"][i] for g, i in items])
-    gold = dict(zip(items, scores))
+    return dict(zip(items, scores))
+
+
+def gold_order(gold: dict[tuple[int, int], float], cands: list[dict], groups: list[int]) -> list[tuple[int, int, int]]:
+    """(group, i, j) for every pair of responses that the gold judge orders (equal scores left out), i the better."""
     out = []
     for g in groups:
         n = len(cands[g]["responses"])
@@ -261,6 +265,19 @@ def judge_order(start: Start, cands: list[dict], groups: list[int]) -> list[tupl
                 if gold[g, i] != gold[g, j]:
                     out.append((g, i, j) if gold[g, i] > gold[g, j] else (g, j, i))
     return out
+
+
+def agreement(gold: dict[tuple[int, int], float], pairs: list[tuple[int, int, int]]) -> dict:
+    """How often the labels' chosen response (pairs: group, chosen, rejected) is gold's better one, over the pairs
+    gold orders, with a 95% Wilson interval: the best a reward model that learnt the labels could score in gold
+    order, roughly."""
+    from rlhfkit.diagnostics.metrics import wilson_interval
+
+    decided = [gold[g, c] > gold[g, r] for g, c, r in pairs if gold[g, c] != gold[g, r]]
+    if not decided:
+        return {"n": 0}
+    low, high = wilson_interval(sum(decided), len(decided))
+    return {"accuracy": sum(decided) / len(decided), "low": low, "high": high, "n": len(decided)}
 
 
 def pair_correct(rm_dir: str, cands: list[dict], pairs: list[tuple[int, int, int]]) -> list[float]:
@@ -325,10 +342,13 @@ def step_rm(cfg: Config, start: Start, k: int, rdir: Path, labels: list[dict], c
     dirs["after"] = str(rdir / "rm")
     groups = sorted(heldout_groups(cfg, k, len(cands)))
     held = [r for r in labels if r["heldout"]]
-    gold_pairs = judge_order(start, cands, groups)
-    res = {"train_pairs": len(rows), "init": "start" if init == start.model else f"round_{k - 1}/rm", "labels": rm_accuracy(dirs, cands, label_pairs(held, cands))}
-    if gold_pairs is not None:
-        res["gold"] = rm_accuracy(dirs, cands, gold_pairs)
+    pairs = label_pairs(held, cands)
+    res = {"train_pairs": len(rows), "init": "start" if init == start.model else f"round_{k - 1}/rm",
+           "labels": rm_accuracy(dirs, cands, pairs)}
+    gold = gold_scores(start, cands, groups)
+    if gold is not None:
+        res["gold"] = rm_accuracy(dirs, cands, gold_order(gold, cands, groups))
+        res["labels_vs_gold"] = agreement(gold, pairs)
     return res
 
 

@@ -63,6 +63,8 @@ def test_two_rounds_write_every_file_and_key(two_rounds):
     assert "before" not in r1["rm_eval"]["gold"] and "after" in r1["rm_eval"]["gold"]
     for key in ("before", "after", "change"):
         assert key in r2["rm_eval"]["gold"] and key in r2["rm_eval"]["labels"]
+    agree = r2["rm_eval"]["labels_vs_gold"]  # the annotators' own agreement with gold on the held-out pairs
+    assert 0 < agree["n"] <= r2["rm_eval"]["labels"]["n"] and agree["low"] <= agree["accuracy"] <= agree["high"]
     after = r2["rm_eval"]["gold"]["after"]
     assert after["low"] <= after["accuracy"] <= after["high"]
     for r in s["rounds"]:

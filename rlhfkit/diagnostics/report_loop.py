@@ -38,11 +38,12 @@ def rounds_table(summary: dict) -> str:
                 "high": (ev.get("gold_ci") or [None, None])[1]}
         g, lab = _rm_part(r, "gold"), _rm_part(r, "labels")
         rows.append([str(r.get("round")), _ci(g.get("before")), _ci(g.get("after")), _signed(g.get("change")),
-                     fmt(g.get("n")), _ci(lab.get("before")), _ci(lab.get("after")), _ci(gold, "mean"),
+                     fmt(g.get("n")), _ci(lab.get("before")), _ci(lab.get("after")),
+                     _ci((r.get("rm_eval") or {}).get("labels_vs_gold")), _ci(gold, "mean"),
                      _ci(ev.get("win_rate_vs_start"), "mean"), fmt(_num(ev.get("kl_to_start"))),
                      fmt(_num(ev.get("proxy"))), fmt(_num(ev.get("mean_length")), 1)])
     return table(["round", "RM acc before (gold order)", "RM acc after (gold order)", "change [95% CI]", "pairs",
-                  "RM acc before (labels)", "RM acc after (labels)", "policy gold [95% CI]", "win rate vs start",
+                  "RM acc before (labels)", "RM acc after (labels)", "labels agree with gold", "policy gold [95% CI]", "win rate vs start",
                   "KL to start", "proxy", "length"], rows)
 
 
