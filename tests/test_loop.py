@@ -81,7 +81,14 @@ def test_two_rounds_write_every_file_and_key(two_rounds):
     state = json.loads((out / "loop_state.json").read_text())
     assert state["rounds_done"] == [1, 2]
     html = (out / "loop_report.html").read_text()
-    assert 'id="rounds"' in html and "RM acc before" in html
+    assert 'id="rounds"' in html and "RM acc before" in html and "labels agree with gold" in html
+
+
+def test_rlhfkit_report_on_a_loop_directory_has_the_rounds(two_rounds, tmp_path):
+    from rlhfkit.diagnostics import report
+
+    html = report.run(report.Config(run_dirs=[str(two_rounds)], output=str(tmp_path / "r.html"))).read_text()
+    assert 'id="rounds"' in html and 'id="curves"' in html  # and each round's trainers' curves
 
 
 def test_resume_redoes_an_unfinished_round_with_the_same_results(two_rounds, tmp_path, capsys):

@@ -60,7 +60,12 @@ def rounds_plot(summary: dict, plots: Plots) -> str:
                          yerr=[[d["accuracy"] - d["low"] for _, d in pts], [d["high"] - d["accuracy"] for _, d in pts]],
                          marker="o", capsize=3, color=color,
                          label=f"{key} retraining" + (" (last round's RM)" if key == "before" else " (new RM)"))
-    ax1.set(xlabel="round", ylabel="pairwise accuracy", title="reward model on the newest policy's samples")
+    agree = [(r["round"], (r.get("rm_eval") or {}).get("labels_vs_gold")) for r in rounds]
+    agree = [(k, d["accuracy"]) for k, d in agree if isinstance(d, dict) and _num(d.get("accuracy")) is not None]
+    if agree:
+        ax1.plot([k for k, _ in agree], [a for _, a in agree], "s--", color="#7f7f7f", label="labels agree with gold")
+    ax1.axhline(0.5, color="#bbbbbb", lw=0.8)  # chance
+    ax1.set(xlabel="round", ylabel="pairwise accuracy (gold order)", title="reward model on the newest policy's samples")
     ax1.legend(fontsize=8)
     pts = [(r["round"], r["eval"]) for r in rounds if _num((r.get("eval") or {}).get("gold")) is not None]
     if pts:
