@@ -200,3 +200,14 @@ def test_app_rounds_push_count_and_export_by_prefix(tmp_path):
     rows = rounds.export(store, "r1-")
     assert sorted(r["group"] for r in rows) == [0, 1, 2]
     assert all(r["chosen"] == labelled[r["item_id"]] and r["prompt"] == f"p{r['group']}" for r in rows)
+
+
+def test_dpo_with_a_continued_reward_model_and_the_current_policy_as_reference(toy_demo, tmp_path):
+    out = _with_demo(toy_demo, tmp_path / "run")
+    loop.run(_cfg(out, rounds=2, algorithm="dpo", rm_mode="continue", kl_reference="current"))
+    r2 = json.loads((out / "round_2" / "metrics.json").read_text())
+    assert r2["rm_eval"]["init"] == "round_1/rm" and "before" in r2["rm_eval"]["gold"]
+    dpo_cfg = (out / "round_2" / "policy" / "config.yaml").read_text()
+    assert "round_1/policy" in dpo_cfg and "ref_model: ''" in dpo_cfg  # from pi_1, KL to pi_1 itself
+    rows = (out / "round_2" / "dpo_data.jsonl").read_text().splitlines()
+    assert rows and not any(json.loads(x)["heldout"] for x in rows)  # this round's training split only
