@@ -181,6 +181,24 @@ def test_paired_bootstrap_matches_the_normal_interval_for_many_pairs():
     assert M.paired_bootstrap(a, a + d, seed=3) == r
 
 
+def test_clustered_paired_bootstrap_by_hand():
+    """Two clusters: A with 3 items, each changed by +1 (sum 3), B with 1 item changed by 0. The pooled mean is
+    3/4. A resample draws (A, A), (A, B), (B, A) or (B, B): pooled means 6/6 = 1, 3/4, 3/4 and 0/2 = 0, with
+    probabilities 1/4, 1/2, 1/4, so the 2.5% and 97.5% quantiles are 0 and 1. A constant change c in every item
+    gives [c, c]; clusters larger than one make the interval wider than the item-level bootstrap's."""
+    r = M.clustered_paired_bootstrap([0, 0, 0, 1], [1, 1, 1, 1], ["A", "A", "A", "B"])
+    assert r == {"mean": 0.75, "low": 0.0, "high": 1.0, "n": 4, "clusters": 2}
+    r = M.clustered_paired_bootstrap([0.0, 1.0, 0.5], [0.25, 1.25, 0.75], [1, 2, 2])
+    assert r["low"] == pytest.approx(0.25, abs=1e-12) and r["high"] == pytest.approx(0.25, abs=1e-12)
+    gen = torch.Generator().manual_seed(0)
+    d = (torch.rand(50, generator=gen) < 0.5).double().repeat_interleave(8)  # 50 clusters of 8 identical items
+    wide = M.clustered_paired_bootstrap(torch.zeros(400), d, [i // 8 for i in range(400)])
+    narrow = M.paired_bootstrap(torch.zeros(400), d)
+    assert wide["high"] - wide["low"] > 2 * (narrow["high"] - narrow["low"])  # sqrt(8) ~ 2.8 in theory
+    with pytest.raises(ValueError, match="2 differences for 1 cluster ids"):
+        M.clustered_paired_bootstrap([0, 1], [1, 1], ["A"])
+
+
 def test_entropy_collapse_by_hand():
     """Start = mean of the first 3 points = 2.0; ratio 0.3 -> fires when the trailing mean of 3 drops below 0.6:
     entropies (2, 2, 2, 1.5, 1, 0.5, 0.3, 0.2, ...): trailing means 1.5 (step 4: 2, 1.5, 1), 1.0, 0.6 (step 6:

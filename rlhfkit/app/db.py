@@ -354,8 +354,13 @@ class Store:
         )
         return self.conn().execute(q).fetchall()
 
-    def count_live_labels(self) -> int:
-        return self.conn().execute("SELECT COUNT(*) FROM labels WHERE undone = 0 AND choice != 'skip'").fetchone()[0]
+    def count_live_labels(self, ext_prefix: str = "") -> int:
+        """Live labels (not undone, not skips); with `ext_prefix`, only those on items whose id starts with it."""
+        if not ext_prefix:
+            return self.conn().execute("SELECT COUNT(*) FROM labels WHERE undone = 0 AND choice != 'skip'").fetchone()[0]
+        return self.conn().execute(
+            "SELECT COUNT(*) FROM labels l JOIN items i ON i.id = l.item_id WHERE l.undone = 0 AND l.choice != 'skip'"
+            " AND substr(i.ext_id, 1, ?) = ?", (len(ext_prefix), ext_prefix)).fetchone()[0]
 
     def progress(self, overlap: int) -> dict:
         c = self.conn()

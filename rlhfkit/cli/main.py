@@ -19,6 +19,7 @@ import click
 # name -> (module, entry function, one-line help); "module:attribute" names an object holding Config and the entry
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("rlhfkit.demo", "run", "Run the whole pipeline on the built-in world and write a report."),
+    "loop": ("rlhfkit.loop", "run", "Iterative RLHF in rounds: sample, label, retrain the reward model, PPO or DPO."),
     "tokenizer": ("rlhfkit.data.tokenizer", "train", "Train a byte-level BPE tokenizer with a chat template."),
     "pretrain": ("rlhfkit.algorithms.pretrain", "train", "Pretrain a causal LM from scratch with sequence packing."),
     "sft": ("rlhfkit.algorithms.sft", "train", "Supervised fine-tuning on demonstrations (loss on completions only)."),

@@ -223,6 +223,29 @@ def paired_bootstrap(a, b, resamples: int = 10_000, seed: int = 0, level: float 
     return {"mean": d.mean().item(), "low": low, "high": high}
 
 
+def clustered_paired_bootstrap(a, b, clusters, resamples: int = 2_000, seed: int = 0,
+                               level: float = 0.95) -> dict[str, float]:
+    """Pooled mean of b - a over paired items that come in clusters (e.g. the pairs of one prompt, judged right (1)
+    or wrong (0) by two reward models), with a percentile bootstrap interval that resamples whole clusters: items
+    of one cluster are correlated, so resampling items alone would make the interval too narrow. Each resample's
+    value is sum(b - a) / count over the drawn clusters. Deterministic in `seed`."""
+    import torch
+
+    d = torch.as_tensor(b, dtype=torch.float64) - torch.as_tensor(a, dtype=torch.float64)
+    if d.numel() == 0 or d.numel() != len(clusters):
+        raise ValueError(f"clustered_paired_bootstrap: {d.numel()} differences for {len(clusters)} cluster ids")
+    ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+    index = torch.tensor([ids[c] for c in clusters])
+    sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, index, d)  # (G,)
+    counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, index, torch.ones_like(d))
+    gen = torch.Generator().manual_seed(seed)
+    draw = torch.randint(len(ids), (resamples, len(ids)), generator=gen)  # (R, G)
+    means = sums[draw].sum(1) / counts[draw].sum(1)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = torch.quantile(means, q).tolist()
+    return {"mean": (d.sum() / d.numel()).item(), "low": low, "high": high, "n": d.numel(), "clusters": len(ids)}
+
+
 # ----------------------------------------------------------------------------------------------- correlation
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     """Pearson correlation; 0.0 when either series is constant or shorter than 2."""

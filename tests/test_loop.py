@@ -1,0 +1,213 @@
+"""`rlhfkit loop` at toy scale on the built-in world: two rounds write every round's files and metrics, a resumed
+loop skips finished rounds and redoes an unfinished one with the same results, the labelling-app source waits for
+its quota of labels (an in-process annotator labels through the app's store), and bad configs fail clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from rlhfkit import loop
+from rlhfkit.cli.main import app
+
+
+@pytest.fixture(scope="module")
+def toy_demo(tmp_path_factory):
+    """The toy world's demo stages up to SFT, built once and copied into each loop's OUT/demo (reused there)."""
+    from rlhfkit import demo
+
+    d = tmp_path_factory.mktemp("loop-demo") / "demo"
+    demo.run(demo.Config(out=str(d), scale="toy", threads=1, annotator_verbosity=0.5, stop_after="sft"))
+    return d
+
+
+def _cfg(out, **kw) -> loop.Config:
+    return loop.Config(out=str(out), world=True, scale="toy", threads=1, **kw)
+
+
+def _with_demo(toy_demo, out):
+    shutil.copytree(toy_demo, out / "demo")
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_rounds(toy_demo, tmp_path_factory):
+    out = _with_demo(toy_demo, tmp_path_factory.mktemp("loop"))
+    loop.run(_cfg(out, rounds=2))
+    return out
+
+
+def _metrics(path):
+    m = json.loads(path.read_text())
+    m.pop("seconds", None)
+    return m
+
+
+def test_two_rounds_write_every_file_and_key(two_rounds):
+    out = two_rounds
+    for k in (1, 2):
+        r = out / f"round_{k}"
+        for f in ("prompts.jsonl", "samples.jsonl", "labels.jsonl", "rm_data.jsonl", "eval.json", "metrics.json"):
+            assert (r / f).exists(), f"round_{k}/{f}"
+        assert (r / "rm" / "config.json").exists() and (r / "policy" / "config.json").exists()
+        assert not list(r.glob("*/checkpoints"))  # removed once the round is done
+    s = json.loads((out / "summary.json").read_text())
+    assert [r["round"] for r in s["rounds"]] == [0, 1, 2]
+    r1, r2 = s["rounds"][1], s["rounds"][2]
+    # round 1 has no earlier reward model; round 2 measures round 1's and its own on the same held-out pairs
+    assert "before" not in r1["rm_eval"]["gold"] and "after" in r1["rm_eval"]["gold"]
+    for key in ("before", "after", "change"):
+        assert key in r2["rm_eval"]["gold"] and key in r2["rm_eval"]["labels"]
+    agree = r2["rm_eval"]["labels_vs_gold"]  # the annotators' own agreement with gold on the held-out pairs
+    assert 0 < agree["n"] <= r2["rm_eval"]["labels"]["n"] and agree["low"] <= agree["accuracy"] <= agree["high"]
+    after = r2["rm_eval"]["gold"]["after"]
+    assert after["low"] <= after["accuracy"] <= after["high"]
+    for r in s["rounds"]:
+        ev = r["eval"]
+        assert ev["gold_ci"][0] < ev["gold"] < ev["gold_ci"][1]
+    assert s["rounds"][0]["eval"]["kl_to_start"] == 0.0 and "win_rate_vs_start" in r2["eval"]
+    assert set(s["comparisons"]) == {"gold_round_2_vs_0", "gold_round_2_vs_1"}
+    # the reward model of round 2 trains on round 1's labels (held-out ones too) and round 2's training split
+    n1 = len((out / "round_1" / "labels.jsonl").read_text().splitlines())
+    labels2 = [json.loads(x) for x in (out / "round_2" / "labels.jsonl").read_text().splitlines()]
+    assert r2["rm_eval"]["train_pairs"] == n1 + sum(not x["heldout"] for x in labels2)
+    held = {x["group"] for x in labels2 if x["heldout"]}
+    assert held and held == loop.heldout_groups(_cfg(out), 2, r2["labels"]["prompts"]) & {x["group"] for x in labels2}
+    state = json.loads((out / "loop_state.json").read_text())
+    assert state["rounds_done"] == [1, 2]
+    html = (out / "loop_report.html").read_text()
+    assert 'id="rounds"' in html and "RM acc before" in html and "labels agree with gold" in html
+
+
+def test_rlhfkit_report_on_a_loop_directory_has_the_rounds(two_rounds, tmp_path):
+    from rlhfkit.diagnostics import report
+
+    html = report.run(report.Config(run_dirs=[str(two_rounds)], output=str(tmp_path / "r.html"))).read_text()
+    assert 'id="rounds"' in html and 'id="curves"' in html  # and each round's trainers' curves
+
+
+def test_resume_redoes_an_unfinished_round_with_the_same_results(two_rounds, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(two_rounds, out)
+    (out / "round_2" / "metrics.json").unlink()  # killed after round 2's steps, before its marker
+    (out / "round_2" / "eval.json").unlink()
+    capsys.readouterr()
+    loop.run(_cfg(out, rounds=2))
+    printed = capsys.readouterr().out
+    assert "round 1: finished earlier, reused" in printed and "round 2 of 2" in printed
+    assert _metrics(out / "round_2" / "metrics.json") == _metrics(two_rounds / "round_2" / "metrics.json")
+    assert _metrics(out / "round_1" / "metrics.json") == _metrics(two_rounds / "round_1" / "metrics.json")
+
+
+def test_other_settings_are_refused_on_resume(two_rounds):
+    with pytest.raises(ValueError, match=r"other settings \(kl_coef\)"):
+        loop.check_state(_cfg(two_rounds, rounds=3, kl_coef=0.5))
+    loop.check_state(_cfg(two_rounds, rounds=5))  # more rounds continue the same loop
+
+
+def test_app_source_waits_for_the_quota(toy_demo, tmp_path):
+    """An annotator in a thread labels through the app's store (rankings of the K = 3 responses) while the loop
+    polls; the round trains on exactly the labels that came in."""
+    from rlhfkit.app import auth
+    from rlhfkit.app.db import open_store
+
+    out = _with_demo(toy_demo, tmp_path / "run")
+    db = str(tmp_path / "labels.sqlite")
+    store = open_store(db)
+    uid = store.add_user("ann", "annotator", auth.hash_token("t"))
+    stop = threading.Event()
+
+    def annotate():
+        while not stop.is_set():
+            a = store.next_assignment(uid, overlap=1)
+            if a is None:
+                stop.wait(0.02)
+                continue
+            n = store.item(a["item_id"])["n_responses"]
+            store.add_label(uid, a["item_id"], uuid.uuid4().hex, "rank", list(range(n)))
+
+    worker = threading.Thread(target=annotate, daemon=True)
+    worker.start()
+    try:
+        loop.run(_cfg(out, rounds=1, label_source="app", app_db=db, quota=10, poll_seconds=0.05,
+                      timeout_seconds=120))
+    finally:
+        stop.set()
+        worker.join(5)
+    rows = [json.loads(x) for x in (out / "round_1" / "labels.jsonl").read_text().splitlines()]
+    assert rows and all(r["item_id"].startswith(loop.app_prefix(_cfg(out), 1)) for r in rows)
+    assert len({r["label_id"] for r in rows}) >= 10  # the quota; each ranking gave 3 pairs
+    assert json.loads((out / "round_1" / "metrics.json").read_text())["labels"]["pairs"] == len(rows)
+
+
+def test_app_source_times_out_with_a_clear_message(toy_demo, tmp_path):
+    out = _with_demo(toy_demo, tmp_path / "run")
+    db = str(tmp_path / "labels.sqlite")
+    with pytest.raises(TimeoutError, match=r"round 1: 0 of 5 labels .* rerun the same command"):
+        loop.run(_cfg(out, rounds=1, label_source="app", app_db=db, quota=5, poll_seconds=0.05,
+                      timeout_seconds=0.2))
+    assert not (out / "round_1" / "metrics.json").exists()
+
+
+BAD = [
+    ({"rounds": 0}, "rounds must be >= 1, got 0"),
+    ({"rm_mode": "reuse"}, "rm_mode: 'reuse' is not one of retrain, continue"),
+    ({"algorithm": "grpo"}, "algorithm: 'grpo' is not one of ppo, dpo"),
+    ({"label_source": "app"}, "label_source app needs app_db"),
+    ({"model": "m"}, "--world builds its own start policy"),
+    ({"heldout_fraction": 1.0}, "heldout_fraction must be in (0, 1), got 1.0"),
+    ({"num_responses": 1}, "num_responses must be 0 or >= 2"),
+]
+
+
+@pytest.mark.parametrize("fields, message", BAD, ids=[m.split(":")[0].split(" ")[0] for _, m in BAD])
+def test_config_errors_are_clear(fields, message, tmp_path):
+    with pytest.raises(ValueError) as e:
+        loop.run(loop.Config(out=str(tmp_path / "x"), world=True, **fields))
+    assert message in str(e.value)
+    assert not (tmp_path / "x").exists()  # refused before writing anything
+
+
+def test_own_model_needs_the_app_source_and_the_cli_says_so(tmp_path):
+    with pytest.raises(ValueError, match="model and prompts are required"):
+        loop.Config(out=str(tmp_path)).validate()
+    r = CliRunner().invoke(app, ["loop", "--model", "m", "--prompts", "p", "--output-dir", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "label_source world labels with the built-in world" in r.output, r.output
+
+
+def test_app_rounds_push_count_and_export_by_prefix(tmp_path):
+    """Items of two rounds in one database: pushing again adds nothing, counts and exports see only their round,
+    and every exported pair says which candidates row it came from."""
+    from rlhfkit.app import auth, rounds
+    from rlhfkit.app.db import open_store
+
+    store = open_store(str(tmp_path / "db.sqlite"))
+    cands = [{"prompt": f"p{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(3)]
+    assert rounds.push(store, cands, "r1-") == 3 and rounds.push(store, cands, "r1-") == 0
+    assert rounds.push(store, cands[:1], "r2-") == 1
+    uid = store.add_user("ann", "annotator", auth.hash_token("t"))
+    labelled = {}
+    while (a := store.next_assignment(uid, overlap=1)) is not None:
+        item = store.item(a["item_id"])
+        store.add_label(uid, a["item_id"], uuid.uuid4().hex, "left")
+        labelled[item["ext_id"]] = json.loads(item["responses_json"])[json.loads(a["shown_order"])[0]]
+    assert rounds.labelled(store, "r1-") == 3 and rounds.labelled(store, "r2-") == 1
+    rows = rounds.export(store, "r1-")
+    assert sorted(r["group"] for r in rows) == [0, 1, 2]
+    assert all(r["chosen"] == labelled[r["item_id"]] and r["prompt"] == f"p{r['group']}" for r in rows)
+
+
+def test_dpo_with_a_continued_reward_model_and_the_current_policy_as_reference(toy_demo, tmp_path):
+    out = _with_demo(toy_demo, tmp_path / "run")
+    loop.run(_cfg(out, rounds=2, algorithm="dpo", rm_mode="continue", kl_reference="current"))
+    r2 = json.loads((out / "round_2" / "metrics.json").read_text())
+    assert r2["rm_eval"]["init"] == "round_1/rm" and "before" in r2["rm_eval"]["gold"]
+    dpo_cfg = (out / "round_2" / "policy" / "config.yaml").read_text()
+    assert "round_1/policy" in dpo_cfg and "ref_model: ''" in dpo_cfg  # from pi_1, KL to pi_1 itself
+    rows = (out / "round_2" / "dpo_data.jsonl").read_text().splitlines()
+    assert rows and not any(json.loads(x)["heldout"] for x in rows)  # this round's training split only
