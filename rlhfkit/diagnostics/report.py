@@ -18,7 +18,9 @@ containing `<script>` is shown as text. Sections (gold-only parts are left out f
   8. alarms raised by the over-optimisation monitor
   9. AI feedback: the demo's RLAIF stage, its judge against gold and the annotators, and the gold of the policy
      trained on its labels beside the human-label one                   (summary.json ai_feedback; report_ai.py)
- 10. sample responses per policy, with their gold components
+ 10. tool use: task success of a no-tool, a tool-SFT and a tool-RL policy on held-out tool tasks, the malformed-call
+     rate during RL, one transcript per policy                 (summary.json tool_use; report_tools.py)
+ 11. sample responses per policy, with their gold components
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from rlhfkit.diagnostics.report_sections import (  # noqa: F401
     section_frontier, section_glance, section_length, section_overopt, section_pipeline, section_rm, section_samples,
 )
 from rlhfkit.diagnostics.report_ai import section_ai_feedback
+from rlhfkit.diagnostics.report_tools import section_tool_use
 
 
 POSITIONAL = "run_dirs"  # `rlhfkit report RUN_DIR...`
@@ -157,6 +160,7 @@ def render(summary: dict, runs: list[Run], cfg: Config) -> str:
         ("length", "Length drift", section_length(summary, runs, plots)),
         ("alarms", "Alarms", section_alarms(summary, runs)),
         ("ai", "AI feedback", section_ai_feedback(summary)),
+        ("tools", "Tool use", section_tool_use(summary)),
         ("samples", "Samples", section_samples(summary, runs, cfg.samples_per_policy)),
     ]
     nav = "".join(f'<a href="#{sid}">{esc(t)}</a>' for sid, t, body in sections if body)
