@@ -23,8 +23,16 @@ on-policy: the ratio is exactly 1 and is still formed, so the gradient is the po
 objective stays correct when num_iterations > 1. In that case the old log-probs are the update's own forward,
 detached (no extra forward pass); otherwise they are recomputed at rollout time at the sampling temperature.
 
+Tool use (`--tools calculator --max-turns 4`, every trainer here and PPO): each completion is a multi-turn episode
+(rollout.multiturn: generate, run the calls, append the results, continue, within max_turns and
+max_episode_tokens); only the policy's own tokens are in the loss, the ratio and the KL (the tool results are
+context), the group is G episodes of a prompt, and the reward sees the final answer and the trajectory
+(rollout.episodes.tool_rollout; rlhfkit.rollout.score:tool_reward scores a row's `answer` column and the calls).
+
     from rlhfkit import grpo, reinforce_pp
     grpo.train(grpo.Config(model="runs/sft", data="prompts.jsonl", reward_model=["rlhfkit.world:correct_reward"]))
+    grpo.train(grpo.Config(model="runs/sft-tools", data="tool_prompts.jsonl", tools=["calculator"], max_turns=3,
+                           reward_model=["rlhfkit.rollout.score:tool_reward"]))
     reinforce_pp.train(reinforce_pp.Config(model="runs/sft", data="prompts.jsonl",
                                            reward_model=["rlhfkit.world:correct_reward"]))
 """
@@ -45,6 +53,7 @@ from rlhfkit.math.advantages import (
 from rlhfkit.engine import Engine, StepSampler, total_steps
 from rlhfkit.math.kl import kl_k1, kl_k3
 from rlhfkit.math.logprobs import masked_mean
+from rlhfkit.math.masks import compact, expand
 from rlhfkit.math.losses import IMPORTANCE_SAMPLING_LEVELS, aggregate, cispo_policy_loss, entropy_bonus, ppo_policy_loss
 from rlhfkit.models.layout import rows_layout, use_packed
 from rlhfkit.models.logps import TokenLogprobs
@@ -102,7 +111,8 @@ class Config(OnlineConfig):
     (they still count in their group's advantages)."""
     share_prompt: bool = True
     """Forward each prompt once for the completions of it in a micro-batch (the G samples of a group), in the
-    update and in the reference forward: exact (layout.rows_layout), fewer tokens. Off: padded rows."""
+    update and in the reference forward: exact (layout.rows_layout), fewer tokens. Off: padded rows. Not used
+    with tools (an episode's policy tokens are not one completion after the prompt): padded rows."""
 
     def min_generations(self) -> int:
         """The smallest group the advantage estimator accepts."""
@@ -127,9 +137,10 @@ class Config(OnlineConfig):
             raise ValueError("dynamic_sampling drops groups of equal rewards: it needs num_generations >= 2")
         if self.entropy_coef < 0 or self.max_sampling_rounds < 0 or self.overlong_penalty_factor < 0:
             raise ValueError("entropy_coef, max_sampling_rounds and overlong_penalty_factor must be >= 0")
-        if not 0 <= self.overlong_buffer <= self.max_new_tokens:
-            raise ValueError(f"overlong_buffer must be in [0, max_new_tokens={self.max_new_tokens}], "
-                             f"got {self.overlong_buffer}")
+        limit, what = (self.max_episode_tokens, "max_episode_tokens") if self.tools else (self.max_new_tokens,
+                                                                                           "max_new_tokens")
+        if not 0 <= self.overlong_buffer <= limit:
+            raise ValueError(f"overlong_buffer must be in [0, {what}={limit}], got {self.overlong_buffer}")
         if self.num_iterations < 1 or self.kl_coef < 0:
             raise ValueError("num_iterations must be >= 1 and kl_coef >= 0")
         per_iter = self.num_iterations * self.num_minibatches
@@ -207,10 +218,12 @@ def group_advantages(scores: torch.Tensor, group_size: int, estimator: str, scal
 
 
 def shaped_scores(ro: Rollout, cfg: Config) -> torch.Tensor:
-    """(B,) the reward the advantages see: the score plus DAPO's overlong penalty when overlong_buffer > 0."""
+    """(B,) the reward the advantages see: the score plus DAPO's overlong penalty when overlong_buffer > 0 (a tool
+    episode's length is its whole sequence, against max_episode_tokens)."""
     if not cfg.overlong_buffer:
         return ro.scores
-    return ro.scores + overlong_penalty(ro.lengths, cfg.max_new_tokens, cfg.overlong_buffer,
+    lengths, limit = (ro.attention.sum(-1), cfg.max_episode_tokens) if cfg.tools else (ro.lengths, cfg.max_new_tokens)
+    return ro.scores + overlong_penalty(lengths, limit, cfg.overlong_buffer,
                                         cfg.overlong_penalty_factor).to(ro.scores.dtype)
 
 
@@ -238,6 +251,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
     reinforce_pp = estimator == "reinforce_pp"
     # REINFORCE++ puts the KL to the reference into the reward, which needs the rollout-time log-probs
     recompute = not on_policy or (reinforce_pp and ref is not None)
+    share = cfg.share_prompt and not cfg.tools  # a tool episode is not [prompt | completion]: padded rows
 
     def sample(it: int, round_: int) -> Rollout:
         """One rollout of n_local prompts x G. Round 0 takes the iteration's prompts; dynamic sampling's extra
@@ -249,7 +263,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
             chosen = torch.randint(len(run.prompts), (n_local,), generator=g).tolist()
         idx = [i for i in chosen for _ in range(G)]
         gen = rollout_generator(cfg.seed, it, dist.rank + 65_536 * round_, dev)
-        return online.sample(run, engine, policy, idx, gen, recompute_logprobs=recompute, share_prompt=cfg.share_prompt)
+        return online.sample(run, engine, policy, idx, gen, recompute_logprobs=recompute, share_prompt=share)
 
     buf: dict = {}
     for step in engine.remaining_steps():
@@ -283,9 +297,12 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
             scores = shaped_scores(ro, cfg)
             loss_mask = ro.mask & ro.has_eos[:, None] if cfg.mask_truncated_completions else ro.mask  # DAPO sec. 3.4
             if reinforce_pp:
-                adv, _ = reinforce_pp_advantages(scores, ro.logprobs, ro.ref_logprobs if ref is not None
-                                                 else ro.logprobs, loss_mask, cfg.kl_coef,
-                                                 G if cfg.group_baseline else None, cfg.gamma)
+                lp, rp, m = ro.logprobs, ro.ref_logprobs if ref is not None else ro.logprobs, loss_mask
+                if cfg.tools:  # discount over the policy's own steps: the tool results between turns compacted away
+                    (lp, m), (rp, _) = compact(lp, loss_mask), compact(rp, loss_mask)
+                adv, _ = reinforce_pp_advantages(scores, lp, rp, m, cfg.kl_coef, G if cfg.group_baseline else None,
+                                                 cfg.gamma)
+                adv = expand(adv, loss_mask) if cfg.tools else adv
             else:
                 adv = group_advantages(scores, G, estimator, cfg.scale_rewards)
             group_std = scores.view(-1, G).std(dim=1) if G > 1 else torch.zeros(len(scores))
@@ -314,7 +331,7 @@ def _train(cfg: Config, estimator: str, reward_fn: Callable | None) -> Path:
         for micro in rows.split(cfg.micro_batch_size):
             b = ro.rows(micro)
             lay = (rows_layout(b["input_ids"], b["response_mask"], run.tokenizer.pad_token_id, packed)
-                   if cfg.share_prompt else None)
+                   if share else None)
             with engine.autocast():
                 fwd = engine.model(b["input_ids"], b["attention"], b["response_mask"], cfg.temperature,
                                    with_entropy=True, layout=lay)

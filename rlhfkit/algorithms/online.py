@@ -16,9 +16,11 @@ import torch
 from rlhfkit import config as config_lib
 from rlhfkit import data as data_lib
 from rlhfkit import models
+from rlhfkit.data import tools as tool_data
 from rlhfkit.engine import TrainConfig, seed_everything, setup_distributed
 from rlhfkit.math.losses import AGGREGATIONS
-from rlhfkit.rollout.episodes import Rollout, encode_prompts, rollout
+from rlhfkit.rollout.episodes import Rollout, encode_prompts, rollout, tool_rollout
+from rlhfkit.rollout.multiturn import episode_metrics
 from rlhfkit.rollout.score import RewardFn, as_reward_fn
 
 
@@ -85,6 +87,16 @@ class OnlineConfig(TrainConfig, config_lib.DeprecatedFields):
 
     monitor_patience: int = 3
     """Early stop after this many monitor evaluations without a new best held-out score (gold, else proxy)."""
+    tools: list[str] = field(default_factory=list)
+    """Tools for multi-turn tool-use rollouts, comma-separated: calculator, lookup=TABLE (.json or .jsonl), or
+    package.module:function (type hints and a docstring). Empty: single-turn rollouts. With tools every rollout is
+    an episode (rollout.multiturn): the policy's turns are trained on, the tool results are context only."""
+    max_turns: int = 4
+    """Assistant turns per tool episode (the last one's calls are not run)."""
+    max_episode_tokens: int = 512
+    """Token budget of a whole tool episode: prompt, turns and tool results (each turn at most max_new_tokens)."""
+    tool_timeout_s: float = 5.0
+    """Seconds one tool call may run before its worker is killed (the model reads an error)."""
 
     def validate_online(self, completions_per_prompt: int = 1) -> None:
         self.validate_common()
@@ -101,6 +113,10 @@ class OnlineConfig(TrainConfig, config_lib.DeprecatedFields):
             raise ValueError(f"aggregation: {self.aggregation!r} is not one of {sorted(AGGREGATIONS)}")
         if self.monitor_patience < 1:
             raise ValueError(f"monitor_patience must be >= 1, got {self.monitor_patience}")
+        if self.tools and (self.max_turns < 1 or self.max_episode_tokens <= self.max_new_tokens
+                           or self.tool_timeout_s <= 0):
+            raise ValueError(f"with tools: max_turns must be >= 1, max_episode_tokens ({self.max_episode_tokens}) "
+                             f"> max_new_tokens ({self.max_new_tokens}) and tool_timeout_s > 0")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_model):
             raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_model)} reward sources")
         check_batch(self.rollout_batch_size * completions_per_prompt, self.num_minibatches, self.micro_batch_size,
@@ -144,10 +160,19 @@ PROMPT_TYPES = (data_lib.DataType.PROMPT, data_lib.DataType.PROMPT_COMPLETION, d
 
 def load_prompts(path: str, split: str = "train", column_map: dict | None = None, skip_invalid: bool = False) -> list[Any]:
     """The `prompt` of every row of a prompt file (other columns are ignored)."""
-    rows = data_lib.load_rows(path, split, column_map or {}, skip_invalid, expect=PROMPT_TYPES)
+    return [r["prompt"] for r in load_prompt_rows(path, split, column_map, skip_invalid)]
+
+
+def load_prompt_rows(path: str, split: str = "train", column_map: dict | None = None, skip_invalid: bool = False,
+                     tools: bool = False) -> list[dict]:
+    """The rows of a prompt file, each with a `prompt` (other columns kept: a tool reward reads `answer`). With
+    `tools`, rows are read as tool-use rows (data.tools.load_tool_rows: JSON-string arguments decoded, the tool
+    calls in prompts checked)."""
+    load = tool_data.load_tool_rows if tools else data_lib.load_rows
+    rows = load(path, split, column_map or {}, skip_invalid, expect=PROMPT_TYPES)
     if not rows or "prompt" not in rows[0]:
         raise data_lib.DataError(f"{path}: online RL needs rows with a `prompt` column")
-    return [r["prompt"] for r in rows]
+    return rows
 
 
 def micro_weight(mask: torch.Tensor, aggregation: str, minibatch_tokens: float, minibatch_rows: float) -> float:
@@ -190,6 +215,8 @@ class OnlineRun:
     monitor: Any = None  # diagnostics.monitor.Monitor on the main process when configured
     last_entropy: float | None = None  # the latest policy/entropy, handed to the monitor
     t0: float = 0.0
+    rows: list[dict] | None = None  # the prompt file's rows (tool rollouts hand them to the reward: `answer`)
+    runner: Any = None  # rollout.tools.ToolRunner when cfg.tools (its registry names the tools)
 
     @property
     def out(self) -> Path:
@@ -207,8 +234,10 @@ def set_up(cfg: OnlineConfig, name: str, *, with_ref: bool = True,
     cfg.validate()
     seed_everything(cfg.seed)
     dist = setup_distributed()
-    prompts = load_prompts(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid)
+    rows = load_prompt_rows(cfg.data, cfg.split, cfg.column_map, cfg.skip_invalid, tools=bool(cfg.tools))
+    prompts = [r["prompt"] for r in rows]
     tokenizer = models.load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+    runner = tool_runner(cfg, tokenizer, prompts) if cfg.tools else None
     models.check_quantization(cfg.load_in_4bit)
     policy = models.load_causal_lm(cfg.model, tokenizer, cfg.trust_remote_code, load_in_4bit=cfg.load_in_4bit)
     extra = before_lora(policy, tokenizer) if before_lora is not None else None
@@ -221,8 +250,28 @@ def set_up(cfg: OnlineConfig, name: str, *, with_ref: bool = True,
         if ref is not policy:
             ref.to(dist.device)
     counter: dict = {}
-    encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
-    return OnlineRun(cfg, name, dist, prompts, encoded, counter, tokenizer, policy, ref), extra
+    # tool episodes render their prompts with the tool schemas themselves (multiturn.run_episodes)
+    encoded = [] if cfg.tools else encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
+    return OnlineRun(cfg, name, dist, prompts, encoded, counter, tokenizer, policy, ref, rows=rows,
+                     runner=runner), extra
+
+
+def tool_runner(cfg: OnlineConfig, tokenizer, prompts: list[Any]):
+    """The tools of cfg.tools in a worker process (rollout.tools.ToolRunner; started on the first call), after
+    checking what would otherwise fail mid-run: the chat template renders tools, and every prompt rendered with
+    the tool schemas leaves room to generate under max_episode_tokens."""
+    from rlhfkit.rollout.tools import ToolRunner, load_tools
+
+    registry = load_tools(cfg.tools)
+    schemas = registry.schemas()
+    tool_data.check_template_renders_tools(tokenizer, schemas)
+    long = [i for i, p in enumerate(prompts)
+            if len(tool_data.encode_tool_prompt(tokenizer, p, schemas)) >= cfg.max_episode_tokens]
+    if long:
+        raise data_lib.DataError(f"{cfg.data}: {len(long)} prompt(s) (rows {long[:5]}...) are at least "
+                                 f"max_episode_tokens={cfg.max_episode_tokens} tokens with the tool schemas; "
+                                 "raise max_episode_tokens or shorten them")
+    return ToolRunner(registry, timeout_s=cfg.tool_timeout_s)
 
 
 def start(run: OnlineRun, engine, reward_fn: Callable | None) -> None:
@@ -249,6 +298,16 @@ def sample(run: OnlineRun, engine, policy: torch.nn.Module, idx: list[int], gene
     """Rollout (rollout.episodes.rollout) of the prompts `idx`: sampled, scored, log-probs at the sampling
     temperature in micro-batch-sized chunks under the engine's autocast; counted by the engine."""
     cfg, tok = run.cfg, run.tokenizer
+    if run.runner is not None:  # multi-turn tool episodes; the response mask is the policy's tokens only
+        kwargs.pop("share_prompt", None)  # an episode is not one prompt + one completion: padded rows
+        ro = tool_rollout(policy, [run.prompts[i] for i in idx], run.reward, tokenizer=tok, runner=run.runner,
+                          rows=[run.rows[i] for i in idx], max_turns=cfg.max_turns,
+                          max_tokens=cfg.max_episode_tokens, max_new_tokens=cfg.max_new_tokens,
+                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator,
+                          forward_batch_size=cfg.micro_batch_size, ref_policy=run.ref, autocast=engine.autocast,
+                          **kwargs)
+        engine.count(gen_tokens=int(ro.lengths.sum()), gen_s=ro.gen_s)
+        return ro
     ro = rollout(policy, [run.encoded[i] for i in idx], [run.prompts[i] for i in idx], run.reward,
                  eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, decode=run.decode,
                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
@@ -265,7 +324,8 @@ def rollout_metrics(ro: Rollout, first: dict[str, float], last: dict[str, float]
         "rollout/score": ro.scores.mean().item(), **first,
         "rollout/length": ro.lengths.float().mean().item(),
         "rollout/eos_fraction": ro.has_eos.float().mean().item(), **last,
-        **{f"rollout/{k}": v.float().mean().item() for k, v in ro.reward_parts.items() if v.dim() <= 1}})
+        **{f"rollout/{k}": v.float().mean().item() for k, v in ro.reward_parts.items() if v.dim() <= 1},
+        **(episode_metrics(ro.episodes) if ro.episodes is not None else {})})  # tools/...: calls, malformed, stops
 
 
 def watch(run: OnlineRun, step: int, policy: torch.nn.Module, metrics: dict[str, float]) -> None:
@@ -291,8 +351,11 @@ def end_step(run: OnlineRun, engine, metrics: dict[str, float], stats: dict[str,
 
 
 def finish(run: OnlineRun, engine, policy: torch.nn.Module, **metadata) -> Path:
-    """Close the engine and save the final policy (main process) with its rlhfkit.json metadata."""
+    """Close the engine (and the tool worker) and save the final policy (main process) with its rlhfkit.json
+    metadata."""
     engine.close()
+    if run.runner is not None:
+        run.runner.close()
     if run.dist.is_main:
         models.save(policy, run.tokenizer, run.out, merge=run.cfg.merge,
                     metadata={"stage": run.name, "steps": engine.step_count, **metadata, "truncation": run.counter,

@@ -24,6 +24,11 @@ an iteration. gradient_accumulation_steps 2 instead would be an error: 64 / 4 = 
 
     from rlhfkit import ppo
     ppo.train(ppo.Config(model="runs/sft", data="prompts.jsonl", reward_model=["runs/rm"], output_dir="runs/ppo"))
+
+Tool use (`tools`, `max_turns`, `max_episode_tokens`; OnlineConfig): each rollout row is a multi-turn episode
+(rollout.episodes.tool_rollout) whose response mask holds the policy's tokens only. The tool results are
+context: no loss, no ratio, no KL, no value; GAE runs over the policy's own tokens (compacted across the gaps);
+an episode that stops without an answer (turn or token budget) counts as missing its EOS (missing_eos_penalty).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from rlhfkit.math.advantages import explained_variance, gae, kl_penalised_reward
 from rlhfkit.engine import Engine, StepSampler, total_steps
 from rlhfkit.math.kl import AdaptiveKLController, FixedKLController
 from rlhfkit.math.logprobs import masked_mean
+from rlhfkit.math.masks import compact, expand
 from rlhfkit.math.losses import entropy_bonus, ppo_policy_loss, value_loss
 from rlhfkit.models.logps import TokenLogprobs
 from rlhfkit.models.modeling import backbone, position_ids
@@ -167,8 +173,14 @@ def ppo_advantages(ro: Rollout, beta: float, cfg: Config) -> dict[str, torch.Ten
     # 3. optional reward scaling without a mean shift (Huang et al.; PITFALLS #8)
     if cfg.whiten_rewards:
         rewards = whiten(rewards, mask, shift_mean=False)
-    # 4. GAE on the critic's rollout-time values (Schulman et al. 2016)
-    adv, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam)
+    # 4. GAE on the critic's rollout-time values (Schulman et al. 2016). In a tool episode the steps are the
+    # policy's tokens alone: the tool results between its turns are compacted away (math.masks), so they get no
+    # value and do not break the recursion, and the advantages and returns are put back in place
+    if ro.episodes is None:
+        adv, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam)
+    else:
+        (r, steps), (v, _) = compact(rewards, mask), compact(ro.values, mask)
+        adv, returns = (expand(x, mask) for x in gae(r, v, steps, cfg.gamma, cfg.lam))
     # 5. whiten advantages per batch
     if cfg.whiten_advantages:
         adv = whiten(adv, mask)

@@ -230,17 +230,42 @@ class HTTPReward:
         return res
 
 
+def accepts(fn: Callable, name: str) -> bool:
+    """Whether fn can be called with the keyword `name` (a parameter of that name, or **kwargs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY) for p in params)
+
+
+def call_with_context(fn: Callable, prompts: list[Any], responses: list[Any], **context) -> Any:
+    """fn(prompts, responses, **the context keywords fn accepts). Tool rollouts pass `episodes` and `rows`
+    (rollout.episodes.tool_rollout); a reward written for (prompts, responses) alone is called exactly so."""
+    return fn(prompts, responses, **{k: v for k, v in context.items() if accepts(fn, k)})
+
+
 class FunctionReward:
-    """A Python function f(prompts: list[str], responses: list[str]) -> list[float]; prompts are passed as the
-    last user message text (`data.prompt_text`), responses as plain text."""
+    """A Python function f(prompts: list[str], responses: list[str]) -> list[float] (or a {"score": ...} dict);
+    prompts are passed as the last user message text (`data.prompt_text`), responses as plain text. Context
+    keywords (`episodes`, `rows` of tool rollouts) reach f when f accepts them (call_with_context)."""
 
     def __init__(self, fn: Callable[[list[str], list[str]], list[float]], name: str = ""):
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "function")
 
-    def __call__(self, prompts: list[Any], responses: list[Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, prompts: list[Any], responses: list[Any], **context) -> dict[str, torch.Tensor]:
         _check_lengths(prompts, responses)
-        vals = self.fn([data_lib.prompt_text(p) for p in prompts], [data_lib.completion_text(r) for r in responses])
+        vals = call_with_context(self.fn, [data_lib.prompt_text(p) for p in prompts],
+                                 [data_lib.completion_text(r) for r in responses], **context)
+        if isinstance(vals, dict):  # {"score": ..., other outputs}: logged as rollout/<key> by the trainers
+            out = {k: torch.as_tensor(v, dtype=torch.float32).reshape(-1) for k, v in vals.items()}
+            if out["score"].shape[0] != len(prompts):
+                raise ValueError(f"reward function {self.name} returned {out['score'].shape[0]} values for "
+                                 f"{len(prompts)} responses")
+            return out
         vals = [float(v) for v in vals]
         if len(vals) != len(prompts):
             raise ValueError(f"reward function {self.name} returned {len(vals)} values for {len(prompts)} responses")
@@ -272,12 +297,12 @@ class WeightedRewards:
             raise ValueError(f"{len(fns)} reward sources but {len(weights)} weights")
         self.fns, self.weights = fns, [float(w) for w in weights]
 
-    def __call__(self, prompts: list[Any], responses: list[str]) -> dict[str, torch.Tensor]:
+    def __call__(self, prompts: list[Any], responses: list[str], **context) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(prompts))
         var, has_std = torch.zeros(len(prompts)), False
         for i, (fn, w) in enumerate(zip(self.fns, self.weights)):
-            r = fn(prompts, responses)
+            r = call_with_context(fn, prompts, responses, **context)
             out[f"score/{i}"] = r["score"]
             total = total + w * r["score"]
             if "std" in r:

@@ -16,6 +16,11 @@ One function, `rollout(...)`, turns a batch of encoded prompts into everything t
 
 Tensor layout (docs/DESIGN.md): input_ids / attention / response_mask are (B, T); log-probs, values and `mask` are
 (B, T-1), aligned with input_ids[:, 1:] (the token being predicted), 0 outside the mask.
+
+`tool_rollout(...)` is the same for multi-turn tool-use episodes (rollout.multiturn): step 1 runs the episodes
+(generate, call tools, append their results, continue), and the response mask of step 2 is the policy mask, True
+exactly on the tokens the policy produced across its turns. Tool results and the template's text around them are
+context: never in the loss, the ratio or the KL. Steps 3-4 are the same, with the reward given the episodes.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import torch
 
 from rlhfkit import data as data_lib
 from rlhfkit.models.modeling import adapters_disabled
-from rlhfkit.rollout import generate
+from rlhfkit.rollout import generate, multiturn
+from rlhfkit.models.rewards import call_with_context
 from rlhfkit.rollout.score import RewardFn, chunked, chunked_logprobs
 
 
@@ -49,6 +55,7 @@ class Rollout:
     values: torch.Tensor | None = None  # (B, T-1) critic values V(s_t) of the state before each response token
     reward_parts: dict[str, torch.Tensor] = field(default_factory=dict)  # extra reward outputs ("std", "score/i")
     gen_s: float = 0.0  # seconds spent sampling
+    episodes: list | None = None  # tool rollouts: the multiturn.Episode of each row (texts are their final answers)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -128,9 +135,22 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
         raise ValueError(f"reward returned {scores.shape[0]} scores for {len(texts)} responses")
     parts = {k: torch.as_tensor(v).to(device) for k, v in out.items() if k != "score"}
     # 4. log-probs at the sampling temperature (PITFALLS #7), reference log-probs, values; same chunking as training
+    logprobs, ref, values = _forwards(policy, input_ids, attention, response_mask, temperature, forward_batch_size,
+                                      ref_policy, value_fn, recompute_logprobs, pad_id if share_prompt else None,
+                                      autocast)
+    return Rollout(prompts=list(prompts), texts=texts, input_ids=input_ids, attention=attention,
+                   response_mask=response_mask, logprobs=logprobs, scores=scores,
+                   has_eos=torch.tensor(s.has_eos, dtype=torch.bool, device=device), ref_logprobs=ref,
+                   values=values, reward_parts=parts, gen_s=gen_s)
+
+
+def _forwards(policy, input_ids, attention, response_mask, temperature: float, forward_batch_size: int,
+              ref_policy, value_fn, recompute_logprobs: bool, share_pad: int | None, autocast):
+    """Step 4: (log-probs or zeros, reference log-probs or None, values or None) of the masked tokens, in chunks of
+    `forward_batch_size` rows at the rollout's full length (the shapes of the trainer's micro-batches)."""
+    device = input_ids.device
     was_training = policy.training
     policy.eval()
-    share_pad = pad_id if share_prompt else None
     with autocast():
         if recompute_logprobs:
             logprobs = chunked_logprobs(policy, input_ids, attention, response_mask, temperature, forward_batch_size,
@@ -145,10 +165,74 @@ def rollout(policy: torch.nn.Module, prompt_ids: list[list[int]], prompts: list[
         values = chunked(value_fn, input_ids, attention, forward_batch_size) if value_fn is not None else None
     if was_training:
         policy.train()
+    return logprobs, ref, values
+
+
+def _scored(out: dict, n: int, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(scores (n,), the other reward outputs) of a reward function's result, on `device`."""
+    scores = torch.as_tensor(out["score"], dtype=torch.float32).reshape(-1).to(device)
+    if scores.shape[0] != n:
+        raise ValueError(f"reward returned {scores.shape[0]} scores for {n} responses")
+    return scores, {k: torch.as_tensor(v).to(device) for k, v in out.items() if k != "score"}
+
+
+# ----------------------------------------------------------------------------------------------- tool episodes
+def tool_rollout(policy: torch.nn.Module, prompts: list[Any], reward_fn: RewardFn, *, tokenizer, runner,
+                 rows: list[dict] | None = None, max_turns: int = 4, max_tokens: int = 512, max_new_tokens: int = 64,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None, forward_batch_size: int = 8,
+                 ref_policy: torch.nn.Module | None = None, value_fn: Callable | None = None,
+                 recompute_logprobs: bool = True, autocast: Callable = contextlib.nullcontext) -> Rollout:
+    """A Rollout of multi-turn tool-use episodes, one per prompt (repeat prompts for several generations).
+
+    runner: a rollout.tools.ToolRunner (its registry names the tools); max_turns assistant turns, max_tokens the
+    whole episode (prompt, turns, tool results), max_new_tokens one turn (multiturn.run_episodes).
+    The rollout's `response_mask` is the policy mask: True on every token the policy sampled, in every turn (each
+    turn's EOS included), False on the prompt, the tool results and the template's text around them; log-probs,
+    reference log-probs and values are computed as in `rollout` under that mask, on the very token ids sampled.
+    `texts` are the episodes' final answers; `has_eos` is True for an episode that ended with an answer (a turn
+    without calls, closed by EOS), so a trainer's no-EOS penalty and DAPO's overlong filtering treat an episode
+    stopped by its turn or token budget as unfinished. The reward is called as reward_fn(prompts, answers,
+    episodes=..., rows=...) with only the keywords it accepts (models.rewards.call_with_context): one that takes
+    `episodes` / `rows` gets the episodes and the prompt file's rows (e.g. their `answer` column); any other gets
+    (prompts, answers), so a reward model scores the final answer.
+    """
+    if temperature <= 0:
+        raise ValueError("online RL needs temperature > 0 (log-probs are divided by it)")
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    # 1. the episodes: each turn sampled with the KV-cache sampler, tool calls run between turns
+    t0 = time.perf_counter()
+    gen = multiturn.sampler(policy, eos_id, pad_id, temperature, top_k, top_p, generator)
+    with autocast():
+        episodes = multiturn.run_episodes(prompts, gen, tokenizer, runner.registry, runner, max_turns=max_turns,
+                                          max_tokens=max_tokens, max_new_tokens=max_new_tokens)
+    return episode_rollout(policy, episodes, prompts, reward_fn, pad_id=pad_id, rows=rows, temperature=temperature,
+                           forward_batch_size=forward_batch_size, ref_policy=ref_policy, value_fn=value_fn,
+                           recompute_logprobs=recompute_logprobs, autocast=autocast,
+                           gen_s=time.perf_counter() - t0)
+
+
+def episode_rollout(policy: torch.nn.Module, episodes: list, prompts: list[Any], reward_fn: RewardFn, *,
+                    pad_id: int, rows: list[dict] | None = None, temperature: float = 1.0,
+                    forward_batch_size: int = 8, ref_policy: torch.nn.Module | None = None,
+                    value_fn: Callable | None = None, recompute_logprobs: bool = True,
+                    autocast: Callable = contextlib.nullcontext, gen_s: float = 0.0) -> Rollout:
+    """Steps 2-4 of `tool_rollout` on episodes already run (multiturn.Episode, one per prompt)."""
+    device = next(policy.parameters()).device
+    # 2. right-padded episodes and the policy mask (masks.segment_mask over the segments' spans)
+    batch = multiturn.collate(episodes, pad_id)
+    input_ids, attention, response_mask = (batch[k].to(device) for k in ("input_ids", "attention", "policy_mask"))
+    # 3. score the final answers, the reward function seeing the episodes if it asks for them
+    texts = [ep.answer for ep in episodes]
+    out = call_with_context(reward_fn, list(prompts), texts, episodes=episodes, rows=rows)
+    scores, parts = _scored(out, len(texts), device)
+    # 4. log-probs of exactly the policy's tokens, at the sampling temperature; reference; values
+    logprobs, ref, values = _forwards(policy, input_ids, attention, response_mask, temperature, forward_batch_size,
+                                      ref_policy, value_fn, recompute_logprobs, None, autocast)
+    has_eos = torch.tensor([ep.stop == "answer" for ep in episodes], dtype=torch.bool, device=device)
     return Rollout(prompts=list(prompts), texts=texts, input_ids=input_ids, attention=attention,
-                   response_mask=response_mask, logprobs=logprobs, scores=scores,
-                   has_eos=torch.tensor(s.has_eos, dtype=torch.bool, device=device), ref_logprobs=ref,
-                   values=values, reward_parts=parts, gen_s=gen_s)
+                   response_mask=response_mask, logprobs=logprobs, scores=scores, has_eos=has_eos,
+                   ref_logprobs=ref, values=values, reward_parts=parts, gen_s=gen_s, episodes=episodes)
 
 
 # ----------------------------------------------------------------------------------------------- joining
@@ -177,4 +261,5 @@ def concat_rollouts(parts: list[tuple[Rollout, torch.Tensor]], pad_id: int) -> R
         scores=torch.cat([r.scores[i] for r, i in parts]), has_eos=torch.cat([r.has_eos[i] for r, i in parts]),
         ref_logprobs=None if first.ref_logprobs is None else cat("ref_logprobs", 0.0, T - 1),
         reward_parts={k: torch.cat([r.reward_parts[k][i] for r, i in parts]) for k in keys},
-        gen_s=sum(r.gen_s for r, _ in parts))
+        gen_s=sum(r.gen_s for r, _ in parts),
+        episodes=None if first.episodes is None else [r.episodes[j] for r, i in parts for j in i.tolist()])
