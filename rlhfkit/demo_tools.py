@@ -70,10 +70,12 @@ def tool_tokenizer(model_dir: str, out: Path) -> str:
 
 
 def reward_fn(world):
-    """The world's trajectory reward as a Python reward function: f(prompt texts, answers, **episode counts)."""
+    """The world's trajectory reward as a Python reward function f(prompt texts, final answers, episodes=...): the
+    trainer's tool rollouts hand it the episodes (their call and malformed-call counts)."""
 
-    def reward(prompts: list[str], responses: list[str], calls: list[int] | None = None,
-               malformed: list[int] | None = None, **_) -> list[float]:
+    def reward(prompts: list[str], responses: list[str], episodes: list | None = None) -> list[float]:
+        calls = [e.calls for e in episodes] if episodes else None
+        malformed = [e.malformed for e in episodes] if episodes else None
         return world.rewards(prompts, responses, calls, malformed)
 
     return reward
@@ -162,6 +164,7 @@ def run(ctx) -> dict:
     per_step = s["rl_prompts"] * s["rl_generations"]
     grpo.train(grpo.Config(**ctx.common("tool_rl"), model=ctx.path("tool_sft"), data=paths["train"],
                            tools=_tool_specs(paths["table"]), max_turns=s["max_turns"],
+                           max_episode_tokens=s["max_tokens"],
                            max_new_tokens=s["max_new_tokens"], num_generations=s["rl_generations"],
                            rollout_batch_size=s["rl_prompts"], num_minibatches=1, micro_batch_size=per_step,
                            max_steps=s["rl_steps"], learning_rate=s["rl_lr"], warmup_steps=0,

@@ -183,3 +183,32 @@ def test_saved_tool_model_chats_with_tools_in_plain_transformers(tok, world, tmp
     torch.manual_seed(0)
     gen = model.generate(ids, max_new_tokens=8, do_sample=True, pad_token_id=hf_tok.pad_token_id)
     assert gen.shape[1] > ids.shape[1] and torch.equal(gen[0, :ids.shape[1]], ids[0])
+
+
+# ----------------------------------------------------------------------------------------------- the report
+def test_report_section_shows_transcripts_as_inert_text():
+    from rlhfkit.diagnostics.report_tools import section_tool_use
+
+    evil = "<script>alert(1)</script>"
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": evil}}}
+    transcript = {"messages": [{"role": "user", "content": "What is 347 times 829?"},
+                               {"role": "assistant", "content": "", "tool_calls": [call]},
+                               {"role": "tool", "name": "calculator", "content": f"error: {evil}"},
+                               {"role": "assistant", "content": f"The answer is {evil} <b>287663</b>."}],
+                  "success": False, "stop": "answer", "answer_expected": "287663"}
+    pol = lambda m, lo, hi: {"success": {"mean": m, "low": lo, "high": hi, "n": 100},  # noqa: E731
+                             "malformed_call_rate": 0.1, "calls_per_episode": 1.0, "transcript": transcript}
+    summary = {"tool_use": {"policies": {"no_tool": pol(0.0, 0.0, 0.04), "tool_sft": pol(0.3, 0.22, 0.4),
+                                         "tool_rl": pol(0.6, 0.5, 0.69)},
+                            "rl": {"steps": 10, "first": {"step": 1, "malformed_call_rate": 0.4, "score": 0.1},
+                                   "last": {"step": 10, "malformed_call_rate": 0.05, "score": 0.6}},
+                            "n_heldout": 100, "max_turns": 3, "temperature": 1.0}}
+    html = section_tool_use(summary)
+    assert "<script>" not in html and "<b>287663</b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;287663&lt;/b&gt;" in html
+    assert html.count('class="text resp"') == 3  # one transcript per policy
+    assert "After RL, success is above the tool-SFT policy&#x27;s; above the no-tool policy&#x27;s" in html
+    assert "from 0.400 at step 1 to 0.050 at step 10" in html
+    summary["tool_use"]["policies"]["tool_rl"]["success"] = {"mean": 0.35, "low": 0.26, "high": 0.45}
+    assert "indistinguishable from the tool-SFT" in section_tool_use(summary)
+    assert section_tool_use({}) == ""

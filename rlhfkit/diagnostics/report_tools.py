@@ -67,7 +67,8 @@ def section_tool_use(summary: dict) -> str:
     if rl and none:
         verdicts.append(f"{ORDER[interval_order(rl[1:], none[1:])]} the no-tool policy's")
     if verdicts:
-        out.append(f"<p><b>{esc('; '.join(verdicts).capitalize())}</b> (intervals compared).</p>")
+        text = "; ".join(verdicts)
+        out.append(f"<p><b>{esc(text[:1].upper() + text[1:])}</b> (95% intervals compared).</p>")
     curve = tu.get("rl") or {}
     first, last = curve.get("first") or {}, curve.get("last") or {}
     if first and last:
