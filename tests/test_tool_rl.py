@@ -152,6 +152,39 @@ def test_ppo_gae_runs_over_the_policy_tokens_only():
     assert not torch.allclose(ppo.ppo_advantages(ro, 0.05, cfg)["advantages"], want_adv, atol=1e-3)
 
 
+def test_overlong_penalty_measures_the_whole_episode():
+    """With tools DAPO's overlong penalty reads the episode's whole length (prompt, turns, tool results) against
+    max_episode_tokens: buffer 20 of 100, episodes of 70, 90 and 100 tokens -> 0, (80 - 90) / 20 = -0.5, -1."""
+    cfg = grpo.Config(model="m", data="d", tools=["calculator"], max_episode_tokens=100, max_new_tokens=10,
+                      overlong_buffer=20)
+    attention = torch.arange(100)[None] < torch.tensor([[70], [90], [100]])
+    response_mask = attention & (torch.arange(100)[None] >= 60)  # the policy's tokens: 10, 30, 40 of them
+    ro = Rollout(prompts=["q"] * 3, texts=["a"] * 3, input_ids=torch.zeros(3, 100, dtype=torch.long),
+                 attention=attention, response_mask=response_mask, logprobs=torch.zeros(3, 99),
+                 scores=torch.tensor([1.0, 1.0, 1.0]), has_eos=torch.ones(3, dtype=torch.bool))
+    assert grpo.shaped_scores(ro, cfg).tolist() == [1.0, 0.5, 0.0]
+    cfg.tools, cfg.overlong_buffer = [], 5  # single-turn: 10, 30, 40 policy tokens vs max_new_tokens 10: -1 each
+    assert grpo.shaped_scores(ro, cfg).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_concat_rollouts_keeps_the_episodes():
+    """Dynamic sampling joins rows of several rollouts: the episodes follow their rows."""
+    from rlhfkit.rollout.episodes import concat_rollouts
+
+    tok = tool_tokenizer()
+    model = models.build_llama(tok, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+
+    def ro_of(lengths, answers):
+        eps = [M.Episode([M.Segment(M.PROMPT, [5] * 2, ""), M.Segment(M.POLICY, [6] * n + [2], "")], [], answer=a,
+                         stop="answer", has_eos=True) for n, a in zip(lengths, answers)]
+        return episode_rollout(model, eps, ["q"] * len(eps), lambda p, r: {"score": torch.ones(len(r))}, pad_id=0)
+
+    a, b = ro_of([1, 2], ["a0", "a1"]), ro_of([5], ["b0"])
+    ro = concat_rollouts([(a, torch.tensor([1])), (b, torch.tensor([0]))], pad_id=0)
+    assert [ep.answer for ep in ro.episodes] == ro.texts == ["a1", "b0"]
+    assert ro.mask.sum(-1).tolist() == [3, 6]
+
+
 # ----------------------------------------------------------------------------------------------- rewards
 @pytest.mark.parametrize("text,expected,ok", [
     ("The answer is 56,088.", "56088", True), ("56088 or 7", "56088", False), ("It is 0.5", "1/2", True),
@@ -183,13 +216,16 @@ def cfg_for(cls, tool_dir, out, **kw):
     return cls(**base)
 
 
-@pytest.mark.parametrize("entry", [grpo.train, grpo.train_rloo])
-def test_grpo_and_rloo_train_on_policy_tokens_only(tool_dir, tmp_path, scripted_sampler, grads, entry):
+@pytest.mark.parametrize("entry,cls,kw", [(grpo.train, grpo.Config, {}), (grpo.train_rloo, grpo.Config, {}),
+                                           (grpo.reinforce_pp.train, grpo.reinforce_pp.Config, {"gamma": 0.9})],
+                         ids=["grpo", "rloo", "reinforce_pp"])
+def test_grpo_family_trains_on_policy_tokens_only(tool_dir, tmp_path, scripted_sampler, grads, entry, cls, kw):
     """Two passes over one rollout of 2 prompts x 4 episodes (num_iterations 2: the old log-probs are the
-    rollout-time forward, recomputed on the assembled episodes), with the KL to the reference as a loss term."""
+    rollout-time forward, recomputed on the assembled episodes), with the KL to the reference as a loss term (GRPO,
+    RLOO) or in the per-token reward (REINFORCE++, its return discounted over the policy's own steps)."""
     tok = tool_tokenizer()
-    entry(cfg_for(grpo.Config, tool_dir, tmp_path / "run", max_steps=2, num_iterations=2, rollout_batch_size=2,
-                  num_generations=4, micro_batch_size=4, gradient_accumulation_steps=2, kl_coef=0.1))
+    entry(cfg_for(cls, tool_dir, tmp_path / "run", max_steps=2, num_iterations=2, rollout_batch_size=2,
+                  num_generations=4, micro_batch_size=4, gradient_accumulation_steps=2, kl_coef=0.1, **kw))
     first, second = read_metrics(tmp_path / "run")
     # before any update the recomputed log-probs are those of the sampled tokens exactly
     assert first["policy/ratio"] == 1.0 and first["policy/clipfrac"] == 0.0 and first["kl/token"] == 0.0
@@ -238,3 +274,69 @@ def test_tool_options_are_validated(tool_dir, tmp_path):
     with pytest.raises(ValueError, match=r"overlong_buffer must be in \[0, max_episode_tokens=640\]"):
         cfg_for(grpo.Config, tool_dir, tmp_path, overlong_buffer=700).validate()
     cfg_for(grpo.Config, tool_dir, tmp_path, overlong_buffer=100).validate()  # > max_new_tokens is fine with tools
+    with pytest.raises(ValueError, match="monitor .* does not run with tools"):
+        cfg_for(ppo.Config, tool_dir, tmp_path, rollout_batch_size=2, micro_batch_size=1, monitor_prompts="p.jsonl",
+                monitor_every=5).validate()
+
+
+# ----------------------------------------------------------------------------------------------- rlhfkit eval
+def test_eval_reports_tool_metrics_of_a_scripted_policy(tool_dir):
+    """Four prompts, each answered by a scripted policy in a known way:
+
+        case A: a good call, then the right answer        calls 1, malformed 0, solved
+        case B: a malformed call, then a wrong answer     calls 0, malformed 1
+        case C: the right answer at once, no call         calls 0, malformed 0, solved
+        case D: a good call, then a wrong answer          calls 1, malformed 0
+
+    tool_call_validity = 1 - 1 malformed / 3 attempted = 2/3; calls_per_episode = 2 / 4 = 0.5; task_success (the
+    rows' `answer`) = 2 / 4 = 0.5; with a success function "right and used a tool": 1 / 4."""
+    from rlhfkit.diagnostics.tool_eval import evaluate_tool_policy
+    from rlhfkit.rollout.tools import ToolRunner, load_tools
+
+    tok = models.load_tokenizer(str(tool_dir / "model"))
+    model = models.load_causal_lm(str(tool_dir / "model"), tok)
+    first = {"A": CALL, "B": MALFORMED, "C": RIGHT, "D": CALL}
+    then = {"A": RIGHT, "B": WRONG, "D": WRONG}
+
+    def generate(prompt_ids, max_new_tokens):
+        out = []
+        for ids in prompt_ids:
+            text = tok.decode(ids)
+            case = text.split("case ")[1][0]
+            reply = then[case] if "<tool_response>" in text else first[case]
+            out.append(tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        return out
+
+    rows = [{"prompt": f"case {c}: what is 123 times 456?", "answer": "56088"} for c in "ABCD"]
+    with ToolRunner(load_tools(["calculator"])) as runner:
+        res = evaluate_tool_policy(model, tok, rows, runner, max_tokens=640, generate=generate, judges={})
+        assert res["tool_call_validity"] == pytest.approx(2 / 3) and res["calls_per_episode"] == 0.5
+        assert res["task_success"] == 0.5 and res["finished_rate"] == 1.0 and res["tools"]["turns"] == 1.75
+        assert [s["episode"]["success"] for s in res["samples"]] == [1.0, 0.0, 1.0, 0.0]
+        assert [s["response"] for s in res["samples"]] == [RIGHT, WRONG, RIGHT, WRONG]
+
+        def right_with_a_tool(prompts, answers, *, episodes):
+            return [float(answer_correct(a, "56088") and e.calls > 0) for a, e in zip(answers, episodes)]
+
+        res = evaluate_tool_policy(model, tok, rows, runner, max_tokens=640, generate=generate, judges={},
+                                   success=right_with_a_tool)
+        assert res["task_success"] == 0.25
+        res = evaluate_tool_policy(model, tok, [{"prompt": r["prompt"]} for r in rows], runner, max_tokens=640,
+                                   generate=generate, judges={})
+        assert "task_success" not in res  # no answers, no success function: not reported
+
+
+def test_eval_command_with_tools(tool_dir, tmp_path):
+    """`rlhfkit eval --tools ...` on a model directory: the tool metrics are in eval.json, with the KL to the
+    reference summed over the policy's tokens (0: the reference is the policy itself)."""
+    import json
+
+    from rlhfkit.cli.main import main
+
+    out = tmp_path / "eval.json"
+    main(["eval", "--policies", f"p={tool_dir / 'model'}", "--prompts", str(tool_dir / "prompts.jsonl"),
+          "--tools", "calculator", "--max-turns", "2", "--max-new-tokens", "8", "--max-episode-tokens", "640",
+          "--limit", "4", "--ref-model", str(tool_dir / "model"), "--output", str(out)])
+    res = json.loads(out.read_text())["policies"]["p"]
+    assert 0 <= res["tool_call_validity"] <= 1 and res["calls_per_episode"] >= 0 and "task_success" in res
+    assert res["kl_to_ref"] == pytest.approx(0.0, abs=1e-6) and res["n"] == 4

@@ -150,7 +150,10 @@ class Config(OnlineConfig):
 
 
 def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
-    """GRPO (group-normalised advantages). `reward_fn` (Python API) overrides cfg.reward_model."""
+    """GRPO (group-normalised advantages). `reward_fn` (Python API) overrides cfg.reward_model: f(prompt texts,
+    responses) -> list[float] or {"score": ..., other outputs}. With cfg.tools the responses are the episodes'
+    final answers, and f also gets `episodes=` (rollout.multiturn.Episode: messages, calls, malformed, stop) and
+    `rows=` (the prompt file's rows, e.g. their `answer`) when it accepts those keywords."""
     return _train(cfg, "grpo", reward_fn)
 
 

@@ -117,6 +117,9 @@ class OnlineConfig(TrainConfig, config_lib.DeprecatedFields):
                            or self.tool_timeout_s <= 0):
             raise ValueError(f"with tools: max_turns must be >= 1, max_episode_tokens ({self.max_episode_tokens}) "
                              f"> max_new_tokens ({self.max_new_tokens}) and tool_timeout_s > 0")
+        if self.tools and self.monitor_prompts and self.monitor_every > 0:
+            raise ValueError("the over-optimisation monitor samples single-turn responses and scores them without "
+                             "episodes; it does not run with tools (unset monitor_prompts or monitor_every)")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_model):
             raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.reward_model)} reward sources")
         check_batch(self.rollout_batch_size * completions_per_prompt, self.num_minibatches, self.micro_batch_size,

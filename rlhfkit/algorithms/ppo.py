@@ -190,7 +190,8 @@ def ppo_advantages(ro: Rollout, beta: float, cfg: Config) -> dict[str, torch.Ten
 # ----------------------------------------------------------------------------------------------- training
 def train(cfg: Config, reward_fn: Callable | None = None) -> Path:
     """Run PPO. `reward_fn` (Python API only) overrides cfg.reward_model: a RewardFn or
-    f(prompts, responses) -> list[float]."""
+    f(prompts, responses) -> list[float]; with cfg.tools, also `episodes=` and `rows=` when f accepts them (the
+    contract of grpo.train)."""
     # 0. set-up: prompts, policy, critic (built before the policy's LoRA adapters), reference, engine, reward
     run, value = online.set_up(cfg, "ppo", before_lora=lambda policy, tok: build_value(cfg, policy, tok))
     dist = run.dist

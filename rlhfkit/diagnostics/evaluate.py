@@ -10,8 +10,19 @@ set, this measures:
   - mean response length in tokens, distinct-n, self-BLEU (mode collapse), refusal rate;
   - a per-category breakdown (the world's prompt `kind`, or a user's `category` column).
 
+  - with `--judge` (LLM-as-judge, Zheng et al. 2023): the win rate of each policy against the reference by a pairwise
+    AI judge (`rlhfkit cai`'s judges: rule | hf | http), both presentation orders averaged, with its Wilson interval,
+    the judge's position consistency and first-position preference, and its agreement with gold on the same pairs.
+
     rlhfkit eval --policies runs/sft,runs/ppo --prompts heldout.jsonl --judges rm=runs/rm \\
         --gold rlhfkit.world:gold_reward --reference sft --ref-model runs/sft --output eval.json
+    rlhfkit eval --policies sft=runs/sft,dpo=runs/dpo --reference sft --gold rlhfkit.world:gold_reward --judge rule
+    OPENAI_API_KEY=... rlhfkit eval --policies ... --reference sft --judge http --base-url https://.../v1 \\
+        --judge-model gpt-4o-mini --requests-per-second 5
+
+With `--tools calculator --max-turns 4` model policies are sampled as multi-turn tool episodes, the judges score
+their final answers, and tool_call_validity, calls_per_episode and task_success (a row's `answer`, or `--success
+module:function`) are added (diagnostics/tool_eval.py).
 
 The demo calls `evaluate_policy(model, tokenizer, rows, judges=...)` directly with already-loaded models.
 Sampling: a fixed seed per call (the same prompts and the same random stream for every policy, so differences
@@ -33,6 +44,8 @@ import torch
 
 from rlhfkit import config as config_lib
 from rlhfkit import data as data_lib
+from rlhfkit.cai.options import JudgeConfig
+from rlhfkit.data.tools import load_tool_rows
 from rlhfkit.diagnostics import metrics as M
 
 RewardFn = Callable[[list, list], Any]  # fn(prompts, responses) -> {"score": (B,) tensor, "std"?: (B,)}
@@ -40,7 +53,11 @@ WORLD_GOLD = "rlhfkit.world:gold_reward"
 
 
 @dataclass
-class Config:
+class Config(JudgeConfig):
+    judge: str = ""  # type: ignore[assignment]
+    """A pairwise AI judge for win rates against `reference` (LLM-as-judge): "rule" (the built-in world's
+    rule-based constitutional judge), "hf" (a local causal LM at --judge-model) or "http" (an OpenAI-compatible
+    endpoint at --base-url); empty: none. The judge options are those of `rlhfkit cai label`."""
     policies: list[str] = field(default_factory=list)
     """Policies to evaluate: model directories (sampled here) or JSONL/JSON files of `prompt`, `completion` rows
     (scored as they are). Name each as name=path, or the directory / file stem is the name."""
@@ -81,14 +98,32 @@ class Config:
     """Sampling seed (the same for every policy)."""
     trust_remote_code: bool = False
     """Allow model code from the hub."""
+    tools: list[str] = field(default_factory=list)
+    """Sample model policies as multi-turn tool episodes with these tools (calculator, lookup=TABLE,
+    package.module:function) and report tool_call_validity, calls_per_episode and task_success (tool_eval.py)."""
+    max_turns: int = 4
+    """Assistant turns per tool episode."""
+    max_episode_tokens: int = 512
+    """Token budget of a whole tool episode (prompt, turns, tool results)."""
+    success: str = ""
+    """Task success of a tool episode, package.module:function f(prompts, answers, *, episodes, rows) -> 0/1 each
+    (default: the final answer states the row's `answer` column, when the rows have one)."""
 
     def validate(self) -> None:
         if not self.policies:
             raise ValueError("policies: give at least one model directory or sample file")
+        if self.tools and (self.max_turns < 1 or self.max_episode_tokens <= self.max_new_tokens):
+            raise ValueError("with tools: max_turns must be >= 1 and max_episode_tokens > max_new_tokens")
+        if self.success and not self.tools:
+            raise ValueError("success scores tool episodes: give tools too")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
+        if self.judge:
+            self.validate_judge()
+            if not self.reference:
+                raise ValueError("--judge needs --reference: the policy the judge's win rates are measured against")
 
 
 # ----------------------------------------------------------------------------------------------- judges
@@ -253,21 +288,56 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": m, "se": sd / math.sqrt(n) if n else 0.0}
 
 
-def win_rate_between(samples_a: list[dict], samples_b: list[dict], key: str = "gold") -> dict[str, float]:
-    """Win rate of A over B on the judge `key`, pairing samples by prompt (in order of occurrence)."""
+def paired(samples_a: list[dict], samples_b: list[dict]) -> list[tuple[dict, dict]]:
+    """The samples of A and B on the same prompts, paired in order of occurrence (the k-th sample of a prompt in A
+    with the k-th of the same prompt in B)."""
     def keyed(samples):
         seen: dict[str, int] = {}
         out = {}
         for s in samples:
             j = seen[s["prompt"]] = seen.get(s["prompt"], -1) + 1
-            out[(s["prompt"], j)] = s["scores"][key]
+            out[(s["prompt"], j)] = s
         return out
 
     a, b = keyed(samples_a), keyed(samples_b)
     common = [k for k in a if k in b]
     if not common:
         raise ValueError("win rate: the two policies share no prompts")
-    return M.win_rate([a[k] for k in common], [b[k] for k in common])
+    return [(a[k], b[k]) for k in common]
+
+
+def win_rate_between(samples_a: list[dict], samples_b: list[dict], key: str = "gold") -> dict[str, float]:
+    """Win rate of A over B on the judge `key`, pairing samples by prompt (in order of occurrence)."""
+    pairs = paired(samples_a, samples_b)
+    return M.win_rate([a["scores"][key] for a, _ in pairs], [b["scores"][key] for _, b in pairs])
+
+
+def judge_win_rate(judge, samples_a: list[dict], samples_b: list[dict], swap: bool = True) -> dict[str, Any]:
+    """Win rate of A over B by a pairwise AI judge (`rlhfkit.cai.judges.Judge`), paired by prompt.
+
+    A pair is a win when the judge's P(a better), averaged over both presentation orders, is above 1/2, a tie
+    (half a win) when it is exactly 1/2; the interval is Wilson's (metrics.win_rate). Also:
+      mean_p             the mean P(a better), a softer win rate;
+      consistency        the share of pairs with the same winner in both orders (swap only);
+      first_position     the mean probability that the response shown first wins, over both orders (0.5: no
+                         position preference; Zheng et al. 2023, Sec. 3.3);
+      gold_agreement     where both samples carry a gold score that differs: the share of pairs where the judge's
+                         winner is gold's (judge ties count half), and `gold_pairs`, how many such pairs.
+    """
+    pairs = paired(samples_a, samples_b)
+    v = judge.compare_detailed([a["prompt"] for a, _ in pairs], [a["response"] for a, _ in pairs],
+                               [b["response"] for _, b in pairs], swap=swap)
+    out: dict[str, Any] = {**M.win_rate(v.p, [0.5] * len(v.p)), "judge": getattr(judge, "name", "judge"),
+                           "mean_p": M.mean(v.p)}
+    if swap:
+        out["consistency"] = M.mean([float(c) for c in v.consistent])
+        out["first_position"] = M.mean([*v.p_ab, *(1.0 - x for x in v.p_ba)])
+    gold = [(p, a["scores"]["gold"] - b["scores"]["gold"]) for p, (a, b) in zip(v.p, pairs)
+            if "gold" in a["scores"] and "gold" in b["scores"] and a["scores"]["gold"] != b["scores"]["gold"]]
+    if gold:
+        out["gold_agreement"] = M.mean([0.5 if p == 0.5 else float((p > 0.5) == (d > 0)) for p, d in gold])
+        out["gold_pairs"] = len(gold)
+    return out
 
 
 def evaluate_texts(prompt_rows: list[dict], texts: list[str], lengths: list[int], *, judges: dict[str, RewardFn],
@@ -408,7 +478,7 @@ def run(cfg: Config) -> dict[str, Any]:
     named = [_named(s) for s in cfg.policies]
     rows: list[dict] = []
     if cfg.prompts:
-        rows = data_lib.load_rows(cfg.prompts, cfg.split, cfg.column_map)
+        rows = (load_tool_rows if cfg.tools else data_lib.load_rows)(cfg.prompts, cfg.split, cfg.column_map)
     elif gold is not None and gold.world:
         from rlhfkit.world import WorldConfig, heldout_prompts
 
@@ -427,15 +497,27 @@ def run(cfg: Config) -> dict[str, Any]:
 
     ref_model = None
     results: dict[str, dict] = {}
+    from rlhfkit.diagnostics import tool_eval
+
+    runner = tool_eval.runner(cfg.tools) if cfg.tools else None  # tool episodes: closed at the end
+    success = tool_eval.load_success(cfg.success) if cfg.success else None
     for name, path in named:
         if Path(path).is_dir():
             tok = tokenizer_for(path)
             model = models.load_causal_lm(path, tok, cfg.trust_remote_code).to(models.inference_device())
             if cfg.ref_model and ref_model is None:
                 ref_model = models.load_causal_lm(cfg.ref_model, tok, cfg.trust_remote_code).to(model.device)
-            res = evaluate_policy(model, tok, rows, judges=judges, ref_model=ref_model, ref_name="ref",
-                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
-                                  gold=gold, batch_size=cfg.batch_size, self_bleu_sample=cfg.self_bleu_sample)
+            if runner is not None:
+                res = tool_eval.evaluate_tool_policy(model, tok, rows, runner, max_turns=cfg.max_turns,
+                                                     max_tokens=cfg.max_episode_tokens,
+                                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                                     seed=cfg.seed, batch_size=cfg.batch_size, success=success,
+                                                     ref_model=ref_model, judges=judges, gold=gold,
+                                                     self_bleu_sample=cfg.self_bleu_sample)
+            else:
+                res = evaluate_policy(model, tok, rows, judges=judges, ref_model=ref_model, ref_name="ref",
+                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
+                                      gold=gold, batch_size=cfg.batch_size, self_bleu_sample=cfg.self_bleu_sample)
             res["length_unit"] = "tokens"
         else:  # pre-generated samples: scored as they are; no KL (there is no policy to score them under)
             srows = _load_sample_file(path)
@@ -452,7 +534,8 @@ def run(cfg: Config) -> dict[str, Any]:
             res["length_unit"] = "tokens" if cfg.tokenizer else "words"
         res["source"] = path
         results[name] = res
-        line = ", ".join(f"{k} {res[k]:.3f}" for k in ("gold", "proxy", "kl_to_ref", "mean_length") if k in res)
+        line = ", ".join(f"{k} {res[k]:.3f}" for k in ("gold", "proxy", "kl_to_ref", "mean_length", "task_success",
+                                                       "tool_call_validity", "calls_per_episode") if k in res)
         print(f"eval: {name}: {line}")
     # win rates against the reference policy, paired by prompt
     if cfg.reference:
@@ -466,6 +549,20 @@ def run(cfg: Config) -> dict[str, Any]:
                 wr = res[f"win_rate_vs_{cfg.reference}"]
                 print(f"eval: {name} vs {cfg.reference}: win rate {wr['mean']:.3f} "
                       f"[{wr['low']:.3f}, {wr['high']:.3f}] on {key}")
+    if runner is not None:
+        runner.close()
+    if cfg.judge:  # LLM-as-judge win rates against the reference, beside the gold and reward-model ones
+        from rlhfkit.cai.options import build_judge
+
+        judge = build_judge(cfg, default_cache=str(Path(cfg.output).with_suffix(".judge-cache.jsonl")))
+        ref = results[cfg.reference]
+        for name, res in results.items():
+            if name != cfg.reference:
+                wr = res[f"judge_win_rate_vs_{cfg.reference}"] = judge_win_rate(judge, res["samples"],
+                                                                                ref["samples"], cfg.swap)
+                extra = f", consistency {wr['consistency']:.3f}" if "consistency" in wr else ""
+                print(f"eval: {name} vs {cfg.reference}: judge ({cfg.judge}) win rate {wr['mean']:.3f} "
+                      f"[{wr['low']:.3f}, {wr['high']:.3f}]{extra}")
     for res in results.values():
         res["samples"] = res["samples"][: cfg.n_samples_kept]
     out = {"config": config_lib.to_dict(cfg), "policies": results}
