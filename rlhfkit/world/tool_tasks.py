@@ -42,7 +42,7 @@ LOOKUP_SCHEMA = {"type": "function", "function": {
     "return": {"type": "string"}}}
 TOOL_SCHEMAS = (CALCULATOR_SCHEMA, LOOKUP_SCHEMA)
 
-# Made-up place names: two or three syllables, capitalised; none is a word of the world's other texts.
+# Made-up place names: two syllables, capitalised; none is a word of the world's other texts.
 SYLLABLES = ("ka", "lo", "mi", "ven", "tor", "sa", "ri", "bel", "dun", "fa", "gor", "hal", "nu", "jer", "pol",
              "qua", "ske", "tem", "vo", "zan")
 MULTIPLY_QUESTIONS = ("What is {a} times {b}?", "Compute {a} times {b}.")
@@ -64,7 +64,7 @@ def place_table(seed: int, n: int = 240) -> dict[str, str]:
     rng = random.Random(f"rlhfkit-world:{seed}:tool-places")
     names: dict[str, str] = {}
     while len(names) < n:
-        name = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        name = "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
         names.setdefault(name, str(rng.randint(1000, 9999)))
     return names
 
