@@ -21,9 +21,14 @@ from pathlib import Path
 from typing import Any
 
 # Sizes per demo scale, kept here (not in demo.SCALES) so adding them changed no other stage's fingerprint.
+# Default (seed 0, measured on a shared 2-core machine): 200 tool-SFT steps at 3e-3 teach the call format (malformed
+# calls 0.32 of attempted, 0.89 calls per episode on held-out tasks) but not copying the numbers and names from the
+# prompt into the call, or the tool's result into the answer: success 0/64. The demo's 1 M-parameter tied model has
+# nearly collinear digit embeddings (mean cosine 0.77 between ' 0'..' 9'); a focused copy task ("Copy 347." ->
+# "347", batches of 64, 3e-3) does learn copying after ~100 steps, the tool demonstrations did not within 200.
 TOOL_SCALES: dict[str, dict[str, Any]] = {
-    "default": dict(n_demos=400, n_train_tasks=512, n_heldout=256, sft_epochs=3, sft_batch=16, sft_lr=1e-3,
-                    rl_steps=15, rl_prompts=8, rl_generations=4, rl_lr=2e-5, rl_kl=0.0, max_turns=3,
+    "default": dict(n_demos=1600, n_train_tasks=512, n_heldout=256, sft_epochs=2, sft_batch=16, sft_lr=3e-3,
+                    rl_steps=15, rl_prompts=8, rl_generations=4, rl_lr=1e-4, rl_kl=0.0, max_turns=3,
                     max_new_tokens=80, max_tokens=256),
     "toy": dict(n_demos=32, n_train_tasks=16, n_heldout=8, sft_epochs=1, sft_batch=8, sft_lr=2e-3,
                 rl_steps=2, rl_prompts=2, rl_generations=2, rl_lr=1e-4, rl_kl=0.0, max_turns=2,
@@ -111,7 +116,7 @@ def score(world, tasks: list[dict], episodes: list) -> dict:
     n = len(wins)
     low, high = wilson_interval(sum(wins), n)
     m = episode_metrics(episodes)
-    return {"success": {"mean": sum(wins) / max(n, 1), "low": low, "high": high, "n": n},
+    return {"success": {"mean": sum(wins) / max(n, 1), "low": round(low, 6), "high": round(high, 6), "n": n},
             "malformed_call_rate": m["tools/malformed_call_rate"], "calls_per_episode": m["tools/calls_per_episode"],
             "turns": m["tools/turns"], "stops": {k.removeprefix("tools/stop_"): v for k, v in m.items()
                                                  if k.startswith("tools/stop_")},
