@@ -340,3 +340,23 @@ def test_eval_command_with_tools(tool_dir, tmp_path):
     res = json.loads(out.read_text())["policies"]["p"]
     assert 0 <= res["tool_call_validity"] <= 1 and res["calls_per_episode"] >= 0 and "task_success" in res
     assert res["kl_to_ref"] == pytest.approx(0.0, abs=1e-6) and res["n"] == 4
+
+
+def test_tool_run_resumes_exactly(tool_dir, tmp_path):
+    """The episodes of an iteration come from (seed, iteration, rank) alone and the tools are deterministic, so a run
+    resumed from its step-1 checkpoint samples the same episodes and logs the same step 2 as the run it continues."""
+    import shutil
+
+    kw = dict(max_new_tokens=8, max_turns=2, rollout_batch_size=2, num_generations=2, micro_batch_size=4,
+              gradient_accumulation_steps=1, kl_coef=0.05, temperature=0.9, max_steps=2, save_every=1)
+    def reward(prompts, responses, *, episodes):  # depends on every sampled token, so a different draw shows
+        return [sum(t for s in e.segments if s.kind == M.POLICY for t in s.ids) % 7 / 7 + e.calls for e in episodes]
+
+    grpo.train(cfg_for(grpo.Config, tool_dir, tmp_path / "full", reward_model=[], **kw), reward_fn=reward)
+    part = tmp_path / "part"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-00000001", part / "checkpoints" / "step-00000001")
+    grpo.train(cfg_for(grpo.Config, tool_dir, part, reward_model=[], resume=True, **kw), reward_fn=reward)
+    full, resumed = read_metrics(tmp_path / "full")[1], read_metrics(part)[0]
+    assert resumed["step"] == 2 and full["train/loss"] != 0.0
+    for key in ("train/loss", "rollout/score", "tools/policy_tokens", "tools/turns", "kl/token"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-6, abs=1e-9), key

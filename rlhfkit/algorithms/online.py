@@ -218,7 +218,7 @@ class OnlineRun:
     monitor: Any = None  # diagnostics.monitor.Monitor on the main process when configured
     last_entropy: float | None = None  # the latest policy/entropy, handed to the monitor
     t0: float = 0.0
-    rows: list[dict] | None = None  # the prompt file's rows (tool rollouts hand them to the reward: `answer`)
+    rows: list[dict] | None = None  # with tools: the prompt file's rows (handed to the reward, e.g. its `answer`)
     runner: Any = None  # rollout.tools.ToolRunner when cfg.tools (its registry names the tools)
 
     @property
@@ -255,8 +255,8 @@ def set_up(cfg: OnlineConfig, name: str, *, with_ref: bool = True,
     counter: dict = {}
     # tool episodes render their prompts with the tool schemas themselves (multiturn.run_episodes)
     encoded = [] if cfg.tools else encode_prompts(tokenizer, prompts, cfg.max_prompt_length, counter)
-    return OnlineRun(cfg, name, dist, prompts, encoded, counter, tokenizer, policy, ref, rows=rows,
-                     runner=runner), extra
+    return OnlineRun(cfg, name, dist, prompts, encoded, counter, tokenizer, policy, ref,
+                     rows=rows if cfg.tools else None, runner=runner), extra
 
 
 def tool_runner(cfg: OnlineConfig, tokenizer, prompts: list[Any]):
