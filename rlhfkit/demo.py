@@ -17,6 +17,7 @@ Stages run in order, each through the same commands a user runs on a Hugging Fac
     dpo        DPO on the same preferences
     ai_feedback  RLAIF: the rule-based judge relabels the same pairs; rm and dpo rerun on its labels (optional)
     bon        best-of-n against the reward model for several n
+    tool_use   tool-using policies (SFT on tool demonstrations, then GRPO) on the world's tool tasks (optional)
     eval       every policy on held-out prompts with the gold judge the policies never saw
     report     report.html
 
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from rlhfkit import config as config_lib
+from rlhfkit import demo_tools
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Config:
     (seed 0, gold: SFT -0.24; at 1.0 best-of-16 -0.27 and DPO -0.20, at 0.5 -0.15 and -0.12; docs/benchmarks.md)."""
     ai_feedback: bool = True
     """Run the AI-feedback stage (RLAIF from the rule-based judge's labels on the same pairs; `cai.demo_stage`)."""
+    tool_use: bool = False
+    """Run the tool-use stage (`demo_tools`). Off by default: it adds minutes, and its 1 M model solves no task yet."""
     stop_after: str = ""
     """Stop after this stage (e.g. sft); empty runs them all."""
 
@@ -469,6 +473,7 @@ def stages(cfg: Config) -> list[Stage]:
     betas = [_beta_name(b) for b in cfg.ppo_betas]
     verbosity = {"annotator_verbosity": cfg.annotator_verbosity}
     ai = ("ai_feedback",) if cfg.ai_feedback else ()  # it reads prefs; eval judges its policy
+    tools = ("tool_use",) if cfg.tool_use else ()  # it reads the SFT model only
     return [
         Stage("world", stage_world, (), {}),
         Stage("tokenizer", stage_tokenizer, ("world",), {}),
@@ -485,7 +490,8 @@ def stages(cfg: Config) -> list[Stage]:
         Stage("eval", stage_eval, ("world", "sft", "rm", *betas, "dpo", *ai), {"ppo_betas": list(cfg.ppo_betas)}),
         # reads eval/sft.json, SFT's held-out answers, as its win-rate reference
         Stage("bon", stage_bon, ("world", "sft", "rm", "eval"), {"bon_n": list(cfg.bon_n), **verbosity}),
-        Stage("report", stage_report, ("eval_sft", "eval", "bon", *betas, *ai), {}),
+        *[Stage(t, demo_tools.run, ("sft",), demo_tools.TOOL_SCALES[cfg.scale]) for t in tools],
+        Stage("report", stage_report, ("eval_sft", "eval", "bon", *betas, *ai, *tools), {}),
     ]
 
 
@@ -539,6 +545,8 @@ def _summary_from_results(ctx: Context) -> dict:
     if "ai_feedback" in ctx.results:  # after the loop: it reads the eval stage's gold of dpo_ai and dpo
         from rlhfkit.cai.demo_stage import summary as ai_summary
         out["ai_feedback"] = ai_summary(ctx.results["ai_feedback"]["ai_feedback"], out["policies"])
+    if "tool_use" in ctx.results:
+        out["tool_use"] = demo_tools.summary(ctx.results["tool_use"]["tool_use"])
     return out
 
 

@@ -12,7 +12,7 @@ from rlhfkit import demo
 @pytest.fixture(scope="module")
 def toy_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    demo.run(demo.Config(out=str(out), scale="toy", threads=1))
+    demo.run(demo.Config(out=str(out), scale="toy", threads=1, tool_use=True))  # every optional stage
     return out
 
 
@@ -90,9 +90,43 @@ def test_ai_feedback_off_leaves_every_other_result_unchanged(toy_demo, tmp_path,
     assert on == off
 
 
+def test_tool_use_keys_and_report(toy_demo):
+    """The tool-use stage: three policies on the same held-out tool tasks, success with its interval and the
+    malformed-call rate each, the RL run's first and last malformed-call rate, and an escaped transcript per policy
+    in the report."""
+    s = json.loads((toy_demo / "summary.json").read_text())
+    tu = s["tool_use"]
+    assert set(tu["policies"]) == {"no_tool", "tool_sft", "tool_rl"}
+    for p in tu["policies"].values():
+        w = p["success"]
+        assert 0 <= w["low"] <= w["mean"] <= w["high"] <= 1 and w["n"] == tu["n_heldout"]
+        assert 0 <= p["malformed_call_rate"] <= 1 and p["transcript"]["messages"][0]["role"] == "user"
+    assert tu["policies"]["no_tool"]["calls_per_episode"] == 0  # no tools offered, none called
+    assert tu["rl"]["steps"] >= 1 and 0 <= tu["rl"]["first"]["malformed_call_rate"] <= 1
+    assert (toy_demo / "tool_rl" / "config.json").exists() and (toy_demo / "tool_sft" / "config.json").exists()
+    html = (toy_demo / "report.html").read_text()
+    assert 'id="tools"' in html and "tool_rl" in html
+
+
+def test_tool_use_off_leaves_every_other_result_unchanged(toy_demo, tmp_path, capsys):
+    """--no-tool-use on a finished run reuses every other stage but the report, and drops only `tool_use`."""
+    run = tmp_path / "run"
+    shutil.copytree(toy_demo, run)
+    capsys.readouterr()
+    demo.run(demo.Config(out=str(run), scale="toy", threads=1, tool_use=False))
+    printed = capsys.readouterr().out
+    reused = {line.split()[2].rstrip(":") for line in printed.splitlines() if line.endswith("earlier)")}
+    assert reused == {st.name for st in demo.stages(demo.Config(scale="toy", tool_use=True))} - {"tool_use", "report"}
+    on, off = (json.loads((d / "summary.json").read_text()) for d in (toy_demo, run))
+    assert "tool_use" not in off and 'id="tools"' not in (run / "report.html").read_text()
+    for k in ("config", "stages", "tool_use"):
+        on.pop(k), off.pop(k, None)
+    assert on == off
+
+
 def test_rerun_reuses_finished_stages(toy_demo, capsys):
     before = (toy_demo / "stages" / "sft.json").read_text()
-    demo.run(demo.Config(out=str(toy_demo), scale="toy", threads=1))
+    demo.run(demo.Config(out=str(toy_demo), scale="toy", threads=1, tool_use=True))
     assert (toy_demo / "stages" / "sft.json").read_text() == before
     assert "reused" in capsys.readouterr().out
 
@@ -129,6 +163,7 @@ def test_fingerprints_follow_what_each_stage_reads(monkeypatch):
              "report"}
     assert _changed(annotator_verbosity=1.0) == later
     assert _changed(ai_feedback=False) == {"ai_feedback", "eval", "bon", "report"}  # the stage, and its readers
+    assert _changed(tool_use=True) == {"tool_use", "report"}  # off by default
     # a new KL coefficient (not the smallest): its own PPO stage, and what reads every PPO run
     assert _changed(ppo_betas=[0.01, 0.1, 0.5, 0.05]) == {"ppo_beta_0.05", "eval", "bon", "report"}
     # a new smallest coefficient: the old smallest now runs the shorter budget, so it is redone too
@@ -164,3 +199,4 @@ def test_stage_list_and_stop_after_follow_ai_feedback():
     demo.Config(scale="toy", stop_after="ai_feedback").validate()
     with pytest.raises(ValueError, match="stop_after"):
         demo.Config(scale="toy", ai_feedback=False, stop_after="ai_feedback").validate()
+

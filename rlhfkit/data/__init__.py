@@ -304,7 +304,13 @@ def load_rows(
     dtype = _decide_type(records, where, expect)
     rows, errors, n_bad = [], [], 0
     for lineno, rec, parse_error in records:
-        problems = [("<line>", parse_error)] if parse_error else validate_row(rec, dtype or DataType.LM)
+        if not parse_error and _has_tools(rec):  # JSON-string schemas decoded, a call-only turn's content ""
+            from rlhfkit.data import tools as tool_data
+
+            rec, problems = tool_data.normalize_row(rec)
+            problems = problems or validate_row(rec, dtype or DataType.LM) + tool_data.validate_tool_row(rec)
+        else:
+            problems = [("<line>", parse_error)] if parse_error else validate_row(rec, dtype or DataType.LM)
         if problems:
             n_bad += 1
             for field, reason in problems:
@@ -321,6 +327,13 @@ def load_rows(
     if n_bad:
         print(f"{where}: skipped {n_bad} invalid row(s) (--skip-invalid); first: {errors[0]}")
     return rows
+
+
+def _has_tools(rec: Any) -> bool:
+    """A row in TRL's tool-calling format: a `tools` column, or messages that call tools or answer calls."""
+    return isinstance(rec, dict) and ("tools" in rec or any(
+        isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool")
+        for f in ("messages", "prompt", "completion") if isinstance(rec.get(f), list) for m in rec[f]))
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
@@ -381,26 +394,29 @@ def as_completion(prompt: Any, text: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- tokenisation
-def encode_prompt(tokenizer, prompt: Any) -> list[int]:
-    """Token ids of a prompt, ready for the model to continue (chat template with the generation prompt)."""
-    if is_conversational(prompt):
-        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+def encode_prompt(tokenizer, prompt: Any, tools: list[dict] | None = None) -> list[int]:
+    """Token ids of a prompt, ready for the model to continue (chat template with the generation prompt; the tool
+    schemas, if any, rendered as the template renders them)."""
+    if is_conversational(prompt) or tools:
+        prompt = prompt if is_conversational(prompt) else [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(prompt, tools=tools or None, add_generation_prompt=True, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(prompt)["input_ids"]
 
 
-def encode_completion(tokenizer, prompt: Any, completion: Any) -> list[int]:
+def encode_completion(tokenizer, prompt: Any, completion: Any, tools: list[dict] | None = None) -> list[int]:
     """Token ids of a completion, ending in exactly one EOS (appended if the template did not emit it).
 
     Prompt and completion are tokenised separately so the boundary is exact: with BPE, tokenising the
     concatenation can merge across it and shift the loss mask by a token.
     """
     eos = tokenizer.eos_token_id
-    if is_conversational(prompt) or is_conversational(completion):
+    if is_conversational(prompt) or is_conversational(completion) or tools:
         msgs_p = prompt if is_conversational(prompt) else [{"role": "user", "content": prompt}]
         msgs_c = completion if is_conversational(completion) else [{"role": "assistant", "content": completion}]
-        p_text = tokenizer.apply_chat_template(msgs_p, add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(msgs_p + msgs_c, tokenize=False)
+        tools = tools or None
+        p_text = tokenizer.apply_chat_template(msgs_p, tools=tools, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(msgs_p + msgs_c, tools=tools, tokenize=False)
         if not full.startswith(p_text):
             raise DataError("chat template does not render the prompt as a prefix of prompt+completion")
         ids = tokenizer(full[len(p_text):], add_special_tokens=False)["input_ids"]
@@ -447,27 +463,30 @@ class Example:
 
 
 def sft_example(tokenizer, row: dict, max_length: int, counter: dict | None = None) -> Example:
+    tools = row.get("tools") or None  # TRL's tool-calling rows: the schemas are part of every rendering
     if "messages" in row:  # conversational LM row: loss on every assistant turn
-        return messages_example(tokenizer, row["messages"], max_length, counter)
-    p = encode_prompt(tokenizer, row["prompt"])
-    c = encode_completion(tokenizer, row["prompt"], row["completion"])
+        return messages_example(tokenizer, row["messages"], max_length, counter, tools)
+    p = encode_prompt(tokenizer, row["prompt"], tools)
+    c = encode_completion(tokenizer, row["prompt"], row["completion"], tools)
     p, c = truncate_pair(p, c, max_length, counter=counter)
     return Example(p + c, [False] * len(p) + [True] * len(c))
 
 
-def messages_example(tokenizer, messages: list[dict], max_length: int, counter: dict | None = None) -> Example:
-    """Loss on assistant turns only: each turn is rendered as the prefix difference of the chat template."""
+def messages_example(tokenizer, messages: list[dict], max_length: int, counter: dict | None = None,
+                     tools: list[dict] | None = None) -> Example:
+    """Loss on assistant turns only (their tool calls included; tool results and user turns are context): each turn
+    is rendered as the prefix difference of the chat template, with the tool schemas when there are any."""
     ids: list[int] = []
     mask: list[bool] = []
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
-            c = encode_completion(tokenizer, messages[:i], [m])
+            c = encode_completion(tokenizer, messages[:i], [m], tools)
             ids += c
             mask += [True] * len(c)
         else:
-            prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False) if i else ""
+            prefix = tokenizer.apply_chat_template(messages[:i], tools=tools, tokenize=False) if i else ""
             upto = tokenizer.apply_chat_template(
-                messages[: i + 1], tokenize=False,
+                messages[: i + 1], tools=tools, tokenize=False,
                 add_generation_prompt=i + 1 < len(messages) and messages[i + 1]["role"] == "assistant",
             )
             piece = tokenizer(upto[len(prefix):], add_special_tokens=False)["input_ids"]

@@ -17,10 +17,21 @@ ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 # Each turn is "<|role|>content"; a user/system turn closes with <|end|>, an assistant turn with EOS, so the
 # model learns to emit EOS exactly where its answer ends and generation stops there.
+# Tools (apply_chat_template(tools=...)): a first system turn names each tool with its arguments,
+# "<|system|>tools: calculator(expression) lookup(key)<|end|>" (a short line, not the JSON schemas: the world's
+# models have a context of 128 tokens); an assistant turn writes its calls after its text in the Hermes form,
+# <tool_call>{"name":...,"arguments":{...}}</tool_call> (compact JSON, what rollout.tools.parse_hermes reads), and a
+# tool result is a "<|tool|>result<|end|>" turn. A conversation without tools renders exactly as before.
 CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|system|>tools:' }}{% for tool in tools %}{% set fn = tool.function or tool %}"
+    "{{ ' ' + fn.name + '(' + (fn.parameters.properties or {}) | list | join(', ') + ')' }}{% endfor %}"
+    "{{ '<|end|>' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '<|end|>' }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + (message['content'] or '') }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% for call in message.tool_calls or [] %}{{ '<tool_call>' + {'name': call.function.name, "
+    "'arguments': call.function.arguments} | tojson(separators=(',', ':')) + '</tool_call>' }}{% endfor %}"
+    "{{ eos_token }}{% else %}{{ '<|end|>' }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )

@@ -20,7 +20,9 @@ containing `<script>` is shown as text. Sections (gold-only parts are left out f
      trained on its labels beside the human-label one                   (summary.json ai_feedback; report_ai.py)
  10. rounds of `rlhfkit loop`: the reward models' accuracy before and after retraining and the policy's gold by round
      (a loop directory's summary.json `rounds`; report_loop.py)
- 11. sample responses per policy, with their gold components
+ 11. tool use: task success of a no-tool, a tool-SFT and a tool-RL policy on held-out tool tasks, the malformed-call
+     rate during RL, one transcript per policy                 (summary.json tool_use; report_tools.py)
+ 12. sample responses per policy, with their gold components
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from rlhfkit.diagnostics.report_sections import (  # noqa: F401
 )
 from rlhfkit.diagnostics.report_ai import section_ai_feedback
 from rlhfkit.diagnostics.report_loop import section_rounds
+from rlhfkit.diagnostics.report_tools import section_tool_use
 
 
 POSITIONAL = "run_dirs"  # `rlhfkit report RUN_DIR...`
@@ -161,6 +164,7 @@ def render(summary: dict, runs: list[Run], cfg: Config) -> str:
         ("alarms", "Alarms", section_alarms(summary, runs)),
         ("ai", "AI feedback", section_ai_feedback(summary)),
         ("rounds", "Rounds", section_rounds(summary, plots)),
+        ("tools", "Tool use", section_tool_use(summary)),
         ("samples", "Samples", section_samples(summary, runs, cfg.samples_per_policy)),
     ]
     nav = "".join(f'<a href="#{sid}">{esc(t)}</a>' for sid, t, body in sections if body)

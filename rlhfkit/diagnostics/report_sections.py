@@ -445,7 +445,7 @@ def _sample_rows(samples: list[dict], n: int) -> list[list[str]]:
 
 
 def section_samples(summary: dict, runs: list[Run], n: int) -> str:
-    out = ['<section id="samples"><h2>10. Sample responses</h2>',
+    out = ['<section id="samples"><h2>11. Sample responses</h2>',
            "<p>A few held-out prompts per policy, with the answer exactly as the model wrote it (shown as plain "
            "text) and, where there is a gold judge, its score and components: helpful (0..1), harmless (-1..0), "
            "honest (-1..0), concise (penalty for extra words).</p>"]

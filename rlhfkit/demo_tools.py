@@ -1,0 +1,195 @@
+"""The demo's tool-use stage (issue #31): from the demo's SFT model, three policies on the world's tool tasks.
+
+    no_tool   the demo's SFT model, asked the tool tasks with no tools offered (it never saw them)
+    tool_sft  that model fine-tuned (`rlhfkit sft`) on a few hundred demonstrations of calling the tool, in TRL's
+              tool-calling format (world.tool_tasks: an assistant turn with `tool_calls`, the `tool` result, the
+              answer), so only the assistant's turns train
+    tool_rl   GRPO from tool_sft on train-split tasks, with the tools in the loop (multi-turn episodes:
+              rollout.multiturn) and the world's trajectory reward (right answer, well-formed calls, no extra calls)
+
+All three are evaluated on the same held-out tasks (places and operand pairs no training row holds), each in
+multi-turn episodes at the sampling temperature: task success with a 95% Wilson interval, the malformed-call rate
+(over every call the policy attempted), calls per episode, and one transcript each for the report. Files under
+tool_use/: demos.jsonl, train_tasks.jsonl, heldout_tasks.jsonl, table.json (the lookup tool's table), the
+tokenizer with the tool-rendering chat template, and result.json; models in tool_sft/ and tool_rl/.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Sizes per demo scale, kept here (not in demo.SCALES) so adding them changed no other stage's fingerprint.
+# Default (seed 0, measured on a shared 2-core machine): 200 tool-SFT steps at 3e-3 teach the call format (malformed
+# calls 0.32 of attempted, 0.89 calls per episode on held-out tasks) but not copying the numbers and names from the
+# prompt into the call, or the tool's result into the answer: success 0/64. The demo's 1 M-parameter tied model has
+# nearly collinear digit embeddings (mean cosine 0.77 between ' 0'..' 9'); a focused copy task ("Copy 347." ->
+# "347", batches of 64, 3e-3) does learn copying after ~100 steps, the tool demonstrations did not within 200. 200 more
+# steps (400 in all): malformed 0.03, one call per episode, every episode answers, still 0/64 ("402 times 423" ->
+# calculator("412*253")). 10 GRPO steps (4 prompts x 4) from the 200-step model: malformed 0.32 -> 0.26 on 64
+# held-out tasks (within noise), success 0: with no correct episode, only the malformed-call penalty gives signal.
+TOOL_SCALES: dict[str, dict[str, Any]] = {
+    "default": dict(n_demos=1600, n_train_tasks=512, n_heldout=256, sft_epochs=2, sft_batch=16, sft_lr=3e-3,
+                    rl_steps=15, rl_prompts=8, rl_generations=4, rl_lr=1e-4, rl_kl=0.0, max_turns=3,
+                    max_new_tokens=80, max_tokens=256),
+    "toy": dict(n_demos=32, n_train_tasks=16, n_heldout=8, sft_epochs=1, sft_batch=8, sft_lr=2e-3,
+                rl_steps=2, rl_prompts=2, rl_generations=2, rl_lr=1e-4, rl_kl=0.0, max_turns=2,
+                max_new_tokens=24, max_tokens=200),
+}
+POLICIES = ("no_tool", "tool_sft", "tool_rl")
+TEMPERATURE = 1.0  # evaluation samples as the demo's other evaluations do (and as RL samples)
+
+
+def _tool_specs(table: str) -> list[str]:
+    return ["calculator", f"lookup={table}"]
+
+
+def write_data(out: Path, seed: int, s: dict) -> dict[str, str]:
+    """The world's tool data for this seed: demonstrations, RL and held-out tasks, and the lookup table."""
+    from rlhfkit import data as data_lib
+    from rlhfkit.world.tool_tasks import ToolWorld
+
+    world = ToolWorld(seed=seed)
+    paths = {"demos": data_lib.write_jsonl(world.demos(s["n_demos"]), out / "demos.jsonl"),
+             "train": data_lib.write_jsonl(world.tasks(s["n_train_tasks"], "train"), out / "train_tasks.jsonl"),
+             "heldout": data_lib.write_jsonl(world.tasks(s["n_heldout"], "heldout"), out / "heldout_tasks.jsonl")}
+    (out / "table.json").write_text(json.dumps(world.table, indent=1))
+    return {k: str(v) for k, v in paths.items()} | {"table": str(out / "table.json")}
+
+
+def tool_tokenizer(model_dir: str, out: Path) -> str:
+    """The model's tokenizer with the world's current chat template (which renders tools; a conversation without
+    tools renders exactly as under the template it was saved with), saved under `out`."""
+    from rlhfkit import models
+    from rlhfkit.data import tools as tool_data
+    from rlhfkit.data.tokenizer import CHAT_TEMPLATE
+    from rlhfkit.world.tool_tasks import TOOL_SCHEMAS
+
+    tok = models.load_tokenizer(model_dir)
+    probe = [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "7."}]
+    before = tool_data.render_chat(tok, probe, add_generation_prompt=True)
+    tok.chat_template = CHAT_TEMPLATE
+    if tool_data.render_chat(tok, probe, add_generation_prompt=True) != before:
+        raise ValueError(f"{model_dir}: its chat template is not the world's; the tool stage needs the world's")
+    tool_data.check_template_renders_tools(tok, list(TOOL_SCHEMAS))
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def reward_fn(world):
+    """The world's trajectory reward as a Python reward function f(prompt texts, final answers, episodes=...): the
+    trainer's tool rollouts hand it the episodes (their call and malformed-call counts)."""
+
+    def reward(prompts: list[str], responses: list[str], episodes: list | None = None) -> list[float]:
+        calls = [e.calls for e in episodes] if episodes else None
+        malformed = [e.malformed for e in episodes] if episodes else None
+        return world.rewards(prompts, responses, calls, malformed)
+
+    return reward
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def run_policy(model, tok, tasks: list[dict], table: dict, with_tools: bool, s: dict, seed: int) -> list:
+    """One multi-turn episode per task (rollout.multiturn.run_episodes), the tools offered or not."""
+    import torch
+
+    from rlhfkit.rollout import builtin_tools
+    from rlhfkit.rollout.multiturn import run_episodes, sampler
+    from rlhfkit.rollout.tools import ToolRegistry, ToolRunner
+
+    registry = ToolRegistry()
+    if with_tools:
+        registry.register(builtin_tools.calculator)
+        registry.register(builtin_tools.LookupTable(table).lookup)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with ToolRunner(registry, timeout_s=10) as runner:
+        return run_episodes([t["prompt"] for t in tasks], sampler(model, tok.eos_token_id, tok.pad_token_id,
+                                                                 TEMPERATURE, generator=gen),
+                            tok, registry, runner, max_turns=s["max_turns"], max_tokens=s["max_tokens"],
+                            max_new_tokens=s["max_new_tokens"])
+
+
+def score(world, tasks: list[dict], episodes: list) -> dict:
+    """Success (95% Wilson interval), malformed-call rate, calls per episode and one transcript."""
+    from rlhfkit.diagnostics.metrics import wilson_interval
+    from rlhfkit.rollout.multiturn import episode_metrics
+
+    wins = [world.success(t["prompt"][0]["content"], e.answer) for t, e in zip(tasks, episodes, strict=True)]
+    n = len(wins)
+    low, high = wilson_interval(sum(wins), n)
+    m = episode_metrics(episodes)
+    return {"success": {"mean": sum(wins) / max(n, 1), "low": round(low, 6), "high": round(high, 6), "n": n},
+            "malformed_call_rate": m["tools/malformed_call_rate"], "calls_per_episode": m["tools/calls_per_episode"],
+            "turns": m["tools/turns"], "stops": {k.removeprefix("tools/stop_"): v for k, v in m.items()
+                                                 if k.startswith("tools/stop_")},
+            "transcript": {"messages": episodes[0].messages, "success": wins[0], "stop": episodes[0].stop,
+                           "answer_expected": tasks[0]["answer"]}}
+
+
+def evaluate(paths: dict[str, str], models_dirs: dict[str, str], tok_dir: str, s: dict, seed: int) -> dict:
+    from rlhfkit import data as data_lib
+    from rlhfkit import models
+    from rlhfkit.world.tool_tasks import ToolWorld
+
+    world = ToolWorld(seed=seed)
+    tasks = data_lib.read_jsonl(paths["heldout"])
+    tok = models.load_tokenizer(tok_dir)
+    out = {}
+    for name, model_dir in models_dirs.items():
+        model = models.load_causal_lm(model_dir, tok).to(models.inference_device())
+        episodes = run_policy(model, tok, tasks, world.table, name != "no_tool", s, seed)
+        out[name] = score(world, tasks, episodes)
+    return out
+
+
+def rl_curve(run_dir: Path) -> dict:
+    """The malformed-call rate and score of the RL run's first and last logged steps (its metrics.jsonl)."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    rows = [r for r in rows if "tools/malformed_call_rate" in r]
+    pick = lambda r: {"step": r.get("step"), "malformed_call_rate": r.get("tools/malformed_call_rate"),  # noqa: E731
+                      "score": r.get("rollout/score"), "calls_per_episode": r.get("tools/calls_per_episode")}
+    return {"first": pick(rows[0]), "last": pick(rows[-1]), "steps": len(rows)} if rows else {}
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+def run(ctx) -> dict:
+    """The tool_use stage: data, tool-SFT, tool-RL, evaluation of the three policies. `ctx` is demo.Context."""
+    from rlhfkit.algorithms import grpo, sft
+    from rlhfkit.world.tool_tasks import ToolWorld
+
+    s, seed = TOOL_SCALES[ctx.cfg.scale], ctx.cfg.seed
+    out = Path(ctx.path("tool_use"))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write_data(out, seed, s)
+    tok_dir = tool_tokenizer(ctx.path("sft"), out / "tokenizer")
+    # tool-SFT: the demo's SFT model learns the call format from demonstrations (assistant turns only train)
+    sft.train(sft.Config(**ctx.common("tool_sft"), model=ctx.path("sft"), tokenizer=tok_dir, data=paths["demos"],
+                         num_epochs=s["sft_epochs"], micro_batch_size=s["sft_batch"], learning_rate=s["sft_lr"],
+                         warmup_steps=2, max_length=s["max_tokens"]))
+    # tool-RL: GRPO with the tools in the loop, rewarded by the world's trajectory reward
+    per_step = s["rl_prompts"] * s["rl_generations"]
+    grpo.train(grpo.Config(**ctx.common("tool_rl"), model=ctx.path("tool_sft"), data=paths["train"],
+                           tools=_tool_specs(paths["table"]), max_turns=s["max_turns"],
+                           max_episode_tokens=s["max_tokens"],
+                           max_new_tokens=s["max_new_tokens"], num_generations=s["rl_generations"],
+                           rollout_batch_size=s["rl_prompts"], num_minibatches=1, micro_batch_size=per_step,
+                           max_steps=s["rl_steps"], learning_rate=s["rl_lr"], warmup_steps=0,
+                           lr_scheduler="constant", kl_coef=s["rl_kl"], temperature=TEMPERATURE),
+               reward_fn=reward_fn(ToolWorld(seed=seed)))
+    policies = evaluate(paths, {"no_tool": ctx.path("sft"), "tool_sft": ctx.path("tool_sft"),
+                                "tool_rl": ctx.path("tool_rl")}, tok_dir, s, seed)
+    result = {"policies": policies, "rl": rl_curve(Path(ctx.path("tool_rl"))), "n_demos": s["n_demos"],
+              "n_heldout": s["n_heldout"], "temperature": TEMPERATURE, "max_turns": s["max_turns"]}
+    (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    return {"tool_use": result}
+
+
+def summary(stage: dict) -> dict:
+    """summary.json's `tool_use`: per policy success {mean, low, high} and the malformed-call rate, the RL run's
+    first and last malformed-call rates, and a transcript per policy (the report renders them as text)."""
+    keys = ("success", "malformed_call_rate", "calls_per_episode", "turns", "stops", "transcript")
+    return {"policies": {name: {k: p.get(k) for k in keys} for name, p in stage["policies"].items()},
+            "rl": stage.get("rl"), "n_heldout": stage.get("n_heldout"), "n_demos": stage.get("n_demos"),
+            "temperature": stage.get("temperature"), "max_turns": stage.get("max_turns")}

@@ -1,0 +1,176 @@
+"""The world's tool-use tasks: questions a small model cannot answer in its head, but can with a tool.
+
+Two kinds, each with an exact answer and one tool that gives it:
+- ``multiply``  "What is 347 times 829?": the product of two `digits`-digit numbers, far past the single-digit
+  arithmetic the world's models learn; the `calculator` tool (rollout.builtin_tools) computes it exactly.
+- ``lookup``    "What is the code of Velmora?": a 4-digit code of a made-up place, from a table drawn per seed
+  (`place_table`) that no pretraining or SFT text contains; the `lookup` tool (a `LookupTable` over that table)
+  returns it.
+
+Rows follow TRL's tool-calling format: tasks are `{"prompt": [user], "tools": [schemas], "answer", "kind", "id"}`,
+demonstrations `{"messages": [user, assistant with tool_calls, tool result, assistant answer], "tools"}`. The schemas
+here are exactly what transformers' `get_json_schema` derives from the built-in tools (a test checks it), written
+out because the world imports nothing outside itself.
+
+Success is exact: the last number in the final answer is the right value (`success`). The trajectory reward
+(`ToolWorld.reward`) adds to that a penalty for malformed calls and for calls beyond the one needed, so RL learns
+to call well-formed and to stop. Train and held-out tasks never share a place or a pair of operands (`split_of_key`).
+Pure Python, seeded: the same seed gives the same table and tasks.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass, field
+
+TOOL_KINDS: tuple[str, ...] = ("multiply", "lookup")
+HELDOUT_PERCENT = 25  # share of places and operand pairs (by hash) reserved for held-out tasks
+
+CALCULATOR_SCHEMA = {"type": "function", "function": {
+    "name": "calculator",
+    "description": "Evaluate an arithmetic expression exactly, with integers and decimals of any size.",
+    "parameters": {"type": "object", "properties": {"expression": {
+        "type": "string", "description": "The arithmetic to evaluate, using numbers, + - * / // % ** and "
+                                         "parentheses, e.g. \"(17 * 23) / 4\"."}}, "required": ["expression"]},
+    "return": {"type": "string"}}}
+LOOKUP_SCHEMA = {"type": "function", "function": {
+    "name": "lookup", "description": "Look up a fact in the reference table.",
+    "parameters": {"type": "object", "properties": {"key": {
+        "type": "string", "description": "The name of the entry to look up, e.g. \"capital of Zorbia\"."}},
+        "required": ["key"]},
+    "return": {"type": "string"}}}
+TOOL_SCHEMAS = (CALCULATOR_SCHEMA, LOOKUP_SCHEMA)
+
+# Made-up place names: two syllables, capitalised; none is a word of the world's other texts.
+SYLLABLES = ("ka", "lo", "mi", "ven", "tor", "sa", "ri", "bel", "dun", "fa", "gor", "hal", "nu", "jer", "pol",
+             "qua", "ske", "tem", "vo", "zan")
+MULTIPLY_QUESTIONS = ("What is {a} times {b}?", "Compute {a} times {b}.")
+LOOKUP_QUESTIONS = ("What is the code of {p}?", "Look up the code of {p}.")
+ANSWER = "The answer is {v}."
+_MULTIPLY_RE = re.compile(r"(\d+) times (\d+)")
+_LOOKUP_RE = re.compile(r"code of ([A-Z][a-z]+)")
+_NUMBER_RE = re.compile(r"-?\d+")
+
+
+def split_of_key(key: str) -> str:
+    """The split of a place name or an operand pair ("347*829"): a stable hash, salted apart from the prompts'."""
+    h = int.from_bytes(hashlib.sha256(f"tool:{key}".encode()).digest()[:8], "big")
+    return "heldout" if h % 100 < HELDOUT_PERCENT else "train"
+
+
+def place_table(seed: int, n: int = 240) -> dict[str, str]:
+    """`n` made-up places -> 4-digit codes, drawn from the seed (codes are strings: what the lookup tool returns)."""
+    rng = random.Random(f"rlhfkit-world:{seed}:tool-places")
+    names: dict[str, str] = {}
+    while len(names) < n:
+        name = "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
+        names.setdefault(name, str(rng.randint(1000, 9999)))
+    return names
+
+
+@dataclass(frozen=True)
+class ToolTask:
+    kind: str  # one of TOOL_KINDS
+    answer: str  # the exact value, as text (what the tool returns)
+    arguments: dict = field(compare=False)  # the one call that answers it: {"expression": ...} or {"key": ...}
+
+    @property
+    def tool(self) -> str:
+        return "calculator" if self.kind == "multiply" else "lookup"
+
+
+@dataclass
+class ToolWorld:
+    """One seed's tool tasks: the place table, task generation, the success check and the trajectory reward."""
+
+    seed: int = 0
+    digits: int = 3
+    """Digits of each factor of a multiply task."""
+    n_places: int = 240
+    """Places in the lookup table."""
+    table: dict[str, str] = field(init=False)
+
+    def __post_init__(self):
+        if not 2 <= self.digits <= 6:
+            raise ValueError("digits must be in 2..6")
+        self.table = place_table(self.seed, self.n_places)
+
+    # --- tasks ------------------------------------------------------------------------------------------------
+    def parse(self, prompt: str) -> ToolTask:
+        """The task a prompt text asks, from its text (and this seed's table). Raises ValueError on other text."""
+        m = _MULTIPLY_RE.search(prompt)
+        if m:
+            a, b = int(m[1]), int(m[2])
+            return ToolTask("multiply", str(a * b), {"expression": f"{a}*{b}"})
+        m = _LOOKUP_RE.search(prompt)
+        if m and m[1] in self.table:
+            return ToolTask("lookup", self.table[m[1]], {"key": m[1]})
+        raise ValueError(f"not a tool task of world seed {self.seed}: {prompt!r}")
+
+    def _draw(self, rng: random.Random, kind: str, split: str) -> str:
+        for _ in range(10_000):
+            if kind == "multiply":
+                lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1
+                a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+                if split_of_key(f"{a}*{b}") == split:
+                    return rng.choice(MULTIPLY_QUESTIONS).format(a=a, b=b)
+            else:
+                place = rng.choice(sorted(self.table))
+                if split_of_key(place) == split:
+                    return rng.choice(LOOKUP_QUESTIONS).format(p=place)
+        raise RuntimeError(f"no {kind} task in split {split}")  # never: each split holds ~a quarter or more
+
+    def tasks(self, n: int, split: str = "train", stream: str = "tasks") -> list[dict]:
+        """`n` task rows of `split`, kinds alternating: {"prompt": [user], "tools", "answer", "kind", "id"}.
+        Deterministic in (seed, n, split, stream); a longer list extends a shorter one."""
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be train or heldout, got {split!r}")
+        rng = random.Random(f"rlhfkit-world:{self.seed}:tool-{stream}:{split}")
+        rows = []
+        for i in range(n):
+            kind = TOOL_KINDS[i % len(TOOL_KINDS)]
+            text = self._draw(rng, kind, split)
+            rows.append({"prompt": [{"role": "user", "content": text}], "tools": [dict(s) for s in TOOL_SCHEMAS],
+                         "answer": self.parse(text).answer, "kind": kind, "id": f"tool-{split}-{self.seed}-{i}"})
+        return rows
+
+    def demos(self, n: int) -> list[dict]:
+        """`n` demonstrations on train-split tasks (their own stream, so the RL tasks are other draws): the user
+        asks, the assistant calls the one tool that answers, reads its result and answers with it. TRL's format."""
+        out = []
+        for row in self.tasks(n, "train", stream="demos"):
+            task = self.parse(row["prompt"][0]["content"])
+            call = {"type": "function", "function": {"name": task.tool, "arguments": dict(task.arguments)}}
+            out.append({"messages": row["prompt"] + [
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "name": task.tool, "content": task.answer},
+                {"role": "assistant", "content": ANSWER.format(v=task.answer)}], "tools": row["tools"],
+                "kind": row["kind"]})
+        return out
+
+    # --- judging ----------------------------------------------------------------------------------------------
+    def success(self, prompt: str, answer: str) -> bool:
+        """The task is solved: the last number in the final answer text is the exact value."""
+        numbers = _NUMBER_RE.findall(answer or "")
+        return bool(numbers) and numbers[-1] == self.parse(prompt).answer
+
+    def reward(self, prompt: str, answer: str, calls: int = 0, malformed: int = 0) -> float:
+        """The trajectory reward: 1 for a correct final answer, minus 0.25 per malformed call (at most 0.5) and 0.1
+        per well-formed call beyond the one a task needs. Correctness dominates, a clean single call breaks ties."""
+        return (float(self.success(prompt, answer)) - min(0.5, 0.25 * malformed)
+                - 0.1 * max(0, calls - 1))
+
+    def rewards(self, prompts: list[str], responses: list[str], calls: list[int] | None = None,
+                malformed: list[int] | None = None) -> list[float]:
+        """`reward` per episode, in the `module:function` reward signature (prompt texts, answer texts) plus the
+        episodes' call counts when the trainer has them."""
+        n = len(prompts)
+        calls, malformed = calls or [0] * n, malformed or [0] * n
+        return [self.reward(p, r, c, m) for p, r, c, m in zip(prompts, responses, calls, malformed, strict=True)]
+
+
+def answer_value(answer: str) -> str | None:
+    """The last number in an answer text (what `success` compares), or None."""
+    numbers = _NUMBER_RE.findall(answer or "")
+    return numbers[-1] if numbers else None

@@ -1,0 +1,214 @@
+"""The world's tool-use tasks (world/tool_tasks.py), the world chat template's tool rendering, SFT on tool
+demonstrations (only the assistant's tokens train, its tool calls included) and a saved tool-use model chatting with
+tools in plain transformers."""
+
+import json
+
+import pytest
+import torch
+
+from rlhfkit import data as data_lib
+from rlhfkit.data import tools as tool_data
+from rlhfkit.data.tokenizer import CHAT_TEMPLATE, train_tokenizer
+from rlhfkit.rollout import builtin_tools
+from rlhfkit.rollout.tools import function_schema, parse_hermes
+from rlhfkit.world import tool_tasks as TT
+from rlhfkit.world.tool_tasks import ToolWorld
+
+# The world template before tools (data/tokenizer.py at main): conversations without tools must render the same
+OLD_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '<|end|>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ToolWorld(seed=0)
+
+
+@pytest.fixture(scope="module")
+def tok(world):
+    texts = [json.dumps(r) for r in world.demos(40)] + ["What is 3 plus 4? 3 plus 4 is 7."] * 20
+    return train_tokenizer(texts, vocab_size=400, min_frequency=2)
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+def test_tasks_are_seeded_split_and_exact(world):
+    assert world.tasks(30) == ToolWorld(seed=0).tasks(30)
+    assert world.tasks(10) == world.tasks(30)[:10]  # a longer list extends a shorter one
+    assert world.tasks(30) != ToolWorld(seed=1).tasks(30)
+    assert world.table != ToolWorld(seed=1).table
+    train, held = world.tasks(400), world.tasks(200, "heldout")
+    key = lambda r: json.dumps(world.parse(r["prompt"][0]["content"]).arguments)  # noqa: E731
+    assert not {key(r) for r in train} & {key(r) for r in held}  # no place and no operand pair in both splits
+    demo_keys = {json.dumps(m["messages"][1]["tool_calls"][0]["function"]["arguments"]) for m in world.demos(200)}
+    assert not demo_keys & {key(r) for r in held}
+    for r in train[:50] + held[:50]:
+        t = world.parse(r["prompt"][0]["content"])
+        assert r["answer"] == t.answer and r["kind"] == t.kind
+        if t.kind == "multiply":  # the calculator itself agrees with the world's answer
+            assert builtin_tools.calculator(t.arguments["expression"]) == t.answer
+            assert 10_000 <= int(t.answer) <= 998_001  # two 3-digit factors
+        else:
+            assert builtin_tools.LookupTable(world.table).lookup(t.arguments["key"]) == t.answer
+    assert {r["kind"] for r in train} == set(TT.TOOL_KINDS)
+    with pytest.raises(ValueError, match="not a tool task"):
+        world.parse("What is the code of Nowhere?")
+
+
+def test_schemas_are_the_builtin_tools_own():
+    """The world writes its schemas out (it imports nothing outside itself); they equal what get_json_schema
+    derives from the tools the demo registers."""
+    assert TT.CALCULATOR_SCHEMA == function_schema(builtin_tools.calculator)
+    assert TT.LOOKUP_SCHEMA == function_schema(builtin_tools.LookupTable({}).lookup)
+
+
+def test_success_and_reward_by_hand(world):
+    q = "What is 347 times 829?"  # 347 * 829 = 287663
+    assert world.parse(q).answer == "287663"
+    assert world.success(q, "The answer is 287663.")
+    assert world.success(q, "347 times 829 is 287663.")  # the last number is the answer
+    assert not world.success(q, "The answer is 287663 or 287664.")
+    assert not world.success(q, "The answer is 2876630.")
+    assert not world.success(q, "I don't know.")
+    assert not world.success(q, "")
+    place, code = next(iter(world.table.items()))
+    lq = f"What is the code of {place}?"
+    assert world.success(lq, f"The answer is {code}.") and not world.success(lq, "The answer is 1.")
+    # 1 for correct, -0.25 per malformed call (at most -0.5), -0.1 per extra call
+    assert world.reward(q, "The answer is 287663.", calls=1) == 1.0
+    assert world.reward(q, "The answer is 287663.", calls=3) == pytest.approx(0.8)
+    assert world.reward(q, "The answer is 287663.", calls=1, malformed=1) == 0.75
+    assert world.reward(q, "no", calls=0, malformed=5) == -0.5
+    assert world.rewards([q, q], ["287663", "1"], [1, 1], [0, 0]) == [1.0, 0.0]
+
+
+# ----------------------------------------------------------------------------------------------- the template
+def test_template_without_tools_is_unchanged(tok):
+    """Every conversation the world had before tools renders byte for byte as under the old template, so the
+    demo's existing stages (and their numbers) do not change."""
+    convs = [[{"role": "user", "content": "What is 3 plus 4?"}],
+             [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "3 plus 4 is 7."}],
+             [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x"},
+              {"role": "assistant", "content": "y"}, {"role": "user", "content": "z"}]]
+    new = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=g) for c in convs for g in (0, 1)]
+    tok.chat_template = OLD_TEMPLATE
+    try:
+        old = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=g) for c in convs for g in (0, 1)]
+    finally:
+        tok.chat_template = CHAT_TEMPLATE
+    assert new == old
+
+
+def test_template_renders_tools_calls_and_results(tok, world):
+    demo = world.demos(1)[0]
+    text = tool_data.render_chat(tok, demo["messages"], demo["tools"])
+    a, b = demo["messages"][1]["tool_calls"][0]["function"]["arguments"]["expression"].split("*")
+    assert text == (f"<|system|>tools: calculator(expression) lookup(key)<|end|>"
+                    f"<|user|>{demo['messages'][0]['content']}<|end|>"
+                    f'<|assistant|><tool_call>{{"name":"calculator","arguments":{{"expression":"{a}*{b}"}}}}'
+                    f"</tool_call><|eos|><|tool|>{int(a) * int(b)}<|end|>"
+                    f"<|assistant|>The answer is {int(a) * int(b)}.<|eos|>")
+    tool_data.check_template_renders_tools(tok, demo["tools"])  # does not raise
+    # round trip: the call as rendered parses back (Hermes) to the call in the data
+    turn = text.split("<|assistant|>")[1].split("<|eos|>")[0]
+    parsed = parse_hermes(turn)
+    assert parsed.content == "" and [(c.name, c.arguments, c.error) for c in parsed.calls] == [
+        ("calculator", {"expression": f"{a}*{b}"}, None)]
+    # multiturn.tool_context's requirement: a conversation renders as a prefix of its continuation
+    head = tool_data.render_chat(tok, demo["messages"][:2], demo["tools"])
+    assert tool_data.render_chat(tok, demo["messages"][:3], demo["tools"], add_generation_prompt=True).startswith(head)
+
+
+# ----------------------------------------------------------------------------------------------- SFT on demos
+def test_sft_masks_exactly_the_assistant_turns(tok, world, tmp_path):
+    """Loaded through data.load_rows (tool rows normalised: a call-only turn may omit content, arguments may be a
+    JSON string) and tokenised by sft: the loss covers the assistant's call turn and its answer, each with its
+    EOS; the tool schemas, the user turn and the tool result are context."""
+    demo = world.demos(1)[0]
+    raw = json.loads(json.dumps(demo))
+    del raw["messages"][1]["content"]
+    fn = raw["messages"][1]["tool_calls"][0]["function"]
+    fn["arguments"] = json.dumps(fn["arguments"])
+    path = data_lib.write_jsonl([raw], tmp_path / "demos.jsonl")
+    (row,) = data_lib.load_rows(path)
+    assert row["messages"][1]["content"] == "" and isinstance(row["messages"][1]["tool_calls"][0]["function"]
+                                                                 ["arguments"], dict)
+    ex = data_lib.sft_example(tok, row, max_length=512)
+    assert tok.decode(ex.input_ids) == tool_data.render_chat(tok, demo["messages"], demo["tools"])
+    trained = [[]]
+    for i, m in zip(ex.input_ids, ex.loss_mask):
+        if m:
+            trained[-1].append(i)
+        elif trained[-1]:
+            trained.append([])
+    spans = [tok.decode(s) for s in trained if s]
+    expr = demo["messages"][1]["tool_calls"][0]["function"]["arguments"]["expression"]
+    answer = demo["messages"][3]["content"]
+    assert spans == [f'<tool_call>{{"name":"calculator","arguments":{{"expression":"{expr}"}}}}</tool_call><|eos|>',
+                     f"{answer}<|eos|>"]
+    # a bad call is reported with its line and field
+    bad = json.loads(json.dumps(demo))
+    bad["messages"][1]["tool_calls"][0]["function"]["arguments"] = {"expr": "1+1"}
+    data_lib.write_jsonl([bad], tmp_path / "bad.jsonl")
+    with pytest.raises(data_lib.DataError, match=r"bad.jsonl:1: messages\[1\].tool_calls\[0\].function.arguments"):
+        data_lib.load_rows(tmp_path / "bad.jsonl")
+
+
+def test_saved_tool_model_chats_with_tools_in_plain_transformers(tok, world, tmp_path):
+    """A tiny model fine-tuned for a few steps on tool demonstrations by `rlhfkit sft`, then loaded with nothing but
+    transformers: the chat template renders the tools, and generation runs from it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhfkit import models
+    from rlhfkit.algorithms import sft
+
+    base = tmp_path / "base"
+    models.save(models.build_llama(tok, hidden_size=32, num_layers=1, num_heads=2), tok, base)
+    data = data_lib.write_jsonl(world.demos(16), tmp_path / "demos.jsonl")
+    out = sft.train(sft.Config(model=str(base), data=str(data), output_dir=str(tmp_path / "sft"), max_steps=3,
+                               micro_batch_size=8, learning_rate=1e-3, max_length=256, progress=False))
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    task = world.tasks(1, "heldout")[0]
+    text = hf_tok.apply_chat_template(task["prompt"], tools=task["tools"], add_generation_prompt=True,
+                                      tokenize=False)
+    assert text == (f"<|system|>tools: calculator(expression) lookup(key)<|end|><|user|>"
+                    f"{task['prompt'][0]['content']}<|end|><|assistant|>")
+    ids = hf_tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    torch.manual_seed(0)
+    gen = model.generate(ids, max_new_tokens=8, do_sample=True, pad_token_id=hf_tok.pad_token_id)
+    assert gen.shape[1] > ids.shape[1] and torch.equal(gen[0, :ids.shape[1]], ids[0])
+
+
+# ----------------------------------------------------------------------------------------------- the report
+def test_report_section_shows_transcripts_as_inert_text():
+    from rlhfkit.diagnostics.report_tools import section_tool_use
+
+    evil = "<script>alert(1)</script>"
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": evil}}}
+    transcript = {"messages": [{"role": "user", "content": "What is 347 times 829?"},
+                               {"role": "assistant", "content": "", "tool_calls": [call]},
+                               {"role": "tool", "name": "calculator", "content": f"error: {evil}"},
+                               {"role": "assistant", "content": f"The answer is {evil} <b>287663</b>."}],
+                  "success": False, "stop": "answer", "answer_expected": "287663"}
+    pol = lambda m, lo, hi: {"success": {"mean": m, "low": lo, "high": hi, "n": 100},  # noqa: E731
+                             "malformed_call_rate": 0.1, "calls_per_episode": 1.0, "transcript": transcript}
+    summary = {"tool_use": {"policies": {"no_tool": pol(0.0, 0.0, 0.04), "tool_sft": pol(0.3, 0.22, 0.4),
+                                         "tool_rl": pol(0.6, 0.5, 0.69)},
+                            "rl": {"steps": 10, "first": {"step": 1, "malformed_call_rate": 0.4, "score": 0.1},
+                                   "last": {"step": 10, "malformed_call_rate": 0.05, "score": 0.6}},
+                            "n_heldout": 100, "max_turns": 3, "temperature": 1.0}}
+    html = section_tool_use(summary)
+    assert "<script>" not in html and "<b>287663</b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;287663&lt;/b&gt;" in html
+    assert html.count('class="text resp"') == 3  # one transcript per policy
+    assert "After RL, success is above the tool-SFT policy&#x27;s; above the no-tool policy&#x27;s" in html
+    assert "from 0.400 at step 1 to 0.050 at step 10" in html
+    summary["tool_use"]["policies"]["tool_rl"]["success"] = {"mean": 0.35, "low": 0.26, "high": 0.45}
+    assert "indistinguishable from the tool-SFT" in section_tool_use(summary)
+    assert section_tool_use({}) == ""
