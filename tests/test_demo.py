@@ -76,11 +76,11 @@ def test_ai_feedback_off_leaves_every_other_result_unchanged(toy_demo, tmp_path,
     run = tmp_path / "run"
     shutil.copytree(toy_demo, run)
     capsys.readouterr()
-    demo.run(demo.Config(out=str(run), scale="toy", threads=1, ai_feedback=False))
+    demo.run(demo.Config(out=str(run), scale="toy", threads=1, ai_feedback=False, tool_use=True))
     printed = capsys.readouterr().out
     reused = {line.split()[2].rstrip(":") for line in printed.splitlines() if line.endswith("earlier)")}
-    assert reused == {st.name for st in demo.stages(demo.Config(scale="toy"))} - {"ai_feedback", "eval", "bon",
-                                                                                   "report"}
+    every = {st.name for st in demo.stages(demo.Config(scale="toy", tool_use=True))}
+    assert reused == every - {"ai_feedback", "eval", "bon", "report"}
     on, off = (json.loads((d / "summary.json").read_text()) for d in (toy_demo, run))
     assert "ai_feedback" not in off and "dpo_ai" not in off["policies"] and "ai_feedback" not in off["stages"]
     for d in (on["policies"], on["frontier"]):
