@@ -90,24 +90,16 @@ def reward_fn(world):
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-def run_policy(model, tok, tasks: list[dict], table: dict, with_tools: bool, s: dict, seed: int) -> list:
-    """One multi-turn episode per task (rollout.multiturn.run_episodes), the tools offered or not."""
-    import torch
+def run_policy(model, tok, tasks: list[dict], table: str, with_tools: bool, s: dict, seed: int) -> list:
+    """One multi-turn episode per task, all in lock-step (diagnostics.tool_eval.sample_episodes), the tools
+    (the calculator and a lookup over `table`) offered or not."""
+    from rlhfkit.diagnostics.tool_eval import sample_episodes
+    from rlhfkit.rollout.tools import ToolRunner, load_tools
 
-    from rlhfkit.rollout import builtin_tools
-    from rlhfkit.rollout.multiturn import run_episodes, sampler
-    from rlhfkit.rollout.tools import ToolRegistry, ToolRunner
-
-    registry = ToolRegistry()
-    if with_tools:
-        registry.register(builtin_tools.calculator)
-        registry.register(builtin_tools.LookupTable(table).lookup)
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    with ToolRunner(registry, timeout_s=10) as runner:
-        return run_episodes([t["prompt"] for t in tasks], sampler(model, tok.eos_token_id, tok.pad_token_id,
-                                                                 TEMPERATURE, generator=gen),
-                            tok, registry, runner, max_turns=s["max_turns"], max_tokens=s["max_tokens"],
-                            max_new_tokens=s["max_new_tokens"])
+    with ToolRunner(load_tools(_tool_specs(table) if with_tools else []), timeout_s=10) as runner:
+        return sample_episodes(model, tok, [t["prompt"] for t in tasks], runner, max_turns=s["max_turns"],
+                               max_tokens=s["max_tokens"], max_new_tokens=s["max_new_tokens"],
+                               temperature=TEMPERATURE, seed=seed, batch_size=max(len(tasks), 1))
 
 
 def score(world, tasks: list[dict], episodes: list) -> dict:
@@ -138,7 +130,7 @@ def evaluate(paths: dict[str, str], models_dirs: dict[str, str], tok_dir: str, s
     out = {}
     for name, model_dir in models_dirs.items():
         model = models.load_causal_lm(model_dir, tok).to(models.inference_device())
-        episodes = run_policy(model, tok, tasks, world.table, name != "no_tool", s, seed)
+        episodes = run_policy(model, tok, tasks, paths["table"], name != "no_tool", s, seed)
         out[name] = score(world, tasks, episodes)
     return out
 
