@@ -12,12 +12,15 @@ judgement is worst; so each round labels the current policy's own outputs again 
                   start policy (`rm_mode retrain`) or continued from the last round's (`continue`). The last
                   round's and the new reward model are both measured on the held-out prompts' pairs of pi_(k-1)'s
                   samples, ordered by the gold judge where there is one and by the labels: `before`, `after`,
-                  their paired change with an interval over prompts, and how often the labels agree with gold
+                  their paired change with an interval over prompts, and how often the labels agree with gold.
+                  On the world the same is measured again on `measure_prompts` of the held-out evaluation prompts,
+                  K samples of pi_(k-1) each, labelled by the simulated annotators (free there) and never trained on
       4 policy    PPO against the new reward model, or DPO on the round's labels, from pi_(k-1) -> pi_k; the KL is
                   to the start policy (`kl_reference start`) or to pi_(k-1) (`current`)
       5 evaluate  pi_k on the held-out prompts: gold with its 95% interval, win rate against the start policy,
                   KL to it, proxy reward, length (round_0 holds the start policy's evaluation)
-      6 record    round_k/{prompts,samples,labels,rm_data}.jsonl, rm/, policy/, eval.json, then metrics.json
+      6 record    round_k/{prompts,samples,labels,rm_data}.jsonl (measure_{prompts,samples}.jsonl), rm/,
+                  policy/, eval.json, then metrics.json
 
     rlhfkit loop --world --rounds 3 --seed 0 --output-dir runs/loop-0    # base and SFT from the demo's stages
     rlhfkit loop --model runs/sft --prompts prompts.jsonl --label-source app --app-db labels.sqlite --quota 200
@@ -44,8 +47,13 @@ from rlhfkit import config as config_lib
 # Per scale: prompts per round, K and PPO iterations per round (half the demo's 40 at a moderate KL coefficient:
 # three rounds then train 60 in all, and a round takes about two minutes on 2 uncontended cores); every other
 # training setting is the demo's at the same scale (demo.SCALES)
-SIZES: dict[str, dict[str, int]] = {"default": {"prompts_per_round": 256, "num_responses": 4, "ppo_iterations": 20},
-                                    "toy": {"prompts_per_round": 16, "num_responses": 3, "ppo_iterations": 2}}
+# `measure_prompts`: the world's simulated labels cost nothing, so step 3 also measures the reward models on K
+# samples of the current policy for that many of the world's held-out prompts: the round's held-out quarter alone
+# gives 40-280 pairs a round, whose intervals (+-0.07-0.15) hide a change of a few points
+SIZES: dict[str, dict[str, int]] = {"default": {"prompts_per_round": 256, "num_responses": 4, "ppo_iterations": 20,
+                                                "measure_prompts": 256},
+                                    "toy": {"prompts_per_round": 16, "num_responses": 3, "ppo_iterations": 2,
+                                            "measure_prompts": 4}}
 CHOICES = {"label_source": ("world", "app"), "rm_mode": ("retrain", "continue"), "algorithm": ("ppo", "dpo"),
            "kl_reference": ("start", "current")}
 # settings a resumed loop may change: how many rounds, and how it waits for people
@@ -83,6 +91,10 @@ class Config:
     """K responses per prompt (0: the scale's, 4 by default); the annotators rank them into K(K-1)/2 pairs."""
     heldout_fraction: float = 0.25
     """Fraction of each round's prompts whose pairs measure the reward models instead of training them."""
+    measure_prompts: int = -1
+    """label_source world: held-out prompts (of eval_prompts, never trained on) whose K samples of the current
+    policy, labelled by the simulated annotators, also measure the reward models in step 3 (-1: the scale's, 256 by
+    default; 0: none). People's labels are not spent on this: with the app only the round's held-out prompts count."""
     label_source: str = "world"
     """world: the built-in world's simulated annotators (world prompts only); app: people in the labelling app."""
     annotator_verbosity: float = 0.5
@@ -128,6 +140,8 @@ class Config:
                              "--world; with your own model and prompts use --label-source app")
         if not 0 < self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if self.measure_prompts < -1:
+            raise ValueError(f"measure_prompts must be -1 (the scale's), 0 (none) or more, got {self.measure_prompts}")
         if self.num_responses == 1 or min(self.num_responses, self.prompts_per_round, self.quota, self.policy_steps) < 0:
             raise ValueError("num_responses must be 0 or >= 2; prompts_per_round, quota and policy_steps >= 0")
         if self.poll_seconds <= 0 or self.timeout_seconds <= 0:
@@ -152,6 +166,8 @@ def sizes(cfg: Config) -> dict[str, Any]:
     s = {**demo.SCALES[cfg.scale], **SIZES[cfg.scale]}
     for k in ("prompts_per_round", "num_responses"):
         s[k] = getattr(cfg, k) or s[k]
+    s["measure_prompts"] = 0 if cfg.label_source != "world" else (
+        s["measure_prompts"] if cfg.measure_prompts < 0 else cfg.measure_prompts)
     s["policy_steps"] = cfg.policy_steps or (s["ppo_iterations"] if cfg.algorithm == "ppo" else s["dpo_epochs"])
     return s
 
@@ -177,14 +193,23 @@ def step_sample(cfg: Config, start: Start, k: int, policy: str, rdir: Path) -> l
     from rlhfkit import data as data_lib
     from rlhfkit.rollout import sample
 
+    return _sample_subset(cfg, k, policy, start.prompts, sizes(cfg)["prompts_per_round"], rdir, "")
+
+
+def _sample_subset(cfg: Config, k: int, policy: str, prompts: str, n: int, rdir: Path, tag: str) -> list[dict]:
+    """K samples of `policy` on a seeded subset of n prompts of the file: {tag}prompts/samples.jsonl in rdir."""
+    from rlhfkit import data as data_lib
+    from rlhfkit.rollout import sample
+
     s = sizes(cfg)
-    rows = data_lib.read_jsonl(start.prompts)
-    n = min(s["prompts_per_round"], len(rows))
-    pick = sorted(random.Random(f"rlhfkit-loop:{cfg.seed}:{k}:prompts").sample(range(len(rows)), n))
-    data_lib.write_jsonl([rows[i] for i in pick], rdir / "prompts.jsonl")
-    out = sample.run(sample.Config(model=policy, prompts=str(rdir / "prompts.jsonl"), output=str(rdir / "samples.jsonl"),
-                                   num_responses=s["num_responses"], max_new_tokens=s["max_new_tokens"],
-                                   temperature=1.0, seed=cfg.seed * 1000 + k))
+    rows = data_lib.read_jsonl(prompts)
+    n = min(n, len(rows))
+    pick = sorted(random.Random(f"rlhfkit-loop:{cfg.seed}:{k}:{tag}prompts").sample(range(len(rows)), n))
+    data_lib.write_jsonl([rows[i] for i in pick], rdir / f"{tag}prompts.jsonl")
+    out = sample.run(sample.Config(model=policy, prompts=str(rdir / f"{tag}prompts.jsonl"),
+                                   output=str(rdir / f"{tag}samples.jsonl"), num_responses=s["num_responses"],
+                                   max_new_tokens=s["max_new_tokens"], temperature=1.0,
+                                   seed=cfg.seed * 1000 + k + (7919 if tag else 0)))
     return data_lib.read_jsonl(out)
 
 
@@ -194,16 +219,21 @@ def heldout_groups(cfg: Config, k: int, n: int) -> set[int]:
     return set(random.Random(f"rlhfkit-loop:{cfg.seed}:{k}:heldout").sample(range(n), m))
 
 
+def world_labels(cfg: Config, seed: int, cands: list[dict]) -> list[dict]:
+    """The world's simulated annotators' preference rows (ranking mode) for candidates rows, each with `group`."""
+    from rlhfkit.world import label
+
+    rows, _ = label.label_rows(cands, label.Config(mode="ranking", seed=seed, verbosity_scale=cfg.annotator_verbosity))
+    return rows
+
+
 def step_labels(cfg: Config, k: int, cands: list[dict], rdir: Path) -> list[dict]:
     """2. Preference rows for the round's candidates, each with `group` (its candidates row) and `heldout`."""
     from rlhfkit import data as data_lib
 
     if cfg.label_source == "world":
-        from rlhfkit.world import label
-
-        rows, counts = label.label_rows(cands, label.Config(mode="ranking", seed=cfg.seed * 1000 + k,
-                                                            verbosity_scale=cfg.annotator_verbosity))
-        print(f"loop: round {k}: {counts['pairs']} pairs from the simulated annotators")
+        rows = world_labels(cfg, cfg.seed * 1000 + k, cands)
+        print(f"loop: round {k}: {len(rows)} pairs from the simulated annotators")
     else:
         rows = app_labels(cfg, k, cands)
     held = heldout_groups(cfg, k, len(cands))
@@ -343,13 +373,32 @@ def step_rm(cfg: Config, start: Start, k: int, rdir: Path, labels: list[dict], c
     groups = sorted(heldout_groups(cfg, k, len(cands)))
     held = [r for r in labels if r["heldout"]]
     pairs = label_pairs(held, cands)
-    res = {"train_pairs": len(rows), "init": "start" if init == start.model else f"round_{k - 1}/rm",
-           "labels": rm_accuracy(dirs, cands, pairs)}
+    return {"train_pairs": len(rows), "init": "start" if init == start.model else f"round_{k - 1}/rm",
+            **measure(start, dirs, cands, pairs, groups)}
+
+
+def measure(start: Start, dirs: dict[str, str], cands: list[dict], pairs: list[tuple[int, int, int]],
+            groups: list[int]) -> dict:
+    """The reward models `dirs` on the labelled pairs (group, chosen, rejected) of the candidates rows, and, with a
+    gold judge, on every pair of the rows `groups` that gold orders, with the labels' own agreement with gold."""
+    res = {"labels": rm_accuracy(dirs, cands, pairs)}
     gold = gold_scores(start, cands, groups)
     if gold is not None:
         res["gold"] = rm_accuracy(dirs, cands, gold_order(gold, cands, groups))
         res["labels_vs_gold"] = agreement(gold, pairs)
     return res
+
+
+def step_measure(cfg: Config, start: Start, k: int, rdir: Path, policy: str, prev_rm: str) -> dict | None:
+    """3b. (world) The last round's and the new reward model on `measure_prompts` held-out prompts' samples of the
+    current policy, labelled by the simulated annotators: the same measurement as step 3's on far more pairs."""
+    n = sizes(cfg)["measure_prompts"]
+    if not n or not start.eval_prompts:
+        return None
+    cands = _sample_subset(cfg, k, policy, start.eval_prompts, n, rdir, "measure_")
+    rows = world_labels(cfg, cfg.seed * 1000 + k + 500, cands)
+    dirs = ({"before": prev_rm} if prev_rm else {}) | {"after": str(rdir / "rm")}
+    return {"prompts": len(cands), **measure(start, dirs, cands, label_pairs(rows, cands), list(range(len(cands))))}
 
 
 def step_policy(cfg: Config, start: Start, k: int, rdir: Path, policy: str, rm_dir: str) -> str:
@@ -437,6 +486,9 @@ def run_round(cfg: Config, start: Start, k: int, policy: str, prev_rm: str) -> d
     lap("labels")
     rm_res = step_rm(cfg, start, k, rdir, labels, cands, prev_rm)
     lap("rm")
+    if (m := step_measure(cfg, start, k, rdir, policy, prev_rm)) is not None:
+        rm_res["measure"] = m
+        lap("measure")
     new_policy = step_policy(cfg, start, k, rdir, policy, str(rdir / "rm"))
     lap("policy")
     ev = step_eval(cfg, start, new_policy, str(rdir / "rm"), rdir)

@@ -78,10 +78,22 @@ def test_two_rounds_write_every_file_and_key(two_rounds):
     assert r2["rm_eval"]["train_pairs"] == n1 + sum(not x["heldout"] for x in labels2)
     held = {x["group"] for x in labels2 if x["heldout"]}
     assert held and held == loop.heldout_groups(_cfg(out), 2, r2["labels"]["prompts"]) & {x["group"] for x in labels2}
+    # the world's larger measurement: the same two reward models on held-out evaluation prompts' samples
+    m = r2["rm_eval"]["measure"]
+    assert m["prompts"] == loop.SIZES["toy"]["measure_prompts"]
+    for key in ("before", "after", "change"):
+        assert key in m["gold"] and key in m["labels"]
+    eval_prompts = {json.dumps(x["prompt"]) for x in map(json.loads, (out / "demo" / "world" / "heldout_prompts.jsonl")
+                                                          .read_text().splitlines())}
+    measured = [json.loads(x) for x in (out / "round_2" / "measure_samples.jsonl").read_text().splitlines()]
+    assert len(measured) == m["prompts"] and all(json.dumps(x["prompt"]) in eval_prompts for x in measured)
+    trained = {json.dumps(json.loads(x)["prompt"]) for x in (out / "round_2" / "rm_data.jsonl").read_text().splitlines()}
+    assert not trained & {json.dumps(x["prompt"]) for x in measured}  # never trained on
     state = json.loads((out / "loop_state.json").read_text())
     assert state["rounds_done"] == [1, 2]
     html = (out / "loop_report.html").read_text()
     assert 'id="rounds"' in html and "RM acc before" in html and "labels agree with gold" in html
+    assert "held-out evaluation prompts" in html  # the measurement table
 
 
 def test_rlhfkit_report_on_a_loop_directory_has_the_rounds(two_rounds, tmp_path):
@@ -142,7 +154,9 @@ def test_app_source_waits_for_the_quota(toy_demo, tmp_path):
     rows = [json.loads(x) for x in (out / "round_1" / "labels.jsonl").read_text().splitlines()]
     assert rows and all(r["item_id"].startswith(loop.app_prefix(_cfg(out), 1)) for r in rows)
     assert len({r["label_id"] for r in rows}) >= 10  # the quota; each ranking gave 3 pairs
-    assert json.loads((out / "round_1" / "metrics.json").read_text())["labels"]["pairs"] == len(rows)
+    metrics = json.loads((out / "round_1" / "metrics.json").read_text())
+    assert metrics["labels"]["pairs"] == len(rows)
+    assert "measure" not in metrics["rm_eval"]  # people's labels are not spent on the extra measurement
 
 
 def test_app_source_times_out_with_a_clear_message(toy_demo, tmp_path):
@@ -161,6 +175,7 @@ BAD = [
     ({"label_source": "app"}, "label_source app needs app_db"),
     ({"model": "m"}, "--world builds its own start policy"),
     ({"heldout_fraction": 1.0}, "heldout_fraction must be in (0, 1), got 1.0"),
+    ({"measure_prompts": -2}, "measure_prompts must be -1"),
     ({"num_responses": 1}, "num_responses must be 0 or >= 2"),
 ]
 

@@ -27,7 +27,21 @@ def _signed(d: dict | None) -> str:
 
 
 def _rm_part(r: dict, key: str) -> dict:
-    return ((r.get("rm_eval") or {}).get(key)) or {}
+    """rm_eval's `key`, from its larger `measure` set where the round has one."""
+    rm = r.get("rm_eval") or {}
+    return ((rm.get("measure") or rm).get(key)) or {}
+
+
+def _rm_rows(rm: dict) -> list[str]:
+    """before / after / change / pairs by gold's order, before / after / change by the labels, labels vs gold."""
+    g, lab = rm.get("gold") or {}, rm.get("labels") or {}
+    return [_ci(g.get("before")), _ci(g.get("after")), _signed(g.get("change")), fmt(g.get("n")),
+            _ci(lab.get("before")), _ci(lab.get("after")), _signed(lab.get("change")), fmt(lab.get("n")),
+            _ci(rm.get("labels_vs_gold"))]
+
+
+RM_HEAD = ["RM acc before (gold order)", "RM acc after (gold order)", "change [95% CI]", "pairs",
+           "RM acc before (labels)", "RM acc after (labels)", "change [95% CI]", "pairs", "labels agree with gold"]
 
 
 def rounds_table(summary: dict) -> str:
@@ -36,15 +50,21 @@ def rounds_table(summary: dict) -> str:
         ev = r.get("eval") or {}
         gold = {"mean": ev.get("gold"), "low": (ev.get("gold_ci") or [None])[0],
                 "high": (ev.get("gold_ci") or [None, None])[1]}
-        g, lab = _rm_part(r, "gold"), _rm_part(r, "labels")
-        rows.append([str(r.get("round")), _ci(g.get("before")), _ci(g.get("after")), _signed(g.get("change")),
-                     fmt(g.get("n")), _ci(lab.get("before")), _ci(lab.get("after")),
-                     _ci((r.get("rm_eval") or {}).get("labels_vs_gold")), _ci(gold, "mean"),
+        rows.append([str(r.get("round")), *_rm_rows(r.get("rm_eval") or {}), _ci(gold, "mean"),
                      _ci(ev.get("win_rate_vs_start"), "mean"), fmt(_num(ev.get("kl_to_start"))),
                      fmt(_num(ev.get("proxy"))), fmt(_num(ev.get("mean_length")), 1)])
-    return table(["round", "RM acc before (gold order)", "RM acc after (gold order)", "change [95% CI]", "pairs",
-                  "RM acc before (labels)", "RM acc after (labels)", "labels agree with gold", "policy gold [95% CI]", "win rate vs start",
-                  "KL to start", "proxy", "length"], rows)
+    return table(["round", *RM_HEAD, "policy gold [95% CI]", "win rate vs start", "KL to start", "proxy", "length"],
+                 rows)
+
+
+def measure_table(summary: dict) -> str:
+    """Step 3's measurement again on the world's held-out evaluation prompts (`measure` in each round's rm_eval)."""
+    rows = [[str(r.get("round")), fmt((r["rm_eval"]["measure"]).get("prompts")), *_rm_rows(r["rm_eval"]["measure"])]
+            for r in summary.get("rounds", []) if isinstance((r.get("rm_eval") or {}).get("measure"), dict)]
+    if not rows:
+        return ""
+    return ("<p>The same reward models on K samples of the current policy for held-out evaluation prompts (never "
+            "trained on), labelled by the simulated annotators:</p>" + table(["round", "prompts", *RM_HEAD], rows))
 
 
 def rounds_plot(summary: dict, plots: Plots) -> str:
@@ -60,7 +80,7 @@ def rounds_plot(summary: dict, plots: Plots) -> str:
                          yerr=[[d["accuracy"] - d["low"] for _, d in pts], [d["high"] - d["accuracy"] for _, d in pts]],
                          marker="o", capsize=3, color=color,
                          label=f"{key} retraining" + (" (last round's RM)" if key == "before" else " (new RM)"))
-    agree = [(r["round"], (r.get("rm_eval") or {}).get("labels_vs_gold")) for r in rounds]
+    agree = [(r["round"], _rm_part(r, "labels_vs_gold")) for r in rounds]
     agree = [(k, d["accuracy"]) for k, d in agree if isinstance(d, dict) and _num(d.get("accuracy")) is not None]
     if agree:
         ax1.plot([k for k, _ in agree], [a for _, a in agree], "s--", color="#7f7f7f", label="labels agree with gold")
@@ -88,7 +108,8 @@ def section_rounds(summary: dict, plots: Plots | None = None) -> str:
             "reward model on every label so far and trains the next policy from the current one. <em>Before</em> "
             "is the last round's reward model on the newest policy's held-out samples, <em>after</em> the retrained "
             "one on the same pairs; round 0 is the start policy.</p>"
-            + rounds_table(summary) + rounds_plot(summary, plots) + (f"<ul>{comp}</ul>" if comp else ""))
+            + rounds_table(summary) + measure_table(summary) + rounds_plot(summary, plots)
+            + (f"<ul>{comp}</ul>" if comp else ""))
 
 
 def write(summary: dict, path: str | Path, title: str = "rlhfkit loop") -> Path:
