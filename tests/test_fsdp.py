@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -225,3 +226,16 @@ def test_one_process_fsdp_is_a_plain_run(toy_dir, sft_runs, tmp_path):
     run(cli(*sft_args(toy_dir, tmp_path / "a", "--max-steps", "5", "--gradient-accumulation-steps", "2", "--fsdp")))
     assert losses(tmp_path / "a") == losses(sft_runs / "one")
     assert (checkpoint.latest(tmp_path / "a" / "checkpoints") / "model.safetensors").exists()
+
+
+
+def test_a_worker_ends_with_its_exit_code_and_message(toy_dir, sft_runs, tmp_path):
+    """Workers that joined the group leave through exit_worker (no interpreter teardown while a gloo group lives):
+    an error raised after joining still exits 2 with its one-line message and no traceback."""
+    shutil.copytree(sft_runs / "fsdp", tmp_path / "run")
+    r = subprocess.run(torchrun(*sft_args(toy_dir, tmp_path / "run", "--max-steps", "6", "--resume")), env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "a sharded (--fsdp) checkpoint: resume it with --fsdp under torchrun" in r.stderr
+    assert "exitcode  : 2" in r.stderr
+    assert not re.search(r'File ".*rlhfkit/(cli|engine|algorithms)/', r.stderr)  # the launcher's traceback only

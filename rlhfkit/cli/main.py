@@ -157,6 +157,39 @@ def app():
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        run_cli(argv)
+    except SystemExit as e:
+        if _in_process_group():
+            if isinstance(e.code, str):
+                click.echo(e.code, err=True)
+            _exit_worker(e.code if isinstance(e.code, int) else 0 if e.code is None else 1)
+        raise
+    except BaseException:
+        if _in_process_group():
+            import traceback
+
+            traceback.print_exc()
+            _exit_worker(1)
+        raise
+    if _in_process_group():
+        _exit_worker(0)
+
+
+def _in_process_group() -> bool:
+    """A torchrun worker that joined its group (checked without importing torch: --help stays fast)."""
+    d = sys.modules.get("torch.distributed")
+    return d is not None and d.is_available() and d.is_initialized()
+
+
+def _exit_worker(code: int) -> None:
+    from rlhfkit.engine.distributed import exit_worker
+
+    exit_worker(code)
+
+
+def run_cli(argv: list[str] | None) -> None:
+    """The command line: known errors become a one-line message and exit 2 (bad input) or 1, others raise."""
     from rlhfkit.config import ConfigError
     from rlhfkit.data import DataError
 

@@ -52,6 +52,29 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def exit_worker(code: int) -> None:
+    """End a torchrun worker with `code`: leave the process group, flush, and exit without the interpreter's
+    teardown. A single process (no group) returns and exits as usual.
+
+    FSDP2's DTensors keep their device mesh, and through it the process group, in torch.distributed.tensor's
+    sharding-propagation caches, which nothing public clears; the gloo group then survives destroy_process_group
+    and is destroyed with the interpreter, where its threads abort the rank ("terminate called without an active
+    exception"). Everything a run writes is closed before this is called (metrics.jsonl is line-buffered)."""
+    if not dist.is_initialized():
+        return
+    import logging
+    import sys
+
+    _leave_process_group()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can reach it
+            pass
+    os._exit(code)
+
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         x = x.clone()
