@@ -232,3 +232,36 @@ def test_annotator_without_shared_runs_is_forbidden(browser, toy_dir, tmp_path):
                 p.screenshot(path=str(ARTIFACTS / "07-annotator-forbidden.png"), full_page=True)
         assert all("403" in e for e in pg.errors), pg.errors
         pg.close()
+
+
+def test_explorer_over_a_users_eval_dir(browser, site):
+    """The same page over `rlhfkit eval --output-dir` output (runs_fixtures.write_eval): coefficients from the runs'
+    configs, the reference policy eval named, the slider, and model text kept inert."""
+    pg = Page(browser, site, "alice")
+    p = pg.open(site.url + "/explorer")
+    assert "user/eval1 (eval)" in p.locator("#demo option").all_inner_texts()
+    p.select_option("#demo", "user/eval1")
+    p.wait_for_selector("body[data-selected='ppo_mid']", state="attached")  # the middle of four coefficients
+    assert p.inner_text("#beta-label").startswith("β = 0.08")
+    assert p.inner_text("#col-ref") == "sft" and p.inner_text("#kl-head") == "KL to sft"
+    assert "PPO gold" in p.text_content("#frontier") and "training gold" in p.text_content("#frontier")
+    assert p.locator("#samples tbody tr").count() == 6 and p.locator("#samples td.gap-cell").count() == 0
+    mark = p.locator("#frontier circle.mark").get_attribute("cx")
+    p.screenshot(path=str(ARTIFACTS / "08-explorer-eval.png"), full_page=True)
+    p.focus("#beta-slider")
+    p.keyboard.press("Home")  # 0.02: the run that fools the reward model, with its alarm
+    p.wait_for_selector("body[data-selected='ppo_lo']", state="attached")
+    assert p.locator("#frontier circle.mark").get_attribute("cx") != mark
+    assert "proxy_gold_divergence @6" in p.inner_text("#summary tr.selected")
+    assert p.locator("#samples td.gap-cell").count() == 6
+    cell = p.locator("#samples tbody tr").first.locator("td").nth(2)
+    assert cell.locator(".text").inner_text().startswith("ppo_lo says 0 ")
+    assert any(x in cell.inner_text() for x in XSS)
+    p.keyboard.press("End")
+    p.wait_for_selector("body[data-selected='ppo_hi']", state="attached")
+    p.click("#next")
+    p.wait_for_selector("#page-label:has-text('prompts 7')")
+    assert XSS[1] in p.inner_text("#samples tbody")  # the extra prompt's payload, as text
+    p.screenshot(path=str(ARTIFACTS / "09-explorer-eval-page2.png"), full_page=True)
+    pg.assert_inert()
+    pg.close()

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from rlhfkit.app import auth
 from rlhfkit.app.playground import Busy, Playground
 from rlhfkit.app.server import ServerConfig, create_app
-from runs_fixtures import BETAS, XSS, build_runs
+from runs_fixtures import BETAS, PROMPTS, XSS, build_runs
 
 
 @pytest.fixture(autouse=True)
@@ -424,3 +424,141 @@ def test_warm_worker_is_reused_and_stopped_with_the_server(tmp_path, runs):
         fresh = pg.pids[-1]
     with pytest.raises(ProcessLookupError):  # the app's shutdown stopped it
         os.kill(fresh, 0)
+
+
+def test_explorer_over_a_users_eval_dir(tmp_path, runs):
+    """An `rlhfkit eval --output-dir` over the user's runs (runs_fixtures.write_eval): KL coefficients from each
+    run's config.yaml (the names carry none), alarms and probes from the run directories, samples for the same
+    prompts from eval/<policy>.json (eval.json's few where a policy has no file)."""
+    app, client = make_env(tmp_path, runs)
+    boss = client("boss")
+    index = boss.get("/api/runs/index").json()
+    assert [e["id"] for e in index["evals"]] == ["user/eval1"] and "user/eval1" not in {d["id"] for d in index["demos"]}
+    d = boss.get("/api/runs/explorer", params={"demo": "user/eval1", "start": 1, "count": 3}).json()
+    assert d["source"] == "eval" and d["reference"] == "sft" and d["kl_ref"] == "sft"
+    assert d["ppo"] == ["ppo_lo", "ppo_secret", "ppo_mid", "ppo_hi"]  # by coefficient: 0.02, 0.05, 0.08, 0.3
+    pts = {p["name"]: p for p in d["points"]}
+    want = {"ppo_lo": 0.02, "ppo_secret": 0.05, "ppo_mid": 0.08, "ppo_hi": 0.3}
+    assert {n: (pts[n]["beta"], pts[n]["beta_from"]) for n in want} == {n: (b, "config") for n, b in want.items()}
+    assert {n: p["run"] for n, p in pts.items()} == {"sft": "user/sft", "ppo_lo": "user/ppo_lo",
+                                                     "ppo_mid": "user/ppo_mid",  # found after the runs "moved"
+                                                     "ppo_hi": "user/ppo_hi", "ppo_secret": "private/ppo_secret",
+                                                     "dpo": None}
+    assert pts["sft"]["kind"] == "sft" and pts["sft"]["beta"] is None and pts["ppo_hi"]["kind"] == "ppo"
+    assert pts["ppo_lo"]["kl"] == 2.5 and pts["ppo_mid"]["gold"] == 0.15
+    assert pts["ppo_lo"]["alarms"] == [{"kind": "proxy_gold_divergence", "step": 6}] and pts["ppo_hi"]["alarms"] == []
+    assert [q["step"] for q in d["trajectories"]["ppo_mid"]] == [0, 2, 4, 6]
+    assert d["total_prompts"] == 10 and d["prompts"] == PROMPTS[1:4]
+    for name in ("sft", *want):  # every policy answered the same prompts, in the same order
+        assert [s["prompt"] for s in d["samples"][name]] == PROMPTS[1:4], name
+    s = d["samples"]["ppo_lo"][0]  # policy 1: logp -9, ref -10; proxy 0.2 * 1 + 1; gold -0.1 - 0.4
+    assert s["kl"] == pytest.approx(1.0) and s["proxy"] == pytest.approx(1.2) and s["gold"] == pytest.approx(-0.5)
+    assert "dpo" in d["evaluated"] and d["samples"]["dpo"] == []  # eval.json's single sample is on page one
+    first = boss.get("/api/runs/explorer", params={"demo": "user/eval1", "count": 2}).json()
+    assert first["samples"]["dpo"][0]["response"] == "dpo " + XSS[0]
+    assert len(first["samples"]["ppo_hi"]) == 2 and first["prompts"] == PROMPTS[:2]
+
+
+def test_shared_eval_does_not_share_the_runs_it_evaluated(tmp_path, runs):
+    """An annotator sees an evaluation's own numbers, but a run's config, alarms and probes only where that run
+    is shared too; the rest of the access rules are the demos'."""
+    app, client = make_env(tmp_path, runs, runs_public=("user",))
+    ann = client("ann")
+    index = ann.get("/api/runs/index").json()
+    assert [e["id"] for e in index["evals"]] == ["user/eval1"] and index["demos"] == []
+    r = ann.get("/api/runs/explorer", params={"demo": "user/eval1"})
+    assert r.status_code == 200
+    d = r.json()
+    secret = {p["name"]: p for p in d["points"]}["ppo_secret"]
+    assert secret["run"] is None and secret["beta"] is None and secret["alarms"] == []
+    assert d["ppo"] == ["ppo_lo", "ppo_mid", "ppo_hi"] and "ppo_secret" not in d["trajectories"]
+    assert "private/" not in r.text and "kl_spike" not in r.text
+    assert ann.get("/api/runs/explorer", params={"demo": "demo"}).status_code == 403
+    assert ann.get("/api/runs/explorer", params={"demo": "private"}).status_code == 403
+    # only the evaluation shared: no run's config is read, so no coefficient and no slider
+    (tmp_path / "b").mkdir()
+    app, client = make_env(tmp_path / "b", runs, runs_public=("user/eval1",))
+    d = client("ann").get("/api/runs/explorer", params={"demo": "user/eval1"}).json()
+    assert d["ppo"] == [] and all(p["run"] is None and p["alarms"] == [] for p in d["points"])
+    assert d["samples"]["ppo_lo"] and d["trajectories"] == {}
+    (tmp_path / "c").mkdir()
+    app, client = make_env(tmp_path / "c", runs, runs_public=("demo",))
+    assert client("ann").get("/api/runs/explorer", params={"demo": "user/eval1"}).status_code == 403
+
+
+def test_eval_dir_symlinks_out_and_broken_files(tmp_path):
+    """A run or a samples file that a symlink takes outside the runs directory is not read; a broken eval.json is
+    a 422, never a 500."""
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    (root / "ev" / "eval").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "config.yaml").write_text("kl_coef: 0.7\n")
+    (outside / "alarms.jsonl").write_text(json.dumps({"kind": "leak", "step": 1}) + "\n")
+    (outside / "x.json").write_text(json.dumps({"samples": [{"prompt": "p", "response": "leaked"}]}))
+    (root / "out_run").symlink_to(outside, target_is_directory=True)
+    (root / "ev" / "eval" / "ppo_x.json").symlink_to(outside / "x.json")
+    (root / "inside_run").mkdir()
+    (root / "inside_run" / "config.yaml").write_text("kl_coef: 0.2\n")
+    (root / "inside_run" / "alarms.jsonl").symlink_to(outside / "alarms.jsonl")
+    policies = {"ppo_x": {"source_dir": str(root / "out_run"), "source": "out_run",
+                          "samples": [{"prompt": "p", "response": "kept"}]},
+                "ppo_y": {"source": "inside_run"}, "ppo_z": {"source": "../outside"}, "../up": {"source": "x"}}
+    (root / "ev" / "eval.json").write_text(json.dumps({"policies": policies}))
+    app, client = make_env(tmp_path, root)
+    boss = client("boss")
+    r = boss.get("/api/runs/explorer", params={"demo": "ev"})
+    d = r.json()
+    pts = {p["name"]: p for p in d["points"]}
+    assert set(pts) == {"ppo_x", "ppo_y", "ppo_z"} and d["ppo"] == ["ppo_y"]
+    assert pts["ppo_x"]["run"] is None and pts["ppo_z"]["run"] is None and pts["ppo_y"]["alarms"] == []
+    assert d["samples"]["ppo_x"][0]["response"] == "kept" and "leak" not in r.text
+    for text in ("[1, 2]", "{not json", '{"policies": 3}'):
+        (root / "ev" / "eval.json").write_text(text)
+        assert boss.get("/api/runs/explorer", params={"demo": "ev"}).status_code == 422, text
+    (root / "ev" / "eval.json").unlink()
+    assert boss.get("/api/runs/explorer", params={"demo": "ev"}).status_code == 404
+
+
+def test_explorer_reads_what_eval_writes(toy_dir, tmp_path, monkeypatch):
+    """The explorer's input contract for evaluations, produced by `rlhfkit eval --output-dir` itself on tiny models:
+    the run directories hold the config.yaml a trainer writes, eval runs from the project directory (relative
+    paths), and the server is started on its runs/ directory."""
+    import shutil
+
+    from rlhfkit import config as config_lib
+    from rlhfkit.algorithms import ppo
+    from rlhfkit.diagnostics import evaluate as E
+
+    monkeypatch.chdir(tmp_path)
+    runs_dir = tmp_path / "runs"
+    for name in ("sft", "ppo_b0.01", "ppo_b0.1"):
+        shutil.copytree(toy_dir / "model", runs_dir / name)
+    for name, beta in (("ppo_b0.01", 0.01), ("ppo_b0.1", 0.1)):
+        config_lib.save(ppo.Config(model="runs/sft", data="p.jsonl", kl_coef=beta), runs_dir / name / "config.yaml")
+    cfg = E.Config(policies=["sft=runs/sft", "runs/ppo_b0.01", "runs/ppo_b0.1"], gold=E.WORLD_GOLD, reference="sft",
+                   ref_model="runs/sft", tokenizer=str(toy_dir / "tok"), max_new_tokens=4, limit=5,
+                   n_samples_kept=2, output_dir="runs/eval1")
+    E.run(cfg)
+    saved = json.loads((runs_dir / "eval1" / "eval.json").read_text())
+    assert set(saved["policies"]) == {"sft", "ppo_b0.01", "ppo_b0.1"}
+    assert all(len(p["samples"]) == 2 for p in saved["policies"].values())
+    per_policy = json.loads((runs_dir / "eval1" / "eval" / "ppo_b0.1.json").read_text())
+    assert len(per_policy["samples"]) == 5 and per_policy["kl_to_ref"] == saved["policies"]["ppo_b0.1"]["kl_to_ref"]
+    monkeypatch.chdir(toy_dir)  # the server runs elsewhere: sources are found below its runs directory
+    app, client = make_env(tmp_path, runs_dir)
+    boss = client("boss")
+    assert [e["id"] for e in boss.get("/api/runs/index").json()["evals"]] == ["eval1"]
+    d = boss.get("/api/runs/explorer", params={"demo": "eval1", "count": 5}).json()
+    assert d["ppo"] == ["ppo_b0.01", "ppo_b0.1"] and d["reference"] == "sft" and d["kl_ref"] == "sft"
+    pts = {p["name"]: p for p in d["points"]}
+    assert pts["ppo_b0.1"]["beta"] == 0.1 and pts["ppo_b0.1"]["beta_from"] == "config"
+    assert pts["ppo_b0.1"]["run"] == "ppo_b0.1" and pts["sft"]["kl"] == 0.0
+    assert d["total_prompts"] == 5 and len(d["prompts"]) == 5
+    for name in pts:
+        assert [s["prompt"] for s in d["samples"][name]] == d["prompts"], name
+        assert all(s["kl"] is not None and s["gold"] is not None for s in d["samples"][name])
+    assert d["samples"]["sft"][0]["kl"] == 0.0  # the reference scored against itself
+    with pytest.raises(ValueError, match="not both"):
+        E.Config(policies=["runs/sft"], output="x.json", output_dir="runs/e").validate()
+    with pytest.raises(ValueError, match="policy name"):
+        E.Config(policies=["a/b=runs/sft"], output_dir="runs/e").validate()

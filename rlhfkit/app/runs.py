@@ -4,18 +4,21 @@
     GET  /playground               the playground page (static; data from the API below)
     GET  /explorer                 the KL explorer page
     GET  /dashboard                the run dashboard page
-    GET  /api/runs/index           checkpoints (config.json + model.safetensors), runs (metrics.jsonl) and finished
-                                   demos (summary.json) under the runs directory, as the user may see them
+    GET  /api/runs/index           checkpoints (config.json + model.safetensors), runs (metrics.jsonl), finished
+                                   demos (summary.json) and evaluations (`rlhfkit eval --output-dir`: eval.json +
+                                   eval/) under the runs directory, as the user may see them
     GET  /api/runs/metrics         ?run=REL&offset=N: metrics.jsonl rows from byte N on (whole lines only), the
                                    new offset, and the run's alarms: the dashboard polls it while a run trains
-    GET  /api/runs/explorer        ?demo=REL&start=S&count=K: every policy's gold, proxy, KL, length and alarms, and
-                                   K held-out prompts with each policy's response to them
+    GET  /api/runs/explorer        ?demo=REL&start=S&count=K: a demo's or an evaluation's policies (gold, proxy, KL,
+                                   length, KL coefficient, alarms), and K held-out prompts with each one's response
     POST /api/play/generate        {prompt, checkpoints: [ids], max_new_tokens, temperature, seed}: NDJSON, one
                                    line per checkpoint as it answers (rlhfkit.app.playground)
 
 Who: admins. Annotators only where the operator marked paths public (`--runs-public demo,other/sft`); everything
 else is 403 for them, and with nothing public every route here is. A path is relative to the runs directory:
-absolute paths, `..`, backslashes and symlinks that lead outside are refused (400) before anything is read.
+absolute paths, `..`, backslashes and symlinks that lead outside are refused (400) before anything is read. An
+evaluation names its policies' run directories itself: those are read only when they lie under the runs directory
+and the user may see them (a shared evaluation does not share the runs it evaluated).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -117,10 +121,11 @@ class RunsRoot:
     def scan(self) -> dict[str, list[dict]]:
         """Checkpoints, runs and demos below the root (MAX_DEPTH levels, symlinks not followed, training
         checkpoints/ skipped), plus a best-of-n entry per demo with an SFT policy and a reward model."""
-        out: dict[str, list[dict]] = {"checkpoints": [], "runs": [], "demos": []}
+        out: dict[str, list[dict]] = {"checkpoints": [], "runs": [], "demos": [], "evals": []}
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
             d = Path(dirpath)
             depth = len(d.relative_to(self.root).parts)
+            subdirs = set(dirnames)
             dirnames[:] = sorted(n for n in dirnames if n not in SKIP_DIRS and not n.startswith(".")
                                  and depth < MAX_DEPTH)
             files = set(filenames)
@@ -133,6 +138,8 @@ class RunsRoot:
                                     "mtime": (d / "metrics.jsonl").stat().st_mtime})
             if "summary.json" in files:
                 out["demos"].append({"id": rel})
+            elif "eval.json" in files and "eval" in subdirs:  # the loop's round_k/eval.json is one policy's, no eval/
+                out["evals"].append({"id": rel})
         rewards = {c["id"] for c in out["checkpoints"] if c["kind"] == "reward"}
         for c in out["checkpoints"]:
             if c["kind"] == "policy":
@@ -150,6 +157,39 @@ class RunsRoot:
         found = self.scan()
         return {k: [e for e in v if self.may_see(role, e["id"]) and self.may_see(role, e.get("base") or e["id"])]
                 for k, v in found.items()}
+
+    def inside(self, path: Path) -> Path | None:
+        """`path` after symlinks, if it still lies under the runs directory; else None."""
+        try:
+            p = path.resolve()
+        except (OSError, RuntimeError):
+            return None
+        return p if p != self.root and self.root in p.parents else None
+
+    def run_dir(self, res: dict, role: str) -> Path | None:
+        """The run directory of an evaluated policy, from the paths eval recorded: `source_dir` (absolute) as it
+        is, then both it and `source` (as given to eval, relative to wherever eval ran) by their trailing parts
+        below the runs directory (runs/ppo_a -> ppo_a), since the server knows neither eval's working directory
+        nor whether the runs moved. The first that lies under the runs directory after symlinks, holds a run's
+        files (config.yaml, metrics.jsonl or rlhfkit.json) and the user may see; None otherwise."""
+        tries: list[Path] = []
+        for key in ("source_dir", "source"):
+            s = res.get(key)
+            if not isinstance(s, str) or not s or len(s) > 1000 or "\x00" in s:
+                continue
+            p = Path(s)
+            if p.is_absolute():
+                tries.append(p)
+            parts = [x for x in p.parts[-8:] if x not in ("/", ".", "")]
+            if ".." not in parts:
+                tries += [self.root.joinpath(*parts[i:]) for i in range(len(parts))]
+        for t in tries:
+            p = self.inside(t)
+            if p is None or not p.is_dir() or not self.may_see(role, self.rel(p)):
+                continue
+            if any((p / f).is_file() for f in ("config.yaml", "metrics.jsonl", "rlhfkit.json")):
+                return p
+        return None
 
 
 def _join(parent: str, name: str) -> str:
@@ -301,28 +341,113 @@ def explorer(demo: Path, start: int, count: int) -> dict[str, Any]:
         kind, x = _policy_kind(name)
         run_alarms = alarms.get(name) or [{"kind": a["kind"], "step": a["step"]} for a in read_alarms(demo / name)]
         points.append({"name": name, "kind": kind, "beta": x if kind == "ppo" else None,
-                       "n": int(x) if kind == "bon" else None, "kl": _num(p.get("kl_to_sft")),
-                       "gold": _num(p.get("gold")), "proxy": _num(p.get("proxy")),
+                       "beta_from": "name" if kind == "ppo" else None, "n": int(x) if kind == "bon" else None,
+                       "kl": _num(p.get("kl_to_sft")), "gold": _num(p.get("gold")), "proxy": _num(p.get("proxy")),
                        "length": _num(p.get("mean_length")), "alarms": run_alarms,
                        "components": {k: _num(v) for k, v in _dict(p.get("gold_components")).items()}})
-    ppo = sorted((pt for pt in points if pt["kind"] == "ppo"), key=lambda pt: pt["beta"])
-    evaluated = [pt["name"] for pt in points if (demo / "eval" / f"{pt['name']}.json").is_file()]
-    samples: dict[str, list[dict]] = {}
-    total = 0
-    for name in list(evaluated):
-        try:
-            rows = [r for r in _eval_samples(demo / "eval" / f"{name}.json") if isinstance(r, dict)]
-        except (OSError, ValueError):  # a file being written, or not JSON: that policy has no samples to show
-            evaluated.remove(name)
+    files = {pt["name"]: demo / "eval" / f"{pt['name']}.json" for pt in points}
+    evaluated, samples, total = _page({n: _reader(f) for n, f in files.items() if f.is_file()}, start, count)
+    ppo = sorted((pt for pt in points if pt["beta"] is not None), key=lambda pt: pt["beta"])
+    trajectories = {pt["name"]: read_monitor(demo / pt["name"]) for pt in ppo}
+    return _explorer_out(points, ppo, evaluated, samples, total, trajectories, "sft", "SFT", start,
+                         summary.get("seed"))
+
+
+def explorer_eval(runs: RunsRoot, d: Path, role: str, start: int, count: int) -> dict[str, Any]:
+    """An evaluation (`rlhfkit eval --output-dir`: eval.json, eval/<policy>.json) in `explorer`'s shape. A policy's
+    KL coefficient is its run's (config.yaml's `kl_coef`: what it trained with, the starting value under adaptive
+    KL), else one in a demo-style name (ppo_beta_0.1); its trainer, alarms and training probes are its run's too
+    (RunsRoot.run_dir: only a run under the runs directory that the user may see). Samples: eval/<policy>.json
+    (all of them), else the few eval.json keeps."""
+    try:
+        data = json.loads((d / "eval.json").read_text())
+    except (OSError, ValueError) as e:
+        raise http(422, f"eval.json unreadable: {type(e).__name__}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("policies"), dict):
+        raise http(422, "eval.json has no `policies` object (not written by rlhfkit eval)")
+    cfg = _dict(data.get("config"))
+    points, sources, infos = [], {}, {}
+    for name, p in data["policies"].items():
+        if not isinstance(p, dict) or not POLICY_NAME.match(name):  # a name is also a file name below eval/
             continue
+        run = runs.run_dir(p, role)
+        info = infos[name] = _run_info(runs, run) if run is not None else {}
+        kind, x = _policy_kind(name)
+        beta = info.get("beta", x if kind == "ppo" else None)
+        points.append({"name": name, "kind": info.get("kind", kind), "beta": beta,
+                       "beta_from": "config" if "beta" in info else ("name" if beta is not None else None),
+                       "n": int(x) if kind == "bon" else None, "kl": _num(p.get("kl_to_ref", p.get("kl_to_sft"))),
+                       "gold": _num(p.get("gold")), "proxy": _num(p.get("proxy")),
+                       "length": _num(p.get("mean_length")),
+                       "alarms": [{"kind": a["kind"], "step": a["step"]} for a in info.get("alarms", [])],
+                       "components": {k: _num(v) for k, v in _dict(p.get("gold_components")).items()},
+                       "run": runs.rel(run) if run is not None else None})
+        f = d / "eval" / f"{name}.json"
+        if f.is_file() and runs.inside(f) is not None:
+            sources[name] = _reader(f)
+        elif isinstance(p.get("samples"), list):
+            sources[name] = lambda rows=p["samples"]: rows
+    evaluated, samples, total = _page(sources, start, count)
+    names = [pt["name"] for pt in points]
+    reference = cfg.get("reference") if cfg.get("reference") in names else (
+        "sft" if "sft" in names else next((pt["name"] for pt in points if pt["beta"] is None), None))
+    kl_ref = next((n for n, p in data["policies"].items() if cfg.get("ref_model") and isinstance(p, dict)
+                   and p.get("source") == cfg.get("ref_model")), "the reference model")
+    ppo = sorted((pt for pt in points if pt["beta"] is not None), key=lambda pt: pt["beta"])
+    trajectories = {pt["name"]: infos[pt["name"]].get("trajectory", []) for pt in ppo}
+    return _explorer_out(points, ppo, evaluated, samples, total, trajectories, reference, kl_ref, start,
+                         cfg.get("seed"))
+
+
+def _explorer_out(points, ppo, evaluated, samples, total, trajectories, reference, kl_ref, start, seed) -> dict:
+    ref = samples.get(reference) or next(iter(samples.values()), [])
+    return {"points": points, "ppo": [pt["name"] for pt in ppo], "evaluated": evaluated, "samples": samples,
+            "trajectories": trajectories, "reference": reference, "kl_ref": kl_ref,
+            "prompts": [s["prompt"] for s in ref], "start": start, "total_prompts": total,
+            "seed": seed if _number(seed) else None}
+
+
+def _reader(path: Path) -> Callable[[], list]:
+    return lambda: _eval_samples(path)
+
+
+def _page(sources: dict[str, Callable[[], list]], start: int, count: int) -> tuple[list[str], dict, int]:
+    """Samples start..start+count of each policy whose samples can be read: (those policies, samples, most rows)."""
+    evaluated, samples, total = [], {}, 0
+    for name, rows_of in sources.items():
+        try:
+            rows = [r for r in rows_of() if isinstance(r, dict)]
+        except (OSError, ValueError):  # a file being written, or not JSON: that policy has no samples to show
+            continue
+        evaluated.append(name)
         total = max(total, len(rows))
         samples[name] = [_sample(s) for s in rows[start : start + count]]
-    ref = samples.get("sft") or next(iter(samples.values()), [])
-    trajectories = {pt["name"]: read_monitor(demo / pt["name"]) for pt in ppo}
-    return {"points": points, "ppo": [pt["name"] for pt in ppo], "evaluated": evaluated, "samples": samples,
-            "trajectories": trajectories,
-            "prompts": [s["prompt"] for s in ref], "start": start, "total_prompts": total,
-            "seed": summary.get("seed")}
+    return evaluated, samples, total
+
+
+def _run_info(runs: RunsRoot, run: Path) -> dict[str, Any]:
+    """What a run directory says of itself: its KL coefficient (config.yaml's `kl_coef`), its trainer
+    (rlhfkit.json's `stage`), its alarms and its monitor's probes. A file whose symlink leads out is not read."""
+    def text(name: str) -> str:
+        p = runs.inside(run / name)
+        return p.read_text(errors="replace") if p and p.is_file() and p.stat().st_size < METRICS_CHUNK else ""
+
+    out: dict[str, Any] = {}
+    try:
+        cfg = yaml.safe_load(text("config.yaml"))
+    except yaml.YAMLError:
+        cfg = None
+    if isinstance(cfg, dict) and _number(cfg.get("kl_coef")):
+        out["beta"] = float(cfg["kl_coef"])
+    try:
+        stage = _dict(json.loads(text("rlhfkit.json") or "{}")).get("stage")
+    except ValueError:
+        stage = None
+    if isinstance(stage, str) and re.fullmatch(r"[a-z0-9_+-]{1,32}", stage):
+        out["kind"] = stage
+    out["alarms"] = read_alarms(run) if runs.inside(run / "alarms.jsonl") else []
+    out["trajectory"] = read_monitor(run) if runs.inside(run / "monitor.jsonl") else []
+    return out
 
 
 def _sample(s: dict) -> dict:
@@ -372,10 +497,13 @@ def add_routes(app: FastAPI, runs: RunsRoot | None, playground: Playground, curr
     @app.get("/api/runs/explorer")
     def runs_explorer(demo: str = Query(..., max_length=400), start: int = Query(0, ge=0, le=10**7),
                       count: int = Query(8, ge=1, le=50), user=Depends(current_user)):
-        d = root_for(user).check(user.role, demo)
-        if not (d / "summary.json").is_file():
-            raise http(404, f"{demo}: no summary.json (not a finished demo)")
-        return {"demo": demo, **explorer(d, start, count)}
+        r = root_for(user)
+        d = r.check(user.role, demo)
+        if (d / "summary.json").is_file():
+            return {"demo": demo, "source": "demo", **explorer(d, start, count)}
+        if (d / "eval.json").is_file():
+            return {"demo": demo, "source": "eval", **explorer_eval(r, d, user.role, start, count)}
+        raise http(404, f"{demo}: neither a finished demo (summary.json) nor an evaluation (eval.json)")
 
     @app.post("/api/play/generate")
     async def play_generate(body: PlayIn, user=Depends(current_user)):

@@ -16,6 +16,9 @@ set, this measures:
 
     rlhfkit eval --policies runs/sft,runs/ppo --prompts heldout.jsonl --judges rm=runs/rm \\
         --gold rlhfkit.world:gold_reward --reference sft --ref-model runs/sft --output eval.json
+    rlhfkit eval --policies sft=runs/sft,runs/ppo_b0.01,runs/ppo_b0.1 --judges rm=runs/rm \\
+        --gold rlhfkit.world:gold_reward --reference sft --ref-model runs/sft \\
+        --output-dir runs/eval1          # also every sample, per policy: the KL explorer's input
     rlhfkit eval --policies sft=runs/sft,dpo=runs/dpo --reference sft --gold rlhfkit.world:gold_reward --judge rule
     OPENAI_API_KEY=... rlhfkit eval --policies ... --reference sft --judge http --base-url https://.../v1 \\
         --judge-model gpt-4o-mini --requests-per-second 5
@@ -35,6 +38,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +69,11 @@ class Config(JudgeConfig):
     """Prompt file or hub id with a `prompt` column (and optionally `kind` or `category`); required for model
     policies. Empty with the world gold judge: the default world's held-out prompts."""
     output: str = "eval.json"
-    """JSON file the results are written to."""
+    """JSON file the results are written to (with --output-dir: leave it at its default)."""
+    output_dir: str = ""
+    """A directory for the results instead of --output: OUTPUT_DIR/eval.json (the same JSON) and, for each policy,
+    OUTPUT_DIR/eval/<policy>.json with every sample (not only n_samples_kept), in the demo's eval/<policy>.json
+    format: the KL explorer of `rlhfkit label serve --runs-dir` reads this directory."""
     tokenizer: str = ""
     """Tokenizer (default: each policy's own; also used to count tokens of sample files)."""
     judges: dict[str, str] = field(default_factory=dict)
@@ -112,6 +120,13 @@ class Config(JudgeConfig):
     def validate(self) -> None:
         if not self.policies:
             raise ValueError("policies: give at least one model directory or sample file")
+        if self.output_dir:
+            if self.output != "eval.json":
+                raise ValueError("give output (a file) or output_dir (a directory), not both")
+            for spec in self.policies:  # each name becomes a file name: OUTPUT_DIR/eval/<name>.json
+                name = _named(spec)[0]
+                if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", name):
+                    raise ValueError(f"policy name {name!r}: with output_dir, letters, digits, '_', '.', '-' only")
         if self.tools and (self.max_turns < 1 or self.max_episode_tokens <= self.max_new_tokens):
             raise ValueError("with tools: max_turns must be >= 1 and max_episode_tokens > max_new_tokens")
         if self.success and not self.tools:
@@ -468,7 +483,8 @@ def _load_sample_file(path: str) -> list[dict]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    """Evaluate every policy; writes cfg.output (JSON) and returns the same dict."""
+    """Evaluate every policy; writes cfg.output (JSON), or OUTPUT_DIR/eval.json and OUTPUT_DIR/eval/<policy>.json,
+    and returns the same dict."""
     from rlhfkit import models
 
     cfg.validate()
@@ -533,6 +549,8 @@ def run(cfg: Config) -> dict[str, Any]:
                                  self_bleu_sample=cfg.self_bleu_sample, seed=cfg.seed)
             res["length_unit"] = "tokens" if cfg.tokenizer else "words"
         res["source"] = path
+        if Path(path).is_dir():  # where the policy's run lives (config.yaml, alarms), wherever eval ran from
+            res["source_dir"] = str(Path(path).resolve())
         results[name] = res
         line = ", ".join(f"{k} {res[k]:.3f}" for k in ("gold", "proxy", "kl_to_ref", "mean_length", "task_success",
                                                        "tool_call_validity", "calls_per_episode") if k in res)
@@ -563,10 +581,15 @@ def run(cfg: Config) -> dict[str, Any]:
                 extra = f", consistency {wr['consistency']:.3f}" if "consistency" in wr else ""
                 print(f"eval: {name} vs {cfg.reference}: judge ({cfg.judge}) win rate {wr['mean']:.3f} "
                       f"[{wr['low']:.3f}, {wr['high']:.3f}]{extra}")
+    if cfg.output_dir:  # every sample, one file per policy, before eval.json keeps only the first few
+        per_policy = Path(cfg.output_dir) / "eval"
+        per_policy.mkdir(parents=True, exist_ok=True)
+        for name, res in results.items():
+            (per_policy / f"{name}.json").write_text(json.dumps(res, default=str))
     for res in results.values():
         res["samples"] = res["samples"][: cfg.n_samples_kept]
     out = {"config": config_lib.to_dict(cfg), "policies": results}
-    path = Path(cfg.output)
+    path = Path(cfg.output_dir) / "eval.json" if cfg.output_dir else Path(cfg.output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(f"eval: -> {path}")

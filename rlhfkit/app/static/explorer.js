@@ -1,6 +1,7 @@
-// The KL explorer: a finished demo's PPO runs on a slider over the KL coefficient; for the selected run, its gold,
-// proxy, KL, length and alarms next to SFT's, the same held-out prompts answered by both, and gold (and proxy)
-// against sqrt(KL to SFT) for every policy with the selected run marked.
+// The KL explorer: a finished demo's PPO runs, or the runs an `rlhfkit eval --output-dir` evaluated, on a slider
+// over the KL coefficient; for the selected run, its gold, proxy, KL, length and alarms next to the reference
+// policy's (SFT in a demo), the same held-out prompts answered by both, and gold (and proxy) against sqrt(KL) for
+// every policy with the selected run marked.
 "use strict";
 (function () {
   const { $, el, fmt, clear, api, message, start, option, plot } = window.RK;
@@ -11,9 +12,15 @@
 
   async function ready(index) {
     const sel = $("demo");
-    if (!index.demos.length) { message("No finished demo (summary.json) under the runs directory.", true); return; }
-    for (const d of index.demos) sel.appendChild(option(d.id, d.id === "." ? "(runs directory)" : d.id));
-    sel.addEventListener("change", () => { st.start = 0; load(sel.value); });
+    const evals = index.evals || [];
+    if (!index.demos.length && !evals.length) {
+      message("No finished demo (summary.json) or evaluation (rlhfkit eval --output-dir) under the runs directory.", true);
+      return;
+    }
+    const label = (id) => (id === "." ? "(runs directory)" : id);
+    for (const d of index.demos) sel.appendChild(option(d.id, label(d.id) + " (demo)"));
+    for (const d of evals) sel.appendChild(option(d.id, label(d.id) + " (eval)"));
+    sel.addEventListener("change", () => { st.start = 0; st.sel = null; load(sel.value); });
     $("beta-slider").addEventListener("input", () => select(+$("beta-slider").value));
     $("prev").addEventListener("click", () => { if (st.start > 0) { st.start = Math.max(0, st.start - PAGE); load(st.demo); } });
     $("next").addEventListener("click", () => {
@@ -43,7 +50,7 @@
     const d = st.data;
     const name = d.ppo[i];
     const p = name ? point(name) : null;
-    $("beta-label").textContent = p ? "β = " + p.beta + "  (" + name + ")" : "no PPO runs";
+    $("beta-label").textContent = p ? "β = " + p.beta + "  (" + name + ")" : "no run with a KL coefficient";
     document.body.dataset.selected = name || "";
     summary(p);
     frontier(p);
@@ -53,7 +60,7 @@
   function summary(p) {
     const tb = $("summary").querySelector("tbody");
     clear(tb);
-    const rows = [point("sft"), p].filter(Boolean);
+    const rows = [point(st.data.reference), p].filter(Boolean);
     for (const r of rows) {
       const tr = document.createElement("tr");
       if (r === p) tr.className = "selected";
@@ -69,11 +76,14 @@
   function frontier(p) {
     const pts = st.data.points;
     const ppo = st.data.ppo.map(point).slice().sort((a, b) => sqrtKL(a) - sqrtKL(b));  // a curve along KL
+    const onSlider = new Set(st.data.ppo);
     const bon = pts.filter((q) => q.kind === "bon").sort((a, b) => a.n - b.n);
-    const others = pts.filter((q) => q.kind !== "ppo" && q.kind !== "bon" && q.gold !== null);
+    const others = pts.filter((q) => !onSlider.has(q.name) && q.kind !== "bon" && q.gold !== null);
+    const kinds = [...new Set(ppo.map((q) => q.kind))];
+    const runs = kinds.length === 1 ? kinds[0].toUpperCase() : "KL runs";  // "PPO" in a demo
     const series = [
-      { name: "PPO gold", points: ppo.map((q) => [sqrtKL(q), q.gold]), dots: true },
-      { name: "PPO proxy", points: ppo.map((q) => [sqrtKL(q), q.proxy]), dash: true, dots: true },
+      { name: runs + " gold", points: ppo.map((q) => [sqrtKL(q), q.gold]), dots: true },
+      { name: runs + " proxy", points: ppo.map((q) => [sqrtKL(q), q.proxy]), dash: true, dots: true },
       { name: "best-of-n gold", points: bon.map((q) => [sqrtKL(q), q.gold]), dots: true },
       { name: "other policies", points: others.map((q) => [sqrtKL(q), q.gold]), line: false, dots: true },
     ];
@@ -88,10 +98,11 @@
       series.push({ name: "training proxy", color: "#9ca3af", dash: true, points: path.map((q) => [sqrtKL(q), q.proxy]) });
     }
     const marks = p ? [{ x: sqrtKL(p), y: p.gold, label: "selected" }] : [];
-    plot($("frontier"), { series, labels, marks, xlabel: "√ KL to SFT (nats)", ylabel: "score", width: 760, height: 320 });
+    plot($("frontier"), { series, labels, marks, xlabel: "√ KL to " + st.data.kl_ref + " (nats)", ylabel: "score",
+                          width: 760, height: 320 });
   }
 
-  // `ref`: SFT's answer to the same prompt. An answer the reward model scores above SFT's while gold scores it
+  // `ref`: the reference policy's (SFT's) answer to the same prompt. An answer the reward model scores above SFT's while gold scores it
   // below is the reward model being fooled on that prompt: highlighted (no scale is shared by proxy and gold, so
   // the two are compared each against SFT, not against each other).
   function cell(s, ref) {
@@ -104,7 +115,7 @@
     if (ref && ref !== s && num(s.proxy) && num(ref.proxy) && num(s.gold) && num(ref.gold) &&
         s.proxy > ref.proxy && s.gold < ref.gold) {
       td.classList.add("gap-cell");
-      td.appendChild(el("div", "gap-note", "proxy up, gold down vs SFT"));
+      td.appendChild(el("div", "gap-note", "proxy up, gold down vs " + st.data.reference));
     }
     return td;
   }
@@ -112,9 +123,11 @@
   function samples(name) {
     const d = st.data;
     $("col-sel").textContent = name ? name : "selected";
+    $("col-ref").textContent = d.reference || "reference";
+    $("kl-head").textContent = "KL to " + d.kl_ref;
     const tb = $("samples").querySelector("tbody");
     clear(tb);
-    const ref = d.samples.sft || [];
+    const ref = (d.reference && d.samples[d.reference]) || [];
     const mine = (name && d.samples[name]) || [];
     d.prompts.forEach((prompt, i) => {
       const tr = document.createElement("tr");
