@@ -34,10 +34,12 @@ from typing import Any
 # only ("Say 8216.") were learnt in 300 steps but did not carry over. The drills are forgotten by 200 demo-only steps
 # at this learning rate (all 0.0), so the demonstration step mixes in as many fresh drills as demos. After the
 # drills, 400 mixed steps gave held-out success 0.145 [0.107, 0.193] once and 0/256 twice; 800 steps (sft_epochs 4)
-# 0.156 [0.117, 0.206], and in this stage 0.141 [0.103, 0.189] (256 tasks), malformed calls 0.06. Nearly every win is
-# a look-up: a 5-6 digit product is still not copied exactly inside an episode. GRPO does not improve on it yet: 15
-# steps (these settings) 0.098 [0.067, 0.140]; 40 steps of 8 prompts x 8 0.105; 100 steps of 8 x 4 from a 0.145
-# model 0.125; lr 5e-4 stops calling tools within 25 steps; lr 2e-4 with partial credit for a right first call 0.074.
+# 0.156 [0.117, 0.206], and in this stage 0.141 [0.103, 0.189] (256 tasks), malformed calls 0.06; 0.39, 0.55 and
+# 0.71 on seeds 1-3. Which copy is learnt varies by seed: seed 0 solves look-ups (0.23) more than multiplications
+# (0.05), seeds 1 and 2 multiplications (0.79, 0.97) more than look-ups (0.0, 0.13). GRPO does not improve on it
+# yet: 15 steps (these settings) 0.098 [0.067, 0.140] on seed 0, 0.41, 0.54, 0.70 on seeds 1-3 (each within SFT's
+# interval); on seed 0, 40 steps of 8 prompts x 8 0.105, 100 steps of 8 x 4 from a 0.145 model 0.125; lr 5e-4 stops
+# calling tools within 25 steps; lr 2e-4 with partial credit for a right first call 0.074.
 TOOL_SCALES: dict[str, dict[str, Any]] = {
     "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_train_tasks=512,
                     n_heldout=256, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=15, rl_prompts=8,
