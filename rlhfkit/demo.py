@@ -67,7 +67,7 @@ class Config:
     ai_feedback: bool = True
     """Run the AI-feedback stage (RLAIF from the rule-based judge's labels on the same pairs; `cai.demo_stage`)."""
     tool_use: bool = False
-    """Run the tool-use stage (`demo_tools`). Off by default: it adds minutes, and its 1 M model solves no task yet."""
+    """Run the tool-use stage (`demo_tools`). Off by default: it adds minutes; its 1 M model solves a few tasks."""
     stop_after: str = ""
     """Stop after this stage (e.g. sft); empty runs them all."""
 

@@ -1,41 +1,52 @@
 """The demo's tool-use stage (issue #31): from the demo's SFT model, three policies on the world's tool tasks.
 
     no_tool   the demo's SFT model, asked the tool tasks with no tools offered (it never saw them)
-    tool_sft  that model fine-tuned (`rlhfkit sft`) on a few hundred demonstrations of calling the tool, in TRL's
-              tool-calling format (world.tool_tasks: an assistant turn with `tool_calls`, the `tool` result, the
-              answer), so only the assistant's turns train
+    tool_sft  that model fine-tuned (`rlhfkit sft`) in two steps: first on short copy drills (world.tool_tasks
+              `ToolWorld.drills`: the operands, a place name and a tool's result copied, alone), then on
+              demonstrations of calling the tool in TRL's tool-calling format (an assistant turn with `tool_calls`,
+              the `tool` result, the answer; only the assistant's turns train) mixed with as many drills again
     tool_rl   GRPO from tool_sft on train-split tasks, with the tools in the loop (multi-turn episodes:
               rollout.multiturn) and the world's trajectory reward (right answer, well-formed calls, no extra calls)
 
 All three are evaluated on the same held-out tasks (places and operand pairs no training row holds), each in
 multi-turn episodes at the sampling temperature: task success with a 95% Wilson interval, the malformed-call rate
 (over every call the policy attempted), calls per episode, and one transcript each for the report. Files under
-tool_use/: demos.jsonl, train_tasks.jsonl, heldout_tasks.jsonl, table.json (the lookup tool's table), the
-tokenizer with the tool-rendering chat template, and result.json; models in tool_sft/ and tool_rl/.
+tool_use/: drills.jsonl, demos.jsonl, tool_sft_mix.jsonl (demos and drills, shuffled), train_tasks.jsonl,
+heldout_tasks.jsonl, table.json (the lookup tool's table), the tokenizer with the tool-rendering chat template, and
+result.json; models in tool_drill/, tool_sft/ and tool_rl/.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 # Sizes per demo scale, kept here (not in demo.SCALES) so adding them changed no other stage's fingerprint.
-# Default (seed 0, measured on a shared 2-core machine): 200 tool-SFT steps at 3e-3 teach the call format (malformed
-# calls 0.32 of attempted, 0.89 calls per episode on held-out tasks) but not copying the numbers and names from the
-# prompt into the call, or the tool's result into the answer: success 0/64. The demo's 1 M-parameter tied model has
-# nearly collinear digit embeddings (mean cosine 0.77 between ' 0'..' 9'); a focused copy task ("Copy 347." ->
-# "347", batches of 64, 3e-3) does learn copying after ~100 steps, the tool demonstrations did not within 200. 200 more
-# steps (400 in all): malformed 0.03, one call per episode, every episode answers, still 0/64 ("402 times 423" ->
-# calculator("412*253")). 10 GRPO steps (4 prompts x 4) from the 200-step model: malformed 0.32 -> 0.26 on 64
-# held-out tasks (within noise), success 0: with no correct episode, only the malformed-call penalty gives signal.
+# Default (seed 0, a shared 2-core machine; docs/benchmarks.md "Tool use (#31)"): tool demonstrations alone (200 or
+# 400 steps at 3e-3) teach the call format but not copying the operands and names from the prompt into the call,
+# or the tool's result into the answer ("402 times 423" -> calculator("412*253")): success 0/64. The demo's 1 M
+# tied model has nearly collinear digit embeddings (mean cosine 0.77 between ' 0'..' 9'), and its hardest copies are
+# between a digit with a leading space (the prompt's " 4") and the same digit without (the call's "4", the tool's
+# result). Short copy drills with exactly those tokens (`ToolWorld.drills`) are learnt (greedy, exact: operands,
+# names and results all 1.0) after 900 steps of 64 rows; 300 steps gave 0.40, 0.95, 0.25. Drills with spaced digits
+# only ("Say 8216.") were learnt in 300 steps but did not carry over. The drills are forgotten by 200 demo-only steps
+# at this learning rate (all 0.0), so the demonstration step mixes in as many fresh drills as demos. After the
+# drills, 400 mixed steps gave held-out success 0.145 [0.107, 0.193] once and 0/256 twice; 800 steps (sft_epochs 4)
+# 0.156 [0.117, 0.206], and in this stage 0.141 [0.103, 0.189] (256 tasks), malformed calls 0.06; 0.39, 0.55 and
+# 0.71 on seeds 1-3. Which copy is learnt varies by seed: seed 0 solves look-ups (0.23) more than multiplications
+# (0.05), seeds 1 and 2 multiplications (0.79, 0.97) more than look-ups (0.0, 0.13). GRPO does not improve on it
+# yet: 15 steps (these settings) 0.098 [0.067, 0.140] on seed 0, 0.41, 0.54, 0.70 on seeds 1-3 (each within SFT's
+# interval); on seed 0, 40 steps of 8 prompts x 8 0.105, 100 steps of 8 x 4 from a 0.145 model 0.125; lr 5e-4 stops
+# calling tools within 25 steps; lr 2e-4 with partial credit for a right first call 0.074.
 TOOL_SCALES: dict[str, dict[str, Any]] = {
-    "default": dict(n_demos=1600, n_train_tasks=512, n_heldout=256, sft_epochs=2, sft_batch=16, sft_lr=3e-3,
-                    rl_steps=15, rl_prompts=8, rl_generations=4, rl_lr=1e-4, rl_kl=0.0, max_turns=3,
-                    max_new_tokens=80, max_tokens=256),
-    "toy": dict(n_demos=32, n_train_tasks=16, n_heldout=8, sft_epochs=1, sft_batch=8, sft_lr=2e-3,
-                rl_steps=2, rl_prompts=2, rl_generations=2, rl_lr=1e-4, rl_kl=0.0, max_turns=2,
-                max_new_tokens=24, max_tokens=200),
+    "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_train_tasks=512,
+                    n_heldout=256, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=15, rl_prompts=8,
+                    rl_generations=4, rl_lr=1e-4, rl_kl=0.0, max_turns=3, max_new_tokens=80, max_tokens=256),
+    "toy": dict(drill_rows=32, drill_batch=16, n_rehearsal=16, n_demos=32, n_train_tasks=16, n_heldout=8,
+                sft_epochs=1, sft_batch=8, sft_lr=2e-3, rl_steps=2, rl_prompts=2, rl_generations=2, rl_lr=1e-4,
+                rl_kl=0.0, max_turns=2, max_new_tokens=24, max_tokens=200),
 }
 POLICIES = ("no_tool", "tool_sft", "tool_rl")
 TEMPERATURE = 1.0  # evaluation samples as the demo's other evaluations do (and as RL samples)
@@ -51,7 +62,13 @@ def write_data(out: Path, seed: int, s: dict) -> dict[str, str]:
     from rlhfkit.world.tool_tasks import ToolWorld
 
     world = ToolWorld(seed=seed)
-    paths = {"demos": data_lib.write_jsonl(world.demos(s["n_demos"]), out / "demos.jsonl"),
+    drills = world.drills(s["drill_rows"] + s["n_rehearsal"])
+    demos = world.demos(s["n_demos"])
+    mix = demos + drills[s["drill_rows"]:]  # rehearsal drills the first step did not see
+    random.Random(f"tool-sft-mix:{seed}").shuffle(mix)
+    paths = {"drills": data_lib.write_jsonl(drills[:s["drill_rows"]], out / "drills.jsonl"),
+             "demos": data_lib.write_jsonl(demos, out / "demos.jsonl"),
+             "mix": data_lib.write_jsonl(mix, out / "tool_sft_mix.jsonl"),
              "train": data_lib.write_jsonl(world.tasks(s["n_train_tasks"], "train"), out / "train_tasks.jsonl"),
              "heldout": data_lib.write_jsonl(world.tasks(s["n_heldout"], "heldout"), out / "heldout_tasks.jsonl")}
     (out / "table.json").write_text(json.dumps(world.table, indent=1))
@@ -156,8 +173,12 @@ def run(ctx) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     paths = write_data(out, seed, s)
     tok_dir = tool_tokenizer(ctx.path("sft"), out / "tokenizer")
-    # tool-SFT: the demo's SFT model learns the call format from demonstrations (assistant turns only train)
-    sft.train(sft.Config(**ctx.common("tool_sft"), model=ctx.path("sft"), tokenizer=tok_dir, data=paths["demos"],
+    # tool-SFT, step 1: the copies alone, in short rows (TOOL_SCALES: without them no held-out task is solved)
+    sft.train(sft.Config(**ctx.common("tool_drill"), model=ctx.path("sft"), tokenizer=tok_dir, data=paths["drills"],
+                         num_epochs=1, micro_batch_size=s["drill_batch"], learning_rate=s["sft_lr"],
+                         warmup_steps=2, max_length=s["max_tokens"]))
+    # step 2: the call format from demonstrations (assistant turns only train), drills mixed in so the copies stay
+    sft.train(sft.Config(**ctx.common("tool_sft"), model=ctx.path("tool_drill"), tokenizer=tok_dir, data=paths["mix"],
                          num_epochs=s["sft_epochs"], micro_batch_size=s["sft_batch"], learning_rate=s["sft_lr"],
                          warmup_steps=2, max_length=s["max_tokens"]))
     # tool-RL: GRPO with the tools in the loop, rewarded by the world's trajectory reward

@@ -60,6 +60,25 @@ def test_tasks_are_seeded_split_and_exact(world):
         world.parse("What is the code of Nowhere?")
 
 
+def test_drills_are_exact_copies_from_the_train_split(world):
+    """Each drill's answer is its prompt's operands, name or number copied exactly; operand pairs and places come
+    from the train split only, so no drill holds a held-out task's pair or place."""
+    drills = world.drills(300)
+    assert drills == ToolWorld(seed=0).drills(300) and drills != ToolWorld(seed=1).drills(300)
+    assert [d["kind"] for d in drills[:3]] == [f"drill_{k}" for k in TT.DRILL_KINDS]
+    for d in drills:
+        (user, assistant) = d["messages"]
+        q, a = user["content"], assistant["content"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        if d["kind"] == "drill_operands":  # "Copy 347 times 829." -> "347*829"
+            x, y = TT._MULTIPLY_RE.search(q).groups()
+            assert a == f"{x}*{y}" and len(x) == len(y) == world.digits and TT.split_of_key(a) == "train"
+        elif d["kind"] == "drill_name":  # "Copy Velmo." -> "Velmo"
+            assert q == f"Copy {a}." and a in world.table and TT.split_of_key(a) == "train"
+        else:  # "94577" -> "The answer is 94577.", the number bare as a tool's result is
+            assert q.isdigit() and a == TT.ANSWER.format(v=q) and TT.answer_value(a) == q
+
+
 def test_schemas_are_the_builtin_tools_own():
     """The world writes its schemas out (it imports nothing outside itself); they equal what get_json_schema
     derives from the tools the demo registers."""

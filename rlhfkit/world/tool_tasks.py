@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 
 TOOL_KINDS: tuple[str, ...] = ("multiply", "lookup")
+DRILL_KINDS: tuple[str, ...] = ("operands", "name", "result")  # the copies of `ToolWorld.drills`
 HELDOUT_PERCENT = 25  # share of places and operand pairs (by hash) reserved for held-out tasks
 
 CALCULATOR_SCHEMA = {"type": "function", "function": {
@@ -147,6 +148,36 @@ class ToolWorld:
                 {"role": "tool", "name": task.tool, "content": task.answer},
                 {"role": "assistant", "content": ANSWER.format(v=task.answer)}], "tools": row["tools"],
                 "kind": row["kind"]})
+        return out
+
+    def drills(self, n: int) -> list[dict]:
+        """`n` copy drills, chat rows without tools, kinds alternating: the three copies a tool episode needs,
+        practised alone in short rows, each with the tokens of the episode's own copy. "Copy 347 times 829." ->
+        "347*829" (the operands into the calculator's expression: the prompt's " 3" "4" "7" become "3" "4" "7"),
+        "Copy Velmo." -> "Velmo" (a place into the lookup's key; train-split places only, as in the demos), and a
+        bare number as the whole message, as a tool's result is, -> "The answer is 94577." (the result into the
+        answer). Operand pairs are drawn from the train split, so no held-out pair appears in any SFT row. Training
+        a needed skill first and then mixing it into the next objective so it is not forgotten is what InstructGPT's
+        PPO-ptx does with pretraining data (Ouyang et al. 2022, sec. 3.5); measurements in demo_tools.TOOL_SCALES."""
+        rng = random.Random(f"rlhfkit-world:{self.seed}:tool-drills")
+        lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1
+        train_places = [p for p in sorted(self.table) if split_of_key(p) == "train"]
+        out = []
+        for i in range(n):
+            kind = DRILL_KINDS[i % len(DRILL_KINDS)]
+            if kind == "operands":
+                a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+                while split_of_key(f"{a}*{b}") != "train":
+                    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+                user, answer = f"Copy {a} times {b}.", f"{a}*{b}"
+            elif kind == "name":
+                v = rng.choice(train_places)
+                user, answer = f"Copy {v}.", v
+            else:  # a product's or a code's digits, as the tool returns them
+                v = str(rng.randint(lo, hi) * rng.randint(lo, hi) if rng.random() < 0.5 else rng.randint(1000, 9999))
+                user, answer = v, ANSWER.format(v=v)
+            out.append({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+                        "kind": f"drill_{kind}"})
         return out
 
     # --- judging ----------------------------------------------------------------------------------------------
