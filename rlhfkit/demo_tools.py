@@ -24,22 +24,13 @@ from pathlib import Path
 from typing import Any
 
 # Sizes per demo scale, kept here (not in demo.SCALES) so adding them changed no other stage's fingerprint.
-# Default (seed 0, a shared 2-core machine; docs/benchmarks.md "Tool use (#31)"): tool demonstrations alone (200 or
-# 400 steps at 3e-3) teach the call format but not copying the operands and names from the prompt into the call,
-# or the tool's result into the answer ("402 times 423" -> calculator("412*253")): success 0/64. The demo's 1 M
-# tied model has nearly collinear digit embeddings (mean cosine 0.77 between ' 0'..' 9'), and its hardest copies are
-# between a digit with a leading space (the prompt's " 4") and the same digit without (the call's "4", the tool's
-# result). Short copy drills with exactly those tokens (`ToolWorld.drills`) are learnt (greedy, exact: operands,
-# names and results all 1.0) after 900 steps of 64 rows; 300 steps gave 0.40, 0.95, 0.25. Drills with spaced digits
-# only ("Say 8216.") were learnt in 300 steps but did not carry over. The drills are forgotten by 200 demo-only steps
-# at this learning rate (all 0.0), so the demonstration step mixes in as many fresh drills as demos. After the
-# drills, 400 mixed steps gave held-out success 0.145 [0.107, 0.193] once and 0/256 twice; 800 steps (sft_epochs 4)
-# 0.156 [0.117, 0.206], and in this stage 0.141 [0.103, 0.189] (256 tasks), malformed calls 0.06; 0.39, 0.55 and
-# 0.71 on seeds 1-3. Which copy is learnt varies by seed: seed 0 solves look-ups (0.23) more than multiplications
-# (0.05), seeds 1 and 2 multiplications (0.79, 0.97) more than look-ups (0.0, 0.13). GRPO does not improve on it
-# yet: 15 steps (these settings) 0.098 [0.067, 0.140] on seed 0, 0.41, 0.54, 0.70 on seeds 1-3 (each within SFT's
-# interval); on seed 0, 40 steps of 8 prompts x 8 0.105, 100 steps of 8 x 4 from a 0.145 model 0.125; lr 5e-4 stops
-# calling tools within 25 steps; lr 2e-4 with partial credit for a right first call 0.074.
+# Why two tool-SFT steps (measurements: docs/benchmarks.md "Tool use (#31)"): tool demonstrations alone teach the
+# call format but not the copies (operands and names from the prompt into the call, the tool's result into the
+# answer): success 0/64. The demo's 1 M tied model has nearly collinear digit embeddings, and its hardest copies are
+# between a digit with a leading space (the prompt's " 4") and the same digit without (the call's "4"). Drills with
+# exactly those tokens (`ToolWorld.drills`) are learnt in ~900 steps of 64 rows and forgotten by 200 demo-only
+# steps, so the demonstration step mixes in as many fresh drills as demos; 800 mixed steps (sft_epochs 4) solve
+# 0.14-0.72 of held-out tasks on seeds 0-3, 400 were not reliable. 15 GRPO steps stay within tool-SFT's intervals.
 TOOL_SCALES: dict[str, dict[str, Any]] = {
     "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_train_tasks=512,
                     n_heldout=256, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=15, rl_prompts=8,

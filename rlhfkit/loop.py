@@ -141,7 +141,8 @@ class Config:
         if not 0 < self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.measure_prompts < -1:
-            raise ValueError(f"measure_prompts must be -1 (the scale's), 0 (none) or more, got {self.measure_prompts}")
+            raise ValueError(f"measure_prompts must be -1 (the scale's), 0 (none) or more, "
+                             f"got {self.measure_prompts}")
         if self.num_responses == 1 or min(self.num_responses, self.prompts_per_round, self.quota, self.policy_steps) < 0:
             raise ValueError("num_responses must be 0 or >= 2; prompts_per_round, quota and policy_steps >= 0")
         if self.poll_seconds <= 0 or self.timeout_seconds <= 0:
@@ -190,9 +191,6 @@ def prepare(cfg: Config) -> Start:
 # ----------------------------------------------------------------------------------------------- the steps
 def step_sample(cfg: Config, start: Start, k: int, policy: str, rdir: Path) -> list[dict]:
     """1. K responses per prompt from the current policy, on this round's seeded subset of the prompts."""
-    from rlhfkit import data as data_lib
-    from rlhfkit.rollout import sample
-
     return _sample_subset(cfg, k, policy, start.prompts, sizes(cfg)["prompts_per_round"], rdir, "")
 
 
@@ -209,7 +207,7 @@ def _sample_subset(cfg: Config, k: int, policy: str, prompts: str, n: int, rdir:
     out = sample.run(sample.Config(model=policy, prompts=str(rdir / f"{tag}prompts.jsonl"),
                                    output=str(rdir / f"{tag}samples.jsonl"), num_responses=s["num_responses"],
                                    max_new_tokens=s["max_new_tokens"], temperature=1.0,
-                                   seed=cfg.seed * 1000 + k + (7919 if tag else 0)))
+                                   seed=cfg.seed * 1000 + k + (7919 if tag else 0)))  # a tag: its own stream
     return data_lib.read_jsonl(out)
 
 
