@@ -5,13 +5,14 @@
               `ToolWorld.drills`: the operands, a place name and a tool's result copied, alone), then on
               demonstrations of calling the tool in TRL's tool-calling format (an assistant turn with `tool_calls`,
               the `tool` result, the answer; only the assistant's turns train) mixed with as many drills again
-    tool_rl   GRPO from tool_sft on train-split tasks, with the tools in the loop (multi-turn episodes:
+    tool_rl   GRPO from tool_sft on rl-split tasks (places and operand pairs no SFT row holds, so the reward is for
+              copying what the tools return, not for recalling a code a demonstration held), with the tools in the loop (multi-turn episodes:
               rollout.multiturn) and the world's trajectory reward (right answer, well-formed calls, no extra calls)
 
 All three are evaluated on the same held-out tasks (places and operand pairs no training row holds), each in
 multi-turn episodes at the sampling temperature: task success with a 95% Wilson interval, the malformed-call rate
 (over every call the policy attempted), calls per episode, and one transcript each for the report. Files under
-tool_use/: drills.jsonl, demos.jsonl, tool_sft_mix.jsonl (demos and drills, shuffled), train_tasks.jsonl,
+tool_use/: drills.jsonl, demos.jsonl, tool_sft_mix.jsonl (demos and drills, shuffled), rl_tasks.jsonl,
 heldout_tasks.jsonl, table.json (the lookup tool's table), the tokenizer with the tool-rendering chat template, and
 result.json; models in tool_drill/, tool_sft/ and tool_rl/.
 """
@@ -32,10 +33,10 @@ from typing import Any
 # steps, so the demonstration step mixes in as many fresh drills as demos; 800 mixed steps (sft_epochs 4) solve
 # 0.14-0.72 of held-out tasks on seeds 0-3, 400 were not reliable. 15 GRPO steps stay within tool-SFT's intervals.
 TOOL_SCALES: dict[str, dict[str, Any]] = {
-    "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_train_tasks=512,
+    "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_rl_tasks=512,
                     n_heldout=256, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=15, rl_prompts=8,
                     rl_generations=4, rl_lr=1e-4, rl_kl=0.0, max_turns=3, max_new_tokens=80, max_tokens=256),
-    "toy": dict(drill_rows=32, drill_batch=16, n_rehearsal=16, n_demos=32, n_train_tasks=16, n_heldout=8,
+    "toy": dict(drill_rows=32, drill_batch=16, n_rehearsal=16, n_demos=32, n_rl_tasks=16, n_heldout=8,
                 sft_epochs=1, sft_batch=8, sft_lr=2e-3, rl_steps=2, rl_prompts=2, rl_generations=2, rl_lr=1e-4,
                 rl_kl=0.0, max_turns=2, max_new_tokens=24, max_tokens=200),
 }
@@ -60,7 +61,7 @@ def write_data(out: Path, seed: int, s: dict) -> dict[str, str]:
     paths = {"drills": data_lib.write_jsonl(drills[:s["drill_rows"]], out / "drills.jsonl"),
              "demos": data_lib.write_jsonl(demos, out / "demos.jsonl"),
              "mix": data_lib.write_jsonl(mix, out / "tool_sft_mix.jsonl"),
-             "train": data_lib.write_jsonl(world.tasks(s["n_train_tasks"], "train"), out / "train_tasks.jsonl"),
+             "rl": data_lib.write_jsonl(world.tasks(s["n_rl_tasks"], "rl"), out / "rl_tasks.jsonl"),
              "heldout": data_lib.write_jsonl(world.tasks(s["n_heldout"], "heldout"), out / "heldout_tasks.jsonl")}
     (out / "table.json").write_text(json.dumps(world.table, indent=1))
     return {k: str(v) for k, v in paths.items()} | {"table": str(out / "table.json")}
@@ -144,13 +145,23 @@ def evaluate(paths: dict[str, str], models_dirs: dict[str, str], tok_dir: str, s
 
 
 def rl_curve(run_dir: Path) -> dict:
-    """The malformed-call rate and score of the RL run's first and last logged steps (its metrics.jsonl)."""
+    """The malformed-call rate, reward and calls per episode of the RL run (its metrics.jsonl), averaged over its
+    first and its last tenth of steps (at least one each): a step's rate is over only rl_prompts x rl_generations
+    episodes, too few to read a trend from two single steps."""
     path = run_dir / "metrics.jsonl"
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
     rows = [r for r in rows if "tools/malformed_call_rate" in r]
-    pick = lambda r: {"step": r.get("step"), "malformed_call_rate": r.get("tools/malformed_call_rate"),  # noqa: E731
-                      "score": r.get("rollout/score"), "calls_per_episode": r.get("tools/calls_per_episode")}
-    return {"first": pick(rows[0]), "last": pick(rows[-1]), "steps": len(rows)} if rows else {}
+    if not rows:
+        return {}
+    w = max(1, len(rows) // 10)
+
+    def window(part: list[dict]) -> dict:
+        mean = lambda key: sum(r.get(key) or 0.0 for r in part) / len(part)  # noqa: E731
+        return {"steps": [part[0].get("step"), part[-1].get("step")], "malformed_call_rate":
+                mean("tools/malformed_call_rate"), "score": mean("rollout/score"),
+                "calls_per_episode": mean("tools/calls_per_episode")}
+
+    return {"first": window(rows[:w]), "last": window(rows[-w:]), "steps": len(rows), "window": w}
 
 
 # ----------------------------------------------------------------------------------------------- the stage
@@ -174,7 +185,7 @@ def run(ctx) -> dict:
                          warmup_steps=2, max_length=s["max_tokens"]))
     # tool-RL: GRPO with the tools in the loop, rewarded by the world's trajectory reward
     per_step = s["rl_prompts"] * s["rl_generations"]
-    grpo.train(grpo.Config(**ctx.common("tool_rl"), model=ctx.path("tool_sft"), data=paths["train"],
+    grpo.train(grpo.Config(**ctx.common("tool_rl"), model=ctx.path("tool_sft"), data=paths["rl"],
                            tools=_tool_specs(paths["table"]), max_turns=s["max_turns"],
                            max_episode_tokens=s["max_tokens"],
                            max_new_tokens=s["max_new_tokens"], num_generations=s["rl_generations"],

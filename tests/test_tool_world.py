@@ -42,11 +42,19 @@ def test_tasks_are_seeded_split_and_exact(world):
     assert world.tasks(10) == world.tasks(30)[:10]  # a longer list extends a shorter one
     assert world.tasks(30) != ToolWorld(seed=1).tasks(30)
     assert world.table != ToolWorld(seed=1).table
-    train, held = world.tasks(400), world.tasks(200, "heldout")
+    train, rl, held = world.tasks(400), world.tasks(200, "rl"), world.tasks(200, "heldout")
     key = lambda r: json.dumps(world.parse(r["prompt"][0]["content"]).arguments)  # noqa: E731
-    assert not {key(r) for r in train} & {key(r) for r in held}  # no place and no operand pair in both splits
+    keys = {name: {key(r) for r in rows} for name, rows in (("train", train), ("rl", rl), ("heldout", held))}
+    # no place and no operand pair in two splits
+    assert not keys["train"] & keys["heldout"] and not keys["rl"] & keys["heldout"] and not keys["train"] & keys["rl"]
     demo_keys = {json.dumps(m["messages"][1]["tool_calls"][0]["function"]["arguments"]) for m in world.demos(200)}
-    assert not demo_keys & {key(r) for r in held}
+    assert not demo_keys & (keys["heldout"] | keys["rl"])  # the demonstrations hold no RL or held-out task
+    places = {split: [p for p in world.table if TT.split_of_key(p) == split] for split in TT.SPLITS}
+    shares = {"train": 100 - TT.HELDOUT_PERCENT - TT.RL_PERCENT, "rl": TT.RL_PERCENT, "heldout": TT.HELDOUT_PERCENT}
+    for split, share in shares.items():  # the hash splits 320 places near the shares (binomial s.d. 2.2-2.7 points)
+        assert abs(100 * len(places[split]) / len(world.table) - share) < 8, (split, len(places[split]))
+    with pytest.raises(ValueError, match="split must be one of train, rl, heldout"):
+        world.tasks(1, "test")
     for r in train[:50] + held[:50]:
         t = world.parse(r["prompt"][0]["content"])
         assert r["answer"] == t.answer and r["kind"] == t.kind
@@ -219,15 +227,15 @@ def test_report_section_shows_transcripts_as_inert_text():
                              "malformed_call_rate": 0.1, "calls_per_episode": 1.0, "transcript": transcript}
     summary = {"tool_use": {"policies": {"no_tool": pol(0.0, 0.0, 0.04), "tool_sft": pol(0.3, 0.22, 0.4),
                                          "tool_rl": pol(0.6, 0.5, 0.69)},
-                            "rl": {"steps": 10, "first": {"step": 1, "malformed_call_rate": 0.4, "score": 0.1},
-                                   "last": {"step": 10, "malformed_call_rate": 0.05, "score": 0.6}},
+                            "rl": {"steps": 200, "first": {"steps": [1, 20], "malformed_call_rate": 0.4, "score": 0.1},
+                                   "last": {"steps": [181, 200], "malformed_call_rate": 0.05, "score": 0.6}},
                             "n_heldout": 100, "max_turns": 3, "temperature": 1.0}}
     html = section_tool_use(summary)
     assert "<script>" not in html and "<b>287663</b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;287663&lt;/b&gt;" in html
     assert html.count('class="text resp"') == 3  # one transcript per policy
     assert "After RL, success is above the tool-SFT policy&#x27;s; above the no-tool policy&#x27;s" in html
-    assert "from 0.400 at step 1 to 0.050 at step 10" in html
+    assert "from 0.400 (mean of steps 1-20) to 0.050 (steps 181-200)" in html
     summary["tool_use"]["policies"]["tool_rl"]["success"] = {"mean": 0.35, "low": 0.26, "high": 0.45}
     assert "indistinguishable from the tool-SFT" in section_tool_use(summary)
     assert section_tool_use({}) == ""

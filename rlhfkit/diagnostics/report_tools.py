@@ -72,9 +72,10 @@ def section_tool_use(summary: dict) -> str:
     curve = tu.get("rl") or {}
     first, last = curve.get("first") or {}, curve.get("last") or {}
     if first and last:
+        span = lambda w: "-".join(fmt(x) for x in (w.get("steps") or [])[:2])  # noqa: E731
         out.append(f"<p>During RL ({fmt(curve.get('steps'))} steps) the malformed-call rate of the sampled episodes "
-                   f"went from {fmt(_num(first.get('malformed_call_rate')))} at step {fmt(first.get('step'))} to "
-                   f"{fmt(_num(last.get('malformed_call_rate')))} at step {fmt(last.get('step'))}, and the mean "
+                   f"went from {fmt(_num(first.get('malformed_call_rate')))} (mean of steps {span(first)}) to "
+                   f"{fmt(_num(last.get('malformed_call_rate')))} (steps {span(last)}), and the mean "
                    f"reward from {fmt(_num(first.get('score')))} to {fmt(_num(last.get('score')))}.</p>")
     shown = [(name, p.get("transcript")) for name, p in pol.items() if isinstance(p.get("transcript"), dict)]
     if shown:

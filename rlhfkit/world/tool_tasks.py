@@ -14,7 +14,9 @@ out because the world imports nothing outside itself.
 
 Success is exact: the last number in the final answer is the right value (`success`). The trajectory reward
 (`ToolWorld.reward`) adds to that a penalty for malformed calls and for calls beyond the one needed, so RL learns
-to call well-formed and to stop. Train and held-out tasks never share a place or a pair of operands (`split_of_key`).
+to call well-formed and to stop. Places and operand pairs fall in three splits by hash (`split_of_key`): `train`
+(demonstrations and drills), `rl` (the RL tasks: names and pairs no SFT row holds, so reward comes from copying what
+the tool returns, not from recalling a code seen in a demonstration) and `heldout` (evaluation only).
 Pure Python, seeded: the same seed gives the same table and tasks.
 """
 from __future__ import annotations
@@ -27,6 +29,8 @@ from dataclasses import dataclass, field
 TOOL_KINDS: tuple[str, ...] = ("multiply", "lookup")
 DRILL_KINDS: tuple[str, ...] = ("operands", "name", "result")  # the copies of `ToolWorld.drills`
 HELDOUT_PERCENT = 25  # share of places and operand pairs (by hash) reserved for held-out tasks
+RL_PERCENT = 20  # share reserved for RL tasks (after the held-out share); the rest is the SFT rows' `train` split
+SPLITS: tuple[str, ...] = ("train", "rl", "heldout")
 
 CALCULATOR_SCHEMA = {"type": "function", "function": {
     "name": "calculator",
@@ -56,11 +60,11 @@ _NUMBER_RE = re.compile(r"-?\d+")
 
 def split_of_key(key: str) -> str:
     """The split of a place name or an operand pair ("347*829"): a stable hash, salted apart from the prompts'."""
-    h = int.from_bytes(hashlib.sha256(f"tool:{key}".encode()).digest()[:8], "big")
-    return "heldout" if h % 100 < HELDOUT_PERCENT else "train"
+    h = int.from_bytes(hashlib.sha256(f"tool:{key}".encode()).digest()[:8], "big") % 100
+    return "heldout" if h < HELDOUT_PERCENT else "rl" if h < HELDOUT_PERCENT + RL_PERCENT else "train"
 
 
-def place_table(seed: int, n: int = 240) -> dict[str, str]:
+def place_table(seed: int, n: int = 320) -> dict[str, str]:
     """`n` made-up places -> 4-digit codes, drawn from the seed (codes are strings: what the lookup tool returns)."""
     rng = random.Random(f"rlhfkit-world:{seed}:tool-places")
     names: dict[str, str] = {}
@@ -88,7 +92,7 @@ class ToolWorld:
     seed: int = 0
     digits: int = 3
     """Digits of each factor of a multiply task."""
-    n_places: int = 240
+    n_places: int = 320
     """Places in the lookup table."""
     table: dict[str, str] = field(init=False)
 
@@ -120,13 +124,13 @@ class ToolWorld:
                 place = rng.choice(sorted(self.table))
                 if split_of_key(place) == split:
                     return rng.choice(LOOKUP_QUESTIONS).format(p=place)
-        raise RuntimeError(f"no {kind} task in split {split}")  # never: each split holds ~a quarter or more
+        raise RuntimeError(f"no {kind} task in split {split}")  # never: each split holds a fifth or more
 
     def tasks(self, n: int, split: str = "train", stream: str = "tasks") -> list[dict]:
         """`n` task rows of `split`, kinds alternating: {"prompt": [user], "tools", "answer", "kind", "id"}.
         Deterministic in (seed, n, split, stream); a longer list extends a shorter one."""
-        if split not in ("train", "heldout"):
-            raise ValueError(f"split must be train or heldout, got {split!r}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         rng = random.Random(f"rlhfkit-world:{self.seed}:tool-{stream}:{split}")
         rows = []
         for i in range(n):
@@ -137,7 +141,7 @@ class ToolWorld:
         return rows
 
     def demos(self, n: int) -> list[dict]:
-        """`n` demonstrations on train-split tasks (their own stream, so the RL tasks are other draws): the user
+        """`n` demonstrations on train-split tasks (the RL tasks are rl-split, the evaluation held-out): the user
         asks, the assistant calls the one tool that answers, reads its result and answers with it. TRL's format."""
         out = []
         for row in self.tasks(n, "train", stream="demos"):
@@ -156,7 +160,7 @@ class ToolWorld:
         "347*829" (the operands into the calculator's expression: the prompt's " 3" "4" "7" become "3" "4" "7"),
         "Copy Velmo." -> "Velmo" (a place into the lookup's key; train-split places only, as in the demos), and a
         bare number as the whole message, as a tool's result is, -> "The answer is 94577." (the result into the
-        answer). Operand pairs are drawn from the train split, so no held-out pair appears in any SFT row. Training
+        answer). Operand pairs are drawn from the train split, so no RL or held-out pair appears in any SFT row. Training
         a needed skill first and then mixing it into the next objective so it is not forgotten is what InstructGPT's
         PPO-ptx does with pretraining data (Ouyang et al. 2022, sec. 3.5); measurements in demo_tools.TOOL_SCALES."""
         rng = random.Random(f"rlhfkit-world:{self.seed}:tool-drills")
