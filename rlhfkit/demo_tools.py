@@ -31,11 +31,13 @@ from typing import Any
 # between a digit with a leading space (the prompt's " 4") and the same digit without (the call's "4"). Drills with
 # exactly those tokens (`ToolWorld.drills`) are learnt in ~900 steps of 64 rows and forgotten by 200 demo-only
 # steps, so the demonstration step mixes in as many fresh drills as demos; 800 mixed steps (sft_epochs 4) solve
-# 0.14-0.72 of held-out tasks on seeds 0-3, 400 were not reliable. 15 GRPO steps stay within tool-SFT's intervals.
+# 0.14-0.72 of held-out tasks on seeds 0-3, 400 were not reliable. GRPO: 15 steps of 8 prompts at lr 1e-4 stayed
+# within tool-SFT's intervals; 200 steps of 16 prompts at lr 4e-4 on rl-split tasks is what raised held-out look-ups
+# (lr 1e-3 and 400 steps at 3e-4 fell apart: malformed calls rose).
 TOOL_SCALES: dict[str, dict[str, Any]] = {
     "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_rl_tasks=512,
-                    n_heldout=256, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=15, rl_prompts=8,
-                    rl_generations=4, rl_lr=1e-4, rl_kl=0.0, max_turns=3, max_new_tokens=80, max_tokens=256),
+                    n_heldout=512, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=200, rl_prompts=16,
+                    rl_generations=4, rl_lr=4e-4, rl_kl=0.0, max_turns=3, max_new_tokens=80, max_tokens=256),
     "toy": dict(drill_rows=32, drill_batch=16, n_rehearsal=16, n_demos=32, n_rl_tasks=16, n_heldout=8,
                 sft_epochs=1, sft_batch=8, sft_lr=2e-3, rl_steps=2, rl_prompts=2, rl_generations=2, rl_lr=1e-4,
                 rl_kl=0.0, max_turns=2, max_new_tokens=24, max_tokens=200),
