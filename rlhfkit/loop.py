@@ -38,7 +38,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -109,6 +109,10 @@ class Config:
     """label_source app: give up waiting after this long (the items stay; rerun to resume the round)."""
     rm_mode: str = "retrain"
     """retrain: every round's reward model starts from the start policy; continue: from the last round's."""
+    rm_ensemble: int = 1
+    """Reward models per round (seeds seed+i, in rm/member-i), scored by their mean: PPO's reward, step 3's before and
+    after. One small model's training seed moves its accuracy by ~0.1; an ensemble averages that out (Coste et al.
+    2023, "Reward Model Ensembles Help Mitigate Overoptimization"). PPO's critic starts from member-0."""
     algorithm: str = "ppo"
     """ppo: PPO against the round's reward model; dpo: DPO on the round's labels."""
     kl_coef: float = 0.1
@@ -149,6 +153,11 @@ class Config:
             raise ValueError("poll_seconds and timeout_seconds must be > 0")
         if self.kl_coef <= 0:
             raise ValueError(f"kl_coef must be > 0, got {self.kl_coef}")
+        if self.rm_ensemble < 1:
+            raise ValueError(f"rm_ensemble must be >= 1, got {self.rm_ensemble}")
+        if self.rm_ensemble > 1 and self.rm_mode == "continue":
+            raise ValueError("rm_mode continue starts from the last round's single reward model; with rm_ensemble > 1 "
+                             "use rm_mode retrain")
 
 
 class Start(NamedTuple):
@@ -365,7 +374,7 @@ def step_rm(cfg: Config, start: Start, k: int, rdir: Path, labels: list[dict], c
     init = prev_rm if cfg.rm_mode == "continue" and prev_rm else start.model
     rm.train(rm.Config(output_dir=str(rdir / "rm"), seed=cfg.seed + 100 * k, threads=cfg.threads, model=init,
                        data=str(rdir / "rm_data.jsonl"), norm_data=str(rdir / "samples.jsonl"),
-                       **demo.rm_settings(sizes(cfg))))
+                       ensemble_size=cfg.rm_ensemble, **demo.rm_settings(sizes(cfg))))
     dirs = {"before": prev_rm} if prev_rm else {}
     dirs["after"] = str(rdir / "rm")
     groups = sorted(heldout_groups(cfg, k, len(cands)))
@@ -407,9 +416,10 @@ def step_policy(cfg: Config, start: Start, k: int, rdir: Path, policy: str, rm_d
     common = dict(output_dir=str(out), seed=cfg.seed + 100 * k, threads=cfg.threads, model=policy, ref_model=ref)
     if cfg.algorithm == "ppo":
         from rlhfkit.algorithms import ppo
+        from rlhfkit.models.rewards import member_dirs
 
-        ppo.train(ppo.Config(
-            **common, reward_model=[rm_dir], value_model=rm_dir, data=start.prompts, kl_coef=cfg.kl_coef,
+        ppo.train(ppo.Config(  # the reward: the ensemble's mean; the critic starts from one model (member-0)
+            **common, reward_model=[rm_dir], value_model=str(member_dirs(rm_dir)[0]), data=start.prompts, kl_coef=cfg.kl_coef,
             max_new_tokens=s["max_new_tokens"], rollout_batch_size=s["ppo_rollout"], num_minibatches=2,
             micro_batch_size=s["ppo_rollout"] // 2, ppo_epochs=s["ppo_epochs"],
             max_steps=s["policy_steps"] * 2 * s["ppo_epochs"], learning_rate=s["ppo_lr"], warmup_steps=0,
@@ -513,6 +523,8 @@ def check_state(cfg: Config) -> None:
     mine["sizes"] = sizes(cfg)
     if path.exists():
         theirs = json.loads(path.read_text()).get("config", {})
+        default = {f.name: f.default for f in fields(Config)}  # a newer setting at its default resumes an older loop
+        theirs |= {k: default[k] for k in mine if k not in theirs and k in default}
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if diff:
             raise ValueError(f"{cfg.out} holds a loop run with other settings ({', '.join(diff)}): use a new "

@@ -177,6 +177,8 @@ BAD = [
     ({"heldout_fraction": 1.0}, "heldout_fraction must be in (0, 1), got 1.0"),
     ({"measure_prompts": -2}, "measure_prompts must be -1"),
     ({"num_responses": 1}, "num_responses must be 0 or >= 2"),
+    ({"rm_ensemble": 0}, "rm_ensemble must be >= 1, got 0"),
+    ({"rm_ensemble": 2, "rm_mode": "continue"}, "rm_mode continue starts from the last round's single"),
 ]
 
 
@@ -226,3 +228,21 @@ def test_dpo_with_a_continued_reward_model_and_the_current_policy_as_reference(t
     assert "round_1/policy" in dpo_cfg and "ref_model: ''" in dpo_cfg  # from pi_1, KL to pi_1 itself
     rows = (out / "round_2" / "dpo_data.jsonl").read_text().splitlines()
     assert rows and not any(json.loads(x)["heldout"] for x in rows)  # this round's training split only
+
+
+def test_an_ensemble_reward_model_trains_members_scores_ppo_and_measures(toy_demo, tmp_path):
+    out = _with_demo(toy_demo, tmp_path / "run")
+    loop.run(_cfg(out, rounds=2, rm_ensemble=2))
+    for k in (1, 2):
+        rm_dir = out / f"round_{k}" / "rm"
+        assert json.loads((rm_dir / "rlhfkit.json").read_text())["ensemble"] == ["member-0", "member-1"]
+        assert all((rm_dir / f"member-{i}" / "config.json").exists() for i in (0, 1))
+    m = json.loads((out / "round_2" / "metrics.json").read_text())
+    for where in (m["rm_eval"], m["rm_eval"]["measure"]):
+        assert "change" in where["gold"] and "accuracy" in where["gold"]["after"]
+    ppo_cfg = (out / "round_2" / "policy" / "config.yaml").read_text()
+    assert "round_2/rm/member-0" in ppo_cfg  # the critic from one member; the reward is the ensemble
+    assert m["eval"]["gold"] is not None
+    loop.run(_cfg(out, rounds=2, rm_ensemble=2))  # finished rounds reused
+    with pytest.raises(ValueError, match="rm_ensemble"):
+        loop.run(_cfg(out, rounds=2))
