@@ -6,8 +6,8 @@
               demonstrations of calling the tool in TRL's tool-calling format (an assistant turn with `tool_calls`,
               the `tool` result, the answer; only the assistant's turns train) mixed with as many drills again
     tool_rl   GRPO from tool_sft on rl-split tasks (places and operand pairs no SFT row holds, so the reward is for
-              copying what the tools return, not for recalling a code a demonstration held), with the tools in the loop (multi-turn episodes:
-              rollout.multiturn) and the world's trajectory reward (right answer, well-formed calls, no extra calls)
+              copying what the tools return, not for recalling a code a demonstration held), with the tools in the
+              loop (multi-turn episodes: rollout.multiturn) and the world's trajectory reward (right answer, well-formed calls, no extra calls)
 
 All three are evaluated on the same held-out tasks (places and operand pairs no training row holds), each in
 multi-turn episodes at the sampling temperature: task success with a 95% Wilson interval, the malformed-call rate
@@ -32,8 +32,8 @@ from typing import Any
 # exactly those tokens (`ToolWorld.drills`) are learnt in ~900 steps of 64 rows and forgotten by 200 demo-only
 # steps, so the demonstration step mixes in as many fresh drills as demos; 800 mixed steps (sft_epochs 4) solve
 # 0.14-0.72 of held-out tasks on seeds 0-3, 400 were not reliable. GRPO: 15 steps of 8 prompts at lr 1e-4 stayed
-# within tool-SFT's intervals; 200 steps of 16 prompts at lr 4e-4 on rl-split tasks is what raised held-out look-ups
-# (lr 1e-3 and 400 steps at 3e-4 fell apart: malformed calls rose).
+# within tool-SFT's intervals; 200 steps of 16 prompts at lr 4e-4 raise the reward on the rl-split tasks but not
+# held-out success (lr 1e-3 and 400 steps at 3e-4 fell apart: malformed calls rose).
 TOOL_SCALES: dict[str, dict[str, Any]] = {
     "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_rl_tasks=512,
                     n_heldout=512, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=200, rl_prompts=16,

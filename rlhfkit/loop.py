@@ -419,7 +419,8 @@ def step_policy(cfg: Config, start: Start, k: int, rdir: Path, policy: str, rm_d
         from rlhfkit.models.rewards import member_dirs
 
         ppo.train(ppo.Config(  # the reward: the ensemble's mean; the critic starts from one model (member-0)
-            **common, reward_model=[rm_dir], value_model=str(member_dirs(rm_dir)[0]), data=start.prompts, kl_coef=cfg.kl_coef,
+            **common, reward_model=[rm_dir], value_model=str(member_dirs(rm_dir)[0]), data=start.prompts,
+            kl_coef=cfg.kl_coef,
             max_new_tokens=s["max_new_tokens"], rollout_batch_size=s["ppo_rollout"], num_minibatches=2,
             micro_batch_size=s["ppo_rollout"] // 2, ppo_epochs=s["ppo_epochs"],
             max_steps=s["policy_steps"] * 2 * s["ppo_epochs"], learning_rate=s["ppo_lr"], warmup_steps=0,
