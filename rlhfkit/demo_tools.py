@@ -35,7 +35,7 @@ from typing import Any
 # within tool-SFT's intervals; 200 steps of 16 prompts at lr 4e-4 raise the reward on the rl-split tasks but not
 # held-out success (lr 1e-3 and 400 steps at 3e-4 fell apart: malformed calls rose).
 TOOL_SCALES: dict[str, dict[str, Any]] = {
-    "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_rl_tasks=512,
+    "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_rl_tasks=2048,
                     n_heldout=512, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=200, rl_prompts=16,
                     rl_generations=4, rl_lr=4e-4, rl_kl=0.0, max_turns=3, max_new_tokens=80, max_tokens=256),
     "toy": dict(drill_rows=32, drill_batch=16, n_rehearsal=16, n_demos=32, n_rl_tasks=16, n_heldout=8,

@@ -51,8 +51,9 @@ def test_tasks_are_seeded_split_and_exact(world):
     assert not demo_keys & (keys["heldout"] | keys["rl"])  # the demonstrations hold no RL or held-out task
     places = {split: [p for p in world.table if TT.split_of_key(p) == split] for split in TT.SPLITS}
     shares = {"train": 100 - TT.HELDOUT_PERCENT - TT.RL_PERCENT, "rl": TT.RL_PERCENT, "heldout": TT.HELDOUT_PERCENT}
-    for split, share in shares.items():  # the hash splits 320 places near the shares (binomial s.d. 2.2-2.7 points)
-        assert abs(100 * len(places[split]) / len(world.table) - share) < 8, (split, len(places[split]))
+    for split, share in shares.items():  # the hash splits 2,000 places near the shares (binomial s.d. 0.9-1.1 points)
+        assert abs(100 * len(places[split]) / len(world.table) - share) < 4, (split, len(places[split]))
+    assert len(world.table) == 2000 and {len(p) for p in world.table} >= {4, 9}  # two and three syllables
     with pytest.raises(ValueError, match="split must be one of train, rl, heldout"):
         world.tasks(1, "test")
     for r in train[:50] + held[:50]:
@@ -106,12 +107,17 @@ def test_success_and_reward_by_hand(world):
     place, code = next(iter(world.table.items()))
     lq = f"What is the code of {place}?"
     assert world.success(lq, f"The answer is {code}.") and not world.success(lq, "The answer is 1.")
-    # 1 for correct, -0.25 per malformed call (at most -0.5), -0.1 per extra call
+    # 1 for correct, -0.25 per malformed call (at most -0.5), -0.1 per extra call, -0.25 for no well-formed call
     assert world.reward(q, "The answer is 287663.", calls=1) == 1.0
     assert world.reward(q, "The answer is 287663.", calls=3) == pytest.approx(0.8)
     assert world.reward(q, "The answer is 287663.", calls=1, malformed=1) == 0.75
-    assert world.reward(q, "no", calls=0, malformed=5) == -0.5
+    assert world.reward(q, "The answer is 287663.", calls=0) == 0.75  # right without the tool: a guess, 1 - 0.25
+    assert world.reward(q, "no", calls=1) == 0.0  # a well-formed call and a wrong answer
+    assert world.reward(q, "no", calls=0) == -0.25  # no call: below trying
+    assert world.reward(q, "no", calls=0, malformed=5) == -0.75  # 0.5 cap on malformed, plus no well-formed call
+    assert world.reward(q, "no", calls=0, malformed=5) < world.reward(q, "no", calls=1, malformed=1) < 0.0
     assert world.rewards([q, q], ["287663", "1"], [1, 1], [0, 0]) == [1.0, 0.0]
+    assert world.rewards([q, q], ["287663", "1"]) == [1.0, 0.0]  # without episodes only the answer counts
 
 
 # ----------------------------------------------------------------------------------------------- the template

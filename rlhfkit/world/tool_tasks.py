@@ -13,8 +13,8 @@ here are exactly what transformers' `get_json_schema` derives from the built-in 
 out because the world imports nothing outside itself.
 
 Success is exact: the last number in the final answer is the right value (`success`). The trajectory reward
-(`ToolWorld.reward`) adds to that a penalty for malformed calls and for calls beyond the one needed, so RL learns
-to call well-formed and to stop. Places and operand pairs fall in three splits by hash (`split_of_key`): `train`
+(`ToolWorld.reward`) adds to that a penalty for malformed calls, for calls beyond the one needed and for no call at
+all, so RL learns to call, well-formed, and to stop. Places and operand pairs fall in three splits by hash (`split_of_key`): `train`
 (demonstrations and drills), `rl` (the RL tasks: names and pairs no SFT row holds, so reward comes from copying what
 the tool returns, not from recalling a code seen in a demonstration) and `heldout` (evaluation only).
 Pure Python, seeded: the same seed gives the same table and tasks.
@@ -47,7 +47,10 @@ LOOKUP_SCHEMA = {"type": "function", "function": {
     "return": {"type": "string"}}}
 TOOL_SCHEMAS = (CALCULATOR_SCHEMA, LOOKUP_SCHEMA)
 
-# Made-up place names: two syllables, capitalised; none is a word of the world's other texts.
+# Made-up place names: two or three syllables, capitalised; none is a word of the world's other texts. Three-syllable
+# names make the table large (2,000 places): with two syllables only there are 400 names, each split holds a few
+# dozen to two hundred, and a model trained on them recalls a seen name ("Jerbel") where the prompt asks an unseen one
+# ("Jergor"); the RL split, a few dozen places, is small enough for GRPO to learn its codes instead of the copy.
 SYLLABLES = ("ka", "lo", "mi", "ven", "tor", "sa", "ri", "bel", "dun", "fa", "gor", "hal", "nu", "jer", "pol",
              "qua", "ske", "tem", "vo", "zan")
 MULTIPLY_QUESTIONS = ("What is {a} times {b}?", "Compute {a} times {b}.")
@@ -64,12 +67,14 @@ def split_of_key(key: str) -> str:
     return "heldout" if h < HELDOUT_PERCENT else "rl" if h < HELDOUT_PERCENT + RL_PERCENT else "train"
 
 
-def place_table(seed: int, n: int = 320) -> dict[str, str]:
+def place_table(seed: int, n: int = 2000) -> dict[str, str]:
     """`n` made-up places -> 4-digit codes, drawn from the seed (codes are strings: what the lookup tool returns)."""
+    if not 1 <= n <= 4000:  # 400 two-syllable and 8,000 three-syllable names exist; half leaves room for the draw
+        raise ValueError(f"n_places must be in 1..4000, got {n}")
     rng = random.Random(f"rlhfkit-world:{seed}:tool-places")
     names: dict[str, str] = {}
     while len(names) < n:
-        name = "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
+        name = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 3)))).capitalize()
         names.setdefault(name, str(rng.randint(1000, 9999)))
     return names
 
@@ -92,7 +97,7 @@ class ToolWorld:
     seed: int = 0
     digits: int = 3
     """Digits of each factor of a multiply task."""
-    n_places: int = 320
+    n_places: int = 2000
     """Places in the lookup table."""
     table: dict[str, str] = field(init=False)
 
@@ -100,6 +105,7 @@ class ToolWorld:
         if not 2 <= self.digits <= 6:
             raise ValueError("digits must be in 2..6")
         self.table = place_table(self.seed, self.n_places)
+        self._places = sorted(self.table)
 
     # --- tasks ------------------------------------------------------------------------------------------------
     def parse(self, prompt: str) -> ToolTask:
@@ -121,7 +127,7 @@ class ToolWorld:
                 if split_of_key(f"{a}*{b}") == split:
                     return rng.choice(MULTIPLY_QUESTIONS).format(a=a, b=b)
             else:
-                place = rng.choice(sorted(self.table))
+                place = rng.choice(self._places)
                 if split_of_key(place) == split:
                     return rng.choice(LOOKUP_QUESTIONS).format(p=place)
         raise RuntimeError(f"no {kind} task in split {split}")  # never: each split holds a fifth or more
@@ -190,18 +196,24 @@ class ToolWorld:
         numbers = _NUMBER_RE.findall(answer or "")
         return bool(numbers) and numbers[-1] == self.parse(prompt).answer
 
-    def reward(self, prompt: str, answer: str, calls: int = 0, malformed: int = 0) -> float:
-        """The trajectory reward: 1 for a correct final answer, minus 0.25 per malformed call (at most 0.5) and 0.1
-        per well-formed call beyond the one a task needs. Correctness dominates, a clean single call breaks ties."""
+    def reward(self, prompt: str, answer: str, calls: int | None = None, malformed: int = 0) -> float:
+        """The trajectory reward: 1 for a correct final answer, minus 0.25 per malformed call (at most 0.5), 0.1 per
+        well-formed call beyond the one a task needs, and 0.25 for answering with no well-formed call at all.
+        Correctness dominates; among wrong answers a well-formed call (0) beats none (-0.25), so a policy that
+        rarely succeeds yet is not taught that the safe move is to stop calling (the malformed penalty alone did:
+        docs/benchmarks.md "RL on a separate split", seed 2). `calls` None (a caller without episodes): only the
+        answer counts."""
+        if calls is None:
+            return float(self.success(prompt, answer))
         return (float(self.success(prompt, answer)) - min(0.5, 0.25 * malformed)
-                - 0.1 * max(0, calls - 1))
+                - 0.1 * max(0, calls - 1) - 0.25 * (calls == 0))
 
     def rewards(self, prompts: list[str], responses: list[str], calls: list[int] | None = None,
                 malformed: list[int] | None = None) -> list[float]:
         """`reward` per episode, in the `module:function` reward signature (prompt texts, answer texts) plus the
         episodes' call counts when the trainer has them."""
         n = len(prompts)
-        calls, malformed = calls or [0] * n, malformed or [0] * n
+        calls, malformed = calls or [None] * n, malformed or [0] * n
         return [self.reward(p, r, c, m) for p, r, c, m in zip(prompts, responses, calls, malformed, strict=True)]
 
 
