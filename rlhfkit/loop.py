@@ -353,9 +353,10 @@ def rm_accuracy(rm_dirs: dict[str, str], cands: list[dict], pairs: list[tuple[in
     for name, c in correct.items():
         low, high = wilson_interval(sum(c), len(c))
         out[name] = {"accuracy": sum(c) / len(c), "low": low, "high": high}
-    if len(correct) == 2:
-        out["change"] = clustered_paired_bootstrap(correct["before"], correct["after"], [g for g, _, _ in pairs],
-                                                   seed=0)
+    groups = [g for g, _, _ in pairs]
+    for key, frm in (("change", "before"), ("change_from_first", "first")):
+        if frm in correct and "after" in correct:
+            out[key] = clustered_paired_bootstrap(correct[frm], correct["after"], groups, seed=0)
     return out
 
 
@@ -398,13 +399,17 @@ def measure(start: Start, dirs: dict[str, str], cands: list[dict], pairs: list[t
 
 def step_measure(cfg: Config, start: Start, k: int, rdir: Path, policy: str, prev_rm: str) -> dict | None:
     """3b. (world) The last round's and the new reward model on `measure_prompts` held-out prompts' samples of the
-    current policy, labelled by the simulated annotators: the same measurement as step 3's on far more pairs."""
+    current policy, labelled by the simulated annotators: the same measurement as step 3's on far more pairs.
+    From round 3 on, round 1's reward model too (`first`: it learnt from the start policy's samples alone), and its
+    change to the new one (`change_from_first`): what all the rounds of retraining did together, where one round's
+    `change` is what the last one did."""
     n = sizes(cfg)["measure_prompts"]
     if not n or not start.eval_prompts:
         return None
     cands = _sample_subset(cfg, k, policy, start.eval_prompts, n, rdir, "measure_")
     rows = world_labels(cfg, cfg.seed * 1000 + k + 500, cands)
-    dirs = ({"before": prev_rm} if prev_rm else {}) | {"after": str(rdir / "rm")}
+    first = {"first": str(round_dir(cfg, 1) / "rm")} if k >= 3 else {}
+    dirs = first | ({"before": prev_rm} if prev_rm else {}) | {"after": str(rdir / "rm")}
     return {"prompts": len(cands), **measure(start, dirs, cands, label_pairs(rows, cands), list(range(len(cands))))}
 
 

@@ -116,6 +116,28 @@ def test_resume_redoes_an_unfinished_round_with_the_same_results(two_rounds, tmp
     assert _metrics(out / "round_1" / "metrics.json") == _metrics(two_rounds / "round_1" / "metrics.json")
 
 
+def test_a_third_round_also_measures_round_1s_reward_model(two_rounds, tmp_path):
+    """From round 3 on, step 3b also scores round 1's reward model on the same pairs: `change_from_first` is the
+    paired change from it to the new one (the mean of a paired bootstrap is the difference of the accuracies)."""
+    out = tmp_path / "copy"
+    shutil.copytree(two_rounds, out)
+    loop.run(_cfg(out, rounds=3))  # a finished loop given more rounds continues
+    m2 = json.loads((out / "round_2" / "metrics.json").read_text())["rm_eval"]["measure"]
+    assert "first" not in m2["gold"] and "change_from_first" not in m2["gold"]
+    m3 = json.loads((out / "round_3" / "metrics.json").read_text())["rm_eval"]["measure"]
+    measured = [w for w in (m3["gold"], m3["labels"]) if w["n"]]
+    assert measured
+    for w in measured:
+        assert {"first", "before", "after", "change", "change_from_first"} <= set(w)
+        assert w["change_from_first"]["mean"] == pytest.approx(w["after"]["accuracy"] - w["first"]["accuracy"])
+        assert w["change"]["mean"] == pytest.approx(w["after"]["accuracy"] - w["before"]["accuracy"])
+    cands = [json.loads(x) for x in (out / "round_3" / "measure_samples.jsonl").read_text().splitlines()]
+    rows = loop.world_labels(_cfg(out), 0 * 1000 + 3 + 500, cands)  # seed 0, round 3: the labels 3b drew
+    first = loop.pair_correct(str(out / "round_1" / "rm"), cands, loop.label_pairs(rows, cands))
+    if m3["labels"]["n"]:
+        assert m3["labels"]["first"]["accuracy"] == pytest.approx(sum(first) / len(first))
+
+
 def test_other_settings_are_refused_on_resume(two_rounds):
     with pytest.raises(ValueError, match=r"other settings \(kl_coef\)"):
         loop.check_state(_cfg(two_rounds, rounds=3, kl_coef=0.5))
