@@ -167,10 +167,25 @@ def rl_curve(run_dir: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- the stage
+def train_rl(common: dict, model_dir: str, paths: dict[str, str], s: dict, seed: int) -> None:
+    """tool-RL: GRPO from `model_dir` on the rl-split tasks with the tools in the loop, rewarded by the world's
+    trajectory reward. `common`: demo.Context.common's settings (output_dir, seed, threads, ...)."""
+    from rlhfkit.algorithms import grpo
+    from rlhfkit.world.tool_tasks import ToolWorld
+
+    per_step = s["rl_prompts"] * s["rl_generations"]
+    grpo.train(grpo.Config(**common, model=model_dir, data=paths["rl"], tools=_tool_specs(paths["table"]),
+                           max_turns=s["max_turns"], max_episode_tokens=s["max_tokens"],
+                           max_new_tokens=s["max_new_tokens"], num_generations=s["rl_generations"],
+                           rollout_batch_size=s["rl_prompts"], num_minibatches=1, micro_batch_size=per_step,
+                           max_steps=s["rl_steps"], learning_rate=s["rl_lr"], warmup_steps=0,
+                           lr_scheduler="constant", kl_coef=s["rl_kl"], temperature=TEMPERATURE),
+               reward_fn=reward_fn(ToolWorld(seed=seed)))
+
+
 def run(ctx) -> dict:
     """The tool_use stage: data, tool-SFT, tool-RL, evaluation of the three policies. `ctx` is demo.Context."""
-    from rlhfkit.algorithms import grpo, sft
-    from rlhfkit.world.tool_tasks import ToolWorld
+    from rlhfkit.algorithms import sft
 
     s, seed = TOOL_SCALES[ctx.cfg.scale], ctx.cfg.seed
     out = Path(ctx.path("tool_use"))
@@ -185,16 +200,7 @@ def run(ctx) -> dict:
     sft.train(sft.Config(**ctx.common("tool_sft"), model=ctx.path("tool_drill"), tokenizer=tok_dir, data=paths["mix"],
                          num_epochs=s["sft_epochs"], micro_batch_size=s["sft_batch"], learning_rate=s["sft_lr"],
                          warmup_steps=2, max_length=s["max_tokens"]))
-    # tool-RL: GRPO with the tools in the loop, rewarded by the world's trajectory reward
-    per_step = s["rl_prompts"] * s["rl_generations"]
-    grpo.train(grpo.Config(**ctx.common("tool_rl"), model=ctx.path("tool_sft"), data=paths["rl"],
-                           tools=_tool_specs(paths["table"]), max_turns=s["max_turns"],
-                           max_episode_tokens=s["max_tokens"],
-                           max_new_tokens=s["max_new_tokens"], num_generations=s["rl_generations"],
-                           rollout_batch_size=s["rl_prompts"], num_minibatches=1, micro_batch_size=per_step,
-                           max_steps=s["rl_steps"], learning_rate=s["rl_lr"], warmup_steps=0,
-                           lr_scheduler="constant", kl_coef=s["rl_kl"], temperature=TEMPERATURE),
-               reward_fn=reward_fn(ToolWorld(seed=seed)))
+    train_rl(ctx.common("tool_rl"), ctx.path("tool_sft"), paths, s, seed)
     policies = evaluate(paths, {"no_tool": ctx.path("sft"), "tool_sft": ctx.path("tool_sft"),
                                 "tool_rl": ctx.path("tool_rl")}, tok_dir, s, seed)
     result = {"policies": policies, "rl": rl_curve(Path(ctx.path("tool_rl"))), "n_demos": s["n_demos"],

@@ -107,6 +107,14 @@ def test_success_and_reward_by_hand(world):
     place, code = next(iter(world.table.items()))
     lq = f"What is the code of {place}?"
     assert world.success(lq, f"The answer is {code}.") and not world.success(lq, "The answer is 1.")
+    # partial credit: 0.5 x the share of digits in the right place, for a number of the right length
+    assert TT.digit_credit("170046", "The answer is 102996.") == pytest.approx(2 / 6)  # 1....6 right
+    assert TT.digit_credit("170046", "170046") == 1.0
+    assert TT.digit_credit("170046", "The answer is 17004.") == 0.0  # another length
+    assert TT.digit_credit("170046", "I don't know.") == 0.0
+    assert world.reward(q, "The answer is 287000.", calls=1) == pytest.approx(0.5 * 3 / 6)  # 287 right of 287663
+    assert world.reward(q, "The answer is 287000.", calls=1, malformed=1) == pytest.approx(0.25 - 0.25)
+    assert world.reward(q, "The answer is 287660.", calls=1) < world.reward(q, "The answer is 287663.", calls=1)
     # 1 for correct, -0.25 per malformed call (at most -0.5), -0.1 per extra call, -0.25 for no well-formed call
     assert world.reward(q, "The answer is 287663.", calls=1) == 1.0
     assert world.reward(q, "The answer is 287663.", calls=3) == pytest.approx(0.8)

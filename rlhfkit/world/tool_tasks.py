@@ -31,6 +31,7 @@ DRILL_KINDS: tuple[str, ...] = ("operands", "name", "result")  # the copies of `
 HELDOUT_PERCENT = 25  # share of places and operand pairs (by hash) reserved for held-out tasks
 RL_PERCENT = 20  # share reserved for RL tasks (after the held-out share); the rest is the SFT rows' `train` split
 SPLITS: tuple[str, ...] = ("train", "rl", "heldout")
+PARTIAL = 0.5  # the reward's weight on the digits of a wrong answer that are right (`ToolWorld.reward`)
 
 CALCULATOR_SCHEMA = {"type": "function", "function": {
     "name": "calculator",
@@ -197,16 +198,19 @@ class ToolWorld:
         return bool(numbers) and numbers[-1] == self.parse(prompt).answer
 
     def reward(self, prompt: str, answer: str, calls: int | None = None, malformed: int = 0) -> float:
-        """The trajectory reward: 1 for a correct final answer, minus 0.25 per malformed call (at most 0.5), 0.1 per
-        well-formed call beyond the one a task needs, and 0.25 for answering with no well-formed call at all.
-        Correctness dominates; among wrong answers a well-formed call (0) beats none (-0.25), so a policy that
-        rarely succeeds yet is not taught that the safe move is to stop calling (the malformed penalty alone did:
-        docs/benchmarks.md "RL on a separate split", seed 2). `calls` None (a caller without episodes): only the
-        answer counts."""
+        """The trajectory reward: 1 for a correct final answer, else `PARTIAL` x the share of its digits in the right
+        place (`digit_credit`); minus 0.25 per malformed call (at most 0.5), 0.1 per well-formed call beyond the one
+        a task needs, and 0.25 for answering with no well-formed call at all. Correctness dominates (the most a wrong
+        answer earns is 0.5 x 5/6); the digit credit gives GRPO a gradient toward copying the tool's result where
+        exact copies are rare (tool-SFT writes the right call for nearly every multiplication and the right product
+        for few: docs/benchmarks.md "Tool use (#31)"). Among wrong answers a well-formed call beats none, so a policy
+        that rarely succeeds is not taught that the safe move is to stop calling (the malformed penalty alone did,
+        on one seed). `calls` None (a caller without episodes): only exact success counts."""
         if calls is None:
             return float(self.success(prompt, answer))
-        return (float(self.success(prompt, answer)) - min(0.5, 0.25 * malformed)
-                - 0.1 * max(0, calls - 1) - 0.25 * (calls == 0))
+        expected = self.parse(prompt).answer
+        correct = 1.0 if self.success(prompt, answer) else PARTIAL * digit_credit(expected, answer)
+        return correct - min(0.5, 0.25 * malformed) - 0.1 * max(0, calls - 1) - 0.25 * (calls == 0)
 
     def rewards(self, prompts: list[str], responses: list[str], calls: list[int] | None = None,
                 malformed: list[int] | None = None) -> list[float]:
@@ -215,6 +219,15 @@ class ToolWorld:
         n = len(prompts)
         calls, malformed = calls or [None] * n, malformed or [0] * n
         return [self.reward(p, r, c, m) for p, r, c, m in zip(prompts, responses, calls, malformed, strict=True)]
+
+
+def digit_credit(expected: str, answer: str) -> float:
+    """The share of `expected`'s digits that the answer's last number has in the same place, 0 when that number has
+    another length or there is none: "The answer is 102996." against 170046 -> 2/6 (the first and last digits)."""
+    got = answer_value(answer)
+    if got is None or len(got) != len(expected):
+        return 0.0
+    return sum(a == b for a, b in zip(got, expected)) / len(expected)
 
 
 def answer_value(answer: str) -> str | None:
