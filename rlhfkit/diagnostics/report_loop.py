@@ -63,8 +63,19 @@ def measure_table(summary: dict) -> str:
             for r in summary.get("rounds", []) if isinstance((r.get("rm_eval") or {}).get("measure"), dict)]
     if not rows:
         return ""
+    firsts = []  # from round 3 on: round 1's reward model on the same pairs, against the new one
+    for r in summary.get("rounds", []):
+        m = (r.get("rm_eval") or {}).get("measure")
+        parts = [f"{name} {_ci(w.get('first'))} -> {_ci(w.get('after'))}, {_signed(w.get('change_from_first'))}"
+                 for name, w in (("gold order", (m or {}).get("gold")), ("labels", (m or {}).get("labels")))
+                 if isinstance(w, dict) and isinstance(w.get("first"), dict)]
+        if parts:
+            firsts.append(f"<li>round {esc(r.get('round'))}: {esc('; '.join(parts))}</li>")
+    first = ("<p>Round 1's reward model (it learnt from the start policy's samples alone) against the new one, on "
+             f"the same pairs (paired change, 95% bootstrap CI):</p><ul>{''.join(firsts)}</ul>" if firsts else "")
     return ("<p>The same reward models on K samples of the current policy for held-out evaluation prompts (never "
-            "trained on), labelled by the simulated annotators:</p>" + table(["round", "prompts", *RM_HEAD], rows))
+            "trained on), labelled by the simulated annotators:</p>" + table(["round", "prompts", *RM_HEAD], rows)
+            + first)
 
 
 def rounds_plot(summary: dict, plots: Plots) -> str:
