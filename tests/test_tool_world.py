@@ -115,18 +115,18 @@ def test_success_and_reward_by_hand(world):
     assert world.reward(q, "The answer is 287000.", calls=1) == pytest.approx(0.5 * 3 / 6)  # 287 right of 287663
     assert world.reward(q, "The answer is 287000.", calls=1, malformed=1) == pytest.approx(0.25 - 0.1)
     assert world.reward(q, "The answer is 287660.", calls=1) < world.reward(q, "The answer is 287663.", calls=1)
-    # 1 for correct; -0.5 without a well-formed call; -0.1 per malformed call (at most -0.3); -0.1 per extra call
+    # 1 for correct; -0.5 without a well-formed call; with one, -0.1 per malformed call (at most -0.3) and extra call
     assert world.reward(q, "The answer is 287663.", calls=1) == 1.0
     assert world.reward(q, "The answer is 287663.", calls=3) == pytest.approx(0.8)
     assert world.reward(q, "The answer is 287663.", calls=1, malformed=1) == pytest.approx(0.9)
     assert world.reward(q, "The answer is 287663.", calls=0) == 0.5  # right without the tool: a guess
     assert world.reward(q, "no", calls=1) == 0.0  # a well-formed call and a wrong answer
     assert world.reward(q, "no", calls=0) == -0.5  # no call
-    assert world.reward(q, "no", calls=0, malformed=1) == pytest.approx(-0.6)  # only a malformed call
-    assert world.reward(q, "no", calls=0, malformed=5) == pytest.approx(-0.8)  # the malformed cost caps at 0.3
-    # the order RL needs: a well-formed call > a fixed malformed one > no call > malformed only
+    assert world.reward(q, "no", calls=0, malformed=1) == -0.5  # only malformed calls: the same as none
+    assert world.reward(q, "no", calls=1, malformed=5) == pytest.approx(-0.3)  # the malformed cost caps at 0.3
+    # the order RL needs: a well-formed call > a fixed malformed one > no call = malformed only
     assert (world.reward(q, "no", calls=1) > world.reward(q, "no", calls=1, malformed=1)
-            > world.reward(q, "no", calls=0) > world.reward(q, "no", calls=0, malformed=1))
+            > world.reward(q, "no", calls=0) == world.reward(q, "no", calls=0, malformed=2))
     assert world.rewards([q, q], ["287663", "1"], [1, 1], [0, 0]) == [1.0, 0.0]
     assert world.rewards([q, q], ["287663", "1"]) == [1.0, 0.0]  # without episodes only the answer counts
 

@@ -200,18 +200,21 @@ class ToolWorld:
     def reward(self, prompt: str, answer: str, calls: int | None = None, malformed: int = 0) -> float:
         """The trajectory reward: 1 for a correct final answer, else `PARTIAL` x the share of its digits in the right
         place (`digit_credit`); minus 0.5 when the episode has no well-formed call (none tried, or only malformed
-        ones), 0.1 per malformed call (at most 0.3) and 0.1 per well-formed call beyond the one a task needs.
-        Correctness dominates (the most a wrong answer earns is 0.5 x 5/6). The digit credit gives GRPO a gradient
-        toward copying the tool's result where exact copies are rare (tool-SFT writes the right call for nearly
-        every multiplication and the right product for few: docs/benchmarks.md "Tool use (#31)"). A malformed call
-        costs only a little more than not calling (-0.6 against -0.5), and a well-formed one with a wrong answer
-        (0) much less: when malformed calls cost most, GRPO learnt to stop calling instead of fixing the format.
+        ones), and, once it has one, 0.1 per malformed call before it (at most 0.3) and 0.1 per well-formed call
+        beyond the one a task needs. Correctness dominates (the most a wrong answer earns is 0.5 x 5/6). The digit
+        credit gives GRPO a gradient toward copying the tool's result where exact copies are rare (tool-SFT writes
+        the right call for nearly every multiplication and the right product for few: docs/benchmarks.md "Tool use
+        (#31)"). Not calling and calling only malformed score the same: GRPO scales each group's rewards by their
+        standard deviation, so any gap between the two, however small, became a full-size push, and with malformed
+        calls scored lower the policy learnt to stop calling instead of fixing the format (docs/benchmarks.md).
         `calls` None (a caller without episodes): only exact success counts."""
         if calls is None:
             return float(self.success(prompt, answer))
         expected = self.parse(prompt).answer
         correct = 1.0 if self.success(prompt, answer) else PARTIAL * digit_credit(expected, answer)
-        return correct - 0.5 * (calls == 0) - min(0.3, 0.1 * malformed) - 0.1 * max(0, calls - 1)
+        if calls == 0:
+            return correct - 0.5
+        return correct - min(0.3, 0.1 * malformed) - 0.1 * (calls - 1)
 
     def rewards(self, prompts: list[str], responses: list[str], calls: list[int] | None = None,
                 malformed: list[int] | None = None) -> list[float]:
