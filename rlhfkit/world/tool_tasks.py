@@ -13,8 +13,9 @@ here are exactly what transformers' `get_json_schema` derives from the built-in 
 out because the world imports nothing outside itself.
 
 Success is exact: the last number in the final answer is the right value (`success`). The trajectory reward
-(`ToolWorld.reward`) adds to that a penalty for malformed calls, for calls beyond the one needed and for no call at
-all, so RL learns to call, well-formed, and to stop. Places and operand pairs fall in three splits by hash (`split_of_key`): `train`
+(`ToolWorld.reward`) gives a wrong answer partial credit for its digits in the right place, and subtracts for an
+episode without a well-formed call, for malformed calls and for calls beyond the one needed, so RL learns to call,
+well-formed, and to stop. Places and operand pairs fall in three splits by hash (`split_of_key`): `train`
 (demonstrations and drills), `rl` (the RL tasks: names and pairs no SFT row holds, so reward comes from copying what
 the tool returns, not from recalling a code seen in a demonstration) and `heldout` (evaluation only).
 Pure Python, seeded: the same seed gives the same table and tasks.
