@@ -271,3 +271,24 @@ def test_an_ensemble_reward_model_trains_members_scores_ppo_and_measures(toy_dem
     loop.run(_cfg(out, rounds=2, rm_ensemble=2))  # finished rounds reused
     with pytest.raises(ValueError, match="rm_ensemble"):
         loop.run(_cfg(out, rounds=2))
+
+
+def test_measure_table_lists_round_1s_reward_model_from_round_3():
+    """report_loop.measure_table: a round with `first` gets a line "round k: gold order first -> after, change";
+    rounds without it get none, and the text is escaped."""
+    from rlhfkit.diagnostics import report_loop
+
+    def acc(a):
+        return {"accuracy": a, "low": a - 0.05, "high": a + 0.05}
+
+    change = {"mean": 0.1, "low": 0.02, "high": 0.18}
+    r2 = {"round": 2, "rm_eval": {"measure": {"prompts": 4, "gold": {
+        "n": 10, "before": acc(0.5), "after": acc(0.6), "change": change}}}}
+    r3 = {"round": 3, "rm_eval": {"measure": {"prompts": 4, "gold": {
+        "n": 10, "first": acc(0.4), "before": acc(0.5), "after": acc(0.6), "change": change,
+        "change_from_first": {"mean": 0.2, "low": 0.1, "high": 0.3}}}}}
+    html = report_loop.measure_table({"rounds": [r2, r3]})
+    line = "<li>round 3: gold order 0.400 [0.350, 0.450] -&gt; 0.600 [0.550, 0.650], +0.200 [+0.100, +0.300]</li>"
+    assert line in html
+    assert "round 2:" not in html
+    assert "Round 1" not in report_loop.measure_table({"rounds": [r2]})
