@@ -102,6 +102,7 @@ class ToolWorld:
     n_places: int = 2000
     """Places in the lookup table."""
     table: dict[str, str] = field(init=False)
+    _places: list[str] = field(init=False, repr=False)  # the table's names, sorted: what lookup tasks draw from
 
     def __post_init__(self):
         if not 2 <= self.digits <= 6:
