@@ -212,8 +212,8 @@ class ToolWorld:
         `calls` None (a caller without episodes): only exact success counts."""
         if calls is None:
             return float(self.success(prompt, answer))
-        expected = self.parse(prompt).answer
-        correct = 1.0 if self.success(prompt, answer) else PARTIAL * digit_credit(expected, answer)
+        credit = digit_credit(self.parse(prompt).answer, answer)  # 1.0 exactly when `success`
+        correct = 1.0 if credit == 1.0 else PARTIAL * credit
         if calls == 0:
             return correct - 0.5
         return correct - min(0.3, 0.1 * malformed) - 0.1 * (calls - 1)
