@@ -7,7 +7,8 @@
               the `tool` result, the answer; only the assistant's turns train) mixed with as many drills again
     tool_rl   GRPO from tool_sft on rl-split tasks (places and operand pairs no SFT row holds, so the reward is for
               copying what the tools return, not for recalling a code a demonstration held), with the tools in the
-              loop (multi-turn episodes: rollout.multiturn) and the world's trajectory reward (right answer, well-formed calls, no extra calls)
+              loop (multi-turn episodes: rollout.multiturn) and the world's trajectory reward (right answer,
+              well-formed calls, no extra calls)
 
 All three are evaluated on the same held-out tasks (places and operand pairs no training row holds), each in
 multi-turn episodes at the sampling temperature: task success with a 95% Wilson interval, the malformed-call rate
@@ -38,7 +39,7 @@ from typing import Any
 # malformed half the time and it solves nothing; GRPO then fixes the format (malformed 0.5-0.6 -> 0.04-0.29 on
 # held-out tasks) but still solves nothing, so the stage keeps 1,600.
 TOOL_SCALES: dict[str, dict[str, Any]] = {
-    "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_rl_tasks=2048,
+    "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_rl_tasks=3200,
                     n_heldout=512, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=200, rl_prompts=16,
                     rl_generations=4, rl_lr=4e-4, rl_kl=0.0, max_turns=3, max_new_tokens=80, max_tokens=256),
     "toy": dict(drill_rows=32, drill_batch=16, n_rehearsal=16, n_demos=32, n_rl_tasks=16, n_heldout=8,
@@ -117,7 +118,8 @@ def run_policy(model, tok, tasks: list[dict], table: str, with_tools: bool, s: d
 
 
 def score(world, tasks: list[dict], episodes: list) -> dict:
-    """Success (95% Wilson interval), malformed-call rate, calls per episode and one transcript."""
+    """Success (95% Wilson interval) overall and per task kind, malformed-call rate, calls per episode and one
+    transcript."""
     from rlhfkit.diagnostics.metrics import wilson_interval
     from rlhfkit.rollout.multiturn import episode_metrics
 
@@ -125,7 +127,11 @@ def score(world, tasks: list[dict], episodes: list) -> dict:
     n = len(wins)
     low, high = wilson_interval(sum(wins), n)
     m = episode_metrics(episodes)
+    kinds = sorted({t["kind"] for t in tasks})
+    by_kind = {k: sum(w for t, w in zip(tasks, wins) if t["kind"] == k) / sum(t["kind"] == k for t in tasks)
+               for k in kinds}
     return {"success": {"mean": sum(wins) / max(n, 1), "low": round(low, 6), "high": round(high, 6), "n": n},
+            "success_by_kind": by_kind,
             "malformed_call_rate": m["tools/malformed_call_rate"], "calls_per_episode": m["tools/calls_per_episode"],
             "turns": m["tools/turns"], "stops": {k.removeprefix("tools/stop_"): v for k, v in m.items()
                                                  if k.startswith("tools/stop_")},
@@ -215,7 +221,7 @@ def run(ctx) -> dict:
 def summary(stage: dict) -> dict:
     """summary.json's `tool_use`: per policy success {mean, low, high} and the malformed-call rate, the RL run's
     first and last malformed-call rates, and a transcript per policy (the report renders them as text)."""
-    keys = ("success", "malformed_call_rate", "calls_per_episode", "turns", "stops", "transcript")
+    keys = ("success", "success_by_kind", "malformed_call_rate", "calls_per_episode", "turns", "stops", "transcript")
     return {"policies": {name: {k: p.get(k) for k in keys} for name, p in stage["policies"].items()},
             "rl": stage.get("rl"), "n_heldout": stage.get("n_heldout"), "n_demos": stage.get("n_demos"),
             "temperature": stage.get("temperature"), "max_turns": stage.get("max_turns")}

@@ -31,3 +31,26 @@ def test_rl_curve_of_a_short_or_missing_run(tmp_path):
                                                         "rollout/score": 0.5}) + "\n")
     c = demo_tools.rl_curve(tmp_path)
     assert c["first"] == c["last"] and c["first"]["malformed_call_rate"] == 0.25 and c["window"] == 1
+
+
+def test_score_counts_success_overall_and_per_kind():
+    """Three multiplications and one look-up, answered right, wrong, right (the last number counts) and right:
+    success 3/4 (Wilson 95%: centre (0.75 + z^2/8) / (1 + z^2/4) = 0.6275, half-width 0.3269 -> [0.3006, 0.9544]),
+    multiply 2/3, lookup 1/1; malformed 1 of 5 attempted calls; the transcript is the first episode's."""
+    from rlhfkit.rollout.multiturn import Episode
+    from rlhfkit.world.tool_tasks import ToolWorld
+
+    world = ToolWorld(seed=0)
+    place = sorted(world.table)[0]
+    tasks = [{"prompt": [{"role": "user", "content": q}], "kind": k, "answer": a} for q, k, a in (
+        ("What is 12 times 11?", "multiply", "132"), ("What is 20 times 30?", "multiply", "600"),
+        ("Compute 13 times 3.", "multiply", "39"), (f"What is the code of {place}?", "lookup", world.table[place]))]
+    answers = ["The answer is 132.", "The answer is 601.", "Not 40 but 39.", f"The answer is {world.table[place]}."]
+    episodes = [Episode(segments=[], messages=[{"role": "assistant", "content": x}], calls=1, malformed=int(i == 1),
+                        answer=x, stop="answer") for i, x in enumerate(answers)]
+    r = demo_tools.score(world, tasks, episodes)
+    assert r["success"]["mean"] == 0.75 and r["success"]["n"] == 4
+    assert abs(r["success"]["low"] - 0.300642) < 1e-6 and abs(r["success"]["high"] - 0.954413) < 1e-6
+    assert r["success_by_kind"] == {"lookup": 1.0, "multiply": 2 / 3}
+    assert r["malformed_call_rate"] == 0.2 and r["calls_per_episode"] == 1.0  # 1 malformed of 5 attempted
+    assert r["transcript"]["success"] is True and r["transcript"]["answer_expected"] == "132"

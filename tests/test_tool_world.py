@@ -51,9 +51,9 @@ def test_tasks_are_seeded_split_and_exact(world):
     assert not demo_keys & (keys["heldout"] | keys["rl"])  # the demonstrations hold no RL or held-out task
     places = {split: [p for p in world.table if TT.split_of_key(p) == split] for split in TT.SPLITS}
     shares = {"train": 100 - TT.HELDOUT_PERCENT - TT.RL_PERCENT, "rl": TT.RL_PERCENT, "heldout": TT.HELDOUT_PERCENT}
-    for split, share in shares.items():  # the hash splits 2,000 places near the shares (binomial s.d. 0.9-1.1 points)
-        assert abs(100 * len(places[split]) / len(world.table) - share) < 4, (split, len(places[split]))
-    assert len(world.table) == 2000 and {len(p) for p in world.table} >= {4, 9}  # two and three syllables
+    for split, share in shares.items():  # the hash splits 4,000 places near the shares (binomial s.d. 0.7-0.8 points)
+        assert abs(100 * len(places[split]) / len(world.table) - share) < 3, (split, len(places[split]))
+    assert len(world.table) == 4000 and {len(p) for p in world.table} >= {4, 9}  # two and three syllables
     with pytest.raises(ValueError, match="split must be one of train, rl, heldout"):
         world.tasks(1, "test")
     for r in train[:50] + held[:50]:
@@ -61,12 +61,28 @@ def test_tasks_are_seeded_split_and_exact(world):
         assert r["answer"] == t.answer and r["kind"] == t.kind
         if t.kind == "multiply":  # the calculator itself agrees with the world's answer
             assert builtin_tools.calculator(t.arguments["expression"]) == t.answer
-            assert 10_000 <= int(t.answer) <= 998_001  # two 3-digit factors
+            assert 100 <= int(t.answer) <= 9801  # two 2-digit factors
         else:
             assert builtin_tools.LookupTable(world.table).lookup(t.arguments["key"]) == t.answer
     assert {r["kind"] for r in train} == set(TT.TOOL_KINDS)
     with pytest.raises(ValueError, match="not a tool task"):
         world.parse("What is the code of Nowhere?")
+
+
+def test_tasks_repeat_no_place_or_pair_until_the_split_is_spent():
+    """Within a split no place or operand pair comes twice until every one has come: a 40-place table holds
+    16 +- 3 rl places (RL_PERCENT 40), so 200 rl tasks (100 look-ups) go through them several times over, each
+    pass a permutation; the 100 multiplications in that list are all different pairs (of ~3,240 rl pairs)."""
+    small = ToolWorld(seed=0, n_places=40)
+    rl_places = sorted(p for p in small.table if TT.split_of_key(p) == "rl")
+    rows = small.tasks(200, "rl")
+    looked = [small.parse(r["prompt"][0]["content"]).arguments["key"] for r in rows if r["kind"] == "lookup"]
+    k = len(rl_places)
+    assert 8 <= k <= 24 and len(looked) == 100
+    for start in range(0, len(looked) - k + 1, k):  # each full pass holds every rl place once
+        assert sorted(looked[start:start + k]) == rl_places, start
+    pairs = [small.parse(r["prompt"][0]["content"]).arguments["expression"] for r in rows if r["kind"] == "multiply"]
+    assert len(set(pairs)) == len(pairs) == 100
 
 
 def test_drills_are_exact_copies_from_the_train_split(world):

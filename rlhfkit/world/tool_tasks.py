@@ -1,8 +1,8 @@
 """The world's tool-use tasks: questions a small model cannot answer in its head, but can with a tool.
 
 Two kinds, each with an exact answer and one tool that gives it:
-- ``multiply``  "What is 347 times 829?": the product of two `digits`-digit numbers, far past the single-digit
-  arithmetic the world's models learn; the `calculator` tool (rollout.builtin_tools) computes it exactly.
+- ``multiply``  "What is 47 times 82?": the product of two `digits`-digit numbers (2 by default), past the
+  single-digit arithmetic the world's models learn; the `calculator` tool (rollout.builtin_tools) computes it exactly.
 - ``lookup``    "What is the code of Velmora?": a 4-digit code of a made-up place, from a table drawn per seed
   (`place_table`) that no pretraining or SFT text contains; the `lookup` tool (a `LookupTable` over that table)
   returns it.
@@ -17,8 +17,11 @@ Success is exact: the last number in the final answer is the right value (`succe
 episode without a well-formed call, for malformed calls and for calls beyond the one needed, so RL learns to call,
 well-formed, and to stop. Places and operand pairs fall in three splits by hash (`split_of_key`): `train`
 (demonstrations and drills), `rl` (the RL tasks: names and pairs no SFT row holds, so reward comes from copying what
-the tool returns, not from recalling a code seen in a demonstration) and `heldout` (evaluation only).
-Pure Python, seeded: the same seed gives the same table and tasks.
+the tool returns, not from recalling a code seen in a demonstration) and `heldout` (evaluation only). Within a
+split, tasks repeat no place and no operand pair until the split has none left (`tasks`): an RL run of 3,200
+prompts meets each rl place about once, so what raises its reward is the copy, which carries to held-out places, and
+not the rl places' own codes, which do not (docs/benchmarks.md "Tool use (#31)"). Pure Python, seeded: the same seed
+gives the same table and tasks.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 TOOL_KINDS: tuple[str, ...] = ("multiply", "lookup")
 DRILL_KINDS: tuple[str, ...] = ("operands", "name", "result")  # the copies of `ToolWorld.drills`
 HELDOUT_PERCENT = 25  # share of places and operand pairs (by hash) reserved for held-out tasks
-RL_PERCENT = 20  # share reserved for RL tasks (after the held-out share); the rest is the SFT rows' `train` split
+RL_PERCENT = 40  # share reserved for RL tasks (after the held-out share); the rest is the SFT rows' `train` split
 SPLITS: tuple[str, ...] = ("train", "rl", "heldout")
 PARTIAL = 0.5  # the reward's weight on the digits of a wrong answer that are right (`ToolWorld.reward`)
 
@@ -97,9 +100,11 @@ class ToolWorld:
     """One seed's tool tasks: the place table, task generation, the success check and the trajectory reward."""
 
     seed: int = 0
-    digits: int = 3
-    """Digits of each factor of a multiply task."""
-    n_places: int = 2000
+    digits: int = 2
+    """Digits of each factor of a multiply task. With 3, tool-SFT writes the right call for nearly every
+    multiplication and copies the 6-digit result into its answer for few (0.016 of held-out tasks; 0.95-0.97 with
+    2: docs/benchmarks.md "Tool use (#31)")."""
+    n_places: int = 4000
     """Places in the lookup table."""
     table: dict[str, str] = field(init=False)
     _places: list[str] = field(init=False, repr=False)  # the table's names, sorted: what lookup tasks draw from
@@ -122,29 +127,35 @@ class ToolWorld:
             return ToolTask("lookup", self.table[m[1]], {"key": m[1]})
         raise ValueError(f"not a tool task of world seed {self.seed}: {prompt!r}")
 
-    def _draw(self, rng: random.Random, kind: str, split: str) -> str:
-        for _ in range(10_000):
-            if kind == "multiply":
-                lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1
-                a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-                if split_of_key(f"{a}*{b}") == split:
-                    return rng.choice(MULTIPLY_QUESTIONS).format(a=a, b=b)
-            else:
-                place = rng.choice(self._places)
-                if split_of_key(place) == split:
-                    return rng.choice(LOOKUP_QUESTIONS).format(p=place)
+    def _draw(self, rng: random.Random, kind: str, split: str, used: set[str]) -> str:
+        """A task of `kind` in `split` whose place or operand pair is not in `used` (which it joins); once the
+        split has no unused one left, `used` starts over."""
+        for _ in range(2):
+            for _ in range(10_000):
+                if kind == "multiply":
+                    lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1
+                    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+                    key, text = f"{a}*{b}", rng.choice(MULTIPLY_QUESTIONS).format(a=a, b=b)
+                else:
+                    key = rng.choice(self._places)
+                    text = rng.choice(LOOKUP_QUESTIONS).format(p=key)
+                if key not in used and split_of_key(key) == split:
+                    used.add(key)
+                    return text
+            used.clear()  # 10,000 draws found no unused key of the split: it is spent (or nearly), start over
         raise RuntimeError(f"no {kind} task in split {split}")  # never: each split holds a fifth or more
 
     def tasks(self, n: int, split: str = "train", stream: str = "tasks") -> list[dict]:
         """`n` task rows of `split`, kinds alternating: {"prompt": [user], "tools", "answer", "kind", "id"}.
-        Deterministic in (seed, n, split, stream); a longer list extends a shorter one."""
+        No place or operand pair repeats until the split runs out of them. Deterministic in (seed, n, split,
+        stream); a longer list extends a shorter one."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         rng = random.Random(f"rlhfkit-world:{self.seed}:tool-{stream}:{split}")
-        rows = []
+        rows, used = [], {k: set() for k in TOOL_KINDS}  # per kind: a spent kind starts over alone
         for i in range(n):
             kind = TOOL_KINDS[i % len(TOOL_KINDS)]
-            text = self._draw(rng, kind, split)
+            text = self._draw(rng, kind, split, used[kind])
             rows.append({"prompt": [{"role": "user", "content": text}], "tools": [dict(s) for s in TOOL_SCHEMAS],
                          "answer": self.parse(text).answer, "kind": kind, "id": f"tool-{split}-{self.seed}-{i}"})
         return rows
@@ -165,13 +176,14 @@ class ToolWorld:
 
     def drills(self, n: int) -> list[dict]:
         """`n` copy drills, chat rows without tools, kinds alternating: the three copies a tool episode needs,
-        practised alone in short rows, each with the tokens of the episode's own copy. "Copy 347 times 829." ->
-        "347*829" (the operands into the calculator's expression: the prompt's " 3" "4" "7" become "3" "4" "7"),
+        practised alone in short rows, each with the tokens of the episode's own copy. "Copy 47 times 82." ->
+        "47*82" (the operands into the calculator's expression: the prompt's " 4" "7" become "4" "7"),
         "Copy Velmo." -> "Velmo" (a place into the lookup's key; train-split places only, as in the demos), and a
-        bare number as the whole message, as a tool's result is, -> "The answer is 94577." (the result into the
-        answer). Operand pairs are drawn from the train split, so no RL or held-out pair appears in any SFT row. Training
-        a needed skill first and then mixing it into the next objective so it is not forgotten is what InstructGPT's
-        PPO-ptx does with pretraining data (Ouyang et al. 2022, sec. 3.5); measurements in demo_tools.TOOL_SCALES."""
+        bare number as the whole message, as a tool's result is, -> "The answer is 3854." (the result into the
+        answer). Operand pairs are drawn from the train split, so no RL or held-out pair appears in any SFT row.
+        Training a needed skill first and then mixing it into the next objective so it is not forgotten is what
+        InstructGPT's PPO-ptx does with pretraining data (Ouyang et al. 2022, sec. 3.5); measurements in
+        demo_tools.TOOL_SCALES."""
         rng = random.Random(f"rlhfkit-world:{self.seed}:tool-drills")
         lo, hi = 10 ** (self.digits - 1), 10 ** self.digits - 1
         train_places = [p for p in sorted(self.table) if split_of_key(p) == "train"]
