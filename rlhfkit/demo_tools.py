@@ -195,6 +195,7 @@ def train_rl(common: dict, model_dir: str, paths: dict[str, str], s: dict, seed:
 def run(ctx) -> dict:
     """The tool_use stage: data, tool-SFT, tool-RL, evaluation of the three policies. `ctx` is demo.Context."""
     from rlhfkit.algorithms import sft
+    from rlhfkit.world.tool_tasks import ToolWorld
 
     s, seed = TOOL_SCALES[ctx.cfg.scale], ctx.cfg.seed
     out = Path(ctx.path("tool_use"))
@@ -213,7 +214,8 @@ def run(ctx) -> dict:
     policies = evaluate(paths, {"no_tool": ctx.path("sft"), "tool_sft": ctx.path("tool_sft"),
                                 "tool_rl": ctx.path("tool_rl")}, tok_dir, s, seed)
     result = {"policies": policies, "rl": rl_curve(Path(ctx.path("tool_rl"))), "n_demos": s["n_demos"],
-              "n_heldout": s["n_heldout"], "temperature": TEMPERATURE, "max_turns": s["max_turns"]}
+              "n_heldout": s["n_heldout"], "temperature": TEMPERATURE, "max_turns": s["max_turns"],
+              "digits": ToolWorld(seed=seed).digits}
     (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
     return {"tool_use": result}
 
@@ -224,4 +226,4 @@ def summary(stage: dict) -> dict:
     keys = ("success", "success_by_kind", "malformed_call_rate", "calls_per_episode", "turns", "stops", "transcript")
     return {"policies": {name: {k: p.get(k) for k in keys} for name, p in stage["policies"].items()},
             "rl": stage.get("rl"), "n_heldout": stage.get("n_heldout"), "n_demos": stage.get("n_demos"),
-            "temperature": stage.get("temperature"), "max_turns": stage.get("max_turns")}
+            "temperature": stage.get("temperature"), "max_turns": stage.get("max_turns"), "digits": stage.get("digits")}

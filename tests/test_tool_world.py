@@ -262,8 +262,11 @@ def test_report_section_shows_transcripts_as_inert_text():
                                          "tool_rl": pol(0.6, 0.5, 0.69)},
                             "rl": {"steps": 200, "first": {"steps": [1, 20], "malformed_call_rate": 0.4, "score": 0.1},
                                    "last": {"steps": [181, 200], "malformed_call_rate": 0.05, "score": 0.6}},
-                            "n_heldout": 100, "max_turns": 3, "temperature": 1.0}}
+                            "n_heldout": 100, "max_turns": 3, "temperature": 1.0, "digits": 3}}
+    summary["tool_use"]["policies"]["tool_rl"]["success_by_kind"] = {"multiply": 0.5, "lookup": 0.7}
     html = section_tool_use(summary)
+    assert "multiplying two 3-digit numbers" in html
+    assert "<td>0.500</td><td>0.700</td>" in html  # tool_rl's success per kind; the others have none: "-"
     assert "<script>" not in html and "<b>287663</b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;287663&lt;/b&gt;" in html
     assert html.count('class="text resp"') == 3  # one transcript per policy

@@ -48,18 +48,23 @@ def section_tool_use(summary: dict) -> str:
     rows = []
     for name, p in pol.items():
         s = _success(p)
+        kinds = p.get("success_by_kind") if isinstance(p.get("success_by_kind"), dict) else {}
         rows.append([f"<b>{esc(name)}</b>", esc(POLICY_ROLES.get(name, "")),
                      f"{s[0]:.3f} [{s[1]:.3f}, {s[2]:.3f}]" if s else fmt(None),
+                     fmt(_num(kinds.get("multiply"))), fmt(_num(kinds.get("lookup"))),
                      fmt(_num(p.get("malformed_call_rate"))), fmt(_num(p.get("calls_per_episode")), 2)])
+    digits = _num(tu.get("digits"))
+    numbers = f"two {int(digits)}-digit numbers" if digits else "two numbers"
     out = ['<section id="tools"><h2>10. Tool use</h2>',
-           "<p>Tasks the model cannot do in its head: multiplying two 3-digit numbers (the <code>calculator</code> "
+           f"<p>Tasks the model cannot do in its head: multiplying {numbers} (the <code>calculator</code> "
            "tool) and the code of a made-up place from a table no training text contains (the <code>lookup</code> "
            f"tool). {fmt(tu.get('n_heldout'))} held-out tasks (places and numbers no training row holds), one "
            f"episode each of at most {fmt(tu.get('max_turns'))} assistant turns, sampled at temperature "
            f"{fmt(_num(tu.get('temperature')), 1)}. Success: the last number of the final answer is the exact value "
            "(95% Wilson interval). Malformed calls: tool calls that are not valid JSON, name no tool or give "
            "arguments that do not fit its schema, over every call the policy attempted.</p>",
-           table(["policy", "what it is", "success [95% CI]", "malformed-call rate", "calls per episode"], rows)]
+           table(["policy", "what it is", "success [95% CI]", "multiply", "lookup", "malformed-call rate",
+                  "calls per episode"], rows)]
     verdicts = []
     rl, sft_, none = (_success(pol.get(k) or {}) for k in ("tool_rl", "tool_sft", "no_tool"))
     if rl and sft_:
