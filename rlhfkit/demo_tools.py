@@ -41,10 +41,11 @@ from typing import Any
 TOOL_SCALES: dict[str, dict[str, Any]] = {
     "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_rl_tasks=3200,
                     n_heldout=512, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=200, rl_prompts=16,
-                    rl_generations=4, rl_lr=4e-4, rl_kl=0.0, max_turns=3, max_new_tokens=80, max_tokens=256),
+                    rl_generations=4, rl_lr=2e-4, rl_kl=0.04, rl_scale_rewards=False, max_turns=3,
+                    max_new_tokens=80, max_tokens=256),
     "toy": dict(drill_rows=32, drill_batch=16, n_rehearsal=16, n_demos=32, n_rl_tasks=16, n_heldout=8,
                 sft_epochs=1, sft_batch=8, sft_lr=2e-3, rl_steps=2, rl_prompts=2, rl_generations=2, rl_lr=1e-4,
-                rl_kl=0.0, max_turns=2, max_new_tokens=24, max_tokens=200),
+                rl_kl=0.04, rl_scale_rewards=False, max_turns=2, max_new_tokens=24, max_tokens=200),
 }
 POLICIES = ("no_tool", "tool_sft", "tool_rl")
 TEMPERATURE = 1.0  # evaluation samples as the demo's other evaluations do (and as RL samples)
@@ -188,7 +189,8 @@ def train_rl(common: dict, model_dir: str, paths: dict[str, str], s: dict, seed:
                            max_new_tokens=s["max_new_tokens"], num_generations=s["rl_generations"],
                            rollout_batch_size=s["rl_prompts"], num_minibatches=1, micro_batch_size=per_step,
                            max_steps=s["rl_steps"], learning_rate=s["rl_lr"], warmup_steps=0,
-                           lr_scheduler="constant", kl_coef=s["rl_kl"], temperature=TEMPERATURE),
+                           lr_scheduler="constant", kl_coef=s["rl_kl"], scale_rewards=s["rl_scale_rewards"],
+                           temperature=TEMPERATURE),
                reward_fn=reward_fn(ToolWorld(seed=seed)))
 
 
