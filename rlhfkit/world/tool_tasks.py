@@ -53,7 +53,7 @@ LOOKUP_SCHEMA = {"type": "function", "function": {
 TOOL_SCHEMAS = (CALCULATOR_SCHEMA, LOOKUP_SCHEMA)
 
 # Made-up place names: two or three syllables, capitalised; none is a word of the world's other texts. Three-syllable
-# names make the table large (2,000 places): with two syllables only there are 400 names, each split holds a few
+# names make the table large (4,000 places): with two syllables only there are 400 names, each split holds a few
 # dozen to two hundred, and a model trained on them recalls a seen name ("Jerbel") where the prompt asks an unseen one
 # ("Jergor"); the RL split, a few dozen places, is small enough for GRPO to learn its codes instead of the copy.
 SYLLABLES = ("ka", "lo", "mi", "ven", "tor", "sa", "ri", "bel", "dun", "fa", "gor", "hal", "nu", "jer", "pol",
@@ -72,7 +72,7 @@ def split_of_key(key: str) -> str:
     return "heldout" if h < HELDOUT_PERCENT else "rl" if h < HELDOUT_PERCENT + RL_PERCENT else "train"
 
 
-def place_table(seed: int, n: int = 2000) -> dict[str, str]:
+def place_table(seed: int, n: int = 4000) -> dict[str, str]:
     """`n` made-up places -> 4-digit codes, drawn from the seed (codes are strings: what the lookup tool returns)."""
     if not 1 <= n <= 4000:  # 400 two-syllable and 8,000 three-syllable names exist; half leaves room for the draw
         raise ValueError(f"n_places must be in 1..4000, got {n}")
