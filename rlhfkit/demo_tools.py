@@ -41,11 +41,11 @@ from typing import Any
 # 1,600, tool-SFT's calls are malformed a fifth to half of the time and it solves almost nothing; GRPO then fixes the
 # format (malformed 0.21 -> 0.10 with 200) but does not solve more, so the stage keeps 1,600.
 TOOL_SCALES: dict[str, dict[str, Any]] = {
-    "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, n_rl_tasks=3200,
+    "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=1600, demo_skip=0.3, n_rl_tasks=3200,
                     n_heldout=512, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=200, rl_prompts=16,
                     rl_generations=4, rl_lr=2e-4, rl_kl=0.04, rl_scale_rewards=False, max_turns=3,
                     max_new_tokens=80, max_tokens=256),
-    "toy": dict(drill_rows=32, drill_batch=16, n_rehearsal=16, n_demos=32, n_rl_tasks=16, n_heldout=8,
+    "toy": dict(drill_rows=32, drill_batch=16, n_rehearsal=16, n_demos=32, demo_skip=0.3, n_rl_tasks=16, n_heldout=8,
                 sft_epochs=1, sft_batch=8, sft_lr=2e-3, rl_steps=2, rl_prompts=2, rl_generations=2, rl_lr=1e-4,
                 rl_kl=0.04, rl_scale_rewards=False, max_turns=2, max_new_tokens=24, max_tokens=200),
 }
@@ -64,7 +64,7 @@ def write_data(out: Path, seed: int, s: dict) -> dict[str, str]:
 
     world = ToolWorld(seed=seed)
     drills = world.drills(s["drill_rows"] + s["n_rehearsal"])
-    demos = world.demos(s["n_demos"])
+    demos = world.demos(s["n_demos"], skip=s["demo_skip"])
     mix = demos + drills[s["drill_rows"]:]  # rehearsal drills the first step did not see
     random.Random(f"tool-sft-mix:{seed}").shuffle(mix)
     paths = {"drills": data_lib.write_jsonl(drills[:s["drill_rows"]], out / "drills.jsonl"),
@@ -218,6 +218,7 @@ def run(ctx) -> dict:
     policies = evaluate(paths, {"no_tool": ctx.path("sft"), "tool_sft": ctx.path("tool_sft"),
                                 "tool_rl": ctx.path("tool_rl")}, tok_dir, s, seed)
     result = {"policies": policies, "rl": rl_curve(Path(ctx.path("tool_rl"))), "n_demos": s["n_demos"],
+              "demo_skip": s["demo_skip"],
               "n_heldout": s["n_heldout"], "temperature": TEMPERATURE, "max_turns": s["max_turns"],
               "digits": ToolWorld(seed=seed).digits}
     (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
@@ -230,4 +231,5 @@ def summary(stage: dict) -> dict:
     keys = ("success", "success_by_kind", "malformed_call_rate", "calls_per_episode", "turns", "stops", "transcript")
     return {"policies": {name: {k: p.get(k) for k in keys} for name, p in stage["policies"].items()},
             "rl": stage.get("rl"), "n_heldout": stage.get("n_heldout"), "n_demos": stage.get("n_demos"),
-            "temperature": stage.get("temperature"), "max_turns": stage.get("max_turns"), "digits": stage.get("digits")}
+            "demo_skip": stage.get("demo_skip"), "temperature": stage.get("temperature"),
+            "max_turns": stage.get("max_turns"), "digits": stage.get("digits")}

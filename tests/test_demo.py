@@ -106,6 +106,8 @@ def test_tool_use_keys_and_report(toy_demo):
     assert (toy_demo / "tool_rl" / "config.json").exists() and (toy_demo / "tool_sft" / "config.json").exists()
     html = (toy_demo / "report.html").read_text()
     assert 'id="tools"' in html and "tool_rl" in html
+    assert tu["demo_skip"] == 0.3 and tu["n_demos"] == 32  # TOOL_SCALES["toy"]: what tool-SFT imitated
+    assert "Tool-SFT imitates 32 demonstrations, 30% of which answer with a guess" in html
 
 
 def test_tool_use_off_leaves_every_other_result_unchanged(toy_demo, tmp_path, capsys):

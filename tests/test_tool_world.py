@@ -3,6 +3,7 @@ demonstrations (only the assistant's tokens train, its tool calls included) and 
 tools in plain transformers."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -83,6 +84,35 @@ def test_tasks_repeat_no_place_or_pair_until_the_split_is_spent():
         assert sorted(looked[start:start + k]) == rl_places, start
     pairs = [small.parse(r["prompt"][0]["content"]).arguments["expression"] for r in rows if r["kind"] == "multiply"]
     assert len(set(pairs)) == len(pairs) == 100
+
+
+def test_demos_skip_the_tool_in_the_given_share_with_a_guess(world):
+    """`demos(n, skip)`: the same tasks as without skips (the tool-free rows replace the call, the result and the
+    answer by one guessed answer), about `skip` of them, drawn from the seed. Guesses by hand: 47 x 82 -> 50 x 80 =
+    4000; 150 rounds half up to 200; 95 x 14 -> 100 x 10 = 1000."""
+    assert (TT._round1(47), TT._round1(82), TT._round1(150), TT._round1(95), TT._round1(14)) == (50, 80, 200, 100, 10)
+    task = TT.ToolTask("multiply", "3854", {"expression": "47*82"})
+    assert world.guess(task, random.Random(0)) == "4000"
+    code = world.guess(TT.ToolTask("lookup", "1234", {"key": "Velmo"}), random.Random(0))
+    assert code.isdigit() and len(code) == 4
+    plain, skipped = world.demos(400), world.demos(400, skip=0.3)
+    assert plain == world.demos(400, skip=0.0) and skipped == ToolWorld(seed=0).demos(400, skip=0.3)
+    tool_free = [d for d in skipped if len(d["messages"]) == 2]
+    assert 0.3 * 400 - 4 * 9.2 < len(tool_free) < 0.3 * 400 + 4 * 9.2  # binomial s.d. sqrt(400 x 0.3 x 0.7) = 9.2
+    for p, s in zip(plain, skipped, strict=True):
+        assert s["messages"][0] == p["messages"][0] and s["kind"] == p["kind"]
+        if len(s["messages"]) == 2:  # user, then the guess: no tool call, no tool turn
+            (answer,) = s["messages"][1:]
+            assert answer["role"] == "assistant" and "tool_calls" not in answer
+            assert TT.answer_value(answer["content"]) is not None
+            if s["kind"] == "multiply":
+                a, b = TT._MULTIPLY_RE.search(s["messages"][0]["content"]).groups()
+                assert TT.answer_value(answer["content"]) == str(TT._round1(int(a)) * TT._round1(int(b)))
+        else:
+            assert s == p
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="skip must be in"):
+            world.demos(2, skip=bad)
 
 
 def test_drills_are_exact_copies_from_the_train_split(world):
@@ -260,9 +290,12 @@ def test_report_section_shows_transcripts_as_inert_text():
                              "malformed_call_rate": 0.1, "calls_per_episode": 1.0, "transcript": transcript}
     summary = {"tool_use": {"policies": {"no_tool": pol(0.0, 0.0, 0.04), "tool_sft": pol(0.3, 0.22, 0.4),
                                          "tool_rl": pol(0.6, 0.5, 0.69)},
-                            "rl": {"steps": 200, "first": {"steps": [1, 20], "malformed_call_rate": 0.4, "score": 0.1},
-                                   "last": {"steps": [181, 200], "malformed_call_rate": 0.05, "score": 0.6}},
-                            "n_heldout": 100, "max_turns": 3, "temperature": 1.0, "digits": 3}}
+                            "rl": {"steps": 200, "first": {"steps": [1, 20], "malformed_call_rate": 0.4, "score": 0.1,
+                                                           "calls_per_episode": 0.7},
+                                   "last": {"steps": [181, 200], "malformed_call_rate": 0.05, "score": 0.6,
+                                            "calls_per_episode": 1.0}},
+                            "n_heldout": 100, "max_turns": 3, "temperature": 1.0, "digits": 3, "n_demos": 1600,
+                            "demo_skip": 0.3}}
     summary["tool_use"]["policies"]["tool_rl"]["success_by_kind"] = {"multiply": 0.5, "lookup": 0.7}
     html = section_tool_use(summary)
     assert "multiplying two 3-digit numbers" in html
@@ -271,7 +304,8 @@ def test_report_section_shows_transcripts_as_inert_text():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;287663&lt;/b&gt;" in html
     assert html.count('class="text resp"') == 3  # one transcript per policy
     assert "After RL, success is above the tool-SFT policy&#x27;s; above the no-tool policy&#x27;s" in html
-    assert "from 0.400 (mean of steps 1-20) to 0.050 (steps 181-200)" in html
+    assert "from 0.400 (mean of steps 1-20) to 0.050 (steps 181-200), the calls per episode from 0.70 to 1.00" in html
+    assert "Tool-SFT imitates 1600 demonstrations, 30% of which answer with a guess" in html
     summary["tool_use"]["policies"]["tool_rl"]["success"] = {"mean": 0.35, "low": 0.26, "high": 0.45}
     assert "indistinguishable from the tool-SFT" in section_tool_use(summary)
     assert section_tool_use({}) == ""

@@ -40,6 +40,18 @@ def transcript(t: dict) -> str:
     return f'<div class="text resp">{esc(chr(10).join(lines))}</div><p>{esc(verdict)}; stop: {esc(t.get("stop"))}</p>'
 
 
+def demos_line(tu: dict) -> str:
+    """What tool-SFT imitated: how many demonstrations, and the share that answer without the tool."""
+    n, skip = _num(tu.get("n_demos")), _num(tu.get("demo_skip"))
+    if n is None:
+        return ""
+    text = f"Tool-SFT imitates {int(n)} demonstrations"
+    if skip:
+        text += (f", {100 * skip:.0f}% of which answer with a guess instead of calling the tool, as a hurried "
+                 "demonstrator does; RL's reward is the outcome, which a guess almost never earns")
+    return f"<p>{esc(text)}.</p>"
+
+
 def section_tool_use(summary: dict) -> str:
     tu = summary.get("tool_use")
     if not isinstance(tu, dict):
@@ -63,6 +75,7 @@ def section_tool_use(summary: dict) -> str:
            f"{fmt(_num(tu.get('temperature')), 1)}. Success: the last number of the final answer is the exact value "
            "(95% Wilson interval). Malformed calls: tool calls that are not valid JSON, name no tool or give "
            "arguments that do not fit its schema, over every call the policy attempted.</p>",
+           demos_line(tu),
            table(["policy", "what it is", "success [95% CI]", "multiply", "lookup", "malformed-call rate",
                   "calls per episode"], rows)]
     verdicts = []
@@ -80,8 +93,9 @@ def section_tool_use(summary: dict) -> str:
         span = lambda w: "-".join(fmt(x) for x in (w.get("steps") or [])[:2])  # noqa: E731
         out.append(f"<p>During RL ({fmt(curve.get('steps'))} steps) the malformed-call rate of the sampled episodes "
                    f"went from {fmt(_num(first.get('malformed_call_rate')))} (mean of steps {span(first)}) to "
-                   f"{fmt(_num(last.get('malformed_call_rate')))} (steps {span(last)}), and the mean "
-                   f"reward from {fmt(_num(first.get('score')))} to {fmt(_num(last.get('score')))}.</p>")
+                   f"{fmt(_num(last.get('malformed_call_rate')))} (steps {span(last)}), the calls per episode from "
+                   f"{fmt(_num(first.get('calls_per_episode')), 2)} to {fmt(_num(last.get('calls_per_episode')), 2)}, "
+                   f"and the mean reward from {fmt(_num(first.get('score')))} to {fmt(_num(last.get('score')))}.</p>")
     shown = [(name, p.get("transcript")) for name, p in pol.items() if isinstance(p.get("transcript"), dict)]
     if shown:
         out.append("<p>The first held-out task, one episode per policy, exactly as it ran (shown as plain text):</p>")

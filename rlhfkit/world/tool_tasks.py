@@ -160,19 +160,37 @@ class ToolWorld:
                          "answer": self.parse(text).answer, "kind": kind, "id": f"tool-{split}-{self.seed}-{i}"})
         return rows
 
-    def demos(self, n: int) -> list[dict]:
+    def demos(self, n: int, skip: float = 0.0) -> list[dict]:
         """`n` demonstrations on train-split tasks (the RL tasks are rl-split, the evaluation held-out): the user
-        asks, the assistant calls the one tool that answers, reads its result and answers with it. TRL's format."""
+        asks, the assistant calls the one tool that answers, reads its result and answers with it. TRL's format.
+
+        `skip`: the share of demonstrations in which the demonstrator does not call the tool and answers with a
+        guess (`guess`), drawn per row from the seed, as a hurried human demonstrator does. A policy imitating them
+        skips the tool as often; an outcome reward, which a guess almost never earns, is what tells the two apart
+        (the demonstrations' flaws are why InstructGPT optimises a reward after SFT: Ouyang et al. 2022, sec. 1)."""
+        if not 0.0 <= skip < 1.0:
+            raise ValueError(f"skip must be in [0, 1), got {skip}")
+        rng = random.Random(f"rlhfkit-world:{self.seed}:tool-demo-skips")
         out = []
         for row in self.tasks(n, "train", stream="demos"):
             task = self.parse(row["prompt"][0]["content"])
-            call = {"type": "function", "function": {"name": task.tool, "arguments": dict(task.arguments)}}
-            out.append({"messages": row["prompt"] + [
-                {"role": "assistant", "content": "", "tool_calls": [call]},
-                {"role": "tool", "name": task.tool, "content": task.answer},
-                {"role": "assistant", "content": ANSWER.format(v=task.answer)}], "tools": row["tools"],
-                "kind": row["kind"]})
+            if rng.random() < skip:
+                turns = [{"role": "assistant", "content": ANSWER.format(v=self.guess(task, rng))}]
+            else:
+                call = {"type": "function", "function": {"name": task.tool, "arguments": dict(task.arguments)}}
+                turns = [{"role": "assistant", "content": "", "tool_calls": [call]},
+                         {"role": "tool", "name": task.tool, "content": task.answer},
+                         {"role": "assistant", "content": ANSWER.format(v=task.answer)}]
+            out.append({"messages": row["prompt"] + turns, "tools": row["tools"], "kind": row["kind"]})
         return out
+
+    def guess(self, task: ToolTask, rng: random.Random) -> str:
+        """A demonstrator's answer without the tool: a product of the factors rounded to one significant digit
+        (47 times 82 -> 50 x 80 = 4000), or, for a code, a 4-digit number from `rng`. Right only by chance."""
+        if task.kind == "multiply":
+            a, b = (int(x) for x in task.arguments["expression"].split("*"))
+            return str(_round1(a) * _round1(b))
+        return str(rng.randint(1000, 9999))
 
     def drills(self, n: int) -> list[dict]:
         """`n` copy drills, chat rows without tools, kinds alternating: the three copies a tool episode needs,
@@ -237,6 +255,12 @@ class ToolWorld:
         n = len(prompts)
         calls, malformed = calls or [None] * n, malformed or [0] * n
         return [self.reward(p, r, c, m) for p, r, c, m in zip(prompts, responses, calls, malformed, strict=True)]
+
+
+def _round1(x: int) -> int:
+    """`x` rounded to one significant digit, halves up: 47 -> 50, 82 -> 80, 150 -> 200."""
+    scale = 10 ** (len(str(x)) - 1)
+    return (x + scale // 2) // scale * scale
 
 
 def digit_credit(expected: str, answer: str) -> float:
