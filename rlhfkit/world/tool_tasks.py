@@ -8,7 +8,8 @@ Two kinds, each with an exact answer and one tool that gives it:
   returns it.
 
 Rows follow TRL's tool-calling format: tasks are `{"prompt": [user], "tools": [schemas], "answer", "kind", "id"}`,
-demonstrations `{"messages": [user, assistant with tool_calls, tool result, assistant answer], "tools"}`. The schemas
+demonstrations `{"messages": [user, assistant with tool_calls, tool result, assistant answer], "tools"}` (or, for a
+share the caller sets, [user, assistant guessing without the tool]: `ToolWorld.demos`). The schemas
 here are exactly what transformers' `get_json_schema` derives from the built-in tools (a test checks it), written
 out because the world imports nothing outside itself.
 
