@@ -35,8 +35,8 @@ from typing import Any
 # steps, so the demonstration step mixes in fresh drills; 800 mixed steps (4 epochs of 1,600 demos and drills) solve
 # 0.14-0.72 of held-out tasks on seeds 0-3 with 3-digit factors and 0.79-0.85 with 2 (the world's default), 400 were
 # not reliable (the stage's 800 demonstrations and 1,600 drills make 600). 30% of the demonstrations answer with a
-# guess instead of calling the tool (`ToolWorld.demos` skip): demonstrators are imperfect, and an outcome reward is what lets RL do better than
-# imitating them (Ouyang et al. 2022, sec. 1). With perfect demonstrations tool-SFT already does what this model can
+# guess instead of calling the tool (`ToolWorld.demos` skip): demonstrators are imperfect, and an outcome reward
+# is what lets RL do better than imitating them (Ouyang et al. 2022, sec. 1). With perfect demonstrations tool-SFT already does what this model can
 # (0.79-0.85 held-out success with 1,600) and no GRPO recipe tried raised it: while rl tasks repeated their places
 # GRPO learnt their codes, not the copy; with rl tasks that repeat nothing (`ToolWorld.tasks`) its reward stayed flat,
 # and at lr 4e-4 without KL held-out success fell (0.791 -> 0.719). With 30% guesses, tool-SFT skips the tool about
