@@ -34,17 +34,17 @@ from typing import Any
 # exactly those tokens (`ToolWorld.drills`) are learnt in ~900 steps of 64 rows and forgotten by 200 demo-only
 # steps, so the demonstration step mixes in fresh drills; 800 mixed steps (4 epochs of 1,600 demos and drills) solve
 # 0.14-0.72 of held-out tasks on seeds 0-3 with 3-digit factors and 0.79-0.85 with 2 (the world's default), 400 were
-# not reliable (the stage's 800 demonstrations and 1,600 drills make 600). 30% of the demonstrations answer with a
-# guess instead of calling the tool (`ToolWorld.demos` skip): demonstrators are imperfect, and an outcome reward
-# is what lets RL do better than imitating them (Ouyang et al. 2022, sec. 1). With perfect demonstrations tool-SFT already does what this model can
-# (0.79-0.85 held-out success with 1,600) and no GRPO recipe tried raised it: while rl tasks repeated their places
-# GRPO learnt their codes, not the copy; with rl tasks that repeat nothing (`ToolWorld.tasks`) its reward stayed flat,
-# and at lr 4e-4 without KL held-out success fell (0.791 -> 0.719). With 30% guesses, tool-SFT skips the tool about
-# a third of the time and GRPO learns within ~20 steps to always call it; with 800 demonstrations instead of 1,600
-# its calls are also malformed more often (0.06-0.09), which GRPO lowers. The recipe keeps the policy near tool-SFT:
-# KL 0.04, lr 2e-4, group-centred rewards without the std scaling (Dr. GRPO, Liu et al. 2025). With 64 or 200
-# demonstrations tool-SFT's calls are malformed a fifth to half of the time and it solves almost nothing, nor does
-# GRPO from it.
+# not reliable (the stage's 800 demonstrations and 1,600 drills make 600). 30% of the demonstrations answer with a guess
+# instead of calling the tool (`ToolWorld.demos` skip): demonstrators are imperfect, and an outcome reward is what lets
+# RL do better than imitating them (Ouyang et al. 2022, sec. 1). With perfect demonstrations tool-SFT already does what
+# this model can (0.79-0.85 held-out success with 1,600) and no GRPO recipe tried raised it: while rl tasks repeated
+# their places GRPO learnt their codes, not the copy; with rl tasks that repeat nothing (`ToolWorld.tasks`) its reward
+# stayed flat, and at lr 4e-4 without KL held-out success fell (0.791 -> 0.719). With 30% guesses, tool-SFT skips the
+# tool about a third of the time and GRPO learns within ~20 steps to always call it; with 800 demonstrations instead of
+# 1,600 its calls are also malformed more often (0.06-0.09), which GRPO lowers. The recipe keeps the policy near
+# tool-SFT: KL 0.04, lr 2e-4, group-centred rewards without the std scaling (Dr. GRPO, Liu et al. 2025). With 64 or 200
+# demonstrations tool-SFT's calls are malformed a fifth to half of the time and it solves almost nothing, nor does GRPO
+# from it.
 TOOL_SCALES: dict[str, dict[str, Any]] = {
     "default": dict(drill_rows=57600, drill_batch=64, n_rehearsal=1600, n_demos=800, demo_skip=0.3, n_rl_tasks=3200,
                     n_heldout=512, sft_epochs=4, sft_batch=16, sft_lr=3e-3, rl_steps=200, rl_prompts=16,
