@@ -234,7 +234,6 @@ def summary(stage: dict) -> dict:
     """summary.json's `tool_use`: per policy success {mean, low, high} and the malformed-call rate, the RL run's
     first and last malformed-call rates, and a transcript per policy (the report renders them as text)."""
     keys = ("success", "success_by_kind", "malformed_call_rate", "calls_per_episode", "turns", "stops", "transcript")
+    settings = ("rl", "n_heldout", "n_demos", "demo_skip", "temperature", "max_turns", "digits")
     return {"policies": {name: {k: p.get(k) for k in keys} for name, p in stage["policies"].items()},
-            "rl": stage.get("rl"), "n_heldout": stage.get("n_heldout"), "n_demos": stage.get("n_demos"),
-            "demo_skip": stage.get("demo_skip"), "temperature": stage.get("temperature"),
-            "max_turns": stage.get("max_turns"), "digits": stage.get("digits")}
+            **{k: stage.get(k) for k in settings}}
