@@ -113,6 +113,13 @@ class Config:
     """Reward models per round (seeds seed+i, in rm/member-i), scored by their mean: PPO's reward, step 3's before and
     after. One small model's training seed moves its accuracy by ~0.1; an ensemble averages that out (Coste et al.
     2023, "Reward Model Ensembles Help Mitigate Overoptimization"). PPO's critic starts from member-0."""
+    rm_replicas: int = 0
+    """Reward models per round trained only to measure step 3: the same labels and settings, other seeds
+    (`round_k/rm_replicas/replica-i`; the round's own reward model is the first). "before" and "after" are then
+    their mean accuracy, and the change's interval resamples the replicas as well as the prompts: one small reward
+    model's training seed alone moves its accuracy on the newest policy's samples by up to ~0.1 (docs/loop.md), so
+    one model a side measures a draw, not what retraining does. 0: 3 with --world, 1 (no extra) elsewhere, where
+    each replica costs a reward model's training."""
     algorithm: str = "ppo"
     """ppo: PPO against the round's reward model; dpo: DPO on the round's labels."""
     kl_coef: float = 0.1
@@ -147,12 +154,15 @@ class Config:
         if self.measure_prompts < -1:
             raise ValueError(f"measure_prompts must be -1 (the scale's), 0 (none) or more, "
                              f"got {self.measure_prompts}")
-        if self.num_responses == 1 or min(self.num_responses, self.prompts_per_round, self.quota, self.policy_steps) < 0:
+        if self.num_responses == 1 or min(self.num_responses, self.prompts_per_round, self.quota,
+                                          self.policy_steps) < 0:
             raise ValueError("num_responses must be 0 or >= 2; prompts_per_round, quota and policy_steps >= 0")
         if self.poll_seconds <= 0 or self.timeout_seconds <= 0:
             raise ValueError("poll_seconds and timeout_seconds must be > 0")
         if self.kl_coef <= 0:
             raise ValueError(f"kl_coef must be > 0, got {self.kl_coef}")
+        if self.rm_replicas < 0:
+            raise ValueError(f"rm_replicas must be >= 0 (0: 3 with --world, else 1), got {self.rm_replicas}")
         if self.rm_ensemble < 1:
             raise ValueError(f"rm_ensemble must be >= 1, got {self.rm_ensemble}")
         if self.rm_ensemble > 1 and self.rm_mode == "continue":
@@ -180,6 +190,17 @@ def sizes(cfg: Config) -> dict[str, Any]:
         s["measure_prompts"] if cfg.measure_prompts < 0 else cfg.measure_prompts)
     s["policy_steps"] = cfg.policy_steps or (s["ppo_iterations"] if cfg.algorithm == "ppo" else s["dpo_epochs"])
     return s
+
+
+def replicas(cfg: Config) -> int:
+    """Reward models measured a side in step 3 (`rm_replicas`, 0: 3 on the world, where training is cheap)."""
+    return cfg.rm_replicas or (3 if cfg.world else 1)
+
+
+def replica_dirs(rm_dir: str) -> list[str]:
+    """A round's reward model and the replicas trained beside it (rm_replicas/replica-1 ..), those that exist."""
+    more = sorted((Path(rm_dir).parent / "rm_replicas").glob("replica-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [rm_dir, *map(str, more)]
 
 
 def prepare(cfg: Config) -> Start:
@@ -341,22 +362,25 @@ def label_pairs(rows: list[dict], cands: list[dict]) -> list[tuple[int, int, int
     return out
 
 
-def rm_accuracy(rm_dirs: dict[str, str], cands: list[dict], pairs: list[tuple[int, int, int]]) -> dict:
-    """Each reward model's accuracy on the pairs with its 95% Wilson interval, and the paired change from
-    "before" to "after" with a 95% bootstrap interval over prompts (pairs of one prompt are correlated)."""
-    from rlhfkit.diagnostics.metrics import clustered_paired_bootstrap, wilson_interval
+def rm_accuracy(rm_dirs: dict[str, list[str]], cands: list[dict], pairs: list[tuple[int, int, int]]) -> dict:
+    """Each reward model's accuracy on the pairs, the mean over its replicas (`replicas`: each one's), with a 95%
+    Wilson interval over the pairs; and the paired change from "before" (and "first") to "after" with a 95%
+    bootstrap interval that resamples prompts (pairs of one prompt are correlated) and each side's replicas."""
+    from rlhfkit.diagnostics.metrics import replicated_paired_bootstrap, wilson_interval
 
     if not pairs:
         return {"n": 0}
-    correct = {name: pair_correct(d, cands, pairs) for name, d in rm_dirs.items()}
+    correct = {name: [pair_correct(d, cands, pairs) for d in ds] for name, ds in rm_dirs.items()}
     out: dict[str, Any] = {"n": len(pairs), "prompts": len({g for g, _, _ in pairs})}
-    for name, c in correct.items():
-        low, high = wilson_interval(sum(c), len(c))
-        out[name] = {"accuracy": sum(c) / len(c), "low": low, "high": high}
+    for name, reps in correct.items():
+        total = sum(map(sum, reps)) / len(reps)
+        low, high = wilson_interval(total, len(pairs))
+        out[name] = {"accuracy": total / len(pairs), "low": low, "high": high,
+                     "replicas": [sum(c) / len(c) for c in reps]}
     groups = [g for g, _, _ in pairs]
     for key, frm in (("change", "before"), ("change_from_first", "first")):
         if frm in correct and "after" in correct:
-            out[key] = clustered_paired_bootstrap(correct[frm], correct["after"], groups, seed=0)
+            out[key] = replicated_paired_bootstrap(correct[frm], correct["after"], groups, seed=0)
     return out
 
 
@@ -372,20 +396,23 @@ def step_rm(cfg: Config, start: Start, k: int, rdir: Path, labels: list[dict], c
     rows = [r for j in range(1, k) for r in data_lib.read_jsonl(root / f"round_{j}" / "labels.jsonl")]
     rows += [r for r in labels if not r["heldout"]]
     data_lib.write_jsonl(rows, rdir / "rm_data.jsonl")
-    init = prev_rm if cfg.rm_mode == "continue" and prev_rm else start.model
-    rm.train(rm.Config(output_dir=str(rdir / "rm"), seed=cfg.seed + 100 * k, threads=cfg.threads, model=init,
-                       data=str(rdir / "rm_data.jsonl"), norm_data=str(rdir / "samples.jsonl"),
-                       ensemble_size=cfg.rm_ensemble, **demo.rm_settings(sizes(cfg))))
-    dirs = {"before": prev_rm} if prev_rm else {}
-    dirs["after"] = str(rdir / "rm")
+    continued = replica_dirs(prev_rm) if cfg.rm_mode == "continue" and prev_rm else []
+    for i in range(replicas(cfg)):  # replica i continues the last round's replica i (or its reward model)
+        init = continued[min(i, len(continued) - 1)] if continued else start.model
+        rm.train(rm.Config(output_dir=str(rdir / ("rm" if i == 0 else f"rm_replicas/replica-{i}")),
+                           seed=cfg.seed + 100 * k + 7919 * i, threads=cfg.threads, model=init,
+                           data=str(rdir / "rm_data.jsonl"), norm_data=str(rdir / "samples.jsonl"),
+                           ensemble_size=cfg.rm_ensemble, **demo.rm_settings(sizes(cfg))))
+    dirs = {"before": replica_dirs(prev_rm)} if prev_rm else {}
+    dirs["after"] = replica_dirs(str(rdir / "rm"))
     groups = sorted(heldout_groups(cfg, k, len(cands)))
     held = [r for r in labels if r["heldout"]]
     pairs = label_pairs(held, cands)
-    return {"train_pairs": len(rows), "init": "start" if init == start.model else f"round_{k - 1}/rm",
+    return {"train_pairs": len(rows), "init": f"round_{k - 1}/rm" if continued else "start",
             **measure(start, dirs, cands, pairs, groups)}
 
 
-def measure(start: Start, dirs: dict[str, str], cands: list[dict], pairs: list[tuple[int, int, int]],
+def measure(start: Start, dirs: dict[str, list[str]], cands: list[dict], pairs: list[tuple[int, int, int]],
             groups: list[int]) -> dict:
     """The reward models `dirs` on the labelled pairs (group, chosen, rejected) of the candidates rows, and, with a
     gold judge, on every pair of the rows `groups` that gold orders, with the labels' own agreement with gold."""
@@ -408,8 +435,8 @@ def step_measure(cfg: Config, start: Start, k: int, rdir: Path, policy: str, pre
         return None
     cands = _sample_subset(cfg, k, policy, start.eval_prompts, n, rdir, "measure_")
     rows = world_labels(cfg, cfg.seed * 1000 + k + 500, cands)
-    first = {"first": str(round_dir(cfg, 1) / "rm")} if k >= 3 else {}
-    dirs = first | ({"before": prev_rm} if prev_rm else {}) | {"after": str(rdir / "rm")}
+    first = {"first": replica_dirs(str(round_dir(cfg, 1) / "rm"))} if k >= 3 else {}
+    dirs = first | ({"before": replica_dirs(prev_rm)} if prev_rm else {}) | {"after": replica_dirs(str(rdir / "rm"))}
     return {"prompts": len(cands), **measure(start, dirs, cands, label_pairs(rows, cands), list(range(len(cands))))}
 
 
@@ -507,7 +534,8 @@ def run_round(cfg: Config, start: Start, k: int, policy: str, prev_rm: str) -> d
     lap("policy")
     ev = step_eval(cfg, start, new_policy, str(rdir / "rm"), rdir)
     lap("eval")
-    for ckpt in rdir.glob("*/checkpoints"):  # only for resuming a killed trainer; the round is done
+    # checkpoints are for resuming a killed trainer only; the round is done
+    for ckpt in [*rdir.glob("*/checkpoints"), *rdir.glob("rm_replicas/*/checkpoints")]:
         shutil.rmtree(ckpt)
     return {"round": k, "policy": f"round_{k}/policy", "rm": f"round_{k}/rm",
             "labels": {"pairs": len(labels), "heldout_pairs": sum(r["heldout"] for r in labels),

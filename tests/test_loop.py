@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -136,9 +137,32 @@ def test_a_third_round_also_measures_round_1s_reward_model(two_rounds, tmp_path)
     assert "round 3: " in html and "round 2: " not in html
     cands = [json.loads(x) for x in (out / "round_3" / "measure_samples.jsonl").read_text().splitlines()]
     rows = loop.world_labels(_cfg(out), 0 * 1000 + 3 + 500, cands)  # seed 0, round 3: the labels 3b drew
-    first = loop.pair_correct(str(out / "round_1" / "rm"), cands, loop.label_pairs(rows, cands))
+    pairs = loop.label_pairs(rows, cands)
+    firsts = [loop.pair_correct(d, cands, pairs) for d in loop.replica_dirs(str(out / "round_1" / "rm"))]
     if m3["labels"]["n"]:
-        assert m3["labels"]["first"]["accuracy"] == pytest.approx(sum(first) / len(first))
+        assert m3["labels"]["first"]["replicas"] == pytest.approx([sum(c) / len(c) for c in firsts])
+        assert m3["labels"]["first"]["accuracy"] == pytest.approx(sum(map(sum, firsts)) / len(firsts) / len(pairs))
+
+
+def test_replicas_measure_each_side_as_their_mean(two_rounds):
+    """On the world each round trains two replicas beside its reward model (seeds 7919 apart, same data): step 3's
+    "before" and "after" are the mean accuracy over the three, each replica's recorded, and PPO's reward is the
+    round's own reward model only."""
+    r2 = two_rounds / "round_2"
+    dirs = loop.replica_dirs(str(r2 / "rm"))
+    assert dirs == [str(r2 / "rm"), str(r2 / "rm_replicas" / "replica-1"), str(r2 / "rm_replicas" / "replica-2")]
+    seeds = [json.loads((Path(d) / "config.yaml").read_text().split("seed: ")[1].split()[0]) for d in dirs]
+    assert seeds == [200, 200 + 7919, 200 + 2 * 7919]  # seed 0, round 2
+    assert not list(r2.glob("rm_replicas/*/checkpoints"))
+    m = json.loads((r2 / "metrics.json").read_text())["rm_eval"]
+    for where in (m, m["measure"]):
+        for w in (where["gold"], where["labels"]):
+            if w["n"]:
+                for side in ("before", "after"):
+                    assert len(w[side]["replicas"]) == 3
+                    assert w[side]["accuracy"] == pytest.approx(sum(w[side]["replicas"]) / 3)
+                assert w["change"]["replicas"] == [3, 3]
+    assert "round_2/rm_replicas" not in (r2 / "policy" / "config.yaml").read_text()
 
 
 def test_other_settings_are_refused_on_resume(two_rounds):
@@ -249,6 +273,9 @@ def test_dpo_with_a_continued_reward_model_and_the_current_policy_as_reference(t
     loop.run(_cfg(out, rounds=2, algorithm="dpo", rm_mode="continue", kl_reference="current"))
     r2 = json.loads((out / "round_2" / "metrics.json").read_text())
     assert r2["rm_eval"]["init"] == "round_1/rm" and "before" in r2["rm_eval"]["gold"]
+    for i in (1, 2):  # each replica continues its own line
+        rep = (out / "round_2" / "rm_replicas" / f"replica-{i}" / "config.yaml").read_text()
+        assert f"round_1/rm_replicas/replica-{i}\n" in rep
     dpo_cfg = (out / "round_2" / "policy" / "config.yaml").read_text()
     assert "round_1/policy" in dpo_cfg and "ref_model: ''" in dpo_cfg  # from pi_1, KL to pi_1 itself
     rows = (out / "round_2" / "dpo_data.jsonl").read_text().splitlines()

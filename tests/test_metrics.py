@@ -199,6 +199,29 @@ def test_clustered_paired_bootstrap_by_hand():
         M.clustered_paired_bootstrap([0, 1], [1, 1], ["A"])
 
 
+def test_replicated_paired_bootstrap_by_hand():
+    """a has two replicas on two items in two clusters: one wrong on both (0, 0), one right on both (1, 1); b one
+    replica right on both. Mean change: 1 - (0 + 1) / 2 = 0.5. The clusters are alike, so only a's replica draw
+    moves a resample: (0, 0) -> 1, a mixed draw -> 0.5, (1, 1) -> 0, with probabilities 1/4, 1/2, 1/4, so the
+    2.5% and 97.5% quantiles are 0 and 1, where an interval over items alone on the replicas' mean would be [0.5,
+    0.5]. Identities: one replica a side is `clustered_paired_bootstrap` draw for draw; identical replicas change
+    nothing."""
+    r = M.replicated_paired_bootstrap([[0, 0], [1, 1]], [[1, 1]], [0, 1])
+    assert r == {"mean": 0.5, "low": 0.0, "high": 1.0, "n": 2, "clusters": 2, "replicas": [2, 1]}
+    gen = torch.Generator().manual_seed(1)
+    a, b = ((torch.rand(60, generator=gen) < p).double() for p in (0.5, 0.7))
+    groups = [i // 3 for i in range(60)]
+    ref = M.clustered_paired_bootstrap(a, b, groups)
+    one = M.replicated_paired_bootstrap(a, b, groups)
+    assert one["replicas"] == [1, 1] and {k: one[k] for k in ("n", "clusters")} == {"n": 60, "clusters": 20}
+    for k in ("mean", "low", "high"):
+        assert one[k] == pytest.approx(ref[k], abs=1e-12)
+        assert M.replicated_paired_bootstrap(torch.stack([a, a, a]), torch.stack([b, b]), groups)[k] == \
+            pytest.approx(ref[k], abs=1e-12)
+    with pytest.raises(ValueError, match="2 and 3 items for 2 cluster ids"):
+        M.replicated_paired_bootstrap([0, 1], [1, 1, 1], ["A", "B"])
+
+
 def test_entropy_collapse_by_hand():
     """Start = mean of the first 3 points = 2.0; ratio 0.3 -> fires when the trailing mean of 3 drops below 0.6:
     entropies (2, 2, 2, 1.5, 1, 0.5, 0.3, 0.2, ...): trailing means 1.5 (step 4: 2, 1.5, 1), 1.0, 0.6 (step 6:

@@ -246,6 +246,39 @@ def clustered_paired_bootstrap(a, b, clusters, resamples: int = 2_000, seed: int
     return {"mean": (d.sum() / d.numel()).item(), "low": low, "high": high, "n": d.numel(), "clusters": len(ids)}
 
 
+def replicated_paired_bootstrap(a, b, clusters, resamples: int = 2_000, seed: int = 0,
+                                level: float = 0.95) -> dict[str, float]:
+    """Mean over b's replicas minus mean over a's, pooled over paired items in clusters, where a (Ra, n) and b
+    (Rb, n) hold each item's value under Ra and Rb replicas (e.g. reward models trained on the same data with
+    different seeds, judged right or wrong on the same pairs). The interval is a two-level percentile bootstrap:
+    each resample draws whole clusters, as `clustered_paired_bootstrap`, and then, separately for a and b, as many
+    replicas with replacement, so it also covers the replicas' training noise, which an interval over items alone
+    leaves out (one reward model's seed can move its accuracy more than the items' noise). With one replica on each
+    side it is `clustered_paired_bootstrap`, draw for draw. Deterministic in `seed`."""
+    import torch
+
+    A, B = (torch.atleast_2d(torch.as_tensor(x, dtype=torch.float64)) for x in (a, b))
+    n = A.shape[1]
+    if n == 0 or B.shape[1] != n or n != len(clusters):
+        raise ValueError(f"replicated_paired_bootstrap: {n} and {B.shape[1]} items for {len(clusters)} cluster ids")
+    ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+    index = torch.tensor([ids[c] for c in clusters])
+    G = len(ids)
+    sa = torch.zeros(A.shape[0], G, dtype=torch.float64).index_add_(1, index, A)  # (Ra, G) per-cluster sums
+    sb = torch.zeros(B.shape[0], G, dtype=torch.float64).index_add_(1, index, B)
+    counts = torch.zeros(G, dtype=torch.float64).index_add_(0, index, torch.ones(n, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(seed)
+    draw = torch.randint(G, (resamples, G), generator=gen)  # (R, G), first: the same draws as the clustered one
+    ra = torch.randint(A.shape[0], (resamples, A.shape[0]), generator=gen)  # (R, Ra)
+    rb = torch.randint(B.shape[0], (resamples, B.shape[0]), generator=gen)
+    diff = sb[rb].mean(1) - sa[ra].mean(1)  # (R, G): per-cluster sums under the drawn replicas
+    means = diff.gather(1, draw).sum(1) / counts[draw].sum(1)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = torch.quantile(means, q).tolist()
+    return {"mean": (B.mean(0) - A.mean(0)).mean().item(), "low": low, "high": high, "n": n, "clusters": G,
+            "replicas": [A.shape[0], B.shape[0]]}
+
+
 # ----------------------------------------------------------------------------------------------- correlation
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     """Pearson correlation; 0.0 when either series is constant or shorter than 2."""
