@@ -12,7 +12,8 @@ judgement is worst; so each round labels the current policy's own outputs again 
                   start policy (`rm_mode retrain`) or continued from the last round's (`continue`). The last
                   round's and the new reward model are both measured on the held-out prompts' pairs of pi_(k-1)'s
                   samples, ordered by the gold judge where there is one and by the labels: `before`, `after`,
-                  their paired change with an interval over prompts, and how often the labels agree with gold.
+                  their paired change with an interval over prompts (and, with `rm_replicas`, over reward models
+                  trained on the same labels with other seeds), and how often the labels agree with gold.
                   On the world the same is measured again on `measure_prompts` of the held-out evaluation prompts,
                   K samples of pi_(k-1) each, labelled by the simulated annotators (free there) and never trained on
       4 policy    PPO against the new reward model, or DPO on the round's labels, from pi_(k-1) -> pi_k; the KL is
@@ -117,7 +118,7 @@ class Config:
     """Reward models per round trained only to measure step 3: the same labels and settings, other seeds
     (`round_k/rm_replicas/replica-i`; the round's own reward model is the first). "before" and "after" are then
     their mean accuracy, and the change's interval resamples the replicas as well as the prompts: one small reward
-    model's training seed alone moves its accuracy on the newest policy's samples by up to ~0.1 (docs/loop.md), so
+    model's training seed alone moves its accuracy on the newest policy's samples by up to ~0.2 (docs/loop.md), so
     one model a side measures a draw, not what retraining does. 0: 3 with --world, 1 (no extra) elsewhere, where
     each replica costs a reward model's training."""
     algorithm: str = "ppo"

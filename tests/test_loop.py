@@ -163,6 +163,7 @@ def test_replicas_measure_each_side_as_their_mean(two_rounds):
                     assert w[side]["accuracy"] == pytest.approx(sum(w[side]["replicas"]) / 3)
                 assert w["change"]["replicas"] == [3, 3]
     assert "round_2/rm_replicas" not in (r2 / "policy" / "config.yaml").read_text()
+    assert "Each side is the mean accuracy of 3 reward models" in (two_rounds / "loop_report.html").read_text()
 
 
 def test_other_settings_are_refused_on_resume(two_rounds):
@@ -227,6 +228,7 @@ BAD = [
     ({"measure_prompts": -2}, "measure_prompts must be -1"),
     ({"num_responses": 1}, "num_responses must be 0 or >= 2"),
     ({"rm_ensemble": 0}, "rm_ensemble must be >= 1, got 0"),
+    ({"rm_replicas": -1}, r"rm_replicas must be >= 0 \(0: 3 with --world, else 1\), got -1"),
     ({"rm_ensemble": 2, "rm_mode": "continue"}, "rm_mode continue starts from the last round's single"),
 ]
 

@@ -44,6 +44,16 @@ RM_HEAD = ["RM acc before (gold order)", "RM acc after (gold order)", "change [9
            "RM acc before (labels)", "RM acc after (labels)", "change [95% CI]", "pairs", "labels agree with gold"]
 
 
+def replicas_note(summary: dict) -> str:
+    """What "before" and "after" are when the loop measured reward-model replicas (`rm_replicas` > 1)."""
+    n = max((len(w.get("after", {}).get("replicas") or []) for r in summary.get("rounds", [])
+             for w in (_rm_part(r, "gold"), _rm_part(r, "labels"))), default=0)
+    if n < 2:
+        return ""
+    return (f"<p>Each side is the mean accuracy of {n} reward models trained on the same labels with other seeds "
+            "(the round's own and its replicas); the change's interval resamples both the prompts and the models.</p>")
+
+
 def rounds_table(summary: dict) -> str:
     rows = []
     for r in summary.get("rounds", []):
@@ -118,7 +128,7 @@ def section_rounds(summary: dict, plots: Plots | None = None) -> str:
     return ('<h2 id="rounds">Rounds</h2><p>Each round samples the current policy, labels the samples, retrains the '
             "reward model on every label so far and trains the next policy from the current one. <em>Before</em> "
             "is the last round's reward model on the newest policy's held-out samples, <em>after</em> the retrained "
-            "one on the same pairs; round 0 is the start policy.</p>"
+            "one on the same pairs; round 0 is the start policy.</p>" + replicas_note(summary)
             + rounds_table(summary) + measure_table(summary) + rounds_plot(summary, plots)
             + (f"<ul>{comp}</ul>" if comp else ""))
 
