@@ -228,7 +228,7 @@ BAD = [
     ({"measure_prompts": -2}, "measure_prompts must be -1"),
     ({"num_responses": 1}, "num_responses must be 0 or >= 2"),
     ({"rm_ensemble": 0}, "rm_ensemble must be >= 1, got 0"),
-    ({"rm_replicas": -1}, r"rm_replicas must be >= 0 \(0: 3 with --world, else 1\), got -1"),
+    ({"rm_replicas": -1}, "rm_replicas must be >= 0 (0: 3 with --world, else 1), got -1"),
     ({"rm_ensemble": 2, "rm_mode": "continue"}, "rm_mode continue starts from the last round's single"),
 ]
 
