@@ -367,7 +367,7 @@ def rm_accuracy(rm_dirs: dict[str, list[str]], cands: list[dict], pairs: list[tu
     """Each reward model's accuracy on the pairs, the mean over its replicas (`replicas`: each one's), with a 95%
     Wilson interval over the pairs; and the paired change from "before" (and "first") to "after" with a 95%
     bootstrap interval that resamples prompts (pairs of one prompt are correlated) and each side's replicas."""
-    from rlhfkit.diagnostics.metrics import replicated_paired_bootstrap, wilson_interval
+    from rlhfkit.diagnostics.metrics import clustered_paired_bootstrap, wilson_interval
 
     if not pairs:
         return {"n": 0}
@@ -381,7 +381,7 @@ def rm_accuracy(rm_dirs: dict[str, list[str]], cands: list[dict], pairs: list[tu
     groups = [g for g, _, _ in pairs]
     for key, frm in (("change", "before"), ("change_from_first", "first")):
         if frm in correct and "after" in correct:
-            out[key] = replicated_paired_bootstrap(correct[frm], correct["after"], groups, seed=0)
+            out[key] = clustered_paired_bootstrap(correct[frm], correct["after"], groups, seed=0)
     return out
 
 

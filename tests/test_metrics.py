@@ -187,7 +187,7 @@ def test_clustered_paired_bootstrap_by_hand():
     probabilities 1/4, 1/2, 1/4, so the 2.5% and 97.5% quantiles are 0 and 1. A constant change c in every item
     gives [c, c]; clusters larger than one make the interval wider than the item-level bootstrap's."""
     r = M.clustered_paired_bootstrap([0, 0, 0, 1], [1, 1, 1, 1], ["A", "A", "A", "B"])
-    assert r == {"mean": 0.75, "low": 0.0, "high": 1.0, "n": 4, "clusters": 2}
+    assert r == {"mean": 0.75, "low": 0.0, "high": 1.0, "n": 4, "clusters": 2, "replicas": [1, 1]}
     r = M.clustered_paired_bootstrap([0.0, 1.0, 0.5], [0.25, 1.25, 0.75], [1, 2, 2])
     assert r["low"] == pytest.approx(0.25, abs=1e-12) and r["high"] == pytest.approx(0.25, abs=1e-12)
     gen = torch.Generator().manual_seed(0)
@@ -195,31 +195,28 @@ def test_clustered_paired_bootstrap_by_hand():
     wide = M.clustered_paired_bootstrap(torch.zeros(400), d, [i // 8 for i in range(400)])
     narrow = M.paired_bootstrap(torch.zeros(400), d)
     assert wide["high"] - wide["low"] > 2 * (narrow["high"] - narrow["low"])  # sqrt(8) ~ 2.8 in theory
-    with pytest.raises(ValueError, match="2 differences for 1 cluster ids"):
+    with pytest.raises(ValueError, match="2 and 2 items for 1 cluster ids"):
         M.clustered_paired_bootstrap([0, 1], [1, 1], ["A"])
+    with pytest.raises(ValueError, match="2 and 3 items for 2 cluster ids"):
+        M.clustered_paired_bootstrap([0, 1], [1, 1, 1], ["A", "B"])
 
 
-def test_replicated_paired_bootstrap_by_hand():
+def test_clustered_paired_bootstrap_over_replicas_by_hand():
     """a has two replicas on two items in two clusters: one wrong on both (0, 0), one right on both (1, 1); b one
     replica right on both. Mean change: 1 - (0 + 1) / 2 = 0.5. The clusters are alike, so only a's replica draw
     moves a resample: (0, 0) -> 1, a mixed draw -> 0.5, (1, 1) -> 0, with probabilities 1/4, 1/2, 1/4, so the
     2.5% and 97.5% quantiles are 0 and 1, where an interval over items alone on the replicas' mean would be [0.5,
-    0.5]. Identities: one replica a side is `clustered_paired_bootstrap` draw for draw; identical replicas change
-    nothing."""
-    r = M.replicated_paired_bootstrap([[0, 0], [1, 1]], [[1, 1]], [0, 1])
+    0.5]. Identity: identical replicas give one replica's interval, draw for draw."""
+    r = M.clustered_paired_bootstrap([[0, 0], [1, 1]], [[1, 1]], [0, 1])
     assert r == {"mean": 0.5, "low": 0.0, "high": 1.0, "n": 2, "clusters": 2, "replicas": [2, 1]}
     gen = torch.Generator().manual_seed(1)
     a, b = ((torch.rand(60, generator=gen) < p).double() for p in (0.5, 0.7))
     groups = [i // 3 for i in range(60)]
-    ref = M.clustered_paired_bootstrap(a, b, groups)
-    one = M.replicated_paired_bootstrap(a, b, groups)
-    assert one["replicas"] == [1, 1] and {k: one[k] for k in ("n", "clusters")} == {"n": 60, "clusters": 20}
+    one = M.clustered_paired_bootstrap(a, b, groups)
+    many = M.clustered_paired_bootstrap(torch.stack([a, a, a]), torch.stack([b, b]), groups)
+    assert many["replicas"] == [3, 2] and one["low"] < one["mean"] < one["high"]
     for k in ("mean", "low", "high"):
-        assert one[k] == pytest.approx(ref[k], abs=1e-12)
-        assert M.replicated_paired_bootstrap(torch.stack([a, a, a]), torch.stack([b, b]), groups)[k] == \
-            pytest.approx(ref[k], abs=1e-12)
-    with pytest.raises(ValueError, match="2 and 3 items for 2 cluster ids"):
-        M.replicated_paired_bootstrap([0, 1], [1, 1, 1], ["A", "B"])
+        assert many[k] == pytest.approx(one[k], abs=1e-12)
 
 
 def test_entropy_collapse_by_hand():

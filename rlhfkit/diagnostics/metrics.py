@@ -228,39 +228,19 @@ def clustered_paired_bootstrap(a, b, clusters, resamples: int = 2_000, seed: int
     """Pooled mean of b - a over paired items that come in clusters (e.g. the pairs of one prompt, judged right (1)
     or wrong (0) by two reward models), with a percentile bootstrap interval that resamples whole clusters: items
     of one cluster are correlated, so resampling items alone would make the interval too narrow. Each resample's
-    value is sum(b - a) / count over the drawn clusters. Deterministic in `seed`."""
-    import torch
+    value is sum(b - a) / count over the drawn clusters.
 
-    d = torch.as_tensor(b, dtype=torch.float64) - torch.as_tensor(a, dtype=torch.float64)
-    if d.numel() == 0 or d.numel() != len(clusters):
-        raise ValueError(f"clustered_paired_bootstrap: {d.numel()} differences for {len(clusters)} cluster ids")
-    ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
-    index = torch.tensor([ids[c] for c in clusters])
-    sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, index, d)  # (G,)
-    counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, index, torch.ones_like(d))
-    gen = torch.Generator().manual_seed(seed)
-    draw = torch.randint(len(ids), (resamples, len(ids)), generator=gen)  # (R, G)
-    means = sums[draw].sum(1) / counts[draw].sum(1)
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    low, high = torch.quantile(means, q).tolist()
-    return {"mean": (d.sum() / d.numel()).item(), "low": low, "high": high, "n": d.numel(), "clusters": len(ids)}
-
-
-def replicated_paired_bootstrap(a, b, clusters, resamples: int = 2_000, seed: int = 0,
-                                level: float = 0.95) -> dict[str, float]:
-    """Mean over b's replicas minus mean over a's, pooled over paired items in clusters, where a (Ra, n) and b
-    (Rb, n) hold each item's value under Ra and Rb replicas (e.g. reward models trained on the same data with
-    different seeds, judged right or wrong on the same pairs). The interval is a two-level percentile bootstrap:
-    each resample draws whole clusters, as `clustered_paired_bootstrap`, and then, separately for a and b, as many
-    replicas with replacement, so it also covers the replicas' training noise, which an interval over items alone
-    leaves out (one reward model's seed can move its accuracy more than the items' noise). With one replica on each
-    side it is `clustered_paired_bootstrap`, draw for draw. Deterministic in `seed`."""
+    a (Ra, n) and b (Rb, n) may also hold each item's value under Ra and Rb replicas (e.g. reward models trained on
+    the same data with other seeds); the mean is then b's replica mean minus a's, and each resample also draws, for
+    a and b separately, as many replicas with replacement (a two-level bootstrap), so the interval covers the
+    replicas' training noise, which one model a side leaves out of it. One-dimensional a and b are one replica
+    each; identical replicas give the same interval as one. Deterministic in `seed`."""
     import torch
 
     A, B = (torch.atleast_2d(torch.as_tensor(x, dtype=torch.float64)) for x in (a, b))
     n = A.shape[1]
     if n == 0 or B.shape[1] != n or n != len(clusters):
-        raise ValueError(f"replicated_paired_bootstrap: {n} and {B.shape[1]} items for {len(clusters)} cluster ids")
+        raise ValueError(f"clustered_paired_bootstrap: {n} and {B.shape[1]} items for {len(clusters)} cluster ids")
     ids = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
     index = torch.tensor([ids[c] for c in clusters])
     G = len(ids)
@@ -268,10 +248,10 @@ def replicated_paired_bootstrap(a, b, clusters, resamples: int = 2_000, seed: in
     sb = torch.zeros(B.shape[0], G, dtype=torch.float64).index_add_(1, index, B)
     counts = torch.zeros(G, dtype=torch.float64).index_add_(0, index, torch.ones(n, dtype=torch.float64))
     gen = torch.Generator().manual_seed(seed)
-    draw = torch.randint(G, (resamples, G), generator=gen)  # (R, G), first: the same draws as the clustered one
-    ra = torch.randint(A.shape[0], (resamples, A.shape[0]), generator=gen)  # (R, Ra)
+    draw = torch.randint(G, (resamples, G), generator=gen)  # (R, G) clusters
+    ra = torch.randint(A.shape[0], (resamples, A.shape[0]), generator=gen)  # (R, Ra) replicas
     rb = torch.randint(B.shape[0], (resamples, B.shape[0]), generator=gen)
-    diff = sb[rb].mean(1) - sa[ra].mean(1)  # (R, G): per-cluster sums under the drawn replicas
+    diff = sb[rb].mean(1) - sa[ra].mean(1)  # (R, G): per-cluster sums of b - a under the drawn replicas
     means = diff.gather(1, draw).sum(1) / counts[draw].sum(1)
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     low, high = torch.quantile(means, q).tolist()
