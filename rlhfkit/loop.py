@@ -300,91 +300,6 @@ def app_labels(cfg: Config, k: int, cands: list[dict]) -> list[dict]:
     return rows
 
 
-def gold_scores(start: Start, cands: list[dict], groups: list[int]) -> dict[tuple[int, int], float] | None:
-    """The gold judge's score of every response of the candidates rows `groups`, keyed (group, response); None
-    without a gold judge."""
-    if not start.gold:
-        return None
-    from rlhfkit.diagnostics.evaluate import Judge, call_judge
-
-    judge = Judge.load(start.gold)
-    items = [(g, i) for g in groups for i in range(len(cands[g]["responses"]))]
-    scores, _ = call_judge(judge.fn, [cands[g]["prompt"] for g, _ in items],
-                           [cands[g]["responses"][i] for g, i in items])
-    return dict(zip(items, scores))
-
-
-def gold_order(gold: dict[tuple[int, int], float], cands: list[dict], groups: list[int]) -> list[tuple[int, int, int]]:
-    """(group, i, j) for every pair of responses that the gold judge orders (equal scores left out), i the better."""
-    out = []
-    for g in groups:
-        n = len(cands[g]["responses"])
-        for i in range(n):
-            for j in range(i + 1, n):
-                if gold[g, i] != gold[g, j]:
-                    out.append((g, i, j) if gold[g, i] > gold[g, j] else (g, j, i))
-    return out
-
-
-def agreement(gold: dict[tuple[int, int], float], pairs: list[tuple[int, int, int]]) -> dict:
-    """How often the labels' chosen response (pairs: group, chosen, rejected) is gold's better one, over the pairs
-    gold orders, with a 95% Wilson interval: the best a reward model that learnt the labels could score in gold
-    order, roughly."""
-    from rlhfkit.diagnostics.metrics import wilson_interval
-
-    decided = [gold[g, c] > gold[g, r] for g, c, r in pairs if gold[g, c] != gold[g, r]]
-    if not decided:
-        return {"n": 0}
-    low, high = wilson_interval(sum(decided), len(decided))
-    return {"accuracy": sum(decided) / len(decided), "low": low, "high": high, "n": len(decided)}
-
-
-def pair_correct(rm_dir: str, cands: list[dict], pairs: list[tuple[int, int, int]]) -> list[float]:
-    """1 where the reward model scores the better response of a (group, better, worse) pair higher, 0.5 on an
-    exact tie, else 0."""
-    from rlhfkit.models.rewards import load_reward
-
-    items = sorted({(g, i) for g, a, b in pairs for i in (a, b)})
-    out = load_reward(rm_dir)([cands[g]["prompt"] for g, _ in items], [cands[g]["responses"][i] for g, i in items])
-    score = dict(zip(items, out["score"].tolist()))
-    return [1.0 if score[g, a] > score[g, b] else 0.5 if score[g, a] == score[g, b] else 0.0 for g, a, b in pairs]
-
-
-def label_pairs(rows: list[dict], cands: list[dict]) -> list[tuple[int, int, int]]:
-    """(group, chosen, rejected) response indices of held-out preference rows."""
-    from rlhfkit import data as data_lib
-
-    out = []
-    for r in rows:
-        resp = [data_lib.completion_text(x) for x in cands[r["group"]]["responses"]]
-        c, j = data_lib.completion_text(r["chosen"]), data_lib.completion_text(r["rejected"])
-        if c in resp and j in resp and c != j:
-            out.append((r["group"], resp.index(c), resp.index(j)))
-    return out
-
-
-def rm_accuracy(rm_dirs: dict[str, list[str]], cands: list[dict], pairs: list[tuple[int, int, int]]) -> dict:
-    """Each reward model's accuracy on the pairs, the mean over its replicas (`replicas`: each one's), with a 95%
-    Wilson interval over the pairs; and the paired change from "before" (and "first") to "after" with a 95%
-    bootstrap interval that resamples prompts (pairs of one prompt are correlated) and each side's replicas."""
-    from rlhfkit.diagnostics.metrics import clustered_paired_bootstrap, wilson_interval
-
-    if not pairs:
-        return {"n": 0}
-    correct = {name: [pair_correct(d, cands, pairs) for d in ds] for name, ds in rm_dirs.items()}
-    out: dict[str, Any] = {"n": len(pairs), "prompts": len({g for g, _, _ in pairs})}
-    for name, reps in correct.items():
-        total = sum(map(sum, reps)) / len(reps)
-        low, high = wilson_interval(total, len(pairs))
-        out[name] = {"accuracy": total / len(pairs), "low": low, "high": high,
-                     "replicas": [sum(c) / len(c) for c in reps]}
-    groups = [g for g, _, _ in pairs]
-    for key, frm in (("change", "before"), ("change_from_first", "first")):
-        if frm in correct and "after" in correct:
-            out[key] = clustered_paired_bootstrap(correct[frm], correct["after"], groups, seed=0)
-    return out
-
-
 def step_rm(cfg: Config, start: Start, k: int, rdir: Path, labels: list[dict], cands: list[dict],
             prev_rm: str) -> dict:
     """3. A reward model on every label so far but this round's held-out prompts; the last one and the new one
@@ -392,6 +307,7 @@ def step_rm(cfg: Config, start: Start, k: int, rdir: Path, labels: list[dict], c
     from rlhfkit import data as data_lib
     from rlhfkit import demo
     from rlhfkit.algorithms import rm
+    from rlhfkit.diagnostics import rm_pairs
 
     root = Path(cfg.out)
     rows = [r for j in range(1, k) for r in data_lib.read_jsonl(root / f"round_{j}" / "labels.jsonl")]
@@ -408,21 +324,9 @@ def step_rm(cfg: Config, start: Start, k: int, rdir: Path, labels: list[dict], c
     dirs["after"] = replica_dirs(str(rdir / "rm"))
     groups = sorted(heldout_groups(cfg, k, len(cands)))
     held = [r for r in labels if r["heldout"]]
-    pairs = label_pairs(held, cands)
+    pairs = rm_pairs.label_pairs(held, cands)
     return {"train_pairs": len(rows), "init": f"round_{k - 1}/rm" if continued else "start",
-            **measure(start, dirs, cands, pairs, groups)}
-
-
-def measure(start: Start, dirs: dict[str, list[str]], cands: list[dict], pairs: list[tuple[int, int, int]],
-            groups: list[int]) -> dict:
-    """The reward models `dirs` on the labelled pairs (group, chosen, rejected) of the candidates rows, and, with a
-    gold judge, on every pair of the rows `groups` that gold orders, with the labels' own agreement with gold."""
-    res = {"labels": rm_accuracy(dirs, cands, pairs)}
-    gold = gold_scores(start, cands, groups)
-    if gold is not None:
-        res["gold"] = rm_accuracy(dirs, cands, gold_order(gold, cands, groups))
-        res["labels_vs_gold"] = agreement(gold, pairs)
-    return res
+            **rm_pairs.measure(start.gold, dirs, cands, pairs, groups)}
 
 
 def step_measure(cfg: Config, start: Start, k: int, rdir: Path, policy: str, prev_rm: str) -> dict | None:
@@ -431,6 +335,8 @@ def step_measure(cfg: Config, start: Start, k: int, rdir: Path, policy: str, pre
     From round 3 on, round 1's reward model too (`first`: it learnt from the start policy's samples alone), and its
     change to the new one (`change_from_first`): what all the rounds of retraining did together, where one round's
     `change` is what the last one did."""
+    from rlhfkit.diagnostics import rm_pairs
+
     n = sizes(cfg)["measure_prompts"]
     if not n or not start.eval_prompts:
         return None
@@ -438,7 +344,8 @@ def step_measure(cfg: Config, start: Start, k: int, rdir: Path, policy: str, pre
     rows = world_labels(cfg, cfg.seed * 1000 + k + 500, cands)
     first = {"first": replica_dirs(str(round_dir(cfg, 1) / "rm"))} if k >= 3 else {}
     dirs = first | ({"before": replica_dirs(prev_rm)} if prev_rm else {}) | {"after": replica_dirs(str(rdir / "rm"))}
-    return {"prompts": len(cands), **measure(start, dirs, cands, label_pairs(rows, cands), list(range(len(cands))))}
+    pairs = rm_pairs.label_pairs(rows, cands)
+    return {"prompts": len(cands), **rm_pairs.measure(start.gold, dirs, cands, pairs, list(range(len(cands))))}
 
 
 def step_policy(cfg: Config, start: Start, k: int, rdir: Path, policy: str, rm_dir: str) -> str:
