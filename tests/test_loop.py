@@ -139,7 +139,9 @@ def test_a_third_round_also_measures_round_1s_reward_model(two_rounds, tmp_path)
     cands = [json.loads(x) for x in (out / "round_3" / "measure_samples.jsonl").read_text().splitlines()]
     rows = loop.world_labels(_cfg(out), 0 * 1000 + 3 + 500, cands)  # seed 0, round 3: the labels 3b drew
     pairs = rm_pairs.label_pairs(rows, cands)
-    firsts = [rm_pairs.pair_correct(d, cands, pairs) for d in loop.replica_dirs(str(out / "round_1" / "rm"))]
+    items = rm_pairs.pair_items(pairs)
+    firsts = [rm_pairs.pair_correct(rm_pairs.model_scores(d, cands, items), pairs)
+              for d in loop.replica_dirs(str(out / "round_1" / "rm"))]
     if m3["labels"]["n"]:
         assert m3["labels"]["first"]["replicas"] == pytest.approx([sum(c) / len(c) for c in firsts])
         assert m3["labels"]["first"]["accuracy"] == pytest.approx(sum(map(sum, firsts)) / len(firsts) / len(pairs))

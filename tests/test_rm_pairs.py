@@ -33,5 +33,13 @@ def test_label_pairs_maps_rows_to_response_indices():
     assert rm_pairs.label_pairs(rows, CANDS) == [(0, 2, 0), (1, 1, 0)]
 
 
+def test_pair_correct_and_pair_items_by_hand():
+    """Scores a 1.0, b 0.0, c 1.0: (a, b) right -> 1, (b, c) wrong -> 0, (a, c) an exact tie -> 0.5. The items of
+    two pair lists are each response compared, once, sorted."""
+    score = {(0, 0): 1.0, (0, 1): 0.0, (0, 2): 1.0}
+    assert rm_pairs.pair_correct(score, [(0, 0, 1), (0, 1, 2), (0, 0, 2)]) == [1.0, 0.0, 0.5]
+    assert rm_pairs.pair_items([(0, 2, 0)], [(0, 0, 1), (1, 1, 0)]) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+
+
 def test_without_a_gold_judge_there_are_no_gold_scores():
     assert rm_pairs.gold_scores("", CANDS, [0, 1]) is None

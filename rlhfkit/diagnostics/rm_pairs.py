@@ -2,9 +2,10 @@
 
 A candidates row is {"prompt", "responses": [K responses]}; a pair is (group, better, worse): response indices of
 row `group`, ordered by people's or simulated annotators' labels (`label_pairs`) or by a gold judge (`gold_order`,
-pairs it scores equal left out). `rm_accuracy` scores each reward model, or each side's replicas (models trained on
-the same labels with other seeds), on the pairs and the paired change from "before" (and "first") to "after",
-with a bootstrap over prompts and replicas; `agreement` is how often the labels themselves agree with gold."""
+pairs it scores equal left out). `rm_accuracy` measures each reward model, or each side's replicas (models trained
+on the same labels with other seeds), on the pairs from their scores, and the paired change from "before" (and
+"first") to "after", with a bootstrap over prompts and replicas; `agreement` is how often the labels themselves
+agree with gold. `measure` loads each model once and scores each response once for all of it."""
 
 from __future__ import annotations
 
@@ -50,14 +51,22 @@ def agreement(gold: dict[tuple[int, int], float], pairs: list[tuple[int, int, in
     return {"accuracy": sum(decided) / len(decided), "low": low, "high": high, "n": len(decided)}
 
 
-def pair_correct(rm_dir: str, cands: list[dict], pairs: list[tuple[int, int, int]]) -> list[float]:
-    """1 where the reward model scores the better response of a (group, better, worse) pair higher, 0.5 on an
-    exact tie, else 0."""
+def model_scores(rm_dir: str, cands: list[dict], items: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
+    """The reward model's score of each (group, response) item of the candidates rows, in one load and pass."""
     from rlhfkit.models.rewards import load_reward
 
-    items = sorted({(g, i) for g, a, b in pairs for i in (a, b)})
     out = load_reward(rm_dir)([cands[g]["prompt"] for g, _ in items], [cands[g]["responses"][i] for g, i in items])
-    score = dict(zip(items, out["score"].tolist()))
+    return dict(zip(items, out["score"].tolist()))
+
+
+def pair_items(*pair_lists: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """The (group, response) items the pairs of every list compare, each once."""
+    return sorted({(g, i) for pairs in pair_lists for g, a, b in pairs for i in (a, b)})
+
+
+def pair_correct(score: dict[tuple[int, int], float], pairs: list[tuple[int, int, int]]) -> list[float]:
+    """1 where the scores put the better response of a (group, better, worse) pair higher, 0.5 on an exact tie,
+    else 0."""
     return [1.0 if score[g, a] > score[g, b] else 0.5 if score[g, a] == score[g, b] else 0.0 for g, a, b in pairs]
 
 
@@ -74,15 +83,16 @@ def label_pairs(rows: list[dict], cands: list[dict]) -> list[tuple[int, int, int
     return out
 
 
-def rm_accuracy(rm_dirs: dict[str, list[str]], cands: list[dict], pairs: list[tuple[int, int, int]]) -> dict:
-    """Each reward model's accuracy on the pairs, the mean over its replicas (`replicas`: each one's), with a 95%
-    Wilson interval over the pairs; and the paired change from "before" (and "first") to "after" with a 95%
-    bootstrap interval that resamples prompts (pairs of one prompt are correlated) and each side's replicas."""
+def rm_accuracy(scores: dict[str, list[dict[tuple[int, int], float]]], pairs: list[tuple[int, int, int]]) -> dict:
+    """Each reward model's accuracy on the pairs from its replicas' scores (`model_scores`), the mean over them
+    (`replicas`: each one's), with a 95% Wilson interval over the pairs; and the paired change from "before" (and
+    "first") to "after" with a 95% bootstrap interval that resamples prompts (pairs of one prompt are correlated)
+    and each side's replicas."""
     from rlhfkit.diagnostics.metrics import clustered_paired_bootstrap, wilson_interval
 
     if not pairs:
         return {"n": 0}
-    correct = {name: [pair_correct(d, cands, pairs) for d in ds] for name, ds in rm_dirs.items()}
+    correct = {name: [pair_correct(sc, pairs) for sc in reps] for name, reps in scores.items()}
     out: dict[str, Any] = {"n": len(pairs), "prompts": len({g for g, _, _ in pairs})}
     for name, reps in correct.items():
         total = sum(map(sum, reps)) / len(reps)
@@ -100,10 +110,13 @@ def measure(gold_spec: str, dirs: dict[str, list[str]], cands: list[dict], pairs
             groups: list[int]) -> dict:
     """The reward models `dirs` (name -> its replicas' directories) on the labelled pairs (group, chosen, rejected)
     of the candidates rows, and, with a gold judge, on every pair of the rows `groups` that gold orders, with the
-    labels' own agreement with gold."""
-    res = {"labels": rm_accuracy(dirs, cands, pairs)}
+    labels' own agreement with gold. Each model is loaded and scores each response once for both."""
     gold = gold_scores(gold_spec, cands, groups)
+    ordered = gold_order(gold, cands, groups) if gold is not None else []
+    items = pair_items(pairs, ordered)
+    scores = {name: [model_scores(d, cands, items) for d in ds] for name, ds in dirs.items()} if items else {}
+    res = {"labels": rm_accuracy(scores, pairs)}
     if gold is not None:
-        res["gold"] = rm_accuracy(dirs, cands, gold_order(gold, cands, groups))
+        res["gold"] = rm_accuracy(scores, ordered)
         res["labels_vs_gold"] = agreement(gold, pairs)
     return res
